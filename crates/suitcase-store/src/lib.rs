@@ -1,1 +1,215 @@
-//! placeholder
+//! The versioned firmware store behind every protocol of suitcase.
+//!
+//! A *publish-id* (`fw/app/board`) has immutable [`Version`]s numbered 1, 2, 3 … Each
+//! version lists its files and, usually, a signed SUIT manifest; file contents are stored
+//! once by SHA-256. A publish either becomes visible whole or not at all.
+//!
+//! [`Store`] is the interface; [`LocalStore`] is the embedded default (a directory on local
+//! disk). The trait is synchronous: callers on an async runtime use `spawn_blocking` for
+//! publishes; reads of the in-memory index are cheap.
+
+mod id;
+mod local;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+pub use id::{validate_file_name, validate_publish_id, MAX_FILE_NAME_LEN, MAX_PUBLISH_ID_LEN};
+pub use local::LocalStore;
+
+/// A SHA-256 digest.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Sha256(pub [u8; 32]);
+
+impl Sha256 {
+    /// Digest of `data`.
+    pub fn of(data: &[u8]) -> Self {
+        use sha2::Digest as _;
+        Sha256(sha2::Sha256::digest(data).into())
+    }
+    /// Lowercase hex.
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    /// Parse 64 hex digits.
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(s, &mut out).ok()?;
+        Some(Sha256(out))
+    }
+}
+
+impl std::fmt::Debug for Sha256 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "sha256:{}", self.to_hex())
+    }
+}
+
+/// One stored file of a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FileEntry {
+    /// File name under the publish-id (one path segment).
+    pub name: String,
+    /// SHA-256 of the content.
+    pub sha256: Sha256,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// The manifest of a version.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManifestEntry {
+    /// The stored manifest file (its name is also served as a plain file).
+    pub file: FileEntry,
+    /// The SUIT sequence number, when known.
+    pub sequence_number: Option<u64>,
+    /// Whether the server built and signed it.
+    pub server_built: bool,
+}
+
+/// One immutable version of a publish-id.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Version {
+    /// The publish-id.
+    pub publish_id: String,
+    /// Version number: 1 for the first publish, then +1 each time.
+    pub seq: u64,
+    /// Unix time (seconds) of the publish.
+    pub created_at: u64,
+    /// Optional semantic version given by the publisher.
+    pub semver: Option<semver::Version>,
+    /// The signed manifest, if any.
+    pub manifest: Option<ManifestEntry>,
+    /// Firmware files.
+    pub files: Vec<FileEntry>,
+}
+
+impl Version {
+    /// A file by name, including the manifest under its stored name.
+    pub fn file(&self, name: &str) -> Option<&FileEntry> {
+        self.files
+            .iter()
+            .find(|f| f.name == name)
+            .or_else(|| self.manifest.as_ref().map(|m| &m.file).filter(|f| f.name == name))
+    }
+}
+
+/// A file to publish.
+#[derive(Clone, Debug)]
+pub struct NewFile {
+    /// Its name (validated by the store).
+    pub name: String,
+    /// Its content.
+    pub data: Bytes,
+}
+
+/// A manifest to store with a version.
+#[derive(Clone, Debug)]
+pub struct NewManifest {
+    /// The file name it is stored and served under.
+    pub name: String,
+    /// The encoded, signed envelope.
+    pub data: Bytes,
+    /// Its SUIT sequence number, when known; the store requires it to grow.
+    pub sequence_number: Option<u64>,
+    /// Built and signed by the server.
+    pub server_built: bool,
+}
+
+/// What the manifest builder sees of a version about to be made.
+#[derive(Debug)]
+pub struct Draft<'a> {
+    /// The publish-id.
+    pub publish_id: &'a str,
+    /// The version number this publish will get.
+    pub seq: u64,
+    /// The newest existing version, if any.
+    pub previous: Option<&'a Version>,
+    /// The files, with their digests.
+    pub files: &'a [FileEntry],
+    /// Unix time of the publish.
+    pub now: u64,
+}
+
+/// A manifest builder run under the publish lock, so the version number it sees is the one
+/// the version gets.
+pub type BuildManifest<'f> = dyn FnOnce(&Draft<'_>) -> Result<Option<NewManifest>, String> + 'f;
+
+/// What to publish.
+#[derive(Clone, Debug)]
+pub struct PublishRequest {
+    /// The publish-id.
+    pub publish_id: String,
+    /// Firmware files (at least one, names unique).
+    pub files: Vec<NewFile>,
+    /// Optional semantic version.
+    pub semver: Option<semver::Version>,
+}
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// The publish-id is not acceptable.
+    #[error("invalid publish-id {0}")]
+    InvalidPublishId(String),
+    /// A file name is not acceptable.
+    #[error("invalid file name {0}")]
+    InvalidFileName(String),
+    /// The request is inconsistent (no files, duplicate names …).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The manifest's sequence number does not grow.
+    #[error("manifest sequence number {new} is not greater than the current {current}")]
+    SequenceNotIncreasing {
+        /// Offered.
+        new: u64,
+        /// Current highest.
+        current: u64,
+    },
+    /// The manifest builder failed.
+    #[error("building the manifest failed: {0}")]
+    Manifest(String),
+    /// A version or blob that should exist does not.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The disk is full.
+    #[error("no space left on the store's disk")]
+    NoSpace,
+    /// Any other I/O failure.
+    #[error("store I/O at {path}: {source}")]
+    Io {
+        /// Path involved.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A stored record is corrupt.
+    #[error("corrupt store record {path}: {what}")]
+    Corrupt {
+        /// Path of the record.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+}
+
+/// The store interface; implementations are shared between the HTTP and CoAP servers.
+pub trait Store: Send + Sync + 'static {
+    /// Publish a new version atomically. `build` runs with the version number assigned and
+    /// may produce the manifest.
+    fn publish(&self, req: PublishRequest, build: Box<BuildManifest<'_>>) -> Result<Arc<Version>, StoreError>;
+    /// The newest version of `publish_id`.
+    fn latest(&self, publish_id: &str) -> Option<Arc<Version>>;
+    /// One version.
+    fn version(&self, publish_id: &str, seq: u64) -> Option<Arc<Version>>;
+    /// All versions, oldest first.
+    fn versions(&self, publish_id: &str) -> Vec<Arc<Version>>;
+    /// Every publish-id, sorted.
+    fn publish_ids(&self) -> Vec<String>;
+    /// The content of a stored file.
+    fn read(&self, digest: &Sha256) -> Result<Bytes, StoreError>;
+    /// A counter that grows with every change (new version): cheap change detection.
+    fn generation(&self) -> u64;
+}

@@ -1,0 +1,493 @@
+//! [`LocalStore`]: the embedded store on a local directory.
+//!
+//! Layout (format 1):
+//! ```text
+//! <root>/FORMAT                          "suitcase-store 1"
+//! <root>/blobs/sha256/<2 hex>/<64 hex>   file contents, written once
+//! <root>/ids/<id, '/' as %2F>/<seq>.json one record per version, never rewritten
+//! <root>/tmp/                            staging; emptied at start
+//! ```
+//! A publish writes and fsyncs every blob first, then the record through a temporary file
+//! that is hard-linked into place (no-clobber, so two writers can never share a version
+//! number), then fsyncs the directory. A crash at any point leaves either the old set of
+//! versions or the new one; orphan blobs are harmless.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::{self, File};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{dir_name, from_dir_name, validate_file_name, validate_publish_id};
+use crate::{
+    BuildManifest, Draft, FileEntry, ManifestEntry, PublishRequest, Sha256, Store, StoreError, Version,
+};
+
+const FORMAT: &str = "suitcase-store 1\n";
+/// Bytes of file content kept in memory for serving.
+const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+
+/// The embedded, local-disk store.
+pub struct LocalStore {
+    root: PathBuf,
+    index: RwLock<HashMap<String, BTreeMap<u64, Arc<Version>>>>,
+    publish_lock: Mutex<()>,
+    generation: AtomicU64,
+    cache: Mutex<Cache>,
+    tmp_counter: AtomicU64,
+}
+
+struct Cache {
+    budget: u64,
+    used: u64,
+    map: HashMap<Sha256, Bytes>,
+}
+
+fn io(path: &Path, source: std::io::Error) -> StoreError {
+    if source.kind() == ErrorKind::StorageFull || source.raw_os_error() == Some(28) {
+        return StoreError::NoSpace;
+    }
+    StoreError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileRecord {
+    name: String,
+    sha256: String,
+    size: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+struct ManifestRecord {
+    name: String,
+    sha256: String,
+    size: u64,
+    sequence_number: Option<u64>,
+    server_built: bool,
+}
+
+#[derive(Serialize, Deserialize)]
+struct VersionRecord {
+    format: u32,
+    publish_id: String,
+    seq: u64,
+    created_at: u64,
+    semver: Option<String>,
+    manifest: Option<ManifestRecord>,
+    files: Vec<FileRecord>,
+}
+
+impl VersionRecord {
+    fn from_version(v: &Version) -> Self {
+        let file = |f: &FileEntry| FileRecord {
+            name: f.name.clone(),
+            sha256: f.sha256.to_hex(),
+            size: f.size,
+        };
+        VersionRecord {
+            format: 1,
+            publish_id: v.publish_id.clone(),
+            seq: v.seq,
+            created_at: v.created_at,
+            semver: v.semver.as_ref().map(|s| s.to_string()),
+            manifest: v.manifest.as_ref().map(|m| ManifestRecord {
+                name: m.file.name.clone(),
+                sha256: m.file.sha256.to_hex(),
+                size: m.file.size,
+                sequence_number: m.sequence_number,
+                server_built: m.server_built,
+            }),
+            files: v.files.iter().map(file).collect(),
+        }
+    }
+
+    fn into_version(self, path: &Path) -> Result<Version, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt {
+            path: path.display().to_string(),
+            what,
+        };
+        let digest = |s: &str| Sha256::from_hex(s).ok_or_else(|| corrupt(format!("bad digest {s:?}")));
+        if self.format != 1 {
+            return Err(corrupt(format!("unknown record format {}", self.format)));
+        }
+        let mut files = Vec::new();
+        for f in self.files {
+            files.push(FileEntry {
+                sha256: digest(&f.sha256)?,
+                name: f.name,
+                size: f.size,
+            });
+        }
+        let manifest = match self.manifest {
+            None => None,
+            Some(m) => Some(ManifestEntry {
+                file: FileEntry {
+                    sha256: digest(&m.sha256)?,
+                    name: m.name,
+                    size: m.size,
+                },
+                sequence_number: m.sequence_number,
+                server_built: m.server_built,
+            }),
+        };
+        let semver = match self.semver {
+            None => None,
+            Some(s) => Some(semver::Version::parse(&s).map_err(|e| corrupt(format!("semver {s:?}: {e}")))?),
+        };
+        Ok(Version {
+            publish_id: self.publish_id,
+            seq: self.seq,
+            created_at: self.created_at,
+            semver,
+            manifest,
+            files,
+        })
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| io(dir, e))
+}
+
+impl LocalStore {
+    /// Open (or create) a store at `root`, loading its index and emptying its staging area.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self, StoreError> {
+        let root = root.into();
+        for d in ["blobs/sha256", "ids", "tmp"] {
+            let p = root.join(d);
+            fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
+        }
+        let format_path = root.join("FORMAT");
+        match fs::read_to_string(&format_path) {
+            Ok(s) if s == FORMAT => {}
+            Ok(s) => {
+                return Err(StoreError::Corrupt {
+                    path: format_path.display().to_string(),
+                    what: format!("unknown store format {:?}", s.trim()),
+                })
+            }
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                fs::write(&format_path, FORMAT).map_err(|e| io(&format_path, e))?;
+            }
+            Err(e) => return Err(io(&format_path, e)),
+        }
+        let tmp = root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(|e| io(&tmp, e))?.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        let store = LocalStore {
+            root,
+            index: RwLock::new(HashMap::new()),
+            publish_lock: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            cache: Mutex::new(Cache {
+                budget: DEFAULT_CACHE_BYTES,
+                used: 0,
+                map: HashMap::new(),
+            }),
+            tmp_counter: AtomicU64::new(0),
+        };
+        store.load_index()?;
+        Ok(store)
+    }
+
+    /// Set how many bytes of file content are kept in memory (default 256 MiB).
+    pub fn set_cache_budget(&self, bytes: u64) {
+        if let Ok(mut c) = self.cache.lock() {
+            c.budget = bytes;
+        }
+    }
+
+    /// The directory the store lives in.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn load_index(&self) -> Result<(), StoreError> {
+        let ids = self.root.join("ids");
+        let mut index: HashMap<String, BTreeMap<u64, Arc<Version>>> = HashMap::new();
+        for dir in fs::read_dir(&ids).map_err(|e| io(&ids, e))?.flatten() {
+            let Some(name) = dir.file_name().to_str().map(from_dir_name) else {
+                continue;
+            };
+            if validate_publish_id(&name).is_err() {
+                tracing::warn!(dir = %dir.path().display(), "ignoring a directory that is no publish-id");
+                continue;
+            }
+            let entries = fs::read_dir(dir.path()).map_err(|e| io(&dir.path(), e))?;
+            for rec in entries.flatten() {
+                let path = rec.path();
+                if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                    continue;
+                }
+                match self.load_record(&path) {
+                    Ok(v) if v.publish_id == name => {
+                        index.entry(name.clone()).or_default().insert(v.seq, Arc::new(v));
+                    }
+                    Ok(v) => tracing::error!(path = %path.display(), id = %v.publish_id, "record in the wrong directory, ignored"),
+                    Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable version record, ignored"),
+                }
+            }
+        }
+        let n: usize = index.values().map(|v| v.len()).sum();
+        tracing::info!(root = %self.root.display(), publish_ids = index.len(), versions = n, "store opened");
+        if let Ok(mut i) = self.index.write() {
+            *i = index;
+        }
+        Ok(())
+    }
+
+    fn load_record(&self, path: &Path) -> Result<Version, StoreError> {
+        let bytes = fs::read(path).map_err(|e| io(path, e))?;
+        let rec: VersionRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
+            path: path.display().to_string(),
+            what: e.to_string(),
+        })?;
+        let v = rec.into_version(path)?;
+        for f in v.files.iter().chain(v.manifest.as_ref().map(|m| &m.file)) {
+            let blob = self.blob_path(&f.sha256);
+            if !blob.exists() {
+                return Err(StoreError::Corrupt {
+                    path: path.display().to_string(),
+                    what: format!("blob {:?} of {} is missing", f.sha256, f.name),
+                });
+            }
+        }
+        Ok(v)
+    }
+
+    fn blob_path(&self, d: &Sha256) -> PathBuf {
+        let h = d.to_hex();
+        self.root.join("blobs/sha256").join(&h[..2]).join(h)
+    }
+
+    fn tmp_path(&self) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.root.join("tmp").join(format!("{}-{n}", std::process::id()))
+    }
+
+    /// Write `data` to a fresh temporary file and fsync it.
+    fn write_tmp(&self, data: &[u8]) -> Result<PathBuf, StoreError> {
+        let tmp = self.tmp_path();
+        let res = (|| {
+            let mut f = File::create(&tmp)?;
+            f.write_all(data)?;
+            f.sync_all()
+        })();
+        if let Err(e) = res {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(&tmp, e));
+        }
+        Ok(tmp)
+    }
+
+    fn put_blob(&self, digest: &Sha256, data: &[u8]) -> Result<(), StoreError> {
+        let dest = self.blob_path(digest);
+        if dest.exists() {
+            return Ok(());
+        }
+        let dir = dest.parent().unwrap_or(&self.root).to_path_buf();
+        fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        let tmp = self.write_tmp(data)?;
+        if let Err(e) = fs::rename(&tmp, &dest) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(&dest, e));
+        }
+        sync_dir(&dir)
+    }
+
+    fn commit_record(&self, v: &Version) -> Result<(), StoreError> {
+        let dir = self.root.join("ids").join(dir_name(&v.publish_id));
+        let created = !dir.exists();
+        fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
+        if created {
+            sync_dir(&self.root.join("ids"))?;
+        }
+        let json = serde_json::to_vec_pretty(&VersionRecord::from_version(v)).map_err(|e| StoreError::Corrupt {
+            path: dir.display().to_string(),
+            what: e.to_string(),
+        })?;
+        let tmp = self.write_tmp(&json)?;
+        let dest = dir.join(format!("{:020}.json", v.seq));
+        let linked = fs::hard_link(&tmp, &dest);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => sync_dir(&dir),
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => Err(StoreError::BadRequest(format!(
+                "version {} of {} was published concurrently by another process",
+                v.seq, v.publish_id
+            ))),
+            Err(e) => Err(io(&dest, e)),
+        }
+    }
+
+    fn cache_get(&self, d: &Sha256) -> Option<Bytes> {
+        self.cache.lock().ok()?.map.get(d).cloned()
+    }
+
+    fn cache_put(&self, d: Sha256, data: &Bytes) {
+        let Ok(mut c) = self.cache.lock() else { return };
+        let len = data.len() as u64;
+        if len > c.budget || c.map.contains_key(&d) {
+            return;
+        }
+        while c.used + len > c.budget {
+            let Some(victim) = c.map.keys().next().copied() else { break };
+            if let Some(b) = c.map.remove(&victim) {
+                c.used -= b.len() as u64;
+            }
+        }
+        c.used += len;
+        c.map.insert(d, data.clone());
+    }
+}
+
+fn now_unix() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+impl Store for LocalStore {
+    fn publish(&self, req: PublishRequest, build: Box<BuildManifest<'_>>) -> Result<Arc<Version>, StoreError> {
+        validate_publish_id(&req.publish_id)?;
+        if req.files.is_empty() {
+            return Err(StoreError::BadRequest("a publish needs at least one file".into()));
+        }
+        let mut entries = Vec::with_capacity(req.files.len());
+        for f in &req.files {
+            validate_file_name(&f.name)?;
+            if entries.iter().any(|e: &FileEntry| e.name == f.name) {
+                return Err(StoreError::BadRequest(format!("file {:?} given twice", f.name)));
+            }
+            entries.push(FileEntry {
+                name: f.name.clone(),
+                sha256: Sha256::of(&f.data),
+                size: f.data.len() as u64,
+            });
+        }
+        // Blobs first: outside the lock, idempotent.
+        for (f, e) in req.files.iter().zip(&entries) {
+            self.put_blob(&e.sha256, &f.data)?;
+        }
+        let _guard = self.publish_lock.lock().map_err(|_| StoreError::BadRequest("store lock poisoned".into()))?;
+        let previous = self.latest(&req.publish_id);
+        let seq = previous.as_ref().map_or(1, |p| p.seq + 1);
+        let now = now_unix();
+        let draft = Draft {
+            publish_id: &req.publish_id,
+            seq,
+            previous: previous.as_deref(),
+            files: &entries,
+            now,
+        };
+        let manifest = build(&draft).map_err(StoreError::Manifest)?;
+        let manifest = match manifest {
+            None => None,
+            Some(m) => {
+                validate_file_name(&m.name)?;
+                if entries.iter().any(|e| e.name == m.name) {
+                    return Err(StoreError::BadRequest(format!("manifest name {:?} is also a file", m.name)));
+                }
+                if let (Some(new), Some(current)) = (m.sequence_number, self.highest_sequence(&req.publish_id)) {
+                    if new <= current {
+                        return Err(StoreError::SequenceNotIncreasing { new, current });
+                    }
+                }
+                let file = FileEntry {
+                    name: m.name,
+                    sha256: Sha256::of(&m.data),
+                    size: m.data.len() as u64,
+                };
+                self.put_blob(&file.sha256, &m.data)?;
+                Some(ManifestEntry {
+                    file,
+                    sequence_number: m.sequence_number,
+                    server_built: m.server_built,
+                })
+            }
+        };
+        let version = Version {
+            publish_id: req.publish_id.clone(),
+            seq,
+            created_at: now,
+            semver: req.semver,
+            manifest,
+            files: entries,
+        };
+        self.commit_record(&version)?;
+        let version = Arc::new(version);
+        if let Ok(mut idx) = self.index.write() {
+            idx.entry(req.publish_id.clone()).or_default().insert(seq, version.clone());
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+        tracing::info!(publish_id = %version.publish_id, seq, files = version.files.len(), "version published");
+        Ok(version)
+    }
+
+    fn latest(&self, publish_id: &str) -> Option<Arc<Version>> {
+        let idx = self.index.read().ok()?;
+        idx.get(publish_id)?.values().next_back().cloned()
+    }
+
+    fn version(&self, publish_id: &str, seq: u64) -> Option<Arc<Version>> {
+        let idx = self.index.read().ok()?;
+        idx.get(publish_id)?.get(&seq).cloned()
+    }
+
+    fn versions(&self, publish_id: &str) -> Vec<Arc<Version>> {
+        let Ok(idx) = self.index.read() else { return Vec::new() };
+        idx.get(publish_id).map(|m| m.values().cloned().collect()).unwrap_or_default()
+    }
+
+    fn publish_ids(&self) -> Vec<String> {
+        let Ok(idx) = self.index.read() else { return Vec::new() };
+        let mut ids: Vec<String> = idx.keys().cloned().collect();
+        ids.sort();
+        ids
+    }
+
+    fn read(&self, digest: &Sha256) -> Result<Bytes, StoreError> {
+        if let Some(b) = self.cache_get(digest) {
+            return Ok(b);
+        }
+        let path = self.blob_path(digest);
+        let data = match fs::read(&path) {
+            Ok(d) => Bytes::from(d),
+            Err(e) if e.kind() == ErrorKind::NotFound => {
+                return Err(StoreError::NotFound(format!("blob {digest:?}")))
+            }
+            Err(e) => return Err(io(&path, e)),
+        };
+        if Sha256::of(&data) != *digest {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                what: "content does not match its digest".into(),
+            });
+        }
+        self.cache_put(*digest, &data);
+        Ok(data)
+    }
+
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
+
+impl LocalStore {
+    fn highest_sequence(&self, publish_id: &str) -> Option<u64> {
+        self.versions(publish_id)
+            .iter()
+            .filter_map(|v| v.manifest.as_ref()?.sequence_number)
+            .max()
+    }
+}
+
+#[cfg(test)]
+mod tests;
