@@ -1,1 +1,11 @@
-//! placeholder
+//! CoAP for suitcase: a sans-IO firmware server core ([`Server`]: datagram in, datagram out,
+//! RFC 7252 messaging + RFC 7959 Block2 with ETag and Size2, 20-bit block numbers) and a thin
+//! tokio UDP [`driver`]. coap-lite is used as the packet codec only.
+
+pub mod block;
+pub mod driver;
+pub mod resources;
+pub mod server;
+
+pub use resources::StoreResources;
+pub use server::{Config, Resource, Resources, Server};

@@ -1,0 +1,105 @@
+//! The store's files as CoAP resources:
+//! `/<publish-id>/manifest`, `/<publish-id>/<file>`, `/<publish-id>/v/<seq>/<file>` and
+//! `/.well-known/core`.
+
+use std::fmt::Write as _;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use suitcase_store::{FileEntry, Store, Version};
+
+use crate::server::{content_format, Resource, Resources};
+
+/// Resolves CoAP paths against a [`Store`].
+pub struct StoreResources {
+    store: Arc<dyn Store>,
+    /// `/.well-known/core`, rebuilt when the store's generation moves.
+    link_format: Mutex<Option<(u64, Resource)>>,
+}
+
+impl StoreResources {
+    /// Serve `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        StoreResources { store, link_format: Mutex::new(None) }
+    }
+
+    fn file(&self, entry: &FileEntry) -> Option<Resource> {
+        match self.store.read(&entry.sha256) {
+            Ok(body) => {
+                let mut etag = [0u8; 8];
+                etag.copy_from_slice(&entry.sha256.0[..8]);
+                Some(Resource { body, etag, content_format: content_format::OCTET_STREAM })
+            }
+            Err(e) => {
+                tracing::error!(file = %entry.name, error = %e, "stored file cannot be read");
+                None
+            }
+        }
+    }
+
+    fn in_version(&self, v: &Version, rest: &[&str]) -> Option<Resource> {
+        match rest {
+            ["manifest"] => self.file(&v.manifest.as_ref()?.file),
+            [name] => self.file(v.file(name)?),
+            _ => None,
+        }
+    }
+
+    fn well_known_core(&self) -> Resource {
+        let generation = self.store.generation();
+        if let Ok(cache) = self.link_format.lock() {
+            if let Some((g, r)) = cache.as_ref() {
+                if *g == generation {
+                    return r.clone();
+                }
+            }
+        }
+        let mut out = String::new();
+        for id in self.store.publish_ids() {
+            let Some(v) = self.store.latest(&id) else { continue };
+            if let Some(m) = &v.manifest {
+                let _ = write!(out, "</{id}/manifest>;rt=\"suit.manifest\";ct=42;sz={},", m.file.size);
+            }
+            for f in &v.files {
+                let _ = write!(out, "</{id}/{}>;ct=42;sz={},", f.name, f.size);
+            }
+        }
+        out.pop();
+        let body = Bytes::from(out);
+        let digest = suitcase_store::Sha256::of(&body);
+        let mut etag = [0u8; 8];
+        etag.copy_from_slice(&digest.0[..8]);
+        let r = Resource { body, etag, content_format: content_format::LINK_FORMAT };
+        if let Ok(mut cache) = self.link_format.lock() {
+            *cache = Some((generation, r.clone()));
+        }
+        r
+    }
+}
+
+impl Resources for StoreResources {
+    fn resolve(&self, segments: &[&str]) -> Option<Resource> {
+        if segments == [".well-known", "core"] {
+            return Some(self.well_known_core());
+        }
+        // A publish-id may contain '/': try the longest prefix that names one.
+        for split in (1..segments.len()).rev() {
+            let id = segments[..split].join("/");
+            let Some(latest) = self.store.latest(&id) else { continue };
+            let rest = &segments[split..];
+            if let ["v", seq, tail @ ..] = rest {
+                if let Ok(seq) = seq.parse::<u64>() {
+                    if let Some(v) = self.store.version(&id, seq) {
+                        if let Some(r) = self.in_version(&v, tail) {
+                            return Some(r);
+                        }
+                    }
+                }
+            }
+            if let Some(r) = self.in_version(&latest, rest) {
+                return Some(r);
+            }
+        }
+        None
+    }
+}
