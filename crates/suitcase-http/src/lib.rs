@@ -1,1 +1,177 @@
-//! placeholder
+//! The HTTP side of suitcase: publishing (multipart, compatible with ota-server's
+//! `otaclient`), the CoAP URL lookup RIOT's build uses, and a JSON listing.
+//!
+//! [`router`] returns an axum `Router` that tests drive with `oneshot`; the binary serves it.
+
+mod error;
+mod publish;
+mod signer;
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, HeaderMap};
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Serialize;
+use suitcase_store::{Store, Version};
+
+pub use error::ApiError;
+pub use signer::Signer;
+
+/// Settings of the HTTP API.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Base of the CoAP URLs put into manifests and returned by `/coap/url`, e.g.
+    /// `coap://[2001:db8::1]:5683`. `None`: derived from the Host the publisher used.
+    pub coap_base_url: Option<String>,
+    /// The CoAP port, for deriving URLs from the Host header.
+    pub coap_port: u16,
+    /// Largest request body accepted (uploads).
+    pub max_body_bytes: usize,
+}
+
+/// Everything the handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    /// The store.
+    pub store: Arc<dyn Store>,
+    /// Builds and signs manifests.
+    pub signer: Arc<Signer>,
+    /// Settings.
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// The CoAP base URL for a request that came with `headers`.
+    pub(crate) fn coap_base(&self, headers: &HeaderMap) -> String {
+        if let Some(b) = &self.config.coap_base_url {
+            return b.trim_end_matches('/').to_string();
+        }
+        let host = headers
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .and_then(host_only)
+            .unwrap_or_else(|| "[::1]".to_string());
+        format!("coap://{host}:{}", self.config.coap_port)
+    }
+}
+
+/// The host part of a Host header value (`a:8080` → `a`, `[::1]:8080` → `[::1]`), if sane.
+fn host_only(h: &str) -> Option<String> {
+    let host = if let Some(rest) = h.strip_prefix('[') {
+        format!("[{}]", rest.split(']').next()?)
+    } else {
+        h.split(':').next()?.to_string()
+    };
+    let ok = !host.is_empty()
+        && host.len() <= 255
+        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]%".contains(&b));
+    ok.then_some(host)
+}
+
+/// The router.
+pub fn router(state: AppState) -> Router {
+    let limit = state.config.max_body_bytes;
+    Router::new()
+        .route("/publish", post(publish::publish))
+        .route("/coap/url/{*publish_id}", get(coap_url))
+        .route("/api/v1/publish-ids", get(list_ids))
+        .route("/api/v1/publish-ids/{*publish_id}", get(list_versions))
+        .route("/api/v1/public-key", get(public_key))
+        .route("/healthz", get(|| async { "ok" }))
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(state)
+}
+
+async fn coap_url(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<String, ApiError> {
+    suitcase_store::validate_publish_id(&id)?;
+    Ok(format!("{}/{id}", st.coap_base(&headers)))
+}
+
+async fn public_key(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
+    let pem = st.signer.public_key_pem()?;
+    Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem))
+}
+
+#[derive(Serialize)]
+struct IdSummary {
+    publish_id: String,
+    latest: Option<u64>,
+    versions: usize,
+}
+
+async fn list_ids(State(st): State<AppState>) -> Json<Vec<IdSummary>> {
+    let out = st
+        .store
+        .publish_ids()
+        .into_iter()
+        .map(|id| {
+            let versions = st.store.versions(&id);
+            IdSummary { latest: versions.last().map(|v| v.seq), versions: versions.len(), publish_id: id }
+        })
+        .collect();
+    Json(out)
+}
+
+/// JSON view of a version.
+#[derive(Serialize)]
+pub struct VersionView {
+    publish_id: String,
+    version: u64,
+    created_at: u64,
+    semver: Option<String>,
+    sequence_number: Option<u64>,
+    manifest: Option<FileView>,
+    files: Vec<FileView>,
+}
+
+#[derive(Serialize)]
+struct FileView {
+    name: String,
+    sha256: String,
+    size: u64,
+    url: String,
+}
+
+impl VersionView {
+    pub(crate) fn new(v: &Version, coap_base: &str) -> Self {
+        let url = |name: &str| format!("{coap_base}/{}/v/{}/{name}", v.publish_id, v.seq);
+        let file = |f: &suitcase_store::FileEntry| FileView {
+            name: f.name.clone(),
+            sha256: f.sha256.to_hex(),
+            size: f.size,
+            url: url(&f.name),
+        };
+        VersionView {
+            publish_id: v.publish_id.clone(),
+            version: v.seq,
+            created_at: v.created_at,
+            semver: v.semver.as_ref().map(|s| s.to_string()),
+            sequence_number: v.manifest.as_ref().and_then(|m| m.sequence_number),
+            manifest: v.manifest.as_ref().map(|m| FileView {
+                url: format!("{coap_base}/{}/manifest", v.publish_id),
+                ..file(&m.file)
+            }),
+            files: v.files.iter().map(file).collect(),
+        }
+    }
+}
+
+async fn list_versions(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Json<Vec<VersionView>>, ApiError> {
+    suitcase_store::validate_publish_id(&id)?;
+    let versions = st.store.versions(&id);
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("no publish-id {id:?}")));
+    }
+    let base = st.coap_base(&headers);
+    Ok(Json(versions.iter().rev().map(|v| VersionView::new(v, &base)).collect()))
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,115 @@
+//! `POST /publish`: multipart with `publish_id`, optional `version` (semver), optional
+//! `class` (class-id source, default the publish-id), optional `manifest` (a signed envelope),
+//! and one part per firmware file. As in ota-server, a file part's *field name* is the
+//! stored name; generic field names (`file`, `files`, `image`) use the part's filename.
+
+use axum::extract::{Multipart, State};
+use axum::http::HeaderMap;
+use axum::Json;
+use bytes::Bytes;
+use suitcase_store::{Draft, NewFile, NewManifest, PublishRequest};
+use suitcase_suit::Envelope;
+
+use crate::{ApiError, AppState, VersionView};
+
+fn basename(name: &str) -> &str {
+    name.rsplit(['/', '\\']).next().unwrap_or(name)
+}
+
+pub(crate) async fn publish(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    mut multipart: Multipart,
+) -> Result<Json<VersionView>, ApiError> {
+    let mut publish_id = None;
+    let mut semver = None;
+    let mut class = None;
+    let mut manifest: Option<(String, Bytes)> = None;
+    let mut files = Vec::new();
+    while let Some(field) = multipart
+        .next_field()
+        .await
+        .map_err(|e| ApiError::new(e.status(), format!("multipart: {}", e.body_text())))?
+    {
+        let name = field.name().unwrap_or_default().to_string();
+        let filename = field.file_name().map(|s| basename(s).to_string());
+        let data = field
+            .bytes()
+            .await
+            .map_err(|e| ApiError::new(e.status(), format!("multipart field {name:?}: {}", e.body_text())))?;
+        let text = || {
+            std::str::from_utf8(&data)
+                .map(|s| s.trim().to_string())
+                .map_err(|_| ApiError::bad_request(format!("field {name:?} is not UTF-8")))
+        };
+        match name.as_str() {
+            "publish_id" => publish_id = Some(text()?),
+            "version" => {
+                let t = text()?;
+                let v = semver::Version::parse(t.trim_start_matches('v'))
+                    .map_err(|e| ApiError::bad_request(format!("version {t:?} is not semver: {e}")))?;
+                semver = Some(v);
+            }
+            "class" => class = Some(text()?),
+            "manifest" => {
+                let stored = filename.unwrap_or_else(|| "manifest.suit".into());
+                manifest = Some((stored, data));
+            }
+            "file" | "files" | "image" => {
+                let stored = filename.ok_or_else(|| ApiError::bad_request(format!("part {name:?} has no filename")))?;
+                files.push(NewFile { name: stored, data });
+            }
+            "" => return Err(ApiError::bad_request("a multipart part has no name")),
+            other => files.push(NewFile { name: basename(other).to_string(), data }),
+        }
+    }
+    let publish_id = publish_id.ok_or_else(|| ApiError::bad_request("missing field publish_id"))?;
+    suitcase_store::validate_publish_id(&publish_id)?;
+    if files.is_empty() {
+        return Err(ApiError::bad_request("No file found in request"));
+    }
+    // An uploaded manifest must at least be a SUIT envelope; its sequence number must grow.
+    let provided = match manifest {
+        None => None,
+        Some((name, data)) => {
+            let env = Envelope::decode(&data)?;
+            Some(NewManifest {
+                name,
+                sequence_number: Some(env.manifest().sequence_number),
+                data,
+                server_built: false,
+            })
+        }
+    };
+    let coap_base = st.coap_base(&headers);
+    let class = class.unwrap_or_else(|| publish_id.clone());
+    let audit: Vec<(String, usize)> = files.iter().map(|f| (f.name.clone(), f.data.len())).collect();
+    let req = PublishRequest { publish_id: publish_id.clone(), files, semver };
+    let store = st.store.clone();
+    let signer = st.signer.clone();
+    let base = coap_base.clone();
+    let version = tokio::task::spawn_blocking(move || {
+        store.publish(
+            req,
+            Box::new(move |draft: &Draft<'_>| match provided {
+                Some(m) => Ok(Some(m)),
+                None => signer.build(draft, &base, &class).map(Some),
+            }),
+        )
+    })
+    .await
+    .map_err(ApiError::internal)??;
+    for f in version.files.iter().chain(version.manifest.as_ref().map(|m| &m.file)) {
+        tracing::info!(
+            target: "suitcase::audit",
+            action = "publish",
+            publish_id = %version.publish_id,
+            version = version.seq,
+            file = %f.name,
+            sha256 = %f.sha256.to_hex(),
+            size = f.size,
+        );
+    }
+    tracing::debug!(files = ?audit, "publish request");
+    Ok(Json(VersionView::new(&version, &coap_base)))
+}

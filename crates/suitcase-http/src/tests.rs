@@ -1,0 +1,119 @@
+//! Router tests through `oneshot`.
+use super::*;
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use suitcase_store::LocalStore;
+use suitcase_suit::{Algorithm, SigningKey};
+use tower::ServiceExt;
+
+fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
+    let key = SigningKey::generate(Algorithm::Ed25519);
+    let store = Arc::new(LocalStore::open(dir).unwrap());
+    let st = AppState {
+        store,
+        signer: Arc::new(Signer::new(key.clone(), "example.org")),
+        config: Arc::new(Config { coap_base_url: None, coap_port: 5683, max_body_bytes: 1 << 20 }),
+    };
+    (st, key)
+}
+
+fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+    let boundary = "XbOuNdArYx";
+    let mut body = Vec::new();
+    for (name, filename, data) in parts {
+        body.extend_from_slice(format!("--{boundary}\r\n").as_bytes());
+        match filename {
+            Some(f) => body.extend_from_slice(
+                format!("Content-Disposition: form-data; name=\"{name}\"; filename=\"{f}\"\r\nContent-Type: application/octet-stream\r\n\r\n").as_bytes(),
+            ),
+            None => body.extend_from_slice(format!("Content-Disposition: form-data; name=\"{name}\"\r\n\r\n").as_bytes()),
+        }
+        body.extend_from_slice(data);
+        body.extend_from_slice(b"\r\n");
+    }
+    body.extend_from_slice(format!("--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn post(app: Router, parts: &[(&str, Option<&str>, &[u8])]) -> (StatusCode, serde_json::Value) {
+    let (ct, body) = multipart(parts);
+    let req = Request::post("/publish")
+        .header("content-type", ct)
+        .header("host", "ota.example:8080")
+        .body(Body::from(body))
+        .unwrap();
+    let resp = app.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn publish_builds_a_signed_manifest_with_growing_sequence_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, key) = state(dir.path());
+    let app = router(st.clone());
+    let (s, v1) = post(app.clone(), &[("publish_id", None, b"fw/app/board"), ("app.bin", Some("app.bin"), b"firmware one")]).await;
+    assert_eq!(s, StatusCode::OK, "{v1}");
+    assert_eq!(v1["version"], 1);
+    assert_eq!(v1["files"][0]["url"], "coap://ota.example:5683/fw/app/board/v/1/app.bin");
+    let (_, v2) = post(app, &[("publish_id", None, b"fw/app/board"), ("file", Some("app.bin"), b"firmware two")]).await;
+    assert_eq!(v2["version"], 2);
+    assert!(v2["sequence_number"].as_u64() > v1["sequence_number"].as_u64());
+
+    let latest = st.store.latest("fw/app/board").unwrap();
+    let m = latest.manifest.as_ref().unwrap();
+    let bytes = st.store.read(&m.file.sha256).unwrap();
+    let env = suitcase_suit::Envelope::decode(&bytes).unwrap().verify(&key.verifying_key()).unwrap();
+    let params = env.manifest().component_parameters();
+    assert_eq!(params[0].1.get(14), Some(&suitcase_suit::manifest::ParamValue::Uint(12)));
+    assert_eq!(
+        params[0].1.get(21),
+        Some(&suitcase_suit::manifest::ParamValue::Text("coap://ota.example:5683/fw/app/board/v/2/app.bin".into()))
+    );
+}
+
+#[tokio::test]
+async fn bad_publishes_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _) = state(dir.path());
+    let app = router(st.clone());
+    let cases: Vec<(Vec<(&str, Option<&str>, &[u8])>, StatusCode, &str)> = vec![
+        (vec![("a.bin", Some("a.bin"), b"x")], StatusCode::BAD_REQUEST, "publish_id"),
+        (vec![("publish_id", None, b"../etc"), ("a.bin", Some("a.bin"), b"x")], StatusCode::BAD_REQUEST, "invalid publish-id"),
+        (vec![("publish_id", None, b"ok")], StatusCode::BAD_REQUEST, "No file"),
+        (vec![("publish_id", None, b"ok"), ("version", None, b"one"), ("a", Some("a"), b"x")], StatusCode::BAD_REQUEST, "semver"),
+        (vec![("publish_id", None, b"ok"), ("manifest", Some("m"), b"\xff\x00"), ("a", Some("a"), b"x")], StatusCode::BAD_REQUEST, "manifest"),
+        (vec![("publish_id", None, b"ok"), (".hidden", Some("a"), b"x")], StatusCode::BAD_REQUEST, "file name"),
+    ];
+    for (parts, status, needle) in cases {
+        let (s, body) = post(app.clone(), &parts).await;
+        assert_eq!(s, status, "{body}");
+        assert!(body["error"].as_str().unwrap().contains(needle), "{body} lacks {needle}");
+    }
+    assert!(st.store.publish_ids().is_empty());
+    // Oversize upload.
+    let big = vec![0u8; 2 << 20];
+    let (s, _) = post(app, &[("publish_id", None, b"ok"), ("a", Some("a"), &big)]).await;
+    assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
+    assert!(st.store.publish_ids().is_empty());
+}
+
+#[tokio::test]
+async fn coap_url_and_listing() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _) = state(dir.path());
+    let app = router(st);
+    post(app.clone(), &[("publish_id", None, b"samr21-xpro_suit"), ("slot0.1.bin", Some("x"), b"1")]).await;
+    let req = Request::get("/coap/url/samr21-xpro_suit").header("host", "[2001:db8::1]:8080").body(Body::empty()).unwrap();
+    let resp = app.clone().oneshot(req).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 1000).await.unwrap();
+    assert_eq!(&body[..], b"coap://[2001:db8::1]:5683/samr21-xpro_suit");
+    let resp = app.clone().oneshot(Request::get("/api/v1/publish-ids").body(Body::empty()).unwrap()).await.unwrap();
+    let body = axum::body::to_bytes(resp.into_body(), 10000).await.unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(v[0]["publish_id"], "samr21-xpro_suit");
+    assert_eq!(v[0]["latest"], 1);
+    let resp = app.oneshot(Request::get("/api/v1/publish-ids/nope").body(Body::empty()).unwrap()).await.unwrap();
+    assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
