@@ -85,6 +85,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Serve the API on an already bound listener until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+}
+
 async fn coap_url(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<String, ApiError> {
     suitcase_store::validate_publish_id(&id)?;
     Ok(format!("{}/{id}", st.coap_base(&headers)))

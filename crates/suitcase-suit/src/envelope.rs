@@ -125,9 +125,11 @@ impl Envelope {
             return Err(Error::Missing("digest in the authentication wrapper"));
         }
         if profile == Profile::Riot09 {
-            let first = auth_blocks.first().ok_or(Error::Unsigned)?;
-            let payload = sign1_payload(first)?.ok_or(Error::Missing("COSE payload (draft-09 attaches the digest)"))?;
-            auth_digest = Some(SuitDigest::from_cbor(&payload)?);
+            if let Some(first) = auth_blocks.first() {
+                let payload = sign1_payload(first)?
+                    .ok_or(Error::Missing("COSE payload (draft-09 attaches the digest)"))?;
+                auth_digest = Some(SuitDigest::from_cbor(&payload)?);
+            }
         }
 
         let manifest = Manifest::decode(profile, manifest_bytes)?;
@@ -275,30 +277,47 @@ impl Envelope {
         e.finish()
     }
 
-    /// Sign `manifest` with `key` and wrap it into an envelope of `profile`.
-    ///
-    /// draft37: `[bstr(digest), bstr(COSE_Sign1 detached)]`, tag 107.
-    /// riot09: `[bstr(COSE_Sign1 with the digest attached)]`, no tag.
-    pub fn sign(profile: Profile, manifest: &Manifest, key: &SigningKey) -> Result<Self> {
+    /// An envelope of `profile` around `manifest` with no signature yet (draft37: the
+    /// authentication wrapper holds only the digest, as the draft's unsigned examples).
+    pub fn unsigned(profile: Profile, manifest: &Manifest) -> Result<Self> {
         let manifest_bytes = manifest.encode(profile);
-        let digest = SuitDigest::sha256(profile, &bstr_item(&manifest_bytes));
-        let payload = digest.to_cbor();
-        // Re-check what we are about to sign (the draft's TOCTOU rule): decode it back.
+        // Re-check what will be signed (the draft's TOCTOU rule): it must decode back.
         let decoded = Manifest::decode(profile, &manifest_bytes)?;
         if &decoded != manifest {
             return Err(Error::Build("manifest does not survive an encode/decode round trip".into()));
         }
-        let cose = key.sign1(&payload, profile == Profile::Riot09)?;
         Ok(Envelope {
             profile,
             tagged: profile.envelope_tag().is_some(),
-            auth_digest: Some(digest),
-            auth_blocks: alloc::vec![cose],
+            auth_digest: Some(SuitDigest::sha256(profile, &bstr_item(&manifest_bytes))),
+            auth_blocks: Vec::new(),
             manifest_bytes,
             manifest: decoded,
             severed: Vec::new(),
             integrated: Vec::new(),
         })
+    }
+
+    /// Add a COSE_Sign1 by `key` over the manifest digest (recomputed, never trusted).
+    ///
+    /// draft37: `[bstr(digest), *bstr(COSE_Sign1 detached)]`, tag 107.
+    /// riot09: `[*bstr(COSE_Sign1 with the digest attached)]`, no tag.
+    pub fn add_signature(mut self, key: &SigningKey) -> Result<Self> {
+        let digest = self.manifest_digest();
+        if let Some(claimed) = &self.auth_digest {
+            if claimed.bytes != digest.bytes && !self.auth_blocks.is_empty() {
+                return Err(Error::ManifestDigestMismatch);
+            }
+        }
+        let cose = key.sign1(&digest.to_cbor(), self.profile == Profile::Riot09)?;
+        self.auth_digest = Some(digest);
+        self.auth_blocks.push(cose);
+        Ok(self)
+    }
+
+    /// Sign `manifest` with `key` and wrap it into an envelope of `profile`.
+    pub fn sign(profile: Profile, manifest: &Manifest, key: &SigningKey) -> Result<Self> {
+        Self::unsigned(profile, manifest)?.add_signature(key)
     }
 
     /// Move severable members out of the manifest into the envelope (draft37 only).

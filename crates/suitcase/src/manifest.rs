@@ -1,0 +1,285 @@
+//! `suitcase keygen` and `suitcase manifest {create,sign,verify,inspect}`: offline tools.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Subcommand};
+use serde_json::json;
+use suitcase_suit::manifest::{ParamValue, Severable};
+use suitcase_suit::{builder, Algorithm, Envelope, Image, ManifestBuilder, Profile, SigningKey, VerifyingKey};
+
+#[derive(Args)]
+pub struct KeygenArgs {
+    /// Algorithm: ed25519 (RIOT) or es256 (P-256).
+    #[arg(long, default_value = "ed25519")]
+    alg: String,
+    /// Where to write the private key; the public key goes to <out without .pem>.pub.pem.
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+#[derive(Subcommand)]
+pub enum ManifestCommand {
+    /// Build an unsigned envelope (or a signed one with --key) from image files.
+    Create(CreateArgs),
+    /// Add a signature to an envelope.
+    Sign {
+        /// Private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Envelope to sign.
+        input: PathBuf,
+        /// Output file.
+        #[arg(long, short)]
+        out: PathBuf,
+    },
+    /// Check the digest and the signature with a public (or private) key; exit 1 if bad.
+    Verify {
+        /// Public key (SPKI PEM) or private key (PKCS#8 PEM).
+        #[arg(long)]
+        key: PathBuf,
+        /// Envelope.
+        input: PathBuf,
+    },
+    /// Show what an envelope says.
+    Inspect {
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+        /// Also verify with this key.
+        #[arg(long)]
+        key: Option<PathBuf>,
+        /// Envelope.
+        input: PathBuf,
+    },
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    /// draft37 (IETF, tag 107) or riot09 (what RIOT devices parse).
+    #[arg(long, default_value = "draft37")]
+    profile: String,
+    /// Sequence number (RIOT: the app version, usually `date +%s`).
+    #[arg(long)]
+    seq: u64,
+    /// Vendor domain: vendor-id = UUID5(DNS, domain). RIOT's default is riot-os.org.
+    #[arg(long, default_value = "suitcase.local")]
+    vendor_domain: String,
+    /// Device class: class-id = UUID5(vendor-id, class). RIOT uses the board name.
+    #[arg(long)]
+    class: String,
+    /// An image as URI=FILE or URI=FILE@SLOT (slot index, or flash offset for riot09,
+    /// decimal or 0x hex). Several slotted images become try-each alternatives.
+    #[arg(long = "image", required = true)]
+    images: Vec<String>,
+    /// Sign with this private key.
+    #[arg(long)]
+    key: Option<PathBuf>,
+    /// Output file.
+    #[arg(long, short)]
+    out: PathBuf,
+}
+
+pub fn write_key_pair(key: &SigningKey, path: &Path) -> anyhow::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let pem = key.to_pkcs8_pem()?;
+    write_private(path, pem.as_bytes())?;
+    let pub_path = path.with_extension("pub.pem");
+    std::fs::write(&pub_path, key.verifying_key().to_public_key_pem()?)
+        .with_context(|| format!("writing {}", pub_path.display()))?;
+    Ok(())
+}
+
+fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+    let mut f = opts.open(path).with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    f.write_all(data)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
+    let alg: Algorithm = args.alg.parse()?;
+    let key = SigningKey::generate(alg);
+    write_key_pair(&key, &args.out)?;
+    eprintln!(
+        "wrote {} and {}",
+        args.out.display(),
+        args.out.with_extension("pub.pem").display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(SigningKey::from_pkcs8_pem(&pem).with_context(|| format!("key {}", path.display()))?)
+}
+
+fn read_public(path: &Path) -> anyhow::Result<VerifyingKey> {
+    let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(VerifyingKey::from_any_pem(&pem).with_context(|| format!("key {}", path.display()))?)
+}
+
+fn read_envelope(path: &Path) -> anyhow::Result<Envelope> {
+    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    Ok(Envelope::decode(&bytes).with_context(|| format!("decoding {}", path.display()))?)
+}
+
+fn parse_number(s: &str) -> anyhow::Result<u64> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.with_context(|| format!("{s:?} is not a number"))
+}
+
+fn parse_image(spec: &str) -> anyhow::Result<Image> {
+    // URI=FILE[@SLOT]; the URI itself contains ':' and '/', never '='.
+    let Some((uri, rest)) = spec.split_once('=') else {
+        bail!("--image {spec:?}: expected URI=FILE or URI=FILE@SLOT");
+    };
+    let (file, slot) = match rest.rsplit_once('@') {
+        Some((f, s)) => (f, Some(parse_number(s)?)),
+        None => (rest, None),
+    };
+    let data = std::fs::read(file).with_context(|| format!("reading {file}"))?;
+    Ok(Image::from_bytes(uri, &data, slot))
+}
+
+pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        ManifestCommand::Create(a) => {
+            let profile: Profile = a.profile.parse()?;
+            let vendor = builder::vendor_id(&a.vendor_domain);
+            let class = builder::class_id(&vendor, &a.class);
+            let mut b = ManifestBuilder::new(profile, a.seq, vendor, class);
+            for spec in &a.images {
+                b = b.image(parse_image(spec)?);
+            }
+            let manifest = b.build()?;
+            let mut env = Envelope::unsigned(profile, &manifest)?;
+            if let Some(k) = &a.key {
+                env = env.add_signature(&read_key(k)?)?;
+            }
+            std::fs::write(&a.out, env.encode()).with_context(|| format!("writing {}", a.out.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ManifestCommand::Sign { key, input, out } => {
+            let env = read_envelope(&input)?.add_signature(&read_key(&key)?)?;
+            std::fs::write(&out, env.encode()).with_context(|| format!("writing {}", out.display()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        ManifestCommand::Verify { key, input } => {
+            let env = read_envelope(&input)?;
+            match env.verify(&read_public(&key)?) {
+                Ok(v) => {
+                    println!("OK: {} manifest, sequence number {}", env.profile(), v.manifest().sequence_number);
+                    Ok(ExitCode::SUCCESS)
+                }
+                Err(e) => {
+                    println!("FAILED: {e}");
+                    Ok(ExitCode::from(1))
+                }
+            }
+        }
+        ManifestCommand::Inspect { json, key, input } => {
+            let env = read_envelope(&input)?;
+            let signature = match key {
+                None => "not checked".to_string(),
+                Some(k) => match env.verify(&read_public(&k)?) {
+                    Ok(_) => "verified".to_string(),
+                    Err(e) => format!("invalid: {e}"),
+                },
+            };
+            let report = inspect(&env, &signature);
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report)?);
+            } else {
+                print_report(&report);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn inspect(env: &Envelope, signature: &str) -> serde_json::Value {
+    let m = env.manifest();
+    let profile = env.profile();
+    let components: Vec<serde_json::Value> = m
+        .component_parameters()
+        .into_iter()
+        .map(|(i, params)| {
+            let id = m.common.components.get(i).map(|c| c.0.iter().map(hex::encode).collect::<Vec<_>>());
+            let mut fields = serde_json::Map::new();
+            fields.insert("index".into(), json!(i));
+            fields.insert("id".into(), json!(id));
+            for (k, v) in &params.0 {
+                let value = match v {
+                    ParamValue::Uint(u) => json!(u),
+                    ParamValue::Bytes(b) => json!(hex::encode(b)),
+                    ParamValue::Text(t) => json!(t),
+                    ParamValue::Bool(b) => json!(b),
+                    ParamValue::Digest(d) => json!({"algorithm": d.algorithm, "digest": hex::encode(&d.bytes)}),
+                    ParamValue::Raw(r) => json!({"cbor": hex::encode(&r.0)}),
+                };
+                fields.insert(profile.parameter_name(*k).to_string(), value);
+            }
+            serde_json::Value::Object(fields)
+        })
+        .collect();
+    let severable = |name: &str, present: bool, severed: bool| {
+        json!({"member": name, "present": present, "severed": severed})
+    };
+    let sev = |s: &Option<Severable<suitcase_suit::manifest::CommandSequence>>| {
+        (s.is_some(), matches!(s, Some(Severable::Severed(_))))
+    };
+    let (pf, pfs) = sev(&m.payload_fetch);
+    let (ins, inss) = sev(&m.install);
+    json!({
+        "profile": profile.name(),
+        "manifest_version": m.version,
+        "sequence_number": m.sequence_number,
+        "manifest_digest": hex::encode(&env.manifest_digest().bytes),
+        "claimed_digest": env.claimed_digest().map(|d| hex::encode(&d.bytes)),
+        "authentication_blocks": env.authentication_blocks().len(),
+        "signature": signature,
+        "reference_uri": m.reference_uri,
+        "components": components,
+        "sequences": {
+            "validate": m.validate.is_some(),
+            "load": m.load.is_some(),
+            "invoke": m.invoke.is_some(),
+        },
+        "severable": [
+            severable("payload-fetch", pf, pfs),
+            severable("install", ins, inss),
+            severable("text", m.text.is_some(), matches!(m.text, Some(Severable::Severed(_)))),
+        ],
+        "severed_members_carried": env.severed_members().iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        "integrated_payloads": env.integrated_payloads().iter().map(|(k, v)| json!({"key": k, "size": v.len()})).collect::<Vec<_>>(),
+    })
+}
+
+fn print_report(r: &serde_json::Value) {
+    println!("profile          {}", r["profile"].as_str().unwrap_or("?"));
+    println!("sequence number  {}", r["sequence_number"]);
+    println!("manifest digest  {}", r["manifest_digest"].as_str().unwrap_or("?"));
+    println!("signature        {} ({} block(s))", r["signature"].as_str().unwrap_or("?"), r["authentication_blocks"]);
+    for c in r["components"].as_array().into_iter().flatten() {
+        println!("component {}", c["index"]);
+        if let Some(obj) = c.as_object() {
+            for (k, v) in obj {
+                if k != "index" {
+                    println!("  {k:<18} {v}");
+                }
+            }
+        }
+    }
+}

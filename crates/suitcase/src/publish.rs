@@ -1,0 +1,100 @@
+//! `suitcase publish`: the otaclient-compatible uploader.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+
+#[derive(Args)]
+pub struct PublishArgs {
+    /// Server base URL.
+    #[arg(long, env = "SUITCASE_SERVER", default_value = "http://localhost:8080")]
+    server: String,
+    /// The publish-id (may contain '/', e.g. fw/app/board).
+    #[arg(long)]
+    publish_id: String,
+    /// Firmware files; each is stored under its file name.
+    #[arg(long = "publish", alias = "files", num_args = 1.., required = true)]
+    files: Vec<PathBuf>,
+    /// A signed SUIT envelope to publish instead of letting the server build one.
+    #[arg(long)]
+    manifest: Option<PathBuf>,
+    /// Semantic version of this release.
+    #[arg(long)]
+    version: Option<String>,
+    /// Class of device (class-id = UUID5(vendor-id, class)); default: the publish-id.
+    #[arg(long)]
+    class: Option<String>,
+    /// Print the server's JSON answer instead of a summary.
+    #[arg(long)]
+    json: bool,
+}
+
+fn file_part(path: &PathBuf) -> anyhow::Result<(String, reqwest::multipart::Part)> {
+    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+    let name = path
+        .file_name()
+        .and_then(|n| n.to_str())
+        .with_context(|| format!("{}: no usable file name", path.display()))?
+        .to_string();
+    let part = reqwest::multipart::Part::bytes(data).file_name(name.clone());
+    Ok((name, part))
+}
+
+pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(publish(args))
+}
+
+async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let mut form = reqwest::multipart::Form::new().text("publish_id", args.publish_id.clone());
+    if let Some(v) = &args.version {
+        form = form.text("version", v.clone());
+    }
+    if let Some(c) = &args.class {
+        form = form.text("class", c.clone());
+    }
+    for path in &args.files {
+        let (name, part) = file_part(path)?;
+        form = form.part(name, part);
+    }
+    if let Some(m) = &args.manifest {
+        let (_, part) = file_part(m)?;
+        form = form.part("manifest", part);
+    }
+    let url = format!("{}/publish", args.server.trim_end_matches('/'));
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .multipart(form)
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        bail!("server answered {status}: {msg}");
+    }
+    if args.json {
+        println!("{body}");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("server answer is not JSON")?;
+    println!(
+        "published {} version {} (sequence number {})",
+        v["publish_id"].as_str().unwrap_or("?"),
+        v["version"],
+        v["sequence_number"]
+    );
+    if let Some(url) = v["manifest"]["url"].as_str() {
+        println!("manifest {url}");
+    }
+    for f in v["files"].as_array().into_iter().flatten() {
+        println!("file {} {} bytes sha256 {}", f["url"].as_str().unwrap_or("?"), f["size"], f["sha256"].as_str().unwrap_or("?"));
+    }
+    Ok(ExitCode::SUCCESS)
+}

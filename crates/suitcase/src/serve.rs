@@ -1,0 +1,165 @@
+//! `suitcase serve`: the store, the CoAP server and the HTTP API in one process.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use suitcase_coap::{driver, Server, StoreResources};
+use suitcase_http::{AppState, Signer};
+use suitcase_store::LocalStore;
+use suitcase_suit::{Algorithm, SigningKey};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Args, Clone)]
+pub struct ServeArgs {
+    /// Directory of the embedded store (created if missing).
+    #[arg(long, env = "SUITCASE_DATA", default_value = "suitcase-data")]
+    data: PathBuf,
+    /// CoAP (UDP) address to listen on; port 0 picks a free one.
+    #[arg(long, env = "SUITCASE_COAP", default_value = "[::]:5683")]
+    coap: SocketAddr,
+    /// HTTP address to listen on; port 0 picks a free one.
+    #[arg(long, env = "SUITCASE_HTTP", default_value = "[::]:8080")]
+    http: SocketAddr,
+    /// Signing key (PKCS#8 PEM, Ed25519 or P-256). Default: <data>/keys/signing-key.pem,
+    /// created (Ed25519) on first start.
+    #[arg(long, env = "SUITCASE_KEY")]
+    key: Option<PathBuf>,
+    /// CoAP base URL devices use to reach this server, put into manifests
+    /// (e.g. coap://[2001:db8::1]). Default: the host the publisher used, with the CoAP port.
+    #[arg(long, env = "SUITCASE_COAP_URL")]
+    coap_url: Option<String>,
+    /// Vendor domain: vendor-id = UUID5(DNS, domain).
+    #[arg(long, default_value = "suitcase.local")]
+    vendor_domain: String,
+    /// Block size when a CoAP request carries no Block2 option (16..1024, a power of two).
+    #[arg(long, default_value_t = 256)]
+    block_size: u16,
+    /// Largest upload accepted, in MiB.
+    #[arg(long, default_value_t = 256)]
+    max_upload_mib: usize,
+}
+
+impl ServeArgs {
+    pub fn default_args() -> Self {
+        use clap::FromArgMatches as _;
+        let cmd = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
+        let matches = cmd.get_matches_from(["serve"]);
+        match ServeArgs::from_arg_matches(&matches) {
+            Ok(a) => a,
+            Err(e) => e.exit(),
+        }
+    }
+}
+
+fn szx_of(block_size: u16) -> anyhow::Result<u8> {
+    match block_size {
+        16 | 32 | 64 | 128 | 256 | 512 | 1024 => Ok((block_size.trailing_zeros() - 4) as u8),
+        other => bail!("--block-size {other}: must be a power of two from 16 to 1024"),
+    }
+}
+
+/// Load the signing key, or create one at the default place.
+fn load_or_create_key(data: &Path, key: Option<&Path>) -> anyhow::Result<SigningKey> {
+    if let Some(path) = key {
+        let pem = std::fs::read_to_string(path).with_context(|| format!("reading key {}", path.display()))?;
+        return SigningKey::from_pkcs8_pem(&pem).with_context(|| format!("key {}", path.display()));
+    }
+    let path = data.join("keys/signing-key.pem");
+    if path.exists() {
+        let pem = std::fs::read_to_string(&path).with_context(|| format!("reading key {}", path.display()))?;
+        let key = SigningKey::from_pkcs8_pem(&pem).with_context(|| format!("key {}", path.display()))?;
+        tracing::info!(key = %path.display(), "signing key loaded");
+        return Ok(key);
+    }
+    let key = SigningKey::generate(Algorithm::Ed25519);
+    crate::manifest::write_key_pair(&key, &path)?;
+    tracing::info!(key = %path.display(), public = %path.with_extension("pub.pem").display(), "created an Ed25519 signing key");
+    Ok(key)
+}
+
+pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let szx = szx_of(args.block_size)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(serve(args, szx))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    let store = Arc::new(LocalStore::open(&args.data).with_context(|| format!("opening the store in {}", args.data.display()))?);
+    let key = load_or_create_key(&args.data, args.key.as_deref())?;
+
+    let cancel = CancellationToken::new();
+    let coap_socket = driver::bind(args.coap).with_context(|| format!("binding CoAP to {}", args.coap))?;
+    let coap_addr = coap_socket.local_addr()?;
+    let http_listener = tokio::net::TcpListener::bind(args.http)
+        .await
+        .with_context(|| format!("binding HTTP to {}", args.http))?;
+    let http_addr = http_listener.local_addr()?;
+
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u16)
+        .unwrap_or(0);
+    let config = suitcase_coap::Config { default_szx: szx, ..Default::default() };
+    let coap = Server::new(config, StoreResources::new(store.clone()), seed);
+    let coap_task = tokio::spawn(driver::run(coap_socket, coap, cancel.clone()));
+
+    let state = AppState {
+        store,
+        signer: Arc::new(Signer::new(key, args.vendor_domain.clone())),
+        config: Arc::new(suitcase_http::Config {
+            coap_base_url: args.coap_url.clone(),
+            coap_port: coap_addr.port(),
+            max_body_bytes: args.max_upload_mib.saturating_mul(1024 * 1024),
+        }),
+    };
+    tracing::info!("listening for CoAP on {coap_addr}");
+    tracing::info!("listening for HTTP on {http_addr}");
+    if args.coap_url.is_none() {
+        tracing::info!("manifest URLs use the host publishers connect to; set --coap-url if devices reach this server elsewhere");
+    }
+
+    let shutdown = cancel.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        shutdown.cancel();
+    });
+    suitcase_http::serve(http_listener, state, cancel.clone().cancelled_owned())
+        .await
+        .context("HTTP server")?;
+    cancel.cancel();
+    coap_task.await.context("CoAP task")?.context("CoAP server")?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = ctrl_c.await;
+    }
+}

@@ -1,0 +1,138 @@
+//! Test harness: start the real `suitcase` binary on port 0 and talk to it over loopback.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_suitcase")
+}
+
+/// A running server; killed on drop, its log printed if the test failed.
+pub struct TestServer {
+    child: Child,
+    pub coap_port: u16,
+    pub http_port: u16,
+    pub data: PathBuf,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+fn port_after(line: &str, marker: &str) -> Option<u16> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let addr = rest.split_whitespace().next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
+impl TestServer {
+    pub fn start(data: &Path, extra: &[&str]) -> TestServer {
+        let mut child = Command::new(bin())
+            .arg("serve")
+            .arg("--data")
+            .arg(data)
+            .args(["--coap", "[::1]:0", "--http", "[::1]:0"])
+            .args(extra)
+            .env("SUITCASE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn suitcase");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line.clone());
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let (mut coap, mut http) = (None, None);
+        while coap.is_none() || http.is_none() {
+            let line = rx
+                .recv_timeout(Duration::from_secs(30))
+                .unwrap_or_else(|_| panic!("server did not report its ports; log: {:?}", log.lock().unwrap()));
+            coap = coap.or(port_after(&line, "listening for CoAP on "));
+            http = http.or(port_after(&line, "listening for HTTP on "));
+        }
+        TestServer { child, coap_port: coap.unwrap(), http_port: http.unwrap(), data: data.to_path_buf(), log }
+    }
+
+    pub fn http(&self) -> String {
+        format!("http://[::1]:{}", self.http_port)
+    }
+
+    pub fn coap(&self, path: &str) -> String {
+        format!("coap://[::1]:{}/{path}", self.coap_port)
+    }
+
+    pub fn log(&self) -> Vec<String> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- server log ---");
+            for l in self.log.lock().unwrap().iter() {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so failures are reproducible.
+pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        out.extend_from_slice(&x.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+/// libcoap's command-line client: `coap-client` or Debian's `coap-client-notls`.
+pub fn coap_client() -> &'static str {
+    for c in ["coap-client", "coap-client-notls"] {
+        if Command::new(c).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+            return c;
+        }
+    }
+    panic!("libcoap's coap-client is not installed (Debian: apt-get install libcoap3-bin)");
+}
+
+/// GET `uri` with coap-client at block size `block` into a file; returns the bytes.
+pub fn coap_get(uri: &str, block: Option<u32>, out: &Path) -> Vec<u8> {
+    let _ = std::fs::remove_file(out);
+    let mut cmd = Command::new(coap_client());
+    cmd.args(["-m", "get", "-B", "30"]);
+    if let Some(b) = block {
+        cmd.args(["-b", &b.to_string()]);
+    }
+    let st = cmd.arg("-o").arg(out).arg(uri).output().expect("run coap-client");
+    assert!(st.status.success(), "coap-client {uri}: {st:?}");
+    std::fs::read(out).unwrap_or_default()
+}
+
+/// Run `suitcase ARGS…`, returning stdout; panics with stderr on failure.
+pub fn suitcase(args: &[&str]) -> String {
+    let out = Command::new(bin()).args(args).output().expect("run suitcase");
+    assert!(
+        out.status.success(),
+        "suitcase {args:?} failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
