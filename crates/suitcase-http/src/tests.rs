@@ -1,4 +1,5 @@
 //! Router tests through `oneshot`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
@@ -17,7 +18,10 @@ fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
     (st, key)
 }
 
-fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
+/// (field name, filename, content).
+type Part<'a> = (&'a str, Option<&'a str>, &'a [u8]);
+
+fn multipart(parts: &[Part<'_>]) -> (String, Vec<u8>) {
     let boundary = "XbOuNdArYx";
     let mut body = Vec::new();
     for (name, filename, data) in parts {
@@ -35,7 +39,7 @@ fn multipart(parts: &[(&str, Option<&str>, &[u8])]) -> (String, Vec<u8>) {
     (format!("multipart/form-data; boundary={boundary}"), body)
 }
 
-async fn post(app: Router, parts: &[(&str, Option<&str>, &[u8])]) -> (StatusCode, serde_json::Value) {
+async fn post(app: Router, parts: &[Part<'_>]) -> (StatusCode, serde_json::Value) {
     let (ct, body) = multipart(parts);
     let req = Request::post("/publish")
         .header("content-type", ct)
@@ -78,7 +82,7 @@ async fn bad_publishes_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (st, _) = state(dir.path());
     let app = router(st.clone());
-    let cases: Vec<(Vec<(&str, Option<&str>, &[u8])>, StatusCode, &str)> = vec![
+    let cases: Vec<(Vec<Part<'_>>, StatusCode, &str)> = vec![
         (vec![("a.bin", Some("a.bin"), b"x")], StatusCode::BAD_REQUEST, "publish_id"),
         (vec![("publish_id", None, b"../etc"), ("a.bin", Some("a.bin"), b"x")], StatusCode::BAD_REQUEST, "invalid publish-id"),
         (vec![("publish_id", None, b"ok")], StatusCode::BAD_REQUEST, "No file"),

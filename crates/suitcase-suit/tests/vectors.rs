@@ -1,5 +1,7 @@
 //! The IETF draft's Appendix B examples and tampered copies, plus build/sign/verify round trips.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::path::PathBuf;
 
 use suitcase_suit::manifest::{CommandArg, ParamValue, Severable};
@@ -97,9 +99,8 @@ fn tampered_examples_fail() {
             - 1;
         let mut t = bytes.clone();
         t[manifest_end] ^= 0x01;
-        match Envelope::decode(&t) {
-            Ok(e) => assert!(matches!(e.verify(&key), Err(Error::ManifestDigestMismatch)), "{name}"),
-            Err(_) => {}
+        if let Ok(e) = Envelope::decode(&t) {
+            assert!(matches!(e.verify(&key), Err(Error::ManifestDigestMismatch)), "{name}");
         }
         // Every single byte flipped: never verifies, never panics.
         for at in 0..bytes.len() {

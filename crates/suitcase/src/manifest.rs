@@ -119,17 +119,17 @@ pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
 
 fn read_key(path: &Path) -> anyhow::Result<SigningKey> {
     let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(SigningKey::from_pkcs8_pem(&pem).with_context(|| format!("key {}", path.display()))?)
+    SigningKey::from_pkcs8_pem(&pem).with_context(|| format!("key {}", path.display()))
 }
 
 fn read_public(path: &Path) -> anyhow::Result<VerifyingKey> {
     let pem = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(VerifyingKey::from_any_pem(&pem).with_context(|| format!("key {}", path.display()))?)
+    VerifyingKey::from_any_pem(&pem).with_context(|| format!("key {}", path.display()))
 }
 
 fn read_envelope(path: &Path) -> anyhow::Result<Envelope> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Envelope::decode(&bytes).with_context(|| format!("decoding {}", path.display()))?)
+    Envelope::decode(&bytes).with_context(|| format!("decoding {}", path.display()))
 }
 
 fn parse_number(s: &str) -> anyhow::Result<u64> {

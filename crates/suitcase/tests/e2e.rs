@@ -1,6 +1,8 @@
 //! End to end, as a new user would: start the binary, publish with `suitcase publish`,
 //! download with libcoap's coap-client at several block sizes, verify the manifest.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::process::Command;

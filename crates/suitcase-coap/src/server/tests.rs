@@ -1,4 +1,5 @@
 //! Request/response tables for the sans-IO server.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
 use std::collections::HashMap;
 

@@ -1,4 +1,5 @@
 //! Unit tests of the local store.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
 use crate::{NewFile, NewManifest};
 

@@ -1,6 +1,7 @@
 //! Test harness: start the real `suitcase` binary on port 0 and talk to it over loopback.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-#![allow(dead_code)]
+
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
