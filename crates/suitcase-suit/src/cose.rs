@@ -93,15 +93,19 @@ impl SigningKey {
         }
     }
 
-    /// Parse an unencrypted PKCS#8 PEM (`openssl genpkey -algorithm ed25519` or
+    /// Parse an unencrypted PKCS#8 PEM (or a SEC1 `EC PRIVATE KEY` PEM for P-256) (`openssl genpkey -algorithm ed25519` or
     /// `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256`).
     pub fn from_pkcs8_pem(pem: &str) -> Result<Self> {
         if let Ok(k) = ed25519_dalek::SigningKey::from_pkcs8_pem(pem) {
             return Ok(SigningKey::Ed25519(k));
         }
-        p256::ecdsa::SigningKey::from_pkcs8_pem(pem)
-            .map(SigningKey::Es256)
-            .map_err(|e| Error::Key(format!("not an Ed25519 or P-256 PKCS#8 private key: {e}")))
+        if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_pem(pem) {
+            return Ok(SigningKey::Es256(k));
+        }
+        // `openssl ecparam -genkey` writes SEC1 ("EC PRIVATE KEY").
+        p256::SecretKey::from_sec1_pem(pem)
+            .map(|k| SigningKey::Es256(k.into()))
+            .map_err(|e| Error::Key(format!("not an Ed25519 or P-256 private key (PKCS#8 or SEC1 PEM): {e}")))
     }
 
     /// Serialise as PKCS#8 PEM.

@@ -336,7 +336,7 @@ impl Envelope {
         }
         if sever_text {
             if let Some(Severable::Present(t)) = &m.text {
-                let content = t.0.clone();
+                let content = t.to_cbor();
                 let dg = SuitDigest::sha256(profile, &bstr_item(&content));
                 severed.push((profile.manifest_key(ManifestMember::Text), content));
                 m.text = Some(Severable::Severed(dg));

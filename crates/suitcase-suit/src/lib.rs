@@ -26,10 +26,12 @@ extern crate alloc;
 pub mod builder;
 pub mod cbor;
 pub mod cose;
+pub mod diag;
 pub mod envelope;
 pub mod error;
 pub mod manifest;
 pub mod profile;
+pub mod text;
 
 pub use builder::{Image, ManifestBuilder};
 pub use cose::{Algorithm, SigningKey, VerifyingKey};

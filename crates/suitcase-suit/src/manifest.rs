@@ -530,8 +530,8 @@ pub struct Manifest {
     pub payload_fetch: Option<Severable<CommandSequence>>,
     /// install sequence (severable).
     pub install: Option<Severable<CommandSequence>>,
-    /// text (severable), verbatim CBOR of the text map.
-    pub text: Option<Severable<RawValue>>,
+    /// text (severable).
+    pub text: Option<Severable<crate::text::Text>>,
     /// Members this crate does not type, verbatim.
     pub other: Vec<(i64, RawValue)>,
 }
@@ -570,7 +570,7 @@ impl Manifest {
             }
         }
         match &self.text {
-            Some(Severable::Present(t)) => one(key(M::Text), &|e| e.bytes(&t.0)),
+            Some(Severable::Present(t)) => one(key(M::Text), &|e| e.bytes(&t.to_cbor())),
             Some(Severable::Severed(dg)) => one(key(M::Text), &|e| dg.encode(e)),
             None => {}
         }
@@ -630,7 +630,7 @@ impl Manifest {
                     m.text = Some(if d.datatype()? == Type::Array {
                         Severable::Severed(SuitDigest::decode(&mut d)?)
                     } else {
-                        Severable::Present(RawValue(d.bytes("text")?.to_vec()))
+                        Severable::Present(crate::text::Text::from_cbor(d.bytes("text")?)?)
                     })
                 }
                 None => {
