@@ -1,8 +1,8 @@
-//! The thin tokio driver: one UDP socket, one task, datagrams through [`Server`].
+//! The thin tokio driver: one UDP socket, one task, datagrams and timers through [`Server`].
 
 use std::io;
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -26,6 +26,13 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     if let Err(e) = socket.set_send_buffer_size(SOCKET_BUFFER_BYTES) {
         tracing::warn!(error = %e, "could not enlarge the UDP send buffer");
     }
+    match socket.recv_buffer_size() {
+        Ok(n) if n < SOCKET_BUFFER_BYTES => tracing::info!(
+            bytes = n,
+            "UDP receive buffer is smaller than asked (raise net.core.rmem_max for large fleets)"
+        ),
+        _ => {}
+    }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
@@ -35,18 +42,29 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
 pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel: CancellationToken) -> io::Result<()> {
     let mut buf = vec![0u8; 1500];
     loop {
-        let (n, peer) = tokio::select! {
+        let deadline = server
+            .poll_timeout()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
+        tokio::select! {
+            biased;
+            () = cancel.cancelled() => return Ok(()),
             r = socket.recv_from(&mut buf) => match r {
-                Ok(x) => x,
+                Ok((n, peer)) => {
+                    if let Some(reply) = server.handle_datagram(Instant::now(), peer, &buf[..n]) {
+                        if let Err(e) = socket.send_to(reply, peer).await {
+                            tracing::debug!(%peer, error = %e, "send failed");
+                        }
+                    }
+                }
                 // ICMP port-unreachable from an earlier send shows up here on some OSes.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
                 Err(e) => return Err(e),
             },
-            () = cancel.cancelled() => return Ok(()),
-        };
-        if let Some(reply) = server.handle_datagram(Instant::now(), peer, &buf[..n]) {
-            if let Err(e) = socket.send_to(&reply, peer).await {
-                tracing::debug!(%peer, error = %e, "send failed");
+            () = tokio::time::sleep_until(deadline.into()) => server.handle_timeout(Instant::now()),
+        }
+        while let Some(t) = server.poll_transmit() {
+            if let Err(e) = socket.send_to(&t.data, t.peer).await {
+                tracing::debug!(peer = %t.peer, error = %e, "send failed");
             }
         }
     }

@@ -4,8 +4,9 @@
 
 pub mod block;
 pub mod driver;
+pub mod message;
 pub mod resources;
 pub mod server;
 
 pub use resources::StoreResources;
-pub use server::{Config, Resource, Resources, Server};
+pub use server::{Config, Resource, Resources, Server, Stats, Transmit};

@@ -78,6 +78,10 @@ impl StoreResources {
 }
 
 impl Resources for StoreResources {
+    fn generation(&self) -> u64 {
+        self.store.generation()
+    }
+
     fn resolve(&self, segments: &[&str]) -> Option<Resource> {
         if segments == [".well-known", "core"] {
             return Some(self.well_known_core());

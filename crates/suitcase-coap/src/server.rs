@@ -1,16 +1,28 @@
-//! The sans-IO CoAP request handler: datagram in, datagram out. No sockets, no clock.
+//! The sans-IO CoAP server: datagrams and time in, datagrams out. No sockets, no clock.
 //!
-//! Block2 is served statelessly from shared immutable buffers: any block of any resource at
-//! any time, keyed by nothing but the request itself (never by the token, which RIOT leaves
-//! empty).
+//! * Requests are answered at once ([`Server::handle_datagram`] returns the reply).
+//! * Block2 is served statelessly from shared immutable buffers: any block of any resource
+//!   at any time, never keyed on the token (RIOT's is empty).
+//! * Duplicates (same peer and message ID within EXCHANGE_LIFETIME) get the very same reply
+//!   again, rebuilt from a small [`ResponseSpec`], never from a stored copy of the bytes.
+//! * Observe (RFC 7641) on manifests: [`Server::handle_timeout`] notices new versions and
+//!   queues confirmable notifications for [`Server::poll_transmit`], retransmitted with
+//!   exponential back-off until acknowledged; RST or silence deregisters.
+//!
+//! The driver calls, in this order: `handle_datagram` for every datagram (sending what it
+//! returns), `handle_timeout` when `poll_timeout` is reached, and `poll_transmit` until it
+//! gives `None`.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use coap_lite::Packet;
 
-use crate::block::{decode_uint, uint_option, BlockValue};
+use crate::block::{decode_uint, BlockValue};
+use crate::message::{self, Code, MsgType, ResponseSpec};
 
 /// CoAP content-format ids used here.
 pub mod content_format {
@@ -24,7 +36,7 @@ pub mod content_format {
     pub const CBOR: u16 = 60;
 }
 
-/// Option numbers (RFC 7252 §12.2, RFC 7959, RFC 7641 …).
+/// Option numbers (RFC 7252 §12.2, RFC 7959, RFC 7641, RFC 7967).
 mod opt {
     pub const IF_MATCH: u16 = 1;
     pub const URI_HOST: u16 = 3;
@@ -50,7 +62,7 @@ mod opt {
 pub struct Resource {
     /// The whole representation (shared, never copied per request).
     pub body: Bytes,
-    /// Entity tag: a content hash, so it is the same for everyone and across restarts.
+    /// Entity tag: a content hash, the same for everyone and across restarts.
     pub etag: [u8; 8],
     /// Content-Format.
     pub content_format: u16,
@@ -60,33 +72,166 @@ pub struct Resource {
 pub trait Resources {
     /// The resource at the Uri-Path `segments`, or `None` for 4.04.
     fn resolve(&self, segments: &[&str]) -> Option<Resource>;
+    /// May `segments` be observed? (suitcase: manifests.)
+    fn observable(&self, segments: &[&str]) -> bool {
+        segments.last() == Some(&"manifest")
+    }
+    /// A number that changes whenever any resource may have changed.
+    fn generation(&self) -> u64 {
+        0
+    }
 }
 
 /// Server settings.
 #[derive(Clone, Debug)]
 pub struct Config {
-    /// Block size exponent used when the request carries no Block2 (4 = 256 bytes, what
+    /// Block size exponent when the request carries no Block2 (4 = 256 bytes, what
     /// Zephyr's coap_client can receive).
     pub default_szx: u8,
     /// Largest block size exponent served (6 = 1024 bytes).
     pub max_szx: u8,
+    /// How long a message ID is remembered per peer (RFC 7252 EXCHANGE_LIFETIME).
+    pub exchange_lifetime: Duration,
+    /// Peers remembered for deduplication at most; past it the oldest generation is
+    /// forgotten early (memory stays bounded under any load).
+    pub max_peers: usize,
+    /// Observers at most; a registration beyond it is served without Observe.
+    pub max_observers: usize,
+    /// ACK_TIMEOUT for confirmable notifications.
+    pub ack_timeout: Duration,
+    /// MAX_RETRANSMIT for confirmable notifications.
+    pub max_retransmit: u8,
+    /// How often resources are checked for change while someone observes.
+    pub change_poll: Duration,
 }
 
 impl Default for Config {
     fn default() -> Self {
-        Config { default_szx: 4, max_szx: 6 }
+        Config {
+            default_szx: 4,
+            max_szx: 6,
+            exchange_lifetime: Duration::from_secs(247),
+            max_peers: 100_000,
+            max_observers: 10_000,
+            ack_timeout: Duration::from_secs(2),
+            max_retransmit: 4,
+            change_poll: Duration::from_millis(500),
+        }
     }
 }
 
-/// The request handler.
+/// A datagram to send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    /// Destination.
+    pub peer: SocketAddr,
+    /// The datagram.
+    pub data: Vec<u8>,
+}
+
+/// Counters for logs and benchmarks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Requests answered.
+    pub requests: u64,
+    /// Duplicates answered from the deduplication table (or dropped, for NON).
+    pub duplicates: u64,
+    /// Datagrams rejected or dropped as malformed.
+    pub malformed: u64,
+    /// Notifications sent (first transmissions).
+    pub notifications: u64,
+    /// Notification retransmissions.
+    pub retransmissions: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+struct Token {
+    len: u8,
+    bytes: [u8; 8],
+}
+
+impl Token {
+    fn new(t: &[u8]) -> Self {
+        let mut bytes = [0u8; 8];
+        let len = t.len().min(8);
+        bytes[..len].copy_from_slice(&t[..len]);
+        Token { len: len as u8, bytes }
+    }
+    fn as_slice(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
+}
+
+/// What was answered to one request, enough to answer a duplicate identically.
+#[derive(Clone, Debug)]
+struct Exchange {
+    mid: u16,
+    reply_type: MsgType,
+    reply_mid: u16,
+    token: Token,
+    spec: Option<ResponseSpec>,
+}
+
+/// The last two exchanges of a peer (devices keep one request in flight).
+#[derive(Clone, Debug, Default)]
+struct Recent {
+    slots: [Option<Exchange>; 2],
+    next: u8,
+}
+
+impl Recent {
+    fn find(&self, mid: u16) -> Option<&Exchange> {
+        self.slots.iter().flatten().find(|e| e.mid == mid)
+    }
+    fn put(&mut self, e: Exchange) {
+        self.slots[usize::from(self.next & 1)] = Some(e);
+        self.next ^= 1;
+    }
+}
+
+/// Two generations of peers: lookups see both, inserts go to the current one, and the
+/// previous one is dropped whole at rotation. Entries live between one and two lifetimes.
+struct Dedup {
+    current: HashMap<SocketAddr, Recent>,
+    previous: HashMap<SocketAddr, Recent>,
+    rotated: Instant,
+}
+
+struct Pending {
+    mid: u16,
+    attempts: u8,
+    timeout: Duration,
+    due: Instant,
+    data: Vec<u8>,
+}
+
+struct Observer {
+    token: Token,
+    szx: Option<u8>,
+    etag: [u8; 8],
+    pending: Option<Pending>,
+}
+
+type ObsKey = (SocketAddr, String);
+
+/// The server.
 pub struct Server<R> {
     config: Config,
     resources: R,
     next_mid: u16,
-}
-
-fn response_code(code: ResponseType) -> MessageClass {
-    MessageClass::Response(code)
+    rng: u64,
+    out: Vec<u8>,
+    dedup: Dedup,
+    observers: HashMap<ObsKey, Observer>,
+    /// (peer, MID of a pending notification) → observer.
+    pending_mids: HashMap<(SocketAddr, u16), String>,
+    /// Retransmission deadlines (lazily cleaned).
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr, String)>>,
+    observe_seq: u32,
+    seen_generation: u64,
+    next_change_poll: Option<Instant>,
+    transmits: VecDeque<Transmit>,
+    stats: Stats,
 }
 
 /// Is the option number critical (odd, RFC 7252 §5.4.1)?
@@ -94,14 +239,39 @@ fn critical(n: u16) -> bool {
     n & 1 == 1
 }
 
+/// What a request asks of the observe registry.
+enum ObserveAction {
+    None,
+    Register { szx: Option<u8> },
+    Deregister,
+}
+
 impl<R: Resources> Server<R> {
-    /// A server over `resources`; `mid_seed` starts the message-ID counter for NON replies.
-    pub fn new(config: Config, resources: R, mid_seed: u16) -> Self {
+    /// A server over `resources`. `now` starts the clock; `seed` starts the message IDs and
+    /// the retransmission jitter.
+    pub fn new(config: Config, resources: R, now: Instant, seed: u64) -> Self {
         let config = Config {
             default_szx: config.default_szx.min(6),
             max_szx: config.max_szx.min(6),
+            ..config
         };
-        Server { config, resources, next_mid: mid_seed }
+        let seen_generation = resources.generation();
+        Server {
+            config,
+            resources,
+            next_mid: seed as u16,
+            rng: seed | 1,
+            out: Vec::with_capacity(1300),
+            dedup: Dedup { current: HashMap::new(), previous: HashMap::new(), rotated: now },
+            observers: HashMap::new(),
+            pending_mids: HashMap::new(),
+            timers: BinaryHeap::new(),
+            observe_seq: 2,
+            seen_generation,
+            next_change_poll: None,
+            transmits: VecDeque::new(),
+            stats: Stats::default(),
+        }
     }
 
     /// The resources.
@@ -109,54 +279,19 @@ impl<R: Resources> Server<R> {
         &self.resources
     }
 
-    /// Handle one datagram from `peer`; returns the datagram to send back, if any.
-    pub fn handle_datagram(&mut self, _now: Instant, peer: SocketAddr, datagram: &[u8]) -> Option<Vec<u8>> {
-        let req = match parse(datagram) {
-            Ok(p) => p,
-            Err(Malformed::Reject(mid)) => {
-                tracing::debug!(%peer, "malformed confirmable message, answering RST");
-                return Some(reset(mid));
-            }
-            Err(Malformed::Drop) => {
-                tracing::debug!(%peer, len = datagram.len(), "dropping an unparsable datagram");
-                return None;
-            }
-        };
-        let ty = req.header.get_type();
-        match (ty, req.header.code) {
-            // ACK and RST need no answer (no exchange of ours is open yet).
-            (MessageType::Acknowledgement | MessageType::Reset, _) => None,
-            // CoAP ping: an empty CON is answered with RST (RFC 7252 §4.3).
-            (MessageType::Confirmable, MessageClass::Empty) => Some(reset(req.header.message_id)),
-            (MessageType::NonConfirmable, MessageClass::Empty) => None,
-            (_, MessageClass::Request(method)) => {
-                let mut resp = self.respond(&req, method);
-                match ty {
-                    MessageType::Confirmable => {
-                        resp.header.set_type(MessageType::Acknowledgement);
-                        resp.header.message_id = req.header.message_id;
-                    }
-                    _ => {
-                        if suppressed(&req, &resp) {
-                            return None;
-                        }
-                        resp.header.set_type(MessageType::NonConfirmable);
-                        resp.header.message_id = self.mid();
-                    }
-                }
-                resp.set_token(req.get_token().to_vec());
-                match resp.to_bytes() {
-                    Ok(b) => Some(b),
-                    Err(e) => {
-                        tracing::error!(%peer, error = ?e, "could not encode a response");
-                        None
-                    }
-                }
-            }
-            // A response or reserved code sent to a server: reject CON, ignore NON.
-            (MessageType::Confirmable, _) => Some(reset(req.header.message_id)),
-            _ => None,
-        }
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// Registered observers.
+    pub fn observer_count(&self) -> usize {
+        self.observers.len()
+    }
+
+    /// Peers currently remembered for deduplication.
+    pub fn remembered_peers(&self) -> usize {
+        self.dedup.current.len() + self.dedup.previous.len()
     }
 
     fn mid(&mut self) -> u16 {
@@ -164,73 +299,223 @@ impl<R: Resources> Server<R> {
         self.next_mid
     }
 
-    fn respond(&self, req: &Packet, method: RequestType) -> Packet {
+    fn random_factor(&mut self) -> f64 {
+        // xorshift64*: jitter only, not security.
+        self.rng ^= self.rng >> 12;
+        self.rng ^= self.rng << 25;
+        self.rng ^= self.rng >> 27;
+        let r = self.rng.wrapping_mul(0x2545_f491_4f6c_dd1d);
+        1.0 + (r >> 11) as f64 / (1u64 << 53) as f64 * 0.5
+    }
+
+    /// Handle one datagram from `peer`; returns the reply to send at once, if any.
+    pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Option<&[u8]> {
+        let req = match parse(datagram) {
+            Ok(p) => p,
+            Err(Malformed::Reject(mid)) => {
+                self.stats.malformed += 1;
+                tracing::debug!(%peer, "malformed confirmable message, answering RST");
+                self.out = message::empty(MsgType::Rst, mid);
+                return Some(&self.out);
+            }
+            Err(Malformed::Drop) => {
+                self.stats.malformed += 1;
+                tracing::trace!(%peer, len = datagram.len(), "dropping an unparsable datagram");
+                return None;
+            }
+        };
+        let ty = datagram[0] >> 4 & 0x3;
+        let code = datagram[1];
+        let mid = req.header.message_id;
+        match (ty, code) {
+            // ACK or RST: maybe for one of our notifications.
+            (2 | 3, _) => {
+                self.peer_answered(peer, mid, ty == 3);
+                None
+            }
+            // CoAP ping: an empty CON is answered with RST (RFC 7252 §4.3).
+            (0, 0) => {
+                self.out = message::empty(MsgType::Rst, mid);
+                Some(&self.out)
+            }
+            (_, 0) => None,
+            (_, 1..=31) => self.request(now, peer, &req, ty == 0),
+            // A response or reserved code sent to a server: reject CON, ignore NON.
+            (0, _) => {
+                self.out = message::empty(MsgType::Rst, mid);
+                Some(&self.out)
+            }
+            _ => None,
+        }
+    }
+
+    fn request(&mut self, now: Instant, peer: SocketAddr, req: &Packet, con: bool) -> Option<&[u8]> {
+        let mid = req.header.message_id;
+        self.rotate(now);
+        let seen = self
+            .dedup
+            .current
+            .get(&peer)
+            .and_then(|r| r.find(mid))
+            .or_else(|| self.dedup.previous.get(&peer).and_then(|r| r.find(mid)))
+            .cloned();
+        if let Some(ex) = seen {
+            self.stats.duplicates += 1;
+            if !con {
+                // Duplicated NON: silently ignored (RFC 7252 §4.5).
+                return None;
+            }
+            let spec = ex.spec.as_ref()?;
+            message::encode(&mut self.out, ex.reply_type, ex.reply_mid, ex.token.as_slice(), spec);
+            return Some(&self.out);
+        }
+        self.stats.requests += 1;
+        let token = Token::new(req.get_token());
+        let (mut spec, observe, path) = self.respond(req);
+        if let Some(path) = path {
+            match observe {
+                ObserveAction::Register { szx } if spec.code == Code::CONTENT => {
+                    if self.register(peer, path, token, szx, spec.etag.unwrap_or_default()) {
+                        spec.observe = Some(self.observe_seq);
+                        if self.next_change_poll.is_none() {
+                            self.next_change_poll = Some(now + self.config.change_poll);
+                        }
+                    }
+                }
+                ObserveAction::Deregister | ObserveAction::Register { .. } => {
+                    self.deregister(&(peer, path));
+                }
+                ObserveAction::None => {}
+            }
+        }
+        let (reply_type, reply_mid) = if con { (MsgType::Ack, mid) } else { (MsgType::Non, self.mid()) };
+        let spec = if !con && suppressed(req, spec.code) { None } else { Some(spec) };
+        let ex = Exchange { mid, reply_type, reply_mid, token, spec };
+        let recent = match self.dedup.current.get_mut(&peer) {
+            Some(r) => r,
+            None => {
+                let moved = self.dedup.previous.remove(&peer).unwrap_or_default();
+                self.dedup.current.entry(peer).or_insert(moved)
+            }
+        };
+        recent.put(ex.clone());
+        let spec = ex.spec.as_ref()?;
+        message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), spec);
+        Some(&self.out)
+    }
+
+    fn rotate(&mut self, now: Instant) {
+        let d = &mut self.dedup;
+        if now.saturating_duration_since(d.rotated) >= self.config.exchange_lifetime
+            || d.current.len() >= self.config.max_peers
+        {
+            if d.current.len() >= self.config.max_peers {
+                tracing::debug!(peers = d.current.len(), "deduplication table full, forgetting the older generation early");
+            }
+            d.previous = std::mem::take(&mut d.current);
+            d.rotated = now;
+        }
+    }
+
+    fn respond(&self, req: &Packet) -> (ResponseSpec, ObserveAction, Option<String>) {
+        let none = |spec| (spec, ObserveAction::None, None);
         let mut path: Vec<&str> = Vec::new();
         let mut block2 = None;
         let mut etags: Vec<&[u8]> = Vec::new();
         let mut accept = None;
         let mut size2_requested = false;
+        let mut observe = None;
         for (num, values) in req.options() {
             let num = *num;
             for v in values {
                 match num {
                     opt::URI_PATH => match std::str::from_utf8(v) {
                         Ok(s) => path.push(s),
-                        Err(_) => return error(ResponseType::BadRequest, "Uri-Path is not UTF-8"),
+                        Err(_) => return none(ResponseSpec::error(Code::BAD_REQUEST, "Uri-Path is not UTF-8")),
                     },
                     opt::BLOCK2 => match BlockValue::decode(v) {
                         Some(b) if b.szx == 7 => {
-                            return error(ResponseType::BadOption, "Block2 SZX 7 (BERT) needs CoAP over TCP")
+                            return none(ResponseSpec::error(Code::BAD_OPTION, "Block2 SZX 7 (BERT) needs CoAP over TCP"))
                         }
                         Some(b) => block2 = Some(b),
-                        None => return error(ResponseType::BadOption, "Block2 longer than 3 bytes"),
+                        None => return none(ResponseSpec::error(Code::BAD_OPTION, "Block2 longer than 3 bytes")),
                     },
                     opt::ETAG => etags.push(v),
                     opt::ACCEPT => accept = decode_uint(v),
                     opt::SIZE2 => size2_requested = true,
+                    opt::OBSERVE => observe = decode_uint(v),
                     opt::PROXY_URI | opt::PROXY_SCHEME => {
-                        return error(ResponseType::ProxyingNotSupported, "this server is no proxy")
+                        return none(ResponseSpec::error(Code::PROXYING_NOT_SUPPORTED, "this server is no proxy"))
                     }
                     opt::BLOCK1 => {
-                        return error(ResponseType::BadOption, "Block1 is not supported: this server only serves downloads")
+                        return none(ResponseSpec::error(
+                            Code::BAD_OPTION,
+                            "Block1 is not supported: this server only serves downloads",
+                        ))
                     }
-                    opt::IF_MATCH | opt::URI_HOST | opt::IF_NONE_MATCH | opt::OBSERVE | opt::URI_PORT
-                    | opt::CONTENT_FORMAT | opt::URI_QUERY | opt::SIZE1 | opt::NO_RESPONSE => {}
+                    opt::IF_MATCH | opt::URI_HOST | opt::IF_NONE_MATCH | opt::URI_PORT | opt::CONTENT_FORMAT
+                    | opt::URI_QUERY | opt::SIZE1 | opt::NO_RESPONSE => {}
                     n if critical(n) => {
-                        return error(ResponseType::BadOption, &format!("unsupported critical option {n}"))
+                        return none(ResponseSpec::error(Code::BAD_OPTION, "unsupported critical option"))
                     }
                     _ => {}
                 }
             }
         }
-        if method != RequestType::Get {
-            return error(ResponseType::MethodNotAllowed, "only GET is served");
+        if req.header.code != coap_lite::MessageClass::Request(coap_lite::RequestType::Get) {
+            return none(ResponseSpec::error(Code::METHOD_NOT_ALLOWED, "only GET is served"));
         }
         let Some(res) = self.resources.resolve(&path) else {
-            return error(ResponseType::NotFound, "not found");
+            return none(ResponseSpec::error(Code::NOT_FOUND, "not found"));
         };
+        let observe_action = match observe {
+            Some(0) if self.resources.observable(&path) => ObserveAction::Register { szx: block2.map(|b| b.szx) },
+            Some(1) => ObserveAction::Deregister,
+            _ => ObserveAction::None,
+        };
+        let key = Some(path.join("/"));
         if let Some(a) = accept {
             if a != u32::from(res.content_format) {
-                return error(ResponseType::NotAcceptable, "no representation in the Accept-ed format");
+                return none(ResponseSpec::error(Code::NOT_ACCEPTABLE, "no representation in the Accept-ed format"));
             }
         }
-        let len = res.body.len();
-        let mut resp = Packet::new();
         if block2.is_none_or(|b| b.num == 0) && etags.iter().any(|e| *e == res.etag) {
-            resp.header.code = response_code(ResponseType::Valid);
-            resp.add_option(CoapOption::ETag, res.etag.to_vec());
-            return resp;
+            let spec = ResponseSpec {
+                code: Code::VALID,
+                etag: Some(res.etag),
+                observe: None,
+                content_format: None,
+                block2: None,
+                size2: None,
+                payload: Bytes::new(),
+            };
+            return (spec, observe_action, key);
         }
-        resp.header.code = response_code(ResponseType::Content);
-        resp.add_option(CoapOption::ETag, res.etag.to_vec());
-        resp.add_option(CoapOption::ContentFormat, uint_option(u32::from(res.content_format)));
+        match self.content(&res, block2, size2_requested) {
+            Ok(spec) => (spec, observe_action, key),
+            Err(e) => none(e),
+        }
+    }
+
+    /// The 2.05 for `res`, block-wise as the request asks or as the size requires.
+    fn content(&self, res: &Resource, block2: Option<BlockValue>, size2_requested: bool) -> Result<ResponseSpec, ResponseSpec> {
+        let len = res.body.len();
+        let mut spec = ResponseSpec {
+            code: Code::CONTENT,
+            etag: Some(res.etag),
+            observe: None,
+            content_format: Some(res.content_format),
+            block2: None,
+            size2: size2_requested.then_some(len as u32),
+            payload: Bytes::new(),
+        };
         let block = match block2 {
             Some(b) => {
                 // Honour the client's size, or go smaller; scale the number to match.
                 let szx = b.szx.min(self.config.max_szx);
                 let num = u64::from(b.num) << (b.szx - szx);
                 if num > u64::from(crate::block::MAX_NUM) {
-                    return error(ResponseType::BadOption, "Block2 number beyond 20 bits at this size");
+                    return Err(ResponseSpec::error(Code::BAD_OPTION, "Block2 number beyond 20 bits at this size"));
                 }
                 Some(BlockValue { num: num as u32, more: false, szx })
             }
@@ -240,57 +525,155 @@ impl<R: Resources> Server<R> {
             None => None,
         };
         match block {
-            None => {
-                if size2_requested {
-                    resp.add_option(CoapOption::Size2, uint_option(len as u32));
-                }
-                resp.payload = res.body.to_vec();
-            }
+            None => spec.payload = res.body.clone(),
             Some(mut b) => {
                 let start = b.offset();
                 if start >= len && !(start == 0 && len == 0) {
-                    return error(ResponseType::BadOption, "Block2 number beyond the end of the resource");
+                    return Err(ResponseSpec::error(Code::BAD_OPTION, "Block2 number beyond the end of the resource"));
                 }
                 let end = (start + b.size()).min(len);
                 b.more = end < len;
-                resp.add_option(CoapOption::Block2, b.encode());
-                resp.add_option(CoapOption::Size2, uint_option(len as u32));
-                resp.payload = res.body[start..end].to_vec();
+                spec.block2 = Some(b);
+                spec.size2 = Some(len as u32);
+                spec.payload = res.body.slice(start..end);
             }
         }
-        resp
+        Ok(spec)
+    }
+
+    fn register(&mut self, peer: SocketAddr, path: String, token: Token, szx: Option<u8>, etag: [u8; 8]) -> bool {
+        let key = (peer, path);
+        if let Some(o) = self.observers.get_mut(&key) {
+            // Re-registration (same peer and resource): replace the token.
+            o.token = token;
+            o.szx = szx;
+            o.etag = etag;
+            return true;
+        }
+        if self.observers.len() >= self.config.max_observers {
+            tracing::warn!(observers = self.observers.len(), "observer limit reached, serving without Observe");
+            return false;
+        }
+        tracing::debug!(peer = %key.0, path = %key.1, "observer registered");
+        self.observers.insert(key, Observer { token, szx, etag, pending: None });
+        true
+    }
+
+    fn deregister(&mut self, key: &ObsKey) {
+        if let Some(o) = self.observers.remove(key) {
+            tracing::debug!(peer = %key.0, path = %key.1, "observer removed");
+            if let Some(p) = o.pending {
+                self.pending_mids.remove(&(key.0, p.mid));
+            }
+        }
+    }
+
+    fn peer_answered(&mut self, peer: SocketAddr, mid: u16, reset: bool) {
+        let Some(path) = self.pending_mids.remove(&(peer, mid)) else { return };
+        let key = (peer, path);
+        if reset {
+            // RST to a notification: the client lost interest (RFC 7641 §3.6).
+            self.deregister(&key);
+        } else if let Some(o) = self.observers.get_mut(&key) {
+            o.pending = None;
+        }
+    }
+
+    /// Check resources for change and retransmit notifications that are due.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.rotate(now);
+        if !self.observers.is_empty() {
+            let generation = self.resources.generation();
+            if generation != self.seen_generation {
+                self.seen_generation = generation;
+                self.notify_changed(now);
+            }
+        }
+        self.next_change_poll = (!self.observers.is_empty()).then(|| now + self.config.change_poll);
+        while let Some(Reverse((due, _, _))) = self.timers.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((due, peer, path))) = self.timers.pop() else { break };
+            let key = (peer, path);
+            let max = self.config.max_retransmit;
+            let Some(o) = self.observers.get_mut(&key) else { continue };
+            let Some(p) = o.pending.as_mut() else { continue };
+            if p.due != due {
+                continue; // superseded timer
+            }
+            if p.attempts >= max {
+                tracing::debug!(peer = %key.0, path = %key.1, "notification never acknowledged, observer removed");
+                self.deregister(&key);
+                continue;
+            }
+            p.attempts += 1;
+            p.timeout *= 2;
+            p.due = now + p.timeout;
+            let (due, data) = (p.due, p.data.clone());
+            self.stats.retransmissions += 1;
+            self.transmits.push_back(Transmit { peer: key.0, data });
+            self.timers.push(Reverse((due, key.0, key.1)));
+        }
+    }
+
+    fn notify_changed(&mut self, now: Instant) {
+        let keys: Vec<ObsKey> = self.observers.keys().cloned().collect();
+        for key in keys {
+            let segments: Vec<&str> = key.1.split('/').collect();
+            let Some(res) = self.resources.resolve(&segments) else { continue };
+            let Some(o) = self.observers.get(&key) else { continue };
+            if o.etag == res.etag {
+                continue;
+            }
+            let block = o.szx.map(|szx| BlockValue { num: 0, more: false, szx });
+            let Ok(mut spec) = self.content(&res, block, false) else { continue };
+            self.observe_seq = (self.observe_seq + 1) & 0x00ff_ffff;
+            spec.observe = Some(self.observe_seq);
+            let mid = self.mid();
+            let timeout = self.config.ack_timeout.mul_f64(self.random_factor());
+            let Some(o) = self.observers.get_mut(&key) else { continue };
+            let mut data = Vec::new();
+            message::encode(&mut data, MsgType::Con, mid, o.token.as_slice(), &spec);
+            o.etag = res.etag;
+            if let Some(old) = o.pending.take() {
+                self.pending_mids.remove(&(key.0, old.mid));
+            }
+            let due = now + timeout;
+            o.pending = Some(Pending { mid, attempts: 0, timeout, due, data: data.clone() });
+            self.pending_mids.insert((key.0, mid), key.1.clone());
+            self.timers.push(Reverse((due, key.0, key.1.clone())));
+            self.stats.notifications += 1;
+            self.transmits.push_back(Transmit { peer: key.0, data });
+        }
+    }
+
+    /// The next datagram the server wants to send on its own (notifications).
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// When `handle_timeout` should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
+        let dedup = self.dedup.rotated + self.config.exchange_lifetime;
+        let change = if self.observers.is_empty() { None } else { self.next_change_poll };
+        [timer, Some(dedup), change].into_iter().flatten().min()
     }
 }
 
 /// No-Response (RFC 7967) on a NON request: bit 2 suppresses 2.xx, bit 8 4.xx, bit 16 5.xx.
-fn suppressed(req: &Packet, resp: &Packet) -> bool {
-    let Some(v) = req.get_first_option(CoapOption::NoResponse) else {
+fn suppressed(req: &Packet, code: Code) -> bool {
+    let Some(v) = req.get_first_option(coap_lite::CoapOption::NoResponse) else {
         return false;
     };
     let mask = decode_uint(v).unwrap_or(0);
-    let class = match resp.header.code {
-        MessageClass::Response(r) => u8::from(MessageClass::Response(r)) >> 5,
-        _ => 0,
-    };
-    match class {
+    match code.class() {
         2 => mask & 2 != 0,
         4 => mask & 8 != 0,
         5 => mask & 16 != 0,
         _ => false,
     }
-}
-
-fn error(code: ResponseType, diagnostic: &str) -> Packet {
-    let mut p = Packet::new();
-    p.header.code = response_code(code);
-    p.payload = diagnostic.as_bytes().to_vec();
-    p
-}
-
-fn reset(mid: u16) -> Vec<u8> {
-    let [a, b] = mid.to_be_bytes();
-    // Version 1, type RST (3), TKL 0, code 0.00.
-    vec![0x70, 0x00, a, b]
 }
 
 enum Malformed {

@@ -77,8 +77,14 @@ fn key_err(e: impl core::fmt::Display) -> Error {
 
 impl SigningKey {
     /// A fresh random key from the operating system's RNG.
+    #[cfg(feature = "std")]
     pub fn generate(alg: Algorithm) -> Self {
-        let mut rng = rand_core::OsRng;
+        Self::generate_with(alg, &mut rand_core::OsRng)
+    }
+
+    /// A fresh random key from `rng` (for targets without an OS RNG).
+    pub fn generate_with(alg: Algorithm, rng: &mut impl rand_core::CryptoRngCore) -> Self {
+        let mut rng = rng;
         match alg {
             Algorithm::Ed25519 => SigningKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut rng)),
             Algorithm::Es256 => SigningKey::Es256(p256::ecdsa::SigningKey::random(&mut rng)),

@@ -107,10 +107,10 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos() as u16)
+        .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
     let config = suitcase_coap::Config { default_szx: szx, ..Default::default() };
-    let coap = Server::new(config, StoreResources::new(store.clone()), seed);
+    let coap = Server::new(config, StoreResources::new(store.clone()), std::time::Instant::now(), seed);
     let coap_task = tokio::spawn(driver::run(coap_socket, coap, cancel.clone()));
 
     let state = AppState {

@@ -1,24 +1,48 @@
 //! Request/response tables for the sans-IO server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
+use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
-struct Fixed(HashMap<String, Resource>);
+use crate::block::uint_option;
+
+#[derive(Default)]
+struct Fixed(RefCell<HashMap<String, Resource>>, Cell<u64>);
 
 impl Resources for Fixed {
     fn resolve(&self, segments: &[&str]) -> Option<Resource> {
-        self.0.get(&segments.join("/")).cloned()
+        self.0.borrow().get(&segments.join("/")).cloned()
+    }
+    fn generation(&self) -> u64 {
+        self.1.get()
     }
 }
 
+impl Fixed {
+    fn body(&self, path: &str) -> Bytes {
+        self.0.borrow()[path].body.clone()
+    }
+    fn set(&self, path: &str, body: Vec<u8>, etag: [u8; 8]) {
+        self.0.borrow_mut().insert(path.into(), Resource { body: Bytes::from(body), etag, content_format: 42 });
+        self.1.set(self.1.get() + 1);
+    }
+}
+
+fn h(s: &mut Server<Fixed>, d: &[u8]) -> Option<Vec<u8>> {
+    s.handle_datagram(Instant::now(), peer(), d).map(|b| b.to_vec())
+}
+
 fn server(body_len: usize) -> Server<Fixed> {
+    server_with(Config::default(), body_len)
+}
+
+fn server_with(config: Config, body_len: usize) -> Server<Fixed> {
     let body: Vec<u8> = (0..body_len).map(|i| (i * 7 % 251) as u8).collect();
-    let mut m = HashMap::new();
-    m.insert(
-        "fw/app/board/img.bin".to_string(),
-        Resource { body: Bytes::from(body), etag: *b"12345678", content_format: 42 },
-    );
-    Server::new(Config::default(), Fixed(m), 1000)
+    let f = Fixed::default();
+    f.set("fw/app/board/img.bin", body, *b"12345678");
+    f.set("fw/app/board/manifest", vec![1; 100], *b"manifst1");
+    Server::new(config, f, Instant::now(), 1000)
 }
 
 fn peer() -> SocketAddr {
@@ -41,7 +65,7 @@ fn get(ty: MessageType, mid: u16, token: &[u8], path: &str, block2: Option<Vec<u
 }
 
 fn roundtrip(s: &mut Server<Fixed>, req: &[u8]) -> Packet {
-    let out = s.handle_datagram(Instant::now(), peer(), req).expect("a reply");
+    let out = h(s, req).expect("a reply");
     Packet::from_bytes(&out).unwrap()
 }
 
@@ -68,7 +92,7 @@ fn every_block_reassembles_the_body_at_every_size() {
     for len in [0usize, 1, 63, 64, 65, 1024, 3000, 70_000] {
         for szx in 0..=6u8 {
             let mut s = server(len);
-            let want = s.resources().0["fw/app/board/img.bin"].body.clone();
+            let want = s.resources().body("fw/app/board/img.bin");
             let mut got = Vec::new();
             let mut num = 0u32;
             loop {
@@ -106,14 +130,14 @@ fn block_numbers_use_twenty_bits() {
     let b = BlockValue { num: 5000, more: false, szx: 6 };
     let r = roundtrip(&mut s, &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(b.encode())));
     assert_eq!(block2_of(&r).unwrap().num, 5000);
-    let body = &s.resources().0["fw/app/board/img.bin"].body;
+    let body = s.resources().body("fw/app/board/img.bin");
     assert_eq!(r.payload, body[5000 * 1024..5001 * 1024]);
 }
 
 #[test]
 fn larger_than_served_sizes_are_scaled_down() {
-    let cfg = Config { default_szx: 4, max_szx: 4 };
-    let mut s = Server::new(cfg, server(5000).resources, 1);
+    let cfg = Config { default_szx: 4, max_szx: 4, ..Config::default() };
+    let mut s = server_with(cfg, 5000);
     let b = BlockValue { num: 1, more: false, szx: 6 }.encode();
     let r = roundtrip(&mut s, &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(b)));
     assert_eq!(block2_of(&r), Some(BlockValue { num: 4, more: true, szx: 4 }));
@@ -143,7 +167,11 @@ fn error_table() {
             p.to_bytes().unwrap()
         }, ResponseType::BadOption),
     ];
-    for (req, code) in cases {
+    for (i, (req, code)) in cases.into_iter().enumerate() {
+        // Distinct message IDs, or deduplication would answer the first reply again.
+        let mut p = Packet::from_bytes(&req).unwrap();
+        p.header.message_id = 100 + i as u16;
+        let req = p.to_bytes().unwrap();
         let r = roundtrip(&mut s, &req);
         assert_eq!(r.header.code, MessageClass::Response(code), "{req:02x?}");
         assert_eq!(r.header.get_type(), MessageType::Acknowledgement);
@@ -168,31 +196,162 @@ fn non_requests_get_non_replies_and_pings_get_reset() {
     assert_eq!(r.get_token(), b"t");
     assert_ne!(r.header.message_id, 5);
     // CoAP ping.
-    assert_eq!(s.handle_datagram(Instant::now(), peer(), &[0x40, 0, 0x12, 0x34]), Some(vec![0x70, 0, 0x12, 0x34]));
+    assert_eq!(h(&mut s, &[0x40, 0, 0x12, 0x34]), Some(vec![0x70, 0, 0x12, 0x34]));
     // ACK and RST are not answered.
-    assert_eq!(s.handle_datagram(Instant::now(), peer(), &[0x60, 0, 0, 1]), None);
-    assert_eq!(s.handle_datagram(Instant::now(), peer(), &[0x70, 0, 0, 1]), None);
+    assert_eq!(h(&mut s, &[0x60, 0, 0, 1]), None);
+    assert_eq!(h(&mut s, &[0x70, 0, 0, 1]), None);
 }
 
 #[test]
 fn malformed_messages_never_panic() {
     let mut s = server(10);
     // Truncated header, bad version, TKL 9, marker without payload, bad option delta 15.
-    assert_eq!(s.handle_datagram(Instant::now(), peer(), &[0x40, 1]), None);
-    assert_eq!(s.handle_datagram(Instant::now(), peer(), &[0x80, 1, 0, 1]), None);
-    assert_eq!(s.handle_datagram(Instant::now(), peer(), &[0x49, 1, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]), Some(vec![0x70, 0, 0, 1]));
-    assert_eq!(s.handle_datagram(Instant::now(), peer(), &[0x40, 1, 0, 2, 0xff]), Some(vec![0x70, 0, 0, 2]));
-    assert_eq!(s.handle_datagram(Instant::now(), peer(), &[0x40, 1, 0, 3, 0xf1, 0]), Some(vec![0x70, 0, 0, 3]));
+    assert_eq!(h(&mut s, &[0x40, 1]), None);
+    assert_eq!(h(&mut s, &[0x80, 1, 0, 1]), None);
+    assert_eq!(h(&mut s, &[0x49, 1, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]), Some(vec![0x70, 0, 0, 1]));
+    assert_eq!(h(&mut s, &[0x40, 1, 0, 2, 0xff]), Some(vec![0x70, 0, 0, 2]));
+    assert_eq!(h(&mut s, &[0x40, 1, 0, 3, 0xf1, 0]), Some(vec![0x70, 0, 0, 3]));
     // Empty message with a token.
-    assert_eq!(s.handle_datagram(Instant::now(), peer(), &[0x41, 0, 0, 4, 9]), Some(vec![0x70, 0, 0, 4]));
+    assert_eq!(h(&mut s, &[0x41, 0, 0, 4, 9]), Some(vec![0x70, 0, 0, 4]));
     // Every prefix and every single-byte corruption of a valid request: no panic.
     let req = get(MessageType::Confirmable, 1, b"abcd", "fw/app/board/img.bin", Some(vec![0x12]));
     for n in 0..req.len() {
-        let _ = s.handle_datagram(Instant::now(), peer(), &req[..n]);
+        let _ = h(&mut s, &req[..n]);
         for bit in 0..8 {
             let mut m = req.clone();
             m[n] ^= 1 << bit;
-            let _ = s.handle_datagram(Instant::now(), peer(), &m);
+            let _ = h(&mut s, &m);
         }
     }
+}
+
+fn observe_get(mid: u16, token: &[u8], path: &str, observe: u32, block2: Option<Vec<u8>>) -> Vec<u8> {
+    let mut p = Packet::from_bytes(&get(MessageType::Confirmable, mid, token, path, block2)).unwrap();
+    p.add_option(CoapOption::Observe, uint_option(observe));
+    p.to_bytes().unwrap()
+}
+
+#[test]
+fn duplicates_get_the_same_reply_without_reprocessing() {
+    let mut s = server(3000);
+    let req = get(MessageType::Confirmable, 4242, b"dup", "fw/app/board/img.bin", Some(vec![0x16]));
+    let first = h(&mut s, &req).unwrap();
+    // The resource changes in between: the duplicate still gets the first answer.
+    s.resources().set("fw/app/board/img.bin", vec![9; 3000], *b"changed!");
+    let second = h(&mut s, &req).unwrap();
+    assert_eq!(first, second);
+    assert_eq!(s.stats().duplicates, 1);
+    assert_eq!(s.stats().requests, 1);
+    // A NON duplicate is silently ignored.
+    let non = get(MessageType::NonConfirmable, 4243, b"n", "fw/app/board/img.bin", None);
+    assert!(h(&mut s, &non).is_some());
+    assert!(h(&mut s, &non).is_none());
+    // A new message ID is a new request.
+    let next = get(MessageType::Confirmable, 4244, b"dup", "fw/app/board/img.bin", Some(vec![0x16]));
+    let third = Packet::from_bytes(&h(&mut s, &next).unwrap()).unwrap();
+    assert_eq!(third.get_first_option(CoapOption::ETag).unwrap(), b"changed!");
+}
+
+#[test]
+fn dedup_memory_is_bounded() {
+    let cfg = Config { max_peers: 100, ..Config::default() };
+    let mut s = server_with(cfg, 10);
+    for i in 0..1000u16 {
+        let peer: SocketAddr = format!("[::1]:{}", 10000 + i).parse().unwrap();
+        let req = get(MessageType::Confirmable, i, b"", "fw/app/board/img.bin", None);
+        assert!(s.handle_datagram(Instant::now(), peer, &req).is_some());
+    }
+    assert!(s.remembered_peers() <= 200, "{}", s.remembered_peers());
+    // Entries expire after EXCHANGE_LIFETIME (two rotations at most).
+    let later = Instant::now() + Duration::from_secs(600);
+    s.handle_timeout(later);
+    s.handle_timeout(later + Duration::from_secs(300));
+    assert_eq!(s.remembered_peers(), 0);
+}
+
+#[test]
+fn observe_notifies_on_change_retransmits_and_deregisters() {
+    let mut s = server(10);
+    let t0 = Instant::now();
+    let r = roundtrip(&mut s, &observe_get(1, b"ob", "fw/app/board/manifest", 0, Some(vec![0x02])));
+    assert_eq!(r.header.code, MessageClass::Response(ResponseType::Content));
+    assert!(r.get_first_option(CoapOption::Observe).is_some(), "registered");
+    assert_eq!(s.observer_count(), 1);
+    // Nothing changes: nothing is sent.
+    s.handle_timeout(t0 + Duration::from_secs(1));
+    assert!(s.poll_transmit().is_none());
+    // A new manifest: one CON notification with block 0 at the registered size.
+    s.resources().set("fw/app/board/manifest", vec![2; 100], *b"manifst2");
+    s.handle_timeout(t0 + Duration::from_secs(2));
+    let n = s.poll_transmit().expect("notification");
+    assert!(s.poll_transmit().is_none());
+    let p = Packet::from_bytes(&n.data).unwrap();
+    assert_eq!(p.header.get_type(), MessageType::Confirmable);
+    assert_eq!(p.get_token(), b"ob");
+    assert_eq!(p.get_first_option(CoapOption::ETag).unwrap(), b"manifst2");
+    assert_eq!(block2_of(&p), Some(BlockValue { num: 0, more: true, szx: 2 }));
+    assert_eq!(p.payload, vec![2; 16 << 2]);
+    // Not acknowledged: retransmitted with back-off, the same bytes.
+    // ACK_TIMEOUT is 2 s × [1, 1.5): nothing before 4 s, a retransmission by 5 s.
+    s.handle_timeout(t0 + Duration::from_millis(3990));
+    assert!(s.poll_transmit().is_none());
+    let due = t0 + Duration::from_secs(5);
+    s.handle_timeout(due);
+    assert_eq!(s.poll_transmit().unwrap().data, n.data);
+    assert_eq!(s.stats().retransmissions, 1);
+    // The ACK stops retransmission.
+    let ack = [0x60, 0, n.data[2], n.data[3]];
+    assert!(h(&mut s, &ack).is_none());
+    s.handle_timeout(due + Duration::from_secs(60));
+    assert!(s.poll_transmit().is_none());
+    assert_eq!(s.observer_count(), 1);
+    // Another change, answered with RST: the observer is gone.
+    s.resources().set("fw/app/board/manifest", vec![3; 10], *b"manifst3");
+    s.handle_timeout(due + Duration::from_secs(61));
+    let n = s.poll_transmit().unwrap();
+    assert!(h(&mut s, &[0x70, 0, n.data[2], n.data[3]]).is_none());
+    assert_eq!(s.observer_count(), 0);
+}
+
+#[test]
+fn unacknowledged_notifications_end_the_observation() {
+    let mut s = server(10);
+    let t0 = Instant::now();
+    roundtrip(&mut s, &observe_get(1, b"x", "fw/app/board/manifest", 0, None));
+    s.resources().set("fw/app/board/manifest", vec![5; 10], *b"manifst5");
+    let mut now = t0 + Duration::from_secs(1);
+    s.handle_timeout(now);
+    let mut sent = 0;
+    while s.poll_transmit().is_some() {
+        sent += 1;
+    }
+    for _ in 0..1000 {
+        if s.observer_count() == 0 {
+            break;
+        }
+        now = s.poll_timeout().unwrap().max(now);
+        s.handle_timeout(now);
+        while s.poll_transmit().is_some() {
+            sent += 1;
+        }
+    }
+    assert_eq!(sent, 5, "1 + MAX_RETRANSMIT transmissions");
+    assert_eq!(s.observer_count(), 0);
+}
+
+#[test]
+fn observe_cancel_and_limits() {
+    let cfg = Config { max_observers: 1, ..Config::default() };
+    let mut s = server_with(cfg, 10);
+    roundtrip(&mut s, &observe_get(1, b"a", "fw/app/board/manifest", 0, None));
+    // Files are not observable; a second peer beyond the limit is served without Observe.
+    let r = roundtrip(&mut s, &observe_get(2, b"b", "fw/app/board/img.bin", 0, None));
+    assert!(r.get_first_option(CoapOption::Observe).is_none());
+    let other: SocketAddr = "[::1]:6000".parse().unwrap();
+    let out = s.handle_datagram(Instant::now(), other, &observe_get(3, b"c", "fw/app/board/manifest", 0, None)).unwrap().to_vec();
+    assert!(Packet::from_bytes(&out).unwrap().get_first_option(CoapOption::Observe).is_none());
+    assert_eq!(s.observer_count(), 1);
+    // Observe: 1 deregisters.
+    roundtrip(&mut s, &observe_get(4, b"a", "fw/app/board/manifest", 1, None));
+    assert_eq!(s.observer_count(), 0);
 }

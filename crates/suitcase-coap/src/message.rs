@@ -1,0 +1,192 @@
+//! Response encoding straight into a reusable buffer: header, token, options in order,
+//! payload. Payloads are slices of shared `Bytes`, so nothing is copied but into the
+//! datagram itself.
+
+use bytes::Bytes;
+
+use crate::block::{uint_option, BlockValue};
+
+/// Message types (RFC 7252 §3).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MsgType {
+    /// Confirmable.
+    Con = 0,
+    /// Non-confirmable.
+    Non = 1,
+    /// Acknowledgement.
+    Ack = 2,
+    /// Reset.
+    Rst = 3,
+}
+
+/// A response code `class.detail`, as the single code byte.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Code(pub u8);
+
+impl Code {
+    /// 2.05 Content.
+    pub const CONTENT: Code = Code(0x45);
+    /// 2.03 Valid.
+    pub const VALID: Code = Code(0x43);
+    /// 4.00 Bad Request.
+    pub const BAD_REQUEST: Code = Code(0x80);
+    /// 4.02 Bad Option.
+    pub const BAD_OPTION: Code = Code(0x82);
+    /// 4.04 Not Found.
+    pub const NOT_FOUND: Code = Code(0x84);
+    /// 4.05 Method Not Allowed.
+    pub const METHOD_NOT_ALLOWED: Code = Code(0x85);
+    /// 4.06 Not Acceptable.
+    pub const NOT_ACCEPTABLE: Code = Code(0x86);
+    /// 4.13 Request Entity Too Large.
+    pub const REQUEST_ENTITY_TOO_LARGE: Code = Code(0x8d);
+    /// 4.15 Unsupported Content-Format.
+    pub const UNSUPPORTED_CONTENT_FORMAT: Code = Code(0x8f);
+    /// 5.00 Internal Server Error.
+    pub const INTERNAL_SERVER_ERROR: Code = Code(0xa0);
+    /// 5.03 Service Unavailable.
+    pub const SERVICE_UNAVAILABLE: Code = Code(0xa3);
+    /// 5.05 Proxying Not Supported.
+    pub const PROXYING_NOT_SUPPORTED: Code = Code(0xa5);
+
+    /// The class (2, 4, 5).
+    pub fn class(self) -> u8 {
+        self.0 >> 5
+    }
+}
+
+impl std::fmt::Display for Code {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{:02}", self.0 >> 5, self.0 & 0x1f)
+    }
+}
+
+/// Everything that makes a response but the message-layer fields (type, MID, token), so a
+/// duplicate request gets the very same bytes again without keeping them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResponseSpec {
+    /// Response code.
+    pub code: Code,
+    /// ETag option.
+    pub etag: Option<[u8; 8]>,
+    /// Observe option (sequence number).
+    pub observe: Option<u32>,
+    /// Content-Format option.
+    pub content_format: Option<u16>,
+    /// Block2 option.
+    pub block2: Option<BlockValue>,
+    /// Size2 option.
+    pub size2: Option<u32>,
+    /// Payload: a view into a shared buffer.
+    pub payload: Bytes,
+}
+
+impl ResponseSpec {
+    /// An error response with a diagnostic payload.
+    pub fn error(code: Code, diagnostic: &'static str) -> Self {
+        ResponseSpec {
+            code,
+            etag: None,
+            observe: None,
+            content_format: None,
+            block2: None,
+            size2: None,
+            payload: Bytes::from_static(diagnostic.as_bytes()),
+        }
+    }
+}
+
+fn put_option(out: &mut Vec<u8>, last: &mut u16, number: u16, value: &[u8]) {
+    let delta = number - *last;
+    *last = number;
+    let nibble = |v: usize| -> (u8, Option<Vec<u8>>) {
+        if v < 13 {
+            (v as u8, None)
+        } else if v < 269 {
+            (13, Some(vec![(v - 13) as u8]))
+        } else {
+            (14, Some(((v - 269) as u16).to_be_bytes().to_vec()))
+        }
+    };
+    let (d, dext) = nibble(usize::from(delta));
+    let (l, lext) = nibble(value.len());
+    out.push((d << 4) | l);
+    if let Some(e) = dext {
+        out.extend_from_slice(&e);
+    }
+    if let Some(e) = lext {
+        out.extend_from_slice(&e);
+    }
+    out.extend_from_slice(value);
+}
+
+/// Encode a message into `out` (cleared first).
+pub fn encode(out: &mut Vec<u8>, ty: MsgType, mid: u16, token: &[u8], spec: &ResponseSpec) {
+    out.clear();
+    let tkl = token.len().min(8);
+    out.push(0x40 | ((ty as u8) << 4) | tkl as u8);
+    out.push(spec.code.0);
+    out.extend_from_slice(&mid.to_be_bytes());
+    out.extend_from_slice(&token[..tkl]);
+    let mut last = 0u16;
+    if let Some(e) = &spec.etag {
+        put_option(out, &mut last, 4, e);
+    }
+    if let Some(o) = spec.observe {
+        put_option(out, &mut last, 6, &uint_option(o & 0x00ff_ffff));
+    }
+    if let Some(cf) = spec.content_format {
+        put_option(out, &mut last, 12, &uint_option(u32::from(cf)));
+    }
+    if let Some(b) = &spec.block2 {
+        put_option(out, &mut last, 23, &b.encode());
+    }
+    if let Some(s) = spec.size2 {
+        put_option(out, &mut last, 28, &uint_option(s));
+    }
+    if !spec.payload.is_empty() {
+        out.push(0xff);
+        out.extend_from_slice(&spec.payload);
+    }
+}
+
+/// An empty message (ACK or RST) with this MID.
+pub fn empty(ty: MsgType, mid: u16) -> Vec<u8> {
+    let [a, b] = mid.to_be_bytes();
+    vec![0x40 | ((ty as u8) << 4), 0, a, b]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use coap_lite::{CoapOption, Packet};
+
+    #[test]
+    fn coap_lite_reads_what_we_write() {
+        let spec = ResponseSpec {
+            code: Code::CONTENT,
+            etag: Some(*b"abcdefgh"),
+            observe: Some(5),
+            content_format: Some(42),
+            block2: Some(BlockValue { num: 300, more: true, szx: 2 }),
+            size2: Some(1 << 20),
+            payload: Bytes::from_static(b"hello"),
+        };
+        let mut out = Vec::new();
+        encode(&mut out, MsgType::Ack, 0x1234, b"tok", &spec);
+        let p = Packet::from_bytes(&out).unwrap();
+        assert_eq!(p.header.message_id, 0x1234);
+        assert_eq!(p.get_token(), b"tok");
+        assert_eq!(p.get_first_option(CoapOption::ETag).unwrap(), b"abcdefgh");
+        assert_eq!(p.get_first_option(CoapOption::Observe).unwrap(), &[5]);
+        assert_eq!(p.get_first_option(CoapOption::ContentFormat).unwrap(), &[42]);
+        assert_eq!(BlockValue::decode(p.get_first_option(CoapOption::Block2).unwrap()).unwrap().num, 300);
+        assert_eq!(p.get_first_option(CoapOption::Size2).unwrap(), &[0x10, 0, 0]);
+        assert_eq!(p.payload, b"hello");
+        // Option numbers past 268 use the 2-byte extension.
+        let mut out = Vec::new();
+        let mut last = 0;
+        put_option(&mut out, &mut last, 292, b"x");
+        assert_eq!(out, vec![0xe1, 0x00, 0x17, b'x']);
+    }
+}
