@@ -12,8 +12,9 @@ use crate::server::{Resources, Server};
 /// Socket buffer size asked for, so bursts from thousands of devices are not dropped.
 pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
 
-/// Bind a UDP socket for CoAP: dual-stack when `addr` is `[::]`, large buffers.
-pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+/// Bind a UDP socket for CoAP: dual-stack when `addr` is `[::]`, large buffers, non-blocking
+/// (ready for [`spawn_thread`] or `UdpSocket::from_std`).
+pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     if addr.is_ipv6() {
@@ -35,10 +36,11 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
-    UdpSocket::from_std(socket.into())
+    Ok(socket.into())
 }
 
-/// Serve until `cancel` fires.
+/// Serve until `cancel` fires. Each wake-up drains every queued datagram before waiting
+/// again, so a burst costs one readiness event, not one per datagram.
 pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel: CancellationToken) -> io::Result<()> {
     let mut buf = vec![0u8; 1500];
     loop {
@@ -48,24 +50,49 @@ pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel:
         tokio::select! {
             biased;
             () = cancel.cancelled() => return Ok(()),
-            r = socket.recv_from(&mut buf) => match r {
-                Ok((n, peer)) => {
-                    if let Some(reply) = server.handle_datagram(Instant::now(), peer, &buf[..n]) {
-                        if let Err(e) = socket.send_to(reply, peer).await {
-                            tracing::debug!(%peer, error = %e, "send failed");
-                        }
-                    }
-                }
-                // ICMP port-unreachable from an earlier send shows up here on some OSes.
-                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {}
-                Err(e) => return Err(e),
-            },
+            r = socket.readable() => r?,
             () = tokio::time::sleep_until(deadline.into()) => server.handle_timeout(Instant::now()),
         }
-        while let Some(t) = server.poll_transmit() {
-            if let Err(e) = socket.send_to(&t.data, t.peer).await {
-                tracing::debug!(peer = %t.peer, error = %e, "send failed");
+        loop {
+            let (n, peer) = match socket.try_recv_from(&mut buf) {
+                Ok(x) => x,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP port-unreachable from an earlier send shows up here on some OSes.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
+                Err(e) => return Err(e),
+            };
+            if let Some(reply) = server.handle_datagram(Instant::now(), peer, &buf[..n]) {
+                send(&socket, reply, peer).await;
             }
         }
+        while let Some(t) = server.poll_transmit() {
+            send(&socket, &t.data, t.peer).await;
+        }
     }
+}
+
+async fn send(socket: &UdpSocket, data: &[u8], peer: SocketAddr) {
+    let r = match socket.try_send_to(data, peer) {
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(data, peer).await,
+        r => r,
+    };
+    if let Err(e) = r {
+        tracing::debug!(%peer, error = %e, "send failed");
+    }
+}
+
+/// Run the server on a thread of its own with a single-threaded runtime (the CoAP loop is
+/// one task; keeping it off the HTTP runtime's workers avoids cross-thread wake-ups).
+pub fn spawn_thread<R: Resources + Send + 'static>(
+    socket: std::net::UdpSocket,
+    server: Server<R>,
+    cancel: CancellationToken,
+) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
+    std::thread::Builder::new().name("coap".into()).spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        rt.block_on(async move {
+            let socket = UdpSocket::from_std(socket)?;
+            run(socket, server, cancel).await
+        })
+    })
 }

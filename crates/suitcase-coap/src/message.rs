@@ -190,3 +190,166 @@ mod tests {
         assert_eq!(out, vec![0xe1, 0x00, 0x17, b'x']);
     }
 }
+
+/// A request as it arrived: borrowed views into the datagram, no allocation.
+#[derive(Debug)]
+pub struct Request<'a> {
+    /// 0 CON, 1 NON, 2 ACK, 3 RST.
+    pub ty: u8,
+    /// Code byte.
+    pub code: u8,
+    /// Message ID.
+    pub mid: u16,
+    /// Token.
+    pub token: &'a [u8],
+    /// Options in order: (number, value).
+    options: &'a [u8],
+    /// Payload (after the marker).
+    pub payload: &'a [u8],
+}
+
+/// Why a datagram is not a CoAP message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ParseError {
+    /// Too short for a header, or not version 1: drop silently.
+    NoHeader,
+    /// A header was read but the rest is malformed: reject (RST for CON).
+    Malformed {
+        /// Message type.
+        ty: u8,
+        /// Message ID.
+        mid: u16,
+    },
+}
+
+/// An iterator over the options of a [`Request`].
+pub struct Options<'a> {
+    rest: &'a [u8],
+    number: u16,
+}
+
+fn read_ext(nibble: u8, d: &[u8], i: &mut usize) -> Option<usize> {
+    Some(match nibble {
+        13 => {
+            let v = usize::from(*d.get(*i)?) + 13;
+            *i += 1;
+            v
+        }
+        14 => {
+            let v = usize::from(u16::from_be_bytes([*d.get(*i)?, *d.get(*i + 1)?])) + 269;
+            *i += 2;
+            v
+        }
+        15 => return None,
+        n => usize::from(n),
+    })
+}
+
+/// Walk the option bytes; `Ok(end)` is where the options end (payload marker or end).
+fn scan(d: &[u8]) -> Result<usize, ()> {
+    let mut i = 0;
+    let mut number = 0usize;
+    while i < d.len() {
+        if d[i] == 0xff {
+            return if i + 1 == d.len() { Err(()) } else { Ok(i) };
+        }
+        let b = d[i];
+        i += 1;
+        let delta = read_ext(b >> 4, d, &mut i).ok_or(())?;
+        let len = read_ext(b & 0x0f, d, &mut i).ok_or(())?;
+        number += delta;
+        if number > usize::from(u16::MAX) || i + len > d.len() {
+            return Err(());
+        }
+        i += len;
+    }
+    Ok(d.len())
+}
+
+impl<'a> Iterator for Options<'a> {
+    type Item = (u16, &'a [u8]);
+    fn next(&mut self) -> Option<Self::Item> {
+        let d = self.rest;
+        let b = *d.first()?;
+        let mut i = 1;
+        // `scan` validated the bytes already.
+        let delta = read_ext(b >> 4, d, &mut i)?;
+        let len = read_ext(b & 0x0f, d, &mut i)?;
+        self.number = self.number.wrapping_add(delta as u16);
+        let v = d.get(i..i + len)?;
+        self.rest = &d[i + len..];
+        Some((self.number, v))
+    }
+}
+
+impl<'a> Request<'a> {
+    /// Parse and validate a datagram (RFC 7252 §3): version 1, TKL ≤ 8, well-formed options,
+    /// no payload marker without payload, empty messages exactly 4 bytes.
+    pub fn parse(d: &'a [u8]) -> Result<Self, ParseError> {
+        if d.len() < 4 || d[0] >> 6 != 1 {
+            return Err(ParseError::NoHeader);
+        }
+        let ty = (d[0] >> 4) & 3;
+        let mid = u16::from_be_bytes([d[2], d[3]]);
+        let bad = ParseError::Malformed { ty, mid };
+        let tkl = usize::from(d[0] & 0x0f);
+        if tkl > 8 || d.len() < 4 + tkl {
+            return Err(bad);
+        }
+        if d[1] == 0 && d.len() != 4 {
+            return Err(bad);
+        }
+        let rest = &d[4 + tkl..];
+        let end = scan(rest).map_err(|()| ParseError::Malformed { ty, mid })?;
+        Ok(Request {
+            ty,
+            code: d[1],
+            mid,
+            token: &d[4..4 + tkl],
+            options: &rest[..end],
+            payload: rest.get(end + 1..).unwrap_or(&[]),
+        })
+    }
+
+    /// The options, in order.
+    pub fn options(&self) -> Options<'a> {
+        Options { rest: self.options, number: 0 }
+    }
+}
+
+#[cfg(test)]
+mod parse_tests {
+    use super::*;
+    use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
+
+    #[test]
+    fn agrees_with_coap_lite() {
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.code = MessageClass::Request(RequestType::Get);
+        p.header.message_id = 77;
+        p.set_token(vec![1, 2]);
+        for s in ["fw", "a-much-longer-path-segment-than-thirteen-bytes", "x"] {
+            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+        }
+        p.add_option(CoapOption::Block2, vec![0x12, 0x34, 0x56]);
+        p.add_option(CoapOption::Unknown(2049), vec![9]);
+        p.payload = b"pl".to_vec();
+        let bytes = p.to_bytes().unwrap();
+        let r = Request::parse(&bytes).unwrap();
+        assert_eq!((r.ty, r.code, r.mid, r.token, r.payload), (0, 1, 77, &[1u8, 2][..], &b"pl"[..]));
+        let opts: Vec<(u16, Vec<u8>)> = r.options().map(|(n, v)| (n, v.to_vec())).collect();
+        let want: Vec<(u16, Vec<u8>)> =
+            p.options().flat_map(|(n, vs)| vs.iter().map(move |v| (*n, v.clone()))).collect();
+        assert_eq!(opts, want);
+    }
+
+    #[test]
+    fn rejects_malformed() {
+        assert_eq!(Request::parse(&[0x40, 1]).unwrap_err(), ParseError::NoHeader);
+        assert_eq!(Request::parse(&[0x80, 1, 0, 1]).unwrap_err(), ParseError::NoHeader);
+        for bad in [&[0x49, 1, 0, 1][..], &[0x40, 1, 0, 1, 0xff], &[0x40, 1, 0, 1, 0xf1, 0], &[0x40, 1, 0, 1, 0x1f], &[0x40, 1, 0, 1, 0x13, 1], &[0x40, 0, 0, 1, 1]] {
+            assert!(matches!(Request::parse(bad), Err(ParseError::Malformed { .. })), "{bad:02x?}");
+        }
+    }
+}

@@ -2,6 +2,7 @@
 //! `/<publish-id>/manifest`, `/<publish-id>/<file>`, `/<publish-id>/v/<seq>/<file>` and
 //! `/.well-known/core`.
 
+use std::collections::HashMap;
 use std::fmt::Write as _;
 use std::sync::{Arc, Mutex};
 
@@ -13,6 +14,8 @@ use crate::server::{content_format, Resource, Resources};
 /// Resolves CoAP paths against a [`Store`].
 pub struct StoreResources {
     store: Arc<dyn Store>,
+    /// path → resolution, valid for one store generation (the hot path of every block).
+    resolved: Mutex<(u64, HashMap<String, Option<Resource>>)>,
     /// `/.well-known/core`, rebuilt when the store's generation moves.
     link_format: Mutex<Option<(u64, Resource)>>,
 }
@@ -20,7 +23,7 @@ pub struct StoreResources {
 impl StoreResources {
     /// Serve `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        StoreResources { store, link_format: Mutex::new(None) }
+        StoreResources { store, resolved: Mutex::new((u64::MAX, HashMap::new())), link_format: Mutex::new(None) }
     }
 
     fn file(&self, entry: &FileEntry) -> Option<Resource> {
@@ -83,6 +86,32 @@ impl Resources for StoreResources {
     }
 
     fn resolve(&self, segments: &[&str]) -> Option<Resource> {
+        let key = segments.join("/");
+        let generation = self.store.generation();
+        if let Ok(cache) = self.resolved.lock() {
+            if cache.0 == generation {
+                if let Some(r) = cache.1.get(&key) {
+                    return r.clone();
+                }
+            }
+        }
+        let r = self.resolve_uncached(segments);
+        if let Ok(mut cache) = self.resolved.lock() {
+            if cache.0 != generation || cache.1.len() >= MAX_RESOLVED {
+                cache.1.clear();
+                cache.0 = generation;
+            }
+            cache.1.insert(key, r.clone());
+        }
+        r
+    }
+}
+
+/// Paths remembered per store generation (unknown paths included, so scans stay cheap).
+const MAX_RESOLVED: usize = 4096;
+
+impl StoreResources {
+    fn resolve_uncached(&self, segments: &[&str]) -> Option<Resource> {
         if segments == [".well-known", "core"] {
             return Some(self.well_known_core());
         }

@@ -19,10 +19,9 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use coap_lite::Packet;
 
 use crate::block::{decode_uint, BlockValue};
-use crate::message::{self, Code, MsgType, ResponseSpec};
+use crate::message::{self, Code, MsgType, ParseError, Request, ResponseSpec};
 
 /// CoAP content-format ids used here.
 pub mod content_format {
@@ -310,47 +309,45 @@ impl<R: Resources> Server<R> {
 
     /// Handle one datagram from `peer`; returns the reply to send at once, if any.
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Option<&[u8]> {
-        let req = match parse(datagram) {
-            Ok(p) => p,
-            Err(Malformed::Reject(mid)) => {
+        let req = match Request::parse(datagram) {
+            Ok(r) => r,
+            Err(ParseError::Malformed { ty: 0, mid }) => {
                 self.stats.malformed += 1;
                 tracing::debug!(%peer, "malformed confirmable message, answering RST");
                 self.out = message::empty(MsgType::Rst, mid);
                 return Some(&self.out);
             }
-            Err(Malformed::Drop) => {
+            Err(_) => {
                 self.stats.malformed += 1;
                 tracing::trace!(%peer, len = datagram.len(), "dropping an unparsable datagram");
                 return None;
             }
         };
-        let ty = datagram[0] >> 4 & 0x3;
-        let code = datagram[1];
-        let mid = req.header.message_id;
-        match (ty, code) {
+        match (req.ty, req.code) {
             // ACK or RST: maybe for one of our notifications.
             (2 | 3, _) => {
-                self.peer_answered(peer, mid, ty == 3);
+                self.peer_answered(peer, req.mid, req.ty == 3);
                 None
             }
             // CoAP ping: an empty CON is answered with RST (RFC 7252 §4.3).
             (0, 0) => {
-                self.out = message::empty(MsgType::Rst, mid);
+                self.out = message::empty(MsgType::Rst, req.mid);
                 Some(&self.out)
             }
             (_, 0) => None,
-            (_, 1..=31) => self.request(now, peer, &req, ty == 0),
+            (_, 1..=31) => self.request(now, peer, &req),
             // A response or reserved code sent to a server: reject CON, ignore NON.
             (0, _) => {
-                self.out = message::empty(MsgType::Rst, mid);
+                self.out = message::empty(MsgType::Rst, req.mid);
                 Some(&self.out)
             }
             _ => None,
         }
     }
 
-    fn request(&mut self, now: Instant, peer: SocketAddr, req: &Packet, con: bool) -> Option<&[u8]> {
-        let mid = req.header.message_id;
+    fn request(&mut self, now: Instant, peer: SocketAddr, req: &Request<'_>) -> Option<&[u8]> {
+        let mid = req.mid;
+        let con = req.ty == 0;
         self.rotate(now);
         let seen = self
             .dedup
@@ -370,7 +367,7 @@ impl<R: Resources> Server<R> {
             return Some(&self.out);
         }
         self.stats.requests += 1;
-        let token = Token::new(req.get_token());
+        let token = Token::new(req.token);
         let (mut spec, observe, path) = self.respond(req);
         if let Some(path) = path {
             match observe {
@@ -417,7 +414,7 @@ impl<R: Resources> Server<R> {
         }
     }
 
-    fn respond(&self, req: &Packet) -> (ResponseSpec, ObserveAction, Option<String>) {
+    fn respond(&self, req: &Request<'_>) -> (ResponseSpec, ObserveAction, Option<String>) {
         let none = |spec| (spec, ObserveAction::None, None);
         let mut path: Vec<&str> = Vec::new();
         let mut block2 = None;
@@ -425,9 +422,8 @@ impl<R: Resources> Server<R> {
         let mut accept = None;
         let mut size2_requested = false;
         let mut observe = None;
-        for (num, values) in req.options() {
-            let num = *num;
-            for v in values {
+        for (num, v) in req.options() {
+            {
                 match num {
                     opt::URI_PATH => match std::str::from_utf8(v) {
                         Ok(s) => path.push(s),
@@ -462,7 +458,7 @@ impl<R: Resources> Server<R> {
                 }
             }
         }
-        if req.header.code != coap_lite::MessageClass::Request(coap_lite::RequestType::Get) {
+        if req.code != 1 {
             return none(ResponseSpec::error(Code::METHOD_NOT_ALLOWED, "only GET is served"));
         }
         let Some(res) = self.resources.resolve(&path) else {
@@ -473,7 +469,10 @@ impl<R: Resources> Server<R> {
             Some(1) => ObserveAction::Deregister,
             _ => ObserveAction::None,
         };
-        let key = Some(path.join("/"));
+        let key = match observe_action {
+            ObserveAction::None => None,
+            _ => Some(path.join("/")),
+        };
         if let Some(a) = accept {
             if a != u32::from(res.content_format) {
                 return none(ResponseSpec::error(Code::NOT_ACCEPTABLE, "no representation in the Accept-ed format"));
@@ -663,8 +662,8 @@ impl<R: Resources> Server<R> {
 }
 
 /// No-Response (RFC 7967) on a NON request: bit 2 suppresses 2.xx, bit 8 4.xx, bit 16 5.xx.
-fn suppressed(req: &Packet, code: Code) -> bool {
-    let Some(v) = req.get_first_option(coap_lite::CoapOption::NoResponse) else {
+fn suppressed(req: &Request<'_>, code: Code) -> bool {
+    let Some((_, v)) = req.options().find(|(n, _)| *n == opt::NO_RESPONSE) else {
         return false;
     };
     let mask = decode_uint(v).unwrap_or(0);
@@ -674,74 +673,6 @@ fn suppressed(req: &Packet, code: Code) -> bool {
         5 => mask & 16 != 0,
         _ => false,
     }
-}
-
-enum Malformed {
-    /// A CON whose header we could read: reject with RST of this message ID.
-    Reject(u16),
-    /// Not even a header: silently drop.
-    Drop,
-}
-
-/// Parse with the checks coap-lite leaves out (version, empty payload after the marker,
-/// empty messages with content) so that every malformed message is rejected (RFC 7252 §4.2).
-fn parse(d: &[u8]) -> Result<Packet, Malformed> {
-    if d.len() < 4 || d[0] >> 6 != 1 {
-        return Err(Malformed::Drop);
-    }
-    let ty = (d[0] >> 4) & 0x3;
-    let mid = u16::from_be_bytes([d[2], d[3]]);
-    let reject = || if ty == 0 { Malformed::Reject(mid) } else { Malformed::Drop };
-    let tkl = usize::from(d[0] & 0x0f);
-    if tkl > 8 || d.len() < 4 + tkl {
-        return Err(reject());
-    }
-    if d[1] == 0 && d.len() != 4 {
-        // An empty message must be exactly the 4-byte header.
-        return Err(reject());
-    }
-    if d.last() == Some(&0xff) && payload_marker_at_end(d, tkl) {
-        return Err(reject());
-    }
-    Packet::from_bytes(d).map_err(|_| reject())
-}
-
-/// Whether the final 0xFF byte is a payload marker with nothing after it (a format error),
-/// rather than the last byte of an option value.
-fn payload_marker_at_end(d: &[u8], tkl: usize) -> bool {
-    let mut i = 4 + tkl;
-    while i < d.len() {
-        if d[i] == 0xff {
-            return i == d.len() - 1;
-        }
-        let delta = d[i] >> 4;
-        let len = usize::from(d[i] & 0x0f);
-        i += 1;
-        i += match delta {
-            13 => 1,
-            14 => 2,
-            _ => 0,
-        };
-        let len = match len {
-            13 => match d.get(i) {
-                Some(b) => {
-                    i += 1;
-                    usize::from(*b) + 13
-                }
-                None => return false,
-            },
-            14 => match (d.get(i), d.get(i + 1)) {
-                (Some(a), Some(b)) => {
-                    i += 2;
-                    usize::from(u16::from_be_bytes([*a, *b])) + 269
-                }
-                _ => return false,
-            },
-            l => l,
-        };
-        i += len;
-    }
-    false
 }
 
 #[cfg(test)]

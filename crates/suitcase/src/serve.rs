@@ -111,7 +111,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         .unwrap_or(0);
     let config = suitcase_coap::Config { default_szx: szx, ..Default::default() };
     let coap = Server::new(config, StoreResources::new(store.clone()), std::time::Instant::now(), seed);
-    let coap_task = tokio::spawn(driver::run(coap_socket, coap, cancel.clone()));
+    let coap_thread = driver::spawn_thread(coap_socket, coap, cancel.clone()).context("starting the CoAP thread")?;
 
     let state = AppState {
         store,
@@ -138,7 +138,10 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         .await
         .context("HTTP server")?;
     cancel.cancel();
-    coap_task.await.context("CoAP task")?.context("CoAP server")?;
+    match coap_thread.join() {
+        Ok(r) => r.context("CoAP server")?,
+        Err(_) => bail!("the CoAP thread panicked"),
+    }
     Ok(())
 }
 
