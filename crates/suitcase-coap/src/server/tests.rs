@@ -1,7 +1,7 @@
 //! Request/response tables for the sans-IO server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
-use coap_lite::{CoapOption, MessageClass, MessageType, RequestType, ResponseType};
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 
