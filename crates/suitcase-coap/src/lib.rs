@@ -5,6 +5,7 @@
 pub mod block;
 pub mod driver;
 pub mod message;
+pub mod notify;
 pub mod resources;
 pub mod server;
 

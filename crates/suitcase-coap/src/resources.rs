@@ -42,10 +42,19 @@ impl StoreResources {
 
     fn in_version(&self, v: &Version, rest: &[&str]) -> Option<Resource> {
         match rest {
-            ["manifest"] => self.file(&v.manifest.as_ref()?.file),
+            // RIOT's build names the newest signed manifest riot.suit.latest.bin.
+            ["manifest"] | ["riot.suit.latest.bin"] => self.file(&v.manifest.as_ref()?.file),
             [name] => self.file(v.file(name)?),
             _ => None,
         }
+    }
+
+    /// `/<id>/<name>`: the newest version holding `name`, so the URIs signed into an older
+    /// manifest (RIOT signs `…/<id>/slot0.<ver>.bin`) keep resolving after newer publishes.
+    fn newest_with(&self, id: &str, name: &str) -> Option<Resource> {
+        let versions = self.store.versions(id);
+        let v = versions.iter().rev().find(|v| v.file(name).is_some())?;
+        self.file(v.file(name)?)
     }
 
     fn well_known_core(&self) -> Resource {
@@ -131,6 +140,11 @@ impl StoreResources {
             }
             if let Some(r) = self.in_version(&latest, rest) {
                 return Some(r);
+            }
+            if let [name] = rest {
+                if let Some(r) = self.newest_with(&id, name) {
+                    return Some(r);
+                }
             }
         }
         None

@@ -379,6 +379,8 @@ impl<R: Resources> Server<R> {
                         }
                     }
                 }
+                // 2.03 keeps a registration as it is; an error ends it (RFC 7641 §3.2).
+                ObserveAction::Register { .. } if spec.code == Code::VALID => {}
                 ObserveAction::Deregister | ObserveAction::Register { .. } => {
                     self.deregister(&(peer, path));
                 }
@@ -584,6 +586,7 @@ impl<R: Resources> Server<R> {
         if !self.observers.is_empty() {
             let generation = self.resources.generation();
             if generation != self.seen_generation {
+                tracing::debug!(generation, observers = self.observers.len(), "resources changed");
                 self.seen_generation = generation;
                 self.notify_changed(now);
             }
@@ -620,7 +623,19 @@ impl<R: Resources> Server<R> {
         let keys: Vec<ObsKey> = self.observers.keys().cloned().collect();
         for key in keys {
             let segments: Vec<&str> = key.1.split('/').collect();
-            let Some(res) = self.resources.resolve(&segments) else { continue };
+            let Some(res) = self.resources.resolve(&segments) else {
+                // The resource is gone (its versions were removed): a final 4.04 ends the
+                // observation (RFC 7641 §4.2).
+                if let Some(token) = self.observers.get(&key).map(|o| o.token) {
+                    let mut data = Vec::new();
+                    let spec = ResponseSpec::error(Code::NOT_FOUND, "removed");
+                    let mid = self.mid();
+                    message::encode(&mut data, MsgType::Non, mid, token.as_slice(), &spec);
+                    self.transmits.push_back(Transmit { peer: key.0, data });
+                }
+                self.deregister(&key);
+                continue;
+            };
             let Some(o) = self.observers.get(&key) else { continue };
             if o.etag == res.etag {
                 continue;
@@ -643,6 +658,7 @@ impl<R: Resources> Server<R> {
             self.pending_mids.insert((key.0, mid), key.1.clone());
             self.timers.push(Reverse((due, key.0, key.1.clone())));
             self.stats.notifications += 1;
+            tracing::debug!(peer = %key.0, path = %key.1, seq = self.observe_seq, "notification queued");
             self.transmits.push_back(Transmit { peer: key.0, data });
         }
     }

@@ -4,6 +4,7 @@
 //! [`router`] returns an axum `Router` that tests drive with `oneshot`; the binary serves it.
 
 mod error;
+mod notify;
 mod publish;
 mod signer;
 
@@ -18,6 +19,7 @@ use serde::Serialize;
 use suitcase_store::{Store, Version};
 
 pub use error::ApiError;
+pub use notify::{DeviceNotice, Notifier};
 pub use signer::Signer;
 
 /// Settings of the HTTP API.
@@ -41,6 +43,8 @@ pub struct AppState {
     pub signer: Arc<Signer>,
     /// Settings.
     pub config: Arc<Config>,
+    /// Sends triggers to devices; `None` answers `/notify` with 503.
+    pub notifier: Option<Arc<dyn Notifier>>,
 }
 
 impl AppState {
@@ -76,6 +80,8 @@ pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
     Router::new()
         .route("/publish", post(publish::publish))
+        .route("/notify", post(notify::notify))
+        .route("/remove", post(notify::remove))
         .route("/coap/url/{*publish_id}", get(coap_url))
         .route("/api/v1/publish-ids", get(list_ids))
         .route("/api/v1/publish-ids/{*publish_id}", get(list_versions))

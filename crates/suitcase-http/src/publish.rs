@@ -68,6 +68,13 @@ pub(crate) async fn publish(
     if files.is_empty() {
         return Err(ApiError::bad_request("No file found in request"));
     }
+    // RIOT's build uploads its signed manifest as a plain part named riot.suit.<seq>.bin.
+    if manifest.is_none() {
+        if let Some(i) = files.iter().position(|f| is_riot_manifest_name(&f.name)) {
+            let f = files.remove(i);
+            manifest = Some((f.name, f.data));
+        }
+    }
     // An uploaded manifest must at least be a SUIT envelope; its sequence number must grow.
     let provided = match manifest {
         None => None,
@@ -112,4 +119,11 @@ pub(crate) async fn publish(
     }
     tracing::debug!(files = ?audit, "publish request");
     Ok(Json(VersionView::new(&version, &coap_base)))
+}
+
+/// `riot.suit.<digits>.bin`: the signed manifest of RIOT's `suit/publish`.
+fn is_riot_manifest_name(name: &str) -> bool {
+    name.strip_prefix("riot.suit.")
+        .and_then(|r| r.strip_suffix(".bin"))
+        .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
 }

@@ -7,6 +7,30 @@ use suitcase_store::LocalStore;
 use suitcase_suit::{Algorithm, SigningKey};
 use tower::ServiceExt;
 
+/// A notifier that records what it was asked and answers 2.01 for every device.
+#[derive(Default)]
+struct Recorder(std::sync::Mutex<Vec<(Vec<String>, String)>>);
+
+impl Notifier for Recorder {
+    fn notify(&self, devices: Vec<String>, url: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<DeviceNotice>> + Send>> {
+        self.0.lock().unwrap().push((devices.clone(), url));
+        Box::pin(async move {
+            devices
+                .into_iter()
+                .map(|d| DeviceNotice {
+                    device: d,
+                    address: None,
+                    result: "ok".into(),
+                    code: Some("2.01".into()),
+                    transmissions: 1,
+                    elapsed_ms: 0,
+                    message: None,
+                })
+                .collect()
+        })
+    }
+}
+
 fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
     let key = SigningKey::generate(Algorithm::Ed25519);
     let store = Arc::new(LocalStore::open(dir).unwrap());
@@ -14,6 +38,7 @@ fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
         store,
         signer: Arc::new(Signer::new(key.clone(), "example.org")),
         config: Arc::new(Config { coap_base_url: None, coap_port: 5683, max_body_bytes: 1 << 20 }),
+        notifier: Some(Arc::new(Recorder::default())),
     };
     (st, key)
 }
@@ -120,4 +145,80 @@ async fn coap_url_and_listing() {
     assert_eq!(v[0]["latest"], 1);
     let resp = app.oneshot(Request::get("/api/v1/publish-ids/nope").body(Body::empty()).unwrap()).await.unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+}
+
+async fn send(app: Router, req: Request<Body>) -> (StatusCode, serde_json::Value) {
+    let resp = app.oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
+    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+}
+
+#[tokio::test]
+async fn riot_publish_then_notify_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, key) = state(dir.path());
+    let app = router(st.clone());
+    // A RIOT-profile manifest built like RIOT's build does, uploaded as riot.suit.<seq>.bin.
+    let vendor = suitcase_suit::builder::vendor_id("riot-os.org");
+    let class = suitcase_suit::builder::class_id(&vendor, "native");
+    let m = suitcase_suit::ManifestBuilder::new(suitcase_suit::Profile::Riot09, 1700000000, vendor, class)
+        .image(suitcase_suit::Image::from_bytes("coap://[::1]/fw/app/native/slot0.1700000000.bin", b"slot0", Some(0x1000)))
+        .image(suitcase_suit::Image::from_bytes("coap://[::1]/fw/app/native/slot1.1700000000.bin", b"slot1", Some(0x2000)))
+        .build()
+        .unwrap();
+    let env = suitcase_suit::Envelope::sign(suitcase_suit::Profile::Riot09, &m, &key).unwrap().encode();
+    let (s, v) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"fw/app/native"),
+            ("riot.suit_unsigned.1700000000.bin", Some("u"), b"unsigned"),
+            ("riot.suit.1700000000.bin", Some("s"), &env),
+            ("slot0.1700000000.bin", Some("a"), b"slot0"),
+            ("slot1.1700000000.bin", Some("b"), b"slot1"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["sequence_number"], 1700000000);
+    assert_eq!(v["manifest"]["name"], "riot.suit.1700000000.bin");
+    assert_eq!(v["files"].as_array().unwrap().len(), 3);
+
+    // Notify as RIOT's make target does (multipart fields).
+    let (ct, body) = multipart(&[("publish_id", None, b"fw/app/native"), ("urls", None, b"[fe80::1%tap0], 10.0.0.7:5683"), ("version", None, b"latest")]);
+    let req = Request::post("/notify").header("content-type", ct).header("host", "[2001:db8::1]:8080").body(Body::from(body)).unwrap();
+    let (s, v) = send(app.clone(), req).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["manifest_url"], "coap://[2001:db8::1]:5683/fw/app/native/riot.suit.latest.bin");
+    assert_eq!(v["results"].as_array().unwrap().len(), 2);
+    assert_eq!(v["results"][0]["code"], "2.01");
+    // A form-encoded notify naming the sequence number.
+    let req = Request::post("/notify")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .header("host", "h:8080")
+        .body(Body::from("publish_id=fw%2Fapp%2Fnative&urls=dev1&version=1700000000"))
+        .unwrap();
+    let (s, v) = send(app.clone(), req).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert_eq!(v["manifest_url"], "coap://h:5683/fw/app/native/riot.suit.latest.bin");
+    // Unknown version / id / no devices.
+    for (body, status) in [
+        ("publish_id=fw%2Fapp%2Fnative&urls=d&version=5", StatusCode::NOT_FOUND),
+        ("publish_id=nope&urls=d", StatusCode::NOT_FOUND),
+        ("publish_id=fw%2Fapp%2Fnative&urls=", StatusCode::BAD_REQUEST),
+        ("urls=d", StatusCode::BAD_REQUEST),
+    ] {
+        let req = Request::post("/notify").header("content-type", "application/x-www-form-urlencoded").body(Body::from(body)).unwrap();
+        let (s, v) = send(app.clone(), req).await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert!(v["error"].is_string());
+    }
+    // Remove by RIOT sequence number.
+    let req = Request::post("/remove")
+        .header("content-type", "application/json")
+        .body(Body::from(r#"{"publish_id":"fw/app/native","version":1700000000}"#))
+        .unwrap();
+    let (s, v) = send(app.clone(), req).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    assert!(st.store.publish_ids().is_empty());
 }

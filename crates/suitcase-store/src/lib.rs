@@ -200,6 +200,9 @@ pub trait Store: Send + Sync + 'static {
     /// Publish a new version atomically. `build` runs with the version number assigned and
     /// may produce the manifest.
     fn publish(&self, req: PublishRequest, build: Box<BuildManifest<'_>>) -> Result<Arc<Version>, StoreError>;
+    /// Remove one version: it is no longer listed or served. Its record is kept aside (as
+    /// `<seq>.json.removed`) so version and sequence numbers are never reused.
+    fn remove(&self, publish_id: &str, seq: u64) -> Result<Arc<Version>, StoreError>;
     /// The newest version of `publish_id`.
     fn latest(&self, publish_id: &str) -> Option<Arc<Version>>;
     /// One version.

@@ -35,11 +35,30 @@ const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
 /// The embedded, local-disk store.
 pub struct LocalStore {
     root: PathBuf,
-    index: RwLock<HashMap<String, BTreeMap<u64, Arc<Version>>>>,
+    index: RwLock<HashMap<String, IdState>>,
     publish_lock: Mutex<()>,
     generation: AtomicU64,
     cache: Mutex<Cache>,
     tmp_counter: AtomicU64,
+}
+
+/// What the store knows of one publish-id.
+#[derive(Default)]
+struct IdState {
+    versions: BTreeMap<u64, Arc<Version>>,
+    /// Highest version number ever given, removed ones included.
+    max_seq: u64,
+    /// Highest manifest sequence number ever stored, removed versions included.
+    max_sequence_number: Option<u64>,
+}
+
+impl IdState {
+    fn saw(&mut self, v: &Version) {
+        self.max_seq = self.max_seq.max(v.seq);
+        if let Some(n) = v.manifest.as_ref().and_then(|m| m.sequence_number) {
+            self.max_sequence_number = Some(self.max_sequence_number.map_or(n, |m| m.max(n)));
+        }
+    }
 }
 
 struct Cache {
@@ -213,7 +232,7 @@ impl LocalStore {
 
     fn load_index(&self) -> Result<(), StoreError> {
         let ids = self.root.join("ids");
-        let mut index: HashMap<String, BTreeMap<u64, Arc<Version>>> = HashMap::new();
+        let mut index: HashMap<String, IdState> = HashMap::new();
         for dir in fs::read_dir(&ids).map_err(|e| io(&ids, e))?.flatten() {
             let Some(name) = dir.file_name().to_str().map(from_dir_name) else {
                 continue;
@@ -225,19 +244,26 @@ impl LocalStore {
             let entries = fs::read_dir(dir.path()).map_err(|e| io(&dir.path(), e))?;
             for rec in entries.flatten() {
                 let path = rec.path();
-                if path.extension().and_then(|e| e.to_str()) != Some("json") {
-                    continue;
-                }
-                match self.load_record(&path) {
+                let removed = match path.extension().and_then(|e| e.to_str()) {
+                    Some("json") => false,
+                    Some("removed") => true,
+                    _ => continue,
+                };
+                let loaded = if removed { self.load_record_unchecked(&path) } else { self.load_record(&path) };
+                match loaded {
                     Ok(v) if v.publish_id == name => {
-                        index.entry(name.clone()).or_default().insert(v.seq, Arc::new(v));
+                        let state = index.entry(name.clone()).or_default();
+                        state.saw(&v);
+                        if !removed {
+                            state.versions.insert(v.seq, Arc::new(v));
+                        }
                     }
                     Ok(v) => tracing::error!(path = %path.display(), id = %v.publish_id, "record in the wrong directory, ignored"),
                     Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable version record, ignored"),
                 }
             }
         }
-        let n: usize = index.values().map(|v| v.len()).sum();
+        let n: usize = index.values().map(|v| v.versions.len()).sum();
         tracing::info!(root = %self.root.display(), publish_ids = index.len(), versions = n, "store opened");
         if let Ok(mut i) = self.index.write() {
             *i = index;
@@ -245,13 +271,17 @@ impl LocalStore {
         Ok(())
     }
 
-    fn load_record(&self, path: &Path) -> Result<Version, StoreError> {
+    fn load_record_unchecked(&self, path: &Path) -> Result<Version, StoreError> {
         let bytes = fs::read(path).map_err(|e| io(path, e))?;
         let rec: VersionRecord = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt {
             path: path.display().to_string(),
             what: e.to_string(),
         })?;
-        let v = rec.into_version(path)?;
+        rec.into_version(path)
+    }
+
+    fn load_record(&self, path: &Path) -> Result<Version, StoreError> {
+        let v = self.load_record_unchecked(path)?;
         for f in v.files.iter().chain(v.manifest.as_ref().map(|m| &m.file)) {
             let blob = self.blob_path(&f.sha256);
             if !blob.exists() {
@@ -378,7 +408,8 @@ impl Store for LocalStore {
         }
         let _guard = self.publish_lock.lock().map_err(|_| StoreError::BadRequest("store lock poisoned".into()))?;
         let previous = self.latest(&req.publish_id);
-        let seq = previous.as_ref().map_or(1, |p| p.seq + 1);
+        let (max_seq, max_sequence_number) = self.high_water(&req.publish_id);
+        let seq = max_seq + 1;
         let now = now_unix();
         let draft = Draft {
             publish_id: &req.publish_id,
@@ -395,7 +426,7 @@ impl Store for LocalStore {
                 if entries.iter().any(|e| e.name == m.name) {
                     return Err(StoreError::BadRequest(format!("manifest name {:?} is also a file", m.name)));
                 }
-                if let (Some(new), Some(current)) = (m.sequence_number, self.highest_sequence(&req.publish_id)) {
+                if let (Some(new), Some(current)) = (m.sequence_number, max_sequence_number) {
                     if new <= current {
                         return Err(StoreError::SequenceNotIncreasing { new, current });
                     }
@@ -424,31 +455,54 @@ impl Store for LocalStore {
         self.commit_record(&version)?;
         let version = Arc::new(version);
         if let Ok(mut idx) = self.index.write() {
-            idx.entry(req.publish_id.clone()).or_default().insert(seq, version.clone());
+            let state = idx.entry(req.publish_id.clone()).or_default();
+            state.saw(&version);
+            state.versions.insert(seq, version.clone());
         }
         self.generation.fetch_add(1, Ordering::Release);
         tracing::info!(publish_id = %version.publish_id, seq, files = version.files.len(), "version published");
         Ok(version)
     }
 
+    fn remove(&self, publish_id: &str, seq: u64) -> Result<Arc<Version>, StoreError> {
+        validate_publish_id(publish_id)?;
+        let _guard = self.publish_lock.lock().map_err(|_| StoreError::BadRequest("store lock poisoned".into()))?;
+        let version = self
+            .version(publish_id, seq)
+            .ok_or_else(|| StoreError::NotFound(format!("version {seq} of {publish_id:?}")))?;
+        let dir = self.root.join("ids").join(dir_name(publish_id));
+        let from = dir.join(format!("{seq:020}.json"));
+        let to = dir.join(format!("{seq:020}.json.removed"));
+        fs::rename(&from, &to).map_err(|e| io(&from, e))?;
+        sync_dir(&dir)?;
+        if let Ok(mut idx) = self.index.write() {
+            if let Some(state) = idx.get_mut(publish_id) {
+                state.versions.remove(&seq);
+            }
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+        tracing::info!(publish_id, seq, "version removed");
+        Ok(version)
+    }
+
     fn latest(&self, publish_id: &str) -> Option<Arc<Version>> {
         let idx = self.index.read().ok()?;
-        idx.get(publish_id)?.values().next_back().cloned()
+        idx.get(publish_id)?.versions.values().next_back().cloned()
     }
 
     fn version(&self, publish_id: &str, seq: u64) -> Option<Arc<Version>> {
         let idx = self.index.read().ok()?;
-        idx.get(publish_id)?.get(&seq).cloned()
+        idx.get(publish_id)?.versions.get(&seq).cloned()
     }
 
     fn versions(&self, publish_id: &str) -> Vec<Arc<Version>> {
         let Ok(idx) = self.index.read() else { return Vec::new() };
-        idx.get(publish_id).map(|m| m.values().cloned().collect()).unwrap_or_default()
+        idx.get(publish_id).map(|m| m.versions.values().cloned().collect()).unwrap_or_default()
     }
 
     fn publish_ids(&self) -> Vec<String> {
         let Ok(idx) = self.index.read() else { return Vec::new() };
-        let mut ids: Vec<String> = idx.keys().cloned().collect();
+        let mut ids: Vec<String> = idx.iter().filter(|(_, s)| !s.versions.is_empty()).map(|(k, _)| k.clone()).collect();
         ids.sort();
         ids
     }
@@ -481,11 +535,10 @@ impl Store for LocalStore {
 }
 
 impl LocalStore {
-    fn highest_sequence(&self, publish_id: &str) -> Option<u64> {
-        self.versions(publish_id)
-            .iter()
-            .filter_map(|v| v.manifest.as_ref()?.sequence_number)
-            .max()
+    /// (highest version number, highest manifest sequence number) ever stored for the id.
+    fn high_water(&self, publish_id: &str) -> (u64, Option<u64>) {
+        let Ok(idx) = self.index.read() else { return (0, None) };
+        idx.get(publish_id).map_or((0, None), |s| (s.max_seq, s.max_sequence_number))
     }
 }
 

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)] // a command-line tool prints its results
 
 mod manifest;
+mod notify;
 mod publish;
 mod serve;
 
@@ -25,6 +26,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Upload firmware files (and optionally a signed manifest) as a new version.
     Publish(publish::PublishArgs),
+    /// Ask the server to notify devices (CoAP POST of the manifest URL to /suit/trigger).
+    Notify(notify::NotifyArgs),
     /// Create a signing key (PKCS#8 PEM) and its public key (`<out>.pub`).
     Keygen(manifest::KeygenArgs),
     /// Create, sign, verify and inspect SUIT manifests offline.
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
     let result = match cli.command.unwrap_or(Command::Serve(serve::ServeArgs::default_args())) {
         Command::Serve(args) => serve::run(args),
         Command::Publish(args) => publish::run(args),
+        Command::Notify(args) => notify::run(args),
         Command::Keygen(args) => manifest::keygen(args),
         Command::Manifest(cmd) => manifest::run(cmd),
     };

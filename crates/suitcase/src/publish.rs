@@ -29,17 +29,43 @@ pub struct PublishArgs {
     /// Print the server's JSON answer instead of a summary.
     #[arg(long)]
     json: bool,
+    /// After publishing, notify these devices ([2001:db8::1], host:port …).
+    #[arg(long, num_args = 1..)]
+    notify: Vec<String>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
 }
 
-fn file_part(path: &PathBuf) -> anyhow::Result<(String, reqwest::multipart::Part)> {
-    let data = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+/// A multipart part streaming the file in 64 KiB chunks, advancing `bar` as they go out.
+fn file_part(path: &PathBuf, bar: &indicatif::ProgressBar) -> anyhow::Result<(String, reqwest::multipart::Part)> {
+    let data = bytes::Bytes::from(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?);
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
         .with_context(|| format!("{}: no usable file name", path.display()))?
         .to_string();
-    let part = reqwest::multipart::Part::bytes(data).file_name(name.clone());
+    let len = data.len() as u64;
+    bar.inc_length(len);
+    let bar = bar.clone();
+    let chunks: Vec<bytes::Bytes> = (0..data.len()).step_by(64 * 1024).map(|i| data.slice(i..(i + 64 * 1024).min(data.len()))).collect();
+    let stream = futures_util::stream::iter(chunks.into_iter().map(move |c| {
+        bar.inc(c.len() as u64);
+        Ok::<_, std::io::Error>(c)
+    }));
+    let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len).file_name(name.clone());
     Ok((name, part))
+}
+
+fn progress_bar(quiet: bool) -> indicatif::ProgressBar {
+    if quiet || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    if let Ok(style) = indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} {msg}") {
+        bar.set_style(style);
+    }
+    bar
 }
 
 pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
@@ -55,12 +81,13 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Some(c) = &args.class {
         form = form.text("class", c.clone());
     }
+    let bar = progress_bar(args.quiet);
     for path in &args.files {
-        let (name, part) = file_part(path)?;
+        let (name, part) = file_part(path, &bar)?;
         form = form.part(name, part);
     }
     if let Some(m) = &args.manifest {
-        let (_, part) = file_part(m)?;
+        let (_, part) = file_part(m, &bar)?;
         form = form.part("manifest", part);
     }
     let url = format!("{}/publish", args.server.trim_end_matches('/'));
@@ -70,6 +97,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .send()
         .await
         .with_context(|| format!("POST {url}"))?;
+    bar.finish_and_clear();
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if !status.is_success() {
@@ -79,11 +107,21 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
             .unwrap_or(body);
         bail!("server answered {status}: {msg}");
     }
+    let v: serde_json::Value = serde_json::from_str(&body).context("server answer is not JSON")?;
     if args.json {
         println!("{body}");
+    } else {
+        summary(&v);
+    }
+    if args.notify.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
-    let v: serde_json::Value = serde_json::from_str(&body).context("server answer is not JSON")?;
+    // The manifest's sequence number names this version without ambiguity.
+    let version = v["sequence_number"].as_u64().map_or_else(|| "latest".to_string(), |n| n.to_string());
+    crate::notify::request(&args.server, &args.publish_id, &version, &args.notify, args.json).await
+}
+
+fn summary(v: &serde_json::Value) {
     println!(
         "published {} version {} (sequence number {})",
         v["publish_id"].as_str().unwrap_or("?"),
@@ -96,5 +134,4 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     for f in v["files"].as_array().into_iter().flatten() {
         println!("file {} {} bytes sha256 {}", f["url"].as_str().unwrap_or("?"), f["size"], f["sha256"].as_str().unwrap_or("?"));
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -38,6 +38,12 @@ pub struct ServeArgs {
     /// Block size when a CoAP request carries no Block2 option (16..1024, a power of two).
     #[arg(long, default_value_t = 256)]
     block_size: u16,
+    /// Notify: initial CoAP retransmission timeout (ACK_TIMEOUT) in milliseconds.
+    #[arg(long, default_value_t = 2000)]
+    notify_ack_timeout_ms: u64,
+    /// Notify: retransmissions before a device counts as timed out (MAX_RETRANSMIT).
+    #[arg(long, default_value_t = 4)]
+    notify_max_retransmit: u32,
     /// Largest upload accepted, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
@@ -121,6 +127,11 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             coap_port: coap_addr.port(),
             max_body_bytes: args.max_upload_mib.saturating_mul(1024 * 1024),
         }),
+        notifier: Some(Arc::new(crate::notify::CoapNotifier(suitcase_coap::notify::NotifyConfig {
+            ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
+            max_retransmit: args.notify_max_retransmit,
+            ..Default::default()
+        }))),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
     tracing::info!("listening for HTTP on {http_addr}");

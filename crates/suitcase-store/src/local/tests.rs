@@ -102,3 +102,25 @@ fn a_corrupt_blob_is_reported_not_served() {
     let s = LocalStore::open(dir.path()).unwrap();
     assert!(matches!(s.read(&d), Err(StoreError::Corrupt { .. })));
 }
+
+#[test]
+fn removed_versions_disappear_but_numbers_are_never_reused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = LocalStore::open(dir.path()).unwrap();
+    s.publish(req("x", &[("a.bin", b"1")]), manifest(10)).unwrap();
+    s.publish(req("x", &[("a.bin", b"2")]), manifest(20)).unwrap();
+    let removed = s.remove("x", 2).unwrap();
+    assert_eq!(removed.seq, 2);
+    assert_eq!(s.latest("x").unwrap().seq, 1);
+    assert!(matches!(s.remove("x", 2), Err(StoreError::NotFound(_))));
+    // Sequence 15 is below the removed version's 20: refused, even after a restart.
+    drop(s);
+    let s = LocalStore::open(dir.path()).unwrap();
+    assert_eq!(s.latest("x").unwrap().seq, 1);
+    assert!(matches!(s.publish(req("x", &[("a.bin", b"3")]), manifest(15)), Err(StoreError::SequenceNotIncreasing { .. })));
+    let v = s.publish(req("x", &[("a.bin", b"3")]), manifest(21)).unwrap();
+    assert_eq!(v.seq, 3, "version 2 is not given again");
+    s.remove("x", 1).unwrap();
+    s.remove("x", 3).unwrap();
+    assert!(s.publish_ids().is_empty());
+}

@@ -1,0 +1,177 @@
+//! `POST /notify` (ota-server's contract: fields `publish_id`, `urls` comma-separated,
+//! `version` default `latest`, as a form or multipart) and `POST /remove`.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use axum::extract::{FromRequest, Multipart, Request, State};
+use axum::http::{header, HeaderMap};
+use axum::{Form, Json};
+use serde::{Deserialize, Serialize};
+use suitcase_store::Version;
+
+use crate::{ApiError, AppState, VersionView};
+
+/// The result of notifying one device.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct DeviceNotice {
+    /// The device as given.
+    pub device: String,
+    /// Where it resolved to.
+    pub address: Option<String>,
+    /// `ok`, `error` (the device answered with an error code), `reset`, `timeout` or
+    /// `unreachable` (bad address, no route).
+    pub result: String,
+    /// The CoAP code the device answered, e.g. `2.01`.
+    pub code: Option<String>,
+    /// Transmissions of the request.
+    pub transmissions: u32,
+    /// Time until the result.
+    pub elapsed_ms: u64,
+    /// Detail for errors.
+    pub message: Option<String>,
+}
+
+/// Sends the trigger to devices (implemented over CoAP by the binary).
+pub trait Notifier: Send + Sync + 'static {
+    /// POST `manifest_url` to each device's trigger resource.
+    fn notify(&self, devices: Vec<String>, manifest_url: String) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>>;
+}
+
+#[derive(Deserialize, Default)]
+struct NotifyForm {
+    publish_id: Option<String>,
+    urls: Option<String>,
+    version: Option<String>,
+}
+
+/// The answer of `/notify`.
+#[derive(Serialize)]
+pub struct NotifyView {
+    publish_id: String,
+    manifest_url: String,
+    results: Vec<DeviceNotice>,
+}
+
+async fn read_form(req: Request) -> Result<NotifyForm, ApiError> {
+    let is_multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("multipart/form-data"));
+    if !is_multipart {
+        let Form(f) = Form::<NotifyForm>::from_request(req, &())
+            .await
+            .map_err(|e| ApiError::bad_request(format!("form: {}", e.body_text())))?;
+        return Ok(f);
+    }
+    let mut mp = Multipart::from_request(req, &())
+        .await
+        .map_err(|e| ApiError::bad_request(format!("multipart: {}", e.body_text())))?;
+    let mut f = NotifyForm::default();
+    while let Some(field) = mp.next_field().await.map_err(|e| ApiError::bad_request(format!("multipart: {}", e.body_text())))? {
+        let name = field.name().unwrap_or_default().to_string();
+        let text = field.text().await.map_err(|e| ApiError::bad_request(format!("field {name:?}: {}", e.body_text())))?;
+        match name.as_str() {
+            "publish_id" => f.publish_id = Some(text),
+            "urls" => f.urls = Some(text),
+            "version" => f.version = Some(text),
+            _ => {}
+        }
+    }
+    Ok(f)
+}
+
+/// Find a version by what a user calls it: `latest`, the version number, the manifest's
+/// sequence number (RIOT's `riot.suit.<seq>.bin`), or the semver.
+pub(crate) fn find_version(st: &AppState, id: &str, which: Option<&str>) -> Result<std::sync::Arc<Version>, ApiError> {
+    let versions = st.store.versions(id);
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("no publish-id {id:?}")));
+    }
+    let which = which.map(str::trim).filter(|w| !w.is_empty()).unwrap_or("latest");
+    let found = if which == "latest" {
+        versions.last().cloned()
+    } else if let Ok(n) = which.parse::<u64>() {
+        versions
+            .iter()
+            .rev()
+            .find(|v| v.manifest.as_ref().and_then(|m| m.sequence_number) == Some(n))
+            .or_else(|| versions.iter().find(|v| v.seq == n))
+            .cloned()
+    } else {
+        let sv = semver::Version::parse(which.trim_start_matches('v'))
+            .map_err(|_| ApiError::bad_request(format!("version {which:?}: latest, a number or a semver")))?;
+        versions.iter().rev().find(|v| v.semver.as_ref() == Some(&sv)).cloned()
+    };
+    found.ok_or_else(|| ApiError::not_found(format!("{id:?} has no version {which:?}")))
+}
+
+/// The URL a device is told to fetch for `v`.
+fn manifest_url(base: &str, v: &Version, latest: bool) -> Option<String> {
+    let m = v.manifest.as_ref()?;
+    let riot = m.file.name.starts_with("riot.suit.");
+    Some(match (latest, riot) {
+        (true, true) => format!("{base}/{}/riot.suit.latest.bin", v.publish_id),
+        (true, false) => format!("{base}/{}/manifest", v.publish_id),
+        (false, true) => format!("{base}/{}/{}", v.publish_id, m.file.name),
+        (false, false) => format!("{base}/{}/v/{}/{}", v.publish_id, v.seq, m.file.name),
+    })
+}
+
+pub(crate) async fn notify(State(st): State<AppState>, headers: HeaderMap, req: Request) -> Result<Json<NotifyView>, ApiError> {
+    let form = read_form(req).await?;
+    let id = form.publish_id.ok_or_else(|| ApiError::bad_request("missing field publish_id"))?;
+    suitcase_store::validate_publish_id(&id)?;
+    let devices: Vec<String> = form
+        .urls
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect();
+    if devices.is_empty() {
+        return Err(ApiError::bad_request("missing field urls (comma-separated device addresses)"));
+    }
+    if devices.len() > 1000 {
+        return Err(ApiError::bad_request("at most 1000 devices per request"));
+    }
+    let version = find_version(&st, &id, form.version.as_deref())?;
+    let latest = st.store.latest(&id).is_some_and(|l| l.seq == version.seq);
+    let base = st.coap_base(&headers);
+    let url = manifest_url(&base, &version, latest)
+        .ok_or_else(|| ApiError::not_found(format!("version {} of {id:?} has no manifest", version.seq)))?;
+    let notifier = st
+        .notifier
+        .clone()
+        .ok_or_else(|| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "notify is not available on this server"))?;
+    tracing::info!(target: "suitcase::audit", action = "notify", publish_id = %id, version = version.seq, url = %url, devices = devices.len());
+    let results = notifier.notify(devices, url.clone()).await;
+    Ok(Json(NotifyView { publish_id: id, manifest_url: url, results }))
+}
+
+#[derive(Deserialize)]
+pub(crate) struct RemoveBody {
+    publish_id: String,
+    version: serde_json::Value,
+}
+
+pub(crate) async fn remove(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Json(body): Json<RemoveBody>,
+) -> Result<Json<VersionView>, ApiError> {
+    suitcase_store::validate_publish_id(&body.publish_id)?;
+    let which = match &body.version {
+        serde_json::Value::Number(n) => n.to_string(),
+        serde_json::Value::String(s) => s.clone(),
+        _ => return Err(ApiError::bad_request("version: a number or a string")),
+    };
+    let v = find_version(&st, &body.publish_id, Some(&which))?;
+    let store = st.store.clone();
+    let (id, seq) = (body.publish_id.clone(), v.seq);
+    let removed = tokio::task::spawn_blocking(move || store.remove(&id, seq)).await.map_err(ApiError::internal)??;
+    tracing::info!(target: "suitcase::audit", action = "remove", publish_id = %removed.publish_id, version = removed.seq);
+    Ok(Json(VersionView::new(&removed, &st.coap_base(&headers))))
+}

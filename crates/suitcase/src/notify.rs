@@ -1,0 +1,117 @@
+//! Notify: the CoAP notifier the server uses for `POST /notify`, and `suitcase notify`, the
+//! command that asks a server to notify devices.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::Args;
+use suitcase_coap::notify::{notify_all, NotifyConfig, Outcome};
+use suitcase_http::{DeviceNotice, Notifier};
+
+/// Sends triggers over CoAP.
+pub struct CoapNotifier(pub NotifyConfig);
+
+impl Notifier for CoapNotifier {
+    fn notify(&self, devices: Vec<String>, manifest_url: String) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>> {
+        let config = self.0.clone();
+        Box::pin(async move {
+            notify_all(&devices, &manifest_url, &config)
+                .await
+                .into_iter()
+                .map(|r| {
+                    let (result, code, message) = match &r.outcome {
+                        Ok(o @ Outcome::Response { payload, .. }) => (
+                            if o.is_success() { "ok" } else { "error" },
+                            o.code_text(),
+                            (!payload.is_empty()).then(|| String::from_utf8_lossy(payload).into_owned()),
+                        ),
+                        Ok(Outcome::Reset) => ("reset", None, Some("the device answered RST".to_string())),
+                        Ok(Outcome::Timeout) => ("timeout", None, Some("no answer after all retransmissions".to_string())),
+                        Err(e) => ("unreachable", None, Some(e.clone())),
+                    };
+                    DeviceNotice {
+                        device: r.device,
+                        address: r.address.map(|a| a.to_string()),
+                        result: result.to_string(),
+                        code,
+                        transmissions: r.transmissions,
+                        elapsed_ms: r.elapsed.as_millis() as u64,
+                        message,
+                    }
+                })
+                .collect()
+        })
+    }
+}
+
+#[derive(Args)]
+pub struct NotifyArgs {
+    /// Server base URL.
+    #[arg(long, env = "SUITCASE_SERVER", default_value = "http://localhost:8080")]
+    server: String,
+    /// The publish-id.
+    #[arg(long)]
+    publish_id: String,
+    /// Which version: latest, a version number, a manifest sequence number, or a semver.
+    #[arg(long, default_value = "latest")]
+    version: String,
+    /// Devices: [2001:db8::1], [fe80::1%tap0]:5683, 10.0.0.7, coap://host/custom/path …
+    #[arg(required = true, num_args = 1..)]
+    devices: Vec<String>,
+    /// Print the server's JSON answer.
+    #[arg(long)]
+    json: bool,
+}
+
+pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(request(&args.server, &args.publish_id, &args.version, &args.devices, args.json))
+}
+
+/// Ask the server to notify `devices`; prints one line per device. Exit status 1 unless
+/// every device answered 2.xx.
+pub async fn request(server: &str, publish_id: &str, version: &str, devices: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let url = format!("{}/notify", server.trim_end_matches('/'));
+    let urls = devices.join(",");
+    let resp = reqwest::Client::new()
+        .post(&url)
+        .form(&[("publish_id", publish_id), ("urls", urls.as_str()), ("version", version)])
+        .send()
+        .await
+        .with_context(|| format!("POST {url}"))?;
+    let status = resp.status();
+    let body = resp.text().await.unwrap_or_default();
+    if !status.is_success() {
+        let msg = serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(body);
+        bail!("server answered {status}: {msg}");
+    }
+    if json {
+        println!("{body}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).context("server answer is not JSON")?;
+    if !json {
+        println!("notified {} with {}", v["publish_id"].as_str().unwrap_or("?"), v["manifest_url"].as_str().unwrap_or("?"));
+    }
+    let mut all_ok = true;
+    for r in v["results"].as_array().into_iter().flatten() {
+        let result = r["result"].as_str().unwrap_or("?");
+        all_ok &= result == "ok";
+        if !json {
+            println!(
+                "{:<28} {:<11} {:<5} {} transmission(s) {} ms{}",
+                r["device"].as_str().unwrap_or("?"),
+                result,
+                r["code"].as_str().unwrap_or("-"),
+                r["transmissions"],
+                r["elapsed_ms"],
+                r["message"].as_str().map(|m| format!("  {m}")).unwrap_or_default()
+            );
+        }
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
