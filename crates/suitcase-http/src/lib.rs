@@ -3,7 +3,11 @@
 //!
 //! [`router`] returns an axum `Router` that tests drive with `oneshot`; the binary serves it.
 
+pub mod auth;
+mod download;
 mod error;
+pub mod esp;
+mod html;
 mod notify;
 mod publish;
 mod signer;
@@ -13,7 +17,8 @@ use std::sync::Arc;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap};
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
+use axum::middleware;
 use axum::{Json, Router};
 use serde::Serialize;
 use suitcase_store::{Store, Version};
@@ -32,6 +37,10 @@ pub struct Config {
     pub coap_port: u16,
     /// Largest request body accepted (uploads).
     pub max_body_bytes: usize,
+    /// Base of HTTP URLs handed to devices (esp32FOTA manifests); `None`: from the Host header.
+    pub public_http_url: Option<String>,
+    /// Whether HTTP is served over TLS (for derived URLs).
+    pub tls: bool,
 }
 
 /// Everything the handlers share.
@@ -45,6 +54,8 @@ pub struct AppState {
     pub config: Arc<Config>,
     /// Sends triggers to devices; `None` answers `/notify` with 503.
     pub notifier: Option<Arc<dyn Notifier>>,
+    /// Publisher and device tokens.
+    pub tokens: Arc<auth::Tokens>,
 }
 
 impl AppState {
@@ -78,10 +89,22 @@ fn host_only(h: &str) -> Option<String> {
 /// The router.
 pub fn router(state: AppState) -> Router {
     let limit = state.config.max_body_bytes;
-    Router::new()
+    let mutations = Router::new()
         .route("/publish", post(publish::publish))
         .route("/notify", post(notify::notify))
         .route("/remove", post(notify::remove))
+        .route("/images", put(esp::put_image))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::publisher));
+    let downloads = Router::new()
+        .route("/firmware/{*name}", get(esp::firmware))
+        .route("/images/images.json", get(esp::images_json))
+        .route("/images/{*path}", get(esp::image_file))
+        .route("/files/{*path}", get(download::files))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::device));
+    Router::new()
+        .merge(mutations)
+        .merge(downloads)
+        .route("/", get(html::index))
         .route("/coap/url/{*publish_id}", get(coap_url))
         .route("/api/v1/publish-ids", get(list_ids))
         .route("/api/v1/publish-ids/{*publish_id}", get(list_versions))
@@ -97,7 +120,48 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Serve the API over TLS (rustls) on an already bound listener until `shutdown` completes.
+pub async fn serve_tls(
+    listener: std::net::TcpListener,
+    state: AppState,
+    cert_pem: &std::path::Path,
+    key_pem: &std::path::Path,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    use rustls_pki_types::pem::PemObject as _;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let bad = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, what);
+    let certs = CertificateDer::pem_file_iter(cert_pem)
+        .and_then(|i| i.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| bad(format!("certificate {}: {e}", cert_pem.display())))?;
+    if certs.is_empty() {
+        return Err(bad(format!("no certificate in {}", cert_pem.display())));
+    }
+    let key = PrivateKeyDer::from_pem_file(key_pem).map_err(|e| bad(format!("key {}: {e}", key_pem.display())))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| bad(format!("TLS: {e}")))?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| bad(format!("TLS certificate/key: {e}")))?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
+    let handle = axum_server::Handle::new();
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
+    });
+    axum_server::from_tcp_rustls(listener, tls)?
+        .handle(handle)
+        .serve(router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .await
 }
 
 async fn coap_url(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<String, ApiError> {

@@ -37,10 +37,20 @@ fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
     let st = AppState {
         store,
         signer: Arc::new(Signer::new(key.clone(), "example.org")),
-        config: Arc::new(Config { coap_base_url: None, coap_port: 5683, max_body_bytes: 1 << 20 }),
+        config: Arc::new(Config { coap_base_url: None, coap_port: 5683, max_body_bytes: 1 << 20, public_http_url: None, tls: false }),
         notifier: Some(Arc::new(Recorder::default())),
+        tokens: Arc::new(auth::Tokens::new(dir.join("tokens.json"))),
     };
     (st, key)
+}
+
+/// The router as a loopback client sees it.
+fn app(st: AppState) -> Router {
+    app_from(st, [127, 0, 0, 1])
+}
+
+fn app_from(st: AppState, ip: [u8; 4]) -> Router {
+    router(st).layer(axum::extract::connect_info::MockConnectInfo(std::net::SocketAddr::from((ip, 40000))))
 }
 
 /// (field name, filename, content).
@@ -81,7 +91,7 @@ async fn post(app: Router, parts: &[Part<'_>]) -> (StatusCode, serde_json::Value
 async fn publish_builds_a_signed_manifest_with_growing_sequence_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let (st, key) = state(dir.path());
-    let app = router(st.clone());
+    let app = app(st.clone());
     let (s, v1) = post(app.clone(), &[("publish_id", None, b"fw/app/board"), ("app.bin", Some("app.bin"), b"firmware one")]).await;
     assert_eq!(s, StatusCode::OK, "{v1}");
     assert_eq!(v1["version"], 1);
@@ -106,7 +116,7 @@ async fn publish_builds_a_signed_manifest_with_growing_sequence_numbers() {
 async fn bad_publishes_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let (st, _) = state(dir.path());
-    let app = router(st.clone());
+    let app = app(st.clone());
     let cases: Vec<(Vec<Part<'_>>, StatusCode, &str)> = vec![
         (vec![("a.bin", Some("a.bin"), b"x")], StatusCode::BAD_REQUEST, "publish_id"),
         (vec![("publish_id", None, b"../etc"), ("a.bin", Some("a.bin"), b"x")], StatusCode::BAD_REQUEST, "invalid publish-id"),
@@ -132,7 +142,7 @@ async fn bad_publishes_get_clear_errors() {
 async fn coap_url_and_listing() {
     let dir = tempfile::tempdir().unwrap();
     let (st, _) = state(dir.path());
-    let app = router(st);
+    let app = app(st);
     post(app.clone(), &[("publish_id", None, b"samr21-xpro_suit"), ("slot0.1.bin", Some("x"), b"1")]).await;
     let req = Request::get("/coap/url/samr21-xpro_suit").header("host", "[2001:db8::1]:8080").body(Body::empty()).unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
@@ -158,7 +168,7 @@ async fn send(app: Router, req: Request<Body>) -> (StatusCode, serde_json::Value
 async fn riot_publish_then_notify_and_remove() {
     let dir = tempfile::tempdir().unwrap();
     let (st, key) = state(dir.path());
-    let app = router(st.clone());
+    let app = app(st.clone());
     // A RIOT-profile manifest built like RIOT's build does, uploaded as riot.suit.<seq>.bin.
     let vendor = suitcase_suit::builder::vendor_id("riot-os.org");
     let class = suitcase_suit::builder::class_id(&vendor, "native");
@@ -221,4 +231,122 @@ async fn riot_publish_then_notify_and_remove() {
     let (s, v) = send(app.clone(), req).await;
     assert_eq!(s, StatusCode::OK, "{v}");
     assert!(st.store.publish_ids().is_empty());
+}
+
+async fn get_with(app: Router, uri: &str, headers: &[(&str, &str)]) -> axum::response::Response {
+    let mut b = Request::get(uri).header("host", "ota.local:8080");
+    for (k, v) in headers {
+        b = b.header(*k, *v);
+    }
+    app.oneshot(b.body(Body::empty()).unwrap()).await.unwrap()
+}
+
+async fn body_of(r: axum::response::Response) -> Vec<u8> {
+    axum::body::to_bytes(r.into_body(), usize::MAX).await.unwrap().to_vec()
+}
+
+async fn put_image(app: Router, filename: &str, data: &[u8], auth: Option<&str>) -> (StatusCode, serde_json::Value) {
+    let (ct, body) = multipart(&[("image", Some(filename), data)]);
+    let mut b = Request::put("/images").header("content-type", ct).header("host", "ota.local:8080");
+    if let Some(a) = auth {
+        b = b.header("authorization", a);
+    }
+    send(app, b.body(Body::from(body)).unwrap()).await
+}
+
+#[tokio::test]
+async fn esp_http_update_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _) = state(dir.path());
+    let app = app(st);
+    let image: Vec<u8> = std::iter::once(0xE9).chain((0..5000u32).map(|i| (i % 251) as u8)).collect();
+    let (s, v) = put_image(app.clone(), "sensor_v1.9.0.bin", b"\xE9old", None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    let (s, v) = put_image(app.clone(), "sensor_v1.10.0.bin", &image, None).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    assert_eq!(v["url"], "http://ota.local:8080/images/sensor/sensor_v1.10.0.bin");
+    // Immutable: the same version again is a conflict; a name without version is refused.
+    assert_eq!(put_image(app.clone(), "sensor_v1.10.0.bin", b"x", None).await.0, StatusCode::CONFLICT);
+    assert_eq!(put_image(app.clone(), "sensor.bin", b"x", None).await.0, StatusCode::BAD_REQUEST);
+
+    // sglahn: 400 without the header, 304 when current (semver: 1.10 > 1.9), 200 + x-MD5 when not.
+    let r = get_with(app.clone(), "/firmware/sensor", &[]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = get_with(app.clone(), "/firmware/sensor", &[("x-ESP8266-version", "banana")]).await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let r = get_with(app.clone(), "/firmware/sensor", &[("x-ESP32-version", "1.10.0")]).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let r = get_with(app.clone(), "/firmware/sensor", &[("x-ESP8266-version", "1.9.0")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let md5 = r.headers()["x-md5"].to_str().unwrap().to_string();
+    assert_eq!(r.headers()["content-length"], image.len().to_string().as_str());
+    let got = body_of(r).await;
+    assert_eq!(got, image);
+    use md5::Digest as _;
+    assert_eq!(md5, hex::encode(md5::Md5::digest(&image)));
+    assert_eq!(get_with(app.clone(), "/firmware/nope", &[("x-ESP32-version", "1.0")]).await.status(), StatusCode::NOT_FOUND);
+
+    // esp32FOTA: the newest by semver; nothing when the device is current.
+    let r = get_with(app.clone(), "/images/images.json?type=sensor&vers=1.9.0&addr=AA:BB", &[]).await;
+    let v: serde_json::Value = serde_json::from_slice(&body_of(r).await).unwrap();
+    assert_eq!(v, serde_json::json!([{"type": "sensor", "version": "1.10.0", "url": "http://ota.local:8080/images/sensor/sensor_v1.10.0.bin"}]));
+    let r = get_with(app.clone(), "/images/images.json?type=sensor&vers=1.10.0", &[]).await;
+    assert_eq!(body_of(r).await, b"[]");
+    let r = get_with(app.clone(), "/images/images.json?type=unknown", &[]).await;
+    assert_eq!(body_of(r).await, b"[]");
+    // Downloads: plain, the zlib copy, ranges, ETag.
+    let r = get_with(app.clone(), "/images/sensor/sensor_v1.10.0.bin", &[]).await;
+    let etag = r.headers()["etag"].to_str().unwrap().to_string();
+    assert_eq!(body_of(r).await, image);
+    let r = get_with(app.clone(), "/images/sensor_v1.10.0.bin.zz", &[]).await;
+    let z = body_of(r).await;
+    let mut inflated = Vec::new();
+    std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&z[..]), &mut inflated).unwrap();
+    assert_eq!(inflated, image);
+    let r = get_with(app.clone(), "/images/sensor/sensor_v1.10.0.bin", &[("range", "bytes=10-19")]).await;
+    assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+    assert_eq!(r.headers()["content-range"], format!("bytes 10-19/{}", image.len()).as_str());
+    assert_eq!(body_of(r).await, image[10..20]);
+    let r = get_with(app.clone(), "/images/sensor/sensor_v1.10.0.bin", &[("range", "bytes=-5")]).await;
+    assert_eq!(body_of(r).await, image[image.len() - 5..]);
+    let r = get_with(app.clone(), "/images/sensor/sensor_v1.10.0.bin", &[("range", "bytes=999999-")]).await;
+    assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+    let r = get_with(app.clone(), "/images/sensor/sensor_v1.10.0.bin", &[("if-none-match", &etag)]).await;
+    assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
+    let r = get_with(app.clone(), "/files/sensor/v/1/sensor_v1.9.0.bin", &[]).await;
+    assert_eq!(body_of(r).await, b"\xE9old");
+}
+
+#[tokio::test]
+async fn tokens_guard_mutations_and_downloads() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _) = state(dir.path());
+    // No token: loopback may publish, others may not.
+    let (s, v) = put_image(app_from(st.clone(), [192, 0, 2, 7]), "a_v1.0.0.bin", b"x", None).await;
+    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("localhost only"));
+    assert_eq!(put_image(app(st.clone()), "a_v1.0.0.bin", b"x", None).await.0, StatusCode::CREATED);
+    // A publisher token: required from everyone, loopback included.
+    let tok = st.tokens.create("ci", auth::Role::Publisher).unwrap();
+    assert_eq!(put_image(app(st.clone()), "a_v1.1.0.bin", b"x", None).await.0, StatusCode::UNAUTHORIZED);
+    assert_eq!(put_image(app(st.clone()), "a_v1.1.0.bin", b"x", Some("Bearer 0123")).await.0, StatusCode::UNAUTHORIZED);
+    let (s, _) = put_image(app_from(st.clone(), [192, 0, 2, 7]), "a_v1.1.0.bin", b"x", Some(&format!("Bearer {tok}"))).await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Downloads are open until a device token exists.
+    let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1")]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let dev = st.tokens.create("fleet", auth::Role::Device).unwrap();
+    let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1"), ("authorization", "token wrong")]).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1"), ("authorization", &format!("token {dev}"))]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    // A device token does not publish.
+    let (s, _) = put_image(app(st.clone()), "a_v2.0.0.bin", b"x", Some(&format!("Bearer {dev}"))).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    // The listing stays readable.
+    let r = get_with(app(st), "/", &[]).await;
+    let html = String::from_utf8(body_of(r).await).unwrap();
+    assert!(html.contains("<h2 id=\"a\">a</h2>") && html.contains("a_v1.1.0.bin"), "{html}");
 }

@@ -7,6 +7,7 @@ mod manifest;
 mod notify;
 mod publish;
 mod serve;
+mod token;
 
 use std::process::ExitCode;
 
@@ -28,6 +29,9 @@ enum Command {
     Publish(publish::PublishArgs),
     /// Ask the server to notify devices (CoAP POST of the manifest URL to /suit/trigger).
     Notify(notify::NotifyArgs),
+    /// Manage publisher and device tokens (stored hashed in <data>/tokens.json).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Create a signing key (PKCS#8 PEM) and its public key (`<out>.pub`).
     Keygen(manifest::KeygenArgs),
     /// Create, sign, verify and inspect SUIT manifests offline.
@@ -55,6 +59,7 @@ fn main() -> ExitCode {
         Command::Publish(args) => publish::run(args),
         Command::Notify(args) => notify::run(args),
         Command::Keygen(args) => manifest::keygen(args),
+        Command::Token(cmd) => token::run(cmd),
         Command::Manifest(cmd) => manifest::run(cmd),
     };
     match result {

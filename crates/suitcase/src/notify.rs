@@ -63,21 +63,26 @@ pub struct NotifyArgs {
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
+    /// Publisher token, sent as a bearer token.
+    #[arg(long, env = "SUITCASE_TOKEN")]
+    token: Option<String>,
 }
 
 pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(request(&args.server, &args.publish_id, &args.version, &args.devices, args.json))
+    runtime.block_on(request(&args.server, args.token.as_deref(), &args.publish_id, &args.version, &args.devices, args.json))
 }
 
 /// Ask the server to notify `devices`; prints one line per device. Exit status 1 unless
 /// every device answered 2.xx.
-pub async fn request(server: &str, publish_id: &str, version: &str, devices: &[String], json: bool) -> anyhow::Result<ExitCode> {
+pub async fn request(server: &str, token: Option<&str>, publish_id: &str, version: &str, devices: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let url = format!("{}/notify", server.trim_end_matches('/'));
     let urls = devices.join(",");
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .form(&[("publish_id", publish_id), ("urls", urls.as_str()), ("version", version)])
+    let mut req = reqwest::Client::new().post(&url).form(&[("publish_id", publish_id), ("urls", urls.as_str()), ("version", version)]);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
         .send()
         .await
         .with_context(|| format!("POST {url}"))?;

@@ -35,6 +35,9 @@ pub struct PublishArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Publisher token (`suitcase token create NAME`), sent as a bearer token.
+    #[arg(long, env = "SUITCASE_TOKEN")]
+    token: Option<String>,
 }
 
 /// A multipart part streaming the file in 64 KiB chunks, advancing `bar` as they go out.
@@ -91,9 +94,11 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         form = form.part("manifest", part);
     }
     let url = format!("{}/publish", args.server.trim_end_matches('/'));
-    let resp = reqwest::Client::new()
-        .post(&url)
-        .multipart(form)
+    let mut req = reqwest::Client::new().post(&url).multipart(form);
+    if let Some(t) = &args.token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req
         .send()
         .await
         .with_context(|| format!("POST {url}"))?;
@@ -118,7 +123,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     }
     // The manifest's sequence number names this version without ambiguity.
     let version = v["sequence_number"].as_u64().map_or_else(|| "latest".to_string(), |n| n.to_string());
-    crate::notify::request(&args.server, &args.publish_id, &version, &args.notify, args.json).await
+    crate::notify::request(&args.server, args.token.as_deref(), &args.publish_id, &version, &args.notify, args.json).await
 }
 
 fn summary(v: &serde_json::Value) {

@@ -44,6 +44,15 @@ pub struct ServeArgs {
     /// Notify: retransmissions before a device counts as timed out (MAX_RETRANSMIT).
     #[arg(long, default_value_t = 4)]
     notify_max_retransmit: u32,
+    /// TLS certificate chain (PEM) for HTTPS; needs --tls-key.
+    #[arg(long, env = "SUITCASE_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) for HTTPS; needs --tls-cert.
+    #[arg(long, env = "SUITCASE_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Base of the HTTP URLs handed to devices (esp32FOTA); default: from the Host header.
+    #[arg(long, env = "SUITCASE_HTTP_URL")]
+    http_url: Option<String>,
     /// Largest upload accepted, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
@@ -106,10 +115,10 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     let cancel = CancellationToken::new();
     let coap_socket = driver::bind(args.coap).with_context(|| format!("binding CoAP to {}", args.coap))?;
     let coap_addr = coap_socket.local_addr()?;
-    let http_listener = tokio::net::TcpListener::bind(args.http)
-        .await
-        .with_context(|| format!("binding HTTP to {}", args.http))?;
+    let http_listener = std::net::TcpListener::bind(args.http).with_context(|| format!("binding HTTP to {}", args.http))?;
+    http_listener.set_nonblocking(true)?;
     let http_addr = http_listener.local_addr()?;
+    let tokens = Arc::new(suitcase_http::auth::Tokens::new(args.data.join("tokens.json")));
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -126,7 +135,10 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             coap_base_url: args.coap_url.clone(),
             coap_port: coap_addr.port(),
             max_body_bytes: args.max_upload_mib.saturating_mul(1024 * 1024),
+            public_http_url: args.http_url.clone(),
+            tls: args.tls_cert.is_some(),
         }),
+        tokens: tokens.clone(),
         notifier: Some(Arc::new(crate::notify::CoapNotifier(suitcase_coap::notify::NotifyConfig {
             ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
             max_retransmit: args.notify_max_retransmit,
@@ -134,7 +146,14 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         }))),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
-    tracing::info!("listening for HTTP on {http_addr}");
+    let scheme = if args.tls_cert.is_some() { "HTTPS" } else { "HTTP" };
+    tracing::info!("listening for {scheme} on {http_addr}");
+    if !tokens.any(suitcase_http::auth::Role::Publisher) {
+        tracing::warn!(
+            tokens = %tokens.path().display(),
+            "no publisher token: publishing, notify and remove are open to localhost only (create one with `suitcase token create NAME`)"
+        );
+    }
     if args.coap_url.is_none() {
         tracing::info!("manifest URLs use the host publishers connect to; set --coap-url if devices reach this server elsewhere");
     }
@@ -145,9 +164,14 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         shutdown.cancel();
     });
-    suitcase_http::serve(http_listener, state, cancel.clone().cancelled_owned())
-        .await
-        .context("HTTP server")?;
+    match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => suitcase_http::serve_tls(http_listener, state, cert, key, cancel.clone().cancelled_owned())
+            .await
+            .context("HTTPS server")?,
+        _ => suitcase_http::serve(tokio::net::TcpListener::from_std(http_listener)?, state, cancel.clone().cancelled_owned())
+            .await
+            .context("HTTP server")?,
+    }
     cancel.cancel();
     match coap_thread.join() {
         Ok(r) => r.context("CoAP server")?,

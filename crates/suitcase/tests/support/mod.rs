@@ -58,7 +58,7 @@ impl TestServer {
                 .recv_timeout(Duration::from_secs(30))
                 .unwrap_or_else(|_| panic!("server did not report its ports; log: {:?}", log.lock().unwrap()));
             coap = coap.or(port_after(&line, "listening for CoAP on "));
-            http = http.or(port_after(&line, "listening for HTTP on "));
+            http = http.or(port_after(&line, "listening for HTTP on ")).or(port_after(&line, "listening for HTTPS on "));
         }
         TestServer { child, coap_port: coap.unwrap(), http_port: http.unwrap(), data: data.to_path_buf(), log }
     }
