@@ -47,7 +47,7 @@ impl From<StoreError> for ApiError {
             StoreError::SequenceNotIncreasing { .. } => StatusCode::CONFLICT,
             StoreError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
-            StoreError::NoSpace => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::NoSpace | StoreError::ReadOnly => StatusCode::INSUFFICIENT_STORAGE,
             _ => return ApiError::internal(e),
         };
         ApiError { status, message: e.to_string() }

@@ -177,6 +177,9 @@ pub enum StoreError {
     /// The disk is full.
     #[error("no space left on the store's disk")]
     NoSpace,
+    /// The store's file system is read-only.
+    #[error("the store is read-only")]
+    ReadOnly,
     /// Any other I/O failure.
     #[error("store I/O at {path}: {source}")]
     Io {

@@ -71,6 +71,9 @@ fn io(path: &Path, source: std::io::Error) -> StoreError {
     if source.kind() == ErrorKind::StorageFull || source.raw_os_error() == Some(28) {
         return StoreError::NoSpace;
     }
+    if source.kind() == ErrorKind::ReadOnlyFilesystem || source.raw_os_error() == Some(30) {
+        return StoreError::ReadOnly;
+    }
     StoreError::Io {
         path: path.display().to_string(),
         source,

@@ -166,6 +166,20 @@ fn error_table() {
             p.add_option(CoapOption::Block1, vec![0x06]);
             p.to_bytes().unwrap()
         }, ResponseType::BadOption),
+        // A 1000-byte Uri-Path segment (two-byte length extension): not found, no panic.
+        (get(MessageType::Confirmable, 1, b"", &"x".repeat(1000), None), ResponseType::NotFound),
+        // A Uri-Path that is not UTF-8.
+        ({
+            let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw", None)).unwrap();
+            p.add_option(CoapOption::UriPath, vec![0xff, 0xfe]);
+            p.to_bytes().unwrap()
+        }, ResponseType::BadRequest),
+        // Proxy-Uri: this is no proxy.
+        ({
+            let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw", None)).unwrap();
+            p.add_option(CoapOption::ProxyUri, b"coap://elsewhere/x".to_vec());
+            p.to_bytes().unwrap()
+        }, ResponseType::ProxyingNotSupported),
     ];
     for (i, (req, code)) in cases.into_iter().enumerate() {
         // Distinct message IDs, or deduplication would answer the first reply again.

@@ -71,6 +71,23 @@ impl TestServer {
         format!("coap://[::1]:{}/{path}", self.coap_port)
     }
 
+    /// Send SIGTERM and wait up to `limit` for the exit; returns (exit code, log).
+    pub fn terminate(mut self, limit: std::time::Duration) -> (Option<i32>, Vec<String>) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        let deadline = std::time::Instant::now() + limit;
+        let mut code = None;
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                code = st.code();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        (code, self.log())
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
