@@ -62,7 +62,9 @@ pub(crate) async fn index(State(st): State<AppState>, headers: HeaderMap) -> Htm
     for id in &ids {
         let versions = st.store.versions(id);
         let _ = write!(body, "<section><h2 id=\"{0}\">{0}</h2>", esc(id));
-        let _ = write!(body, "<p class=url>manifest: <code>{}</code></p>", esc(&format!("{base}/{id}/manifest")));
+        if versions.last().is_some_and(|v| v.manifest.is_some()) {
+            let _ = write!(body, "<p class=url>manifest: <code>{}</code></p>", esc(&format!("{base}/{id}/manifest")));
+        }
         body.push_str("<table><thead><tr><th>version</th><th>semver</th><th>sequence</th><th>published</th><th>files</th></tr></thead><tbody>");
         for v in versions.iter().rev() {
             let seqno = v.manifest.as_ref().and_then(|m| m.sequence_number).map_or("–".to_string(), |n| n.to_string());
