@@ -242,11 +242,11 @@ impl Target {
         if host.is_empty() || host.len() > 255 || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("bad host"));
         }
-        let path: Vec<String> = if path.is_empty() {
-            vec!["suit".into(), "trigger".into()]
-        } else {
-            path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect()
-        };
+        // Empty segments are dropped; no segment at all (``, `/`, `//`) means the default.
+        let mut path: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
+        if path.is_empty() {
+            path = vec!["suit".into(), "trigger".into()];
+        }
         Ok(Target { host, port, path })
     }
 }
@@ -379,6 +379,8 @@ mod tests {
         assert_eq!(t("10.0.0.7"), Ok(("10.0.0.7".into(), 5683, "suit/trigger".into())));
         assert_eq!(t("coap://node.local:99/x/y"), Ok(("node.local".into(), 99, "x/y".into())));
         assert_eq!(t("2001:db8::2"), Ok(("2001:db8::2".into(), 5683, "suit/trigger".into())));
+        // Found by the `paths` fuzz target: a path of only slashes left no segment at all.
+        assert_eq!(t("0.//"), Ok(("0.".into(), 5683, "suit/trigger".into())));
         for bad in ["", "[::1", "[::1]x", "h:port", "http://x", "a b"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
