@@ -491,6 +491,8 @@ impl Common {
             }
         }
         d.expect_end("common")?;
+        // Unknown members are kept in canonical order, the order `encode` writes them in.
+        common.other.sort_by_key(|(k, _)| int_key_bytes(*k));
         if !seen.contains(&2) {
             return Err(Error::Missing("components in common"));
         }
@@ -646,6 +648,7 @@ impl Manifest {
             }
         }
         d.expect_end("manifest")?;
+        m.other.sort_by_key(|(k, _)| int_key_bytes(*k));
         m.version = version.ok_or(Error::Missing("manifest-version"))?;
         if m.version != 1 {
             return Err(Error::malformed(0, format!("manifest-version {} (only 1 exists)", m.version)));
