@@ -3,6 +3,7 @@
 
 #![allow(clippy::print_stdout)] // a command-line tool prints its results
 
+mod client;
 mod manifest;
 mod notify;
 mod publish;

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::Args;
 use suitcase_coap::notify::{notify_all, NotifyConfig, Outcome};
 use suitcase_http::{DeviceNotice, Notifier};
@@ -78,23 +78,8 @@ pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
 pub async fn request(server: &str, token: Option<&str>, publish_id: &str, version: &str, devices: &[String], json: bool) -> anyhow::Result<ExitCode> {
     let url = format!("{}/notify", server.trim_end_matches('/'));
     let urls = devices.join(",");
-    let mut req = reqwest::Client::new().post(&url).form(&[("publish_id", publish_id), ("urls", urls.as_str()), ("version", version)]);
-    if let Some(t) = token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        let msg = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or(body);
-        bail!("server answered {status}: {msg}");
-    }
+    let req = reqwest::Client::new().post(&url).form(&[("publish_id", publish_id), ("urls", urls.as_str()), ("version", version)]);
+    let body = crate::client::send(req, &url, token).await?;
     if json {
         println!("{body}");
     }

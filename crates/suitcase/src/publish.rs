@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
+use anyhow::Context as _;
 use clap::Args;
 
 #[derive(Args)]
@@ -94,24 +94,10 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         form = form.part("manifest", part);
     }
     let url = format!("{}/publish", args.server.trim_end_matches('/'));
-    let mut req = reqwest::Client::new().post(&url).multipart(form);
-    if let Some(t) = &args.token {
-        req = req.bearer_auth(t);
-    }
-    let resp = req
-        .send()
-        .await
-        .with_context(|| format!("POST {url}"))?;
+    let req = reqwest::Client::new().post(&url).multipart(form);
+    let body = crate::client::send(req, &url, args.token.as_deref()).await;
     bar.finish_and_clear();
-    let status = resp.status();
-    let body = resp.text().await.unwrap_or_default();
-    if !status.is_success() {
-        let msg = serde_json::from_str::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["error"].as_str().map(str::to_string))
-            .unwrap_or(body);
-        bail!("server answered {status}: {msg}");
-    }
+    let body = body?;
     let v: serde_json::Value = serde_json::from_str(&body).context("server answer is not JSON")?;
     if args.json {
         println!("{body}");
