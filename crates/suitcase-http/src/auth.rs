@@ -203,13 +203,21 @@ fn peer(req: &Request) -> Option<SocketAddr> {
         .or_else(|| ext.get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>().map(|c| c.0))
 }
 
+/// Who made a mutation, for the audit log: a token's name, or the loopback peer.
+#[derive(Clone, Debug)]
+pub struct Who(pub String);
+
 /// Guard for mutations.
-pub(crate) async fn publisher(State(st): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let path = req.uri().path().to_string();
     if st.tokens.any(Role::Publisher) {
         match credential(&req, &["Bearer"]).and_then(|t| st.tokens.check(t, &[Role::Publisher])) {
             Some(name) => {
-                tracing::info!(target: "suitcase::audit", who = %name, peer = ?peer(&req), %path, "authenticated");
+                let who = match peer(&req) {
+                    Some(p) => format!("token:{name}@{p}"),
+                    None => format!("token:{name}"),
+                };
+                req.extensions_mut().insert(Who(who));
                 next.run(req).await
             }
             None => {
@@ -219,7 +227,8 @@ pub(crate) async fn publisher(State(st): State<AppState>, req: Request, next: Ne
                 r
             }
         }
-    } else if peer(&req).is_some_and(|p| p.ip().is_loopback() || p.ip().to_canonical().is_loopback()) {
+    } else if let Some(p) = peer(&req).filter(|p| p.ip().is_loopback() || p.ip().to_canonical().is_loopback()) {
+        req.extensions_mut().insert(Who(format!("local@{p}")));
         next.run(req).await
     } else {
         tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), %path, "rejected: no publisher token exists, mutations are open to localhost only");

@@ -93,7 +93,13 @@ fn base_url(st: &AppState, headers: &HeaderMap) -> String {
     format!("{scheme}://{host}")
 }
 
-pub(crate) async fn put_image(State(st): State<AppState>, headers: HeaderMap, mut mp: Multipart) -> Result<(StatusCode, Json<ImageUploaded>), ApiError> {
+pub(crate) async fn put_image(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    who: Option<axum::Extension<crate::auth::Who>>,
+    mut mp: Multipart,
+) -> Result<(StatusCode, Json<ImageUploaded>), ApiError> {
+    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
     let mut image = None;
     while let Some(field) = mp.next_field().await.map_err(|e| ApiError::new(e.status(), format!("multipart: {}", e.body_text())))? {
         if field.name() == Some("image") {
@@ -123,7 +129,7 @@ pub(crate) async fn put_image(State(st): State<AppState>, headers: HeaderMap, mu
     };
     let store = st.store.clone();
     let v = tokio::task::spawn_blocking(move || store.publish(req, Box::new(|_| Ok(None)))).await.map_err(ApiError::internal)??;
-    tracing::info!(target: "suitcase::audit", action = "put-image", r#type = %v.publish_id, version = %version, size, zsize);
+    tracing::info!(target: "suitcase::audit", action = "put-image", who = %who, r#type = %v.publish_id, version = %version, size, zsize);
     let url = format!("{}/images/{}/{name}", base_url(&st, &headers), v.publish_id);
     Ok((StatusCode::CREATED, Json(ImageUploaded { r#type: v.publish_id.clone(), version: version.to_string(), size, zsize, url })))
 }

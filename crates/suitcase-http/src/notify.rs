@@ -120,6 +120,7 @@ fn manifest_url(base: &str, v: &Version, latest: bool) -> Option<String> {
 }
 
 pub(crate) async fn notify(State(st): State<AppState>, headers: HeaderMap, req: Request) -> Result<Json<NotifyView>, ApiError> {
+    let who = req.extensions().get::<crate::auth::Who>().map_or_else(|| "-".to_string(), |w| w.0.clone());
     let form = read_form(req).await?;
     let id = form.publish_id.ok_or_else(|| ApiError::bad_request("missing field publish_id"))?;
     suitcase_store::validate_publish_id(&id)?;
@@ -146,7 +147,7 @@ pub(crate) async fn notify(State(st): State<AppState>, headers: HeaderMap, req: 
         .notifier
         .clone()
         .ok_or_else(|| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "notify is not available on this server"))?;
-    tracing::info!(target: "suitcase::audit", action = "notify", publish_id = %id, version = version.seq, url = %url, devices = devices.len());
+    tracing::info!(target: "suitcase::audit", action = "notify", who = %who, publish_id = %id, version = version.seq, url = %url, devices = devices.len());
     let results = notifier.notify(devices, url.clone()).await;
     Ok(Json(NotifyView { publish_id: id, manifest_url: url, results }))
 }
@@ -160,8 +161,10 @@ pub(crate) struct RemoveBody {
 pub(crate) async fn remove(
     State(st): State<AppState>,
     headers: HeaderMap,
+    who: Option<axum::Extension<crate::auth::Who>>,
     Json(body): Json<RemoveBody>,
 ) -> Result<Json<VersionView>, ApiError> {
+    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
     suitcase_store::validate_publish_id(&body.publish_id)?;
     let which = match &body.version {
         serde_json::Value::Number(n) => n.to_string(),
@@ -172,6 +175,6 @@ pub(crate) async fn remove(
     let store = st.store.clone();
     let (id, seq) = (body.publish_id.clone(), v.seq);
     let removed = tokio::task::spawn_blocking(move || store.remove(&id, seq)).await.map_err(ApiError::internal)??;
-    tracing::info!(target: "suitcase::audit", action = "remove", publish_id = %removed.publish_id, version = removed.seq);
+    tracing::info!(target: "suitcase::audit", action = "remove", who = %who, publish_id = %removed.publish_id, version = removed.seq);
     Ok(Json(VersionView::new(&removed, &st.coap_base(&headers))))
 }

@@ -19,8 +19,10 @@ fn basename(name: &str) -> &str {
 pub(crate) async fn publish(
     State(st): State<AppState>,
     headers: HeaderMap,
+    who: Option<axum::Extension<crate::auth::Who>>,
     mut multipart: Multipart,
 ) -> Result<Json<VersionView>, ApiError> {
+    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
     let mut publish_id = None;
     let mut semver = None;
     let mut class = None;
@@ -110,6 +112,7 @@ pub(crate) async fn publish(
         tracing::info!(
             target: "suitcase::audit",
             action = "publish",
+            who = %who,
             publish_id = %version.publish_id,
             version = version.seq,
             file = %f.name,

@@ -21,6 +21,13 @@ fn publish_then_download_with_coap_client_at_several_block_sizes() {
 
     let out = suitcase(&["publish", "--server", &server.http(), "--publish-id", "fw/demo/board", "--publish", fw.to_str().unwrap()]);
     assert!(out.contains("published fw/demo/board version 1"), "{out}");
+    // The audit line says who published what (digest, size).
+    let digest = suitcase_store::Sha256::of(&image).to_hex();
+    let audited = (0..50).any(|_| {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        server.log().iter().any(|l| l.contains("action=\"publish\"") && l.contains("who=local@") && l.contains(&digest) && l.contains("size=1048576"))
+    });
+    assert!(audited, "no audit line: {:?}", server.log());
 
     let got = dir.path().join("got.bin");
     for block in [Some(64), Some(256), Some(1024), None] {
