@@ -258,13 +258,18 @@ pub(crate) fn sign1_payload(cose: &[u8]) -> Result<Option<Vec<u8>>> {
 /// RFC 9052 §4.2 to the letter: `18([bstr, map, bstr / nil, bstr])`, nothing after it.
 /// (coset alone also takes `undefined` for the payload; a signed object has one valid form.)
 fn check_sign1_shape(cose: &[u8]) -> Result<()> {
+    check_cose_shape(cose, 18, "COSE_Sign1")
+}
+
+/// `tag([bstr, map, bstr / nil, bstr])` (COSE_Sign1: 18, COSE_Mac0: 17), nothing after it.
+fn check_cose_shape(cose: &[u8], tag: u64, name: &str) -> Result<()> {
     use minicbor::data::Type;
-    let bad = |what: &str| Error::Cose(format!("malformed COSE_Sign1: {what}"));
+    let bad = |what: &str| Error::Cose(format!("malformed {name}: {what}"));
     let mut d = crate::cbor::Dec::new(cose);
-    if d.datatype()? == Type::Tag && d.tag("COSE tag")? != 18 {
-        return Err(bad("tag is not 18"));
+    if d.datatype()? == Type::Tag && d.tag("COSE tag")? != tag {
+        return Err(bad("unexpected tag"));
     }
-    if d.array("COSE_Sign1")? != 4 {
+    if d.array(name)? != 4 {
         return Err(bad("not 4 members"));
     }
     d.bytes("protected header")?;
@@ -279,6 +284,53 @@ fn check_sign1_shape(cose: &[u8]) -> Result<()> {
         }
         _ => return Err(bad("payload is neither a bstr nor nil")),
     }
-    d.bytes("signature")?;
-    d.expect_end("COSE_Sign1")
+    d.bytes("signature or tag")?;
+    d.expect_end(name)
+}
+
+/// A shared secret for COSE_Mac0 with HMAC 256/256 (COSE algorithm 5), the MTI profile
+/// `suit-sha256-hmac-a128kw-a128ctr`.
+#[derive(Clone)]
+pub struct MacKey(Vec<u8>);
+
+impl core::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str("MacKey(…)")
+    }
+}
+
+impl MacKey {
+    /// A key from its bytes.
+    pub fn new(secret: &[u8]) -> Self {
+        MacKey(secret.to_vec())
+    }
+
+    /// Verify a tagged COSE_Mac0 (tag 17) over `payload` (detached, or attached and equal).
+    pub fn verify_mac0(&self, cose: &[u8], payload: &[u8]) -> Result<()> {
+        use hmac::Mac as _;
+        check_cose_shape(cose, 17, "COSE_Mac0")?;
+        let mut mac0 = coset::CoseMac0::from_tagged_slice(cose)
+            .or_else(|_| coset::CoseMac0::from_slice(cose))
+            .map_err(|e| Error::Cose(format!("not a COSE_Mac0: {e:?}")))?;
+        match &mac0.protected.header.alg {
+            Some(coset::RegisteredLabelWithPrivate::Assigned(iana::Algorithm::HMAC_256_256)) => {}
+            Some(coset::RegisteredLabelWithPrivate::Assigned(a)) => return Err(Error::UnsupportedAlgorithm(*a as i64)),
+            Some(coset::RegisteredLabelWithPrivate::PrivateUse(a)) => return Err(Error::UnsupportedAlgorithm(*a)),
+            _ => return Err(Error::Cose("COSE_Mac0 has no algorithm in its protected header".into())),
+        }
+        match &mac0.payload {
+            Some(p) if p.as_slice() != payload => return Err(Error::ManifestDigestMismatch),
+            Some(_) => {}
+            None => mac0.payload = Some(payload.to_vec()),
+        }
+        mac0.verify_payload_tag(
+            b"",
+            || Error::Cose("no payload".into()),
+            |tag, tbm| {
+                let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).map_err(|e| Error::Key(e.to_string()))?;
+                m.update(tbm);
+                m.verify_slice(tag).map_err(|_| Error::BadSignature("HMAC 256/256 tag does not verify".into()))
+            },
+        )
+    }
 }

@@ -220,6 +220,26 @@ impl Envelope {
         Ok(VerifiedEnvelope(self.clone()))
     }
 
+    /// Like [`Envelope::verify`] for envelopes authenticated with COSE_Mac0 (HMAC 256/256).
+    pub fn verify_mac(&self, key: &crate::cose::MacKey) -> Result<VerifiedEnvelope> {
+        let claimed = self.auth_digest.as_ref().ok_or(Error::Unsigned)?;
+        if !claimed.matches(self.profile, &bstr_item(&self.manifest_bytes))? {
+            return Err(Error::ManifestDigestMismatch);
+        }
+        let payload = claimed.to_cbor();
+        let mut last = Error::Unsigned;
+        for block in &self.auth_blocks {
+            match key.verify_mac0(block, &payload) {
+                Ok(()) => {
+                    self.check_severed()?;
+                    return Ok(VerifiedEnvelope(self.clone()));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
     fn check_severed(&self) -> Result<()> {
         for (key, content) in &self.severed {
             let expected = match self.profile.manifest_member(*key) {

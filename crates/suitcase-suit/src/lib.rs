@@ -34,7 +34,7 @@ pub mod profile;
 pub mod text;
 
 pub use builder::{Image, ManifestBuilder};
-pub use cose::{Algorithm, SigningKey, VerifyingKey};
+pub use cose::{Algorithm, MacKey, SigningKey, VerifyingKey};
 pub use envelope::{Envelope, VerifiedEnvelope};
 pub use error::{Error, Result};
 pub use manifest::{Manifest, SuitDigest};

@@ -201,3 +201,24 @@ fn libcsuit_esp256_signatures_verify() {
     let lib = Envelope::decode(&read("libcsuit/suit_manifest_exp0.suit")).unwrap();
     assert_eq!(draft.manifest_bytes(), lib.manifest_bytes());
 }
+
+#[test]
+fn libcsuit_mac0_examples_verify_with_their_hmac_key() {
+    // libcsuit's examples/inc/trust_anchor_hmac256_cose_key_secret.h: 32 × 'a'.
+    let key = suitcase_suit::MacKey::new(&[b'a'; 32]);
+    for name in ["expAW", "expAF"] {
+        let bytes = read(&format!("libcsuit/suit_manifest_{name}.suit"));
+        let env = Envelope::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
+        env.verify_mac(&key).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(env.encode(), bytes);
+        assert!(matches!(env.verify_mac(&suitcase_suit::MacKey::new(&[b'b'; 32])), Err(Error::BadSignature(_))));
+        assert!(env.verify(&example_key()).is_err(), "a MAC is not a signature");
+        for at in 0..bytes.len() {
+            let mut t = bytes.clone();
+            t[at] ^= 0x01;
+            if let Ok(e) = Envelope::decode(&t) {
+                assert!(e.verify_mac(&key).is_err(), "{name}: flipped byte {at} still verifies");
+            }
+        }
+    }
+}

@@ -34,11 +34,15 @@ pub enum ManifestCommand {
         #[arg(long, short)]
         out: PathBuf,
     },
-    /// Check the digest and the signature with a public (or private) key; exit 1 if bad.
+    /// Check the digest and the signature with a public (or private) key, or a COSE_Mac0
+    /// with a shared HMAC key; exit 1 if bad.
     Verify {
         /// Public key (SPKI PEM) or private key (PKCS#8 PEM).
+        #[arg(long, required_unless_present = "hmac_key", conflicts_with = "hmac_key")]
+        key: Option<PathBuf>,
+        /// File holding the raw HMAC 256/256 secret (for COSE_Mac0-authenticated envelopes).
         #[arg(long)]
-        key: PathBuf,
+        hmac_key: Option<PathBuf>,
         /// Envelope.
         input: PathBuf,
     },
@@ -176,9 +180,17 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
             std::fs::write(&out, env.encode()).with_context(|| format!("writing {}", out.display()))?;
             Ok(ExitCode::SUCCESS)
         }
-        ManifestCommand::Verify { key, input } => {
+        ManifestCommand::Verify { key, hmac_key, input } => {
             let env = read_envelope(&input)?;
-            match env.verify(&read_public(&key)?) {
+            let result = match (key, hmac_key) {
+                (Some(k), _) => env.verify(&read_public(&k)?),
+                (None, Some(h)) => {
+                    let secret = std::fs::read(&h).with_context(|| format!("reading {}", h.display()))?;
+                    env.verify_mac(&suitcase_suit::MacKey::new(&secret))
+                }
+                (None, None) => bail!("--key or --hmac-key"),
+            };
+            match result {
                 Ok(v) => {
                     println!("OK: {} manifest, sequence number {}", env.profile(), v.manifest().sequence_number);
                     Ok(ExitCode::SUCCESS)
