@@ -174,6 +174,12 @@ fn error_table() {
             p.add_option(CoapOption::UriPath, vec![0xff, 0xfe]);
             p.to_bytes().unwrap()
         }, ResponseType::BadRequest),
+        // Accept of a format the resource is not in.
+        ({
+            let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
+            p.add_option(CoapOption::Accept, vec![60]);
+            p.to_bytes().unwrap()
+        }, ResponseType::NotAcceptable),
         // Proxy-Uri: this is no proxy.
         ({
             let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw", None)).unwrap();
@@ -190,6 +196,16 @@ fn error_table() {
         assert_eq!(r.header.code, MessageClass::Response(code), "{req:02x?}");
         assert_eq!(r.header.get_type(), MessageType::Acknowledgement);
     }
+}
+
+#[test]
+fn block_numbers_that_overflow_twenty_bits_when_scaled_are_refused() {
+    // Served at most at 256 bytes: block 2^20-1 of 1024 bytes would be block 2^22-4 of 256.
+    let cfg = Config { default_szx: 4, max_szx: 4, ..Config::default() };
+    let mut s = server_with(cfg, 100);
+    let b = BlockValue { num: crate::block::MAX_NUM, more: false, szx: 6 }.encode();
+    let r = roundtrip(&mut s, &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(b)));
+    assert_eq!(r.header.code, MessageClass::Response(ResponseType::BadOption));
 }
 
 #[test]
