@@ -9,7 +9,7 @@ pub async fn send(req: reqwest::RequestBuilder, url: &str, token: Option<&str>) 
         Some(t) => req.bearer_auth(t),
         None => req,
     };
-    let resp = req.send().await.with_context(|| format!("POST {url}"))?;
+    let resp = req.send().await.with_context(|| format!("calling {url}"))?;
     let status = resp.status();
     let body = resp.text().await.unwrap_or_default();
     if !status.is_success() {

@@ -4,6 +4,7 @@
 #![allow(clippy::print_stdout)] // a command-line tool prints its results
 
 mod client;
+mod list;
 mod manifest;
 mod notify;
 mod publish;
@@ -28,6 +29,8 @@ enum Command {
     Serve(serve::ServeArgs),
     /// Upload firmware files (and optionally a signed manifest) as a new version.
     Publish(publish::PublishArgs),
+    /// List the publish-ids of a server, or the versions and files of one.
+    List(list::ListArgs),
     /// Ask the server to notify devices (CoAP POST of the manifest URL to /suit/trigger).
     Notify(notify::NotifyArgs),
     /// Manage publisher and device tokens (stored hashed in <data>/tokens.json).
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Publish(args) => publish::run(args),
         Command::Notify(args) => notify::run(args),
+        Command::List(args) => list::run(args),
         Command::Keygen(args) => manifest::keygen(args),
         Command::Token(cmd) => token::run(cmd),
         Command::Manifest(cmd) => manifest::run(cmd),

@@ -78,6 +78,14 @@ fn a_second_publish_moves_latest_and_keeps_the_old_version() {
     assert_eq!(coap_get(&server.coap("x/v/1/app.bin"), Some(256), &got), a);
     assert_eq!(coap_get(&server.coap("x/v/2/app.bin"), Some(256), &got), b);
 
+    // `suitcase list` shows both versions, newest first, with digests.
+    let listing = suitcase(&["list", "--server", &server.http(), "x"]);
+    let v2 = listing.find("v2 ").unwrap();
+    let v1 = listing.find("v1 ").unwrap();
+    assert!(v2 < v1, "{listing}");
+    assert!(listing.contains(&suitcase_store::Sha256::of(&a).to_hex()) && listing.contains("semver 1.2.0"), "{listing}");
+    assert!(suitcase(&["list", "--server", &server.http()]).contains("latest v2 (2 version(s))"));
+
     // Unknown paths are 4.04, and /.well-known/core lists the resources.
     let out = Command::new(coap_client()).args(["-m", "get", "-B", "5", &server.coap("x/nope.bin")]).output().unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("4.04") || String::from_utf8_lossy(&out.stderr).contains("4.04"), "{out:?}");
