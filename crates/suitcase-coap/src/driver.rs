@@ -40,8 +40,12 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 }
 
 /// Serve until `cancel` fires. Each wake-up drains every queued datagram before waiting
-/// again, so a burst costs one readiness event, not one per datagram.
+/// again, so a burst costs one readiness event, not one per datagram; on Linux the datagrams
+/// come in and the replies go out in batches of up to 32 per system call.
 pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel: CancellationToken) -> io::Result<()> {
+    #[cfg(target_os = "linux")]
+    let mut batch = crate::batch::Batch::default();
+    #[cfg(not(target_os = "linux"))]
     let mut buf = vec![0u8; 1500];
     loop {
         let deadline = server
@@ -53,11 +57,34 @@ pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel:
             r = socket.readable() => r?,
             () = tokio::time::sleep_until(deadline.into()) => server.handle_timeout(Instant::now()),
         }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = socket.as_raw_fd();
+            loop {
+                match socket.try_io(tokio::io::Interest::READABLE, || batch.recv(fd)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    // ICMP errors from earlier sends surface here; they concern other peers.
+                    Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused) => continue,
+                    Err(e) => return Err(e),
+                }
+                let now = Instant::now();
+                batch.each_received(|peer, datagram, replies| {
+                    if let Some(reply) = server.handle_datagram(now, peer, datagram) {
+                        replies.queue(peer, reply);
+                    }
+                });
+                for (peer, data) in batch.flush(fd) {
+                    send(&socket, &data, peer).await;
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
         loop {
             let (n, peer) = match socket.try_recv_from(&mut buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                // ICMP port-unreachable from an earlier send shows up here on some OSes.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
                 Err(e) => return Err(e),
             };

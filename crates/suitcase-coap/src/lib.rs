@@ -2,6 +2,8 @@
 //! RFC 7252 messaging + RFC 7959 Block2 with ETag and Size2, 20-bit block numbers) and a thin
 //! tokio UDP [`driver`]. coap-lite is used as the packet codec only.
 
+#[cfg(target_os = "linux")]
+pub mod batch;
 pub mod block;
 pub mod driver;
 pub mod message;

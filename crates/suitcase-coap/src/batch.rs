@@ -1,0 +1,152 @@
+//! Linux datagram batching for the driver: `recvmmsg` takes up to [`BATCH`] queued requests
+//! in one system call and `sendmmsg` sends their replies in one, instead of two calls per
+//! block. Other systems use the plain per-datagram path in `driver.rs`.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::RawFd;
+
+use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStorage};
+
+/// Datagrams per system call.
+pub const BATCH: usize = 32;
+const MTU: usize = 1500;
+
+/// Reusable buffers for one batch in and one batch out.
+pub struct Batch {
+    rx: Vec<Vec<u8>>,
+    rx_headers: MultiHeaders<SockaddrStorage>,
+    tx_headers: MultiHeaders<SockaddrStorage>,
+    /// (length, peer) of each datagram received by the last [`Batch::recv`].
+    pub received: Vec<(usize, Option<SocketAddr>)>,
+    out: Vec<u8>,
+    queued: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl Default for Batch {
+    fn default() -> Self {
+        Batch {
+            rx: vec![vec![0u8; MTU]; BATCH],
+            rx_headers: MultiHeaders::preallocate(BATCH, None),
+            tx_headers: MultiHeaders::preallocate(BATCH, None),
+            received: Vec::with_capacity(BATCH),
+            out: Vec::with_capacity(BATCH * 1200),
+            queued: Vec::with_capacity(BATCH),
+        }
+    }
+}
+
+fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v6) = a.as_sockaddr_in6() {
+        return Some(SocketAddr::V6(SocketAddrV6::new(v6.ip(), v6.port(), v6.flowinfo(), v6.scope_id())));
+    }
+    a.as_sockaddr_in().map(|v4| SocketAddr::V4(SocketAddrV4::new(v4.ip(), v4.port())))
+}
+
+/// The outgoing half of a [`Batch`], lent to [`Batch::each_received`].
+pub struct Replies<'a> {
+    out: &'a mut Vec<u8>,
+    queued: &'a mut Vec<(SocketAddr, usize, usize)>,
+}
+
+impl Replies<'_> {
+    /// Queue a reply (copied; the server's buffer is reused for the next request).
+    pub fn queue(&mut self, peer: SocketAddr, reply: &[u8]) {
+        let start = self.out.len();
+        self.out.extend_from_slice(reply);
+        self.queued.push((peer, start, self.out.len()));
+    }
+}
+
+impl Batch {
+    /// Receive what is queued, up to [`BATCH`] datagrams, without blocking
+    /// (`WouldBlock` when nothing is).
+    pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
+        self.received.clear();
+        let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self.rx.iter_mut().map(|b| [IoSliceMut::new(&mut b[..])]).collect();
+        let results = recvmmsg(fd, &mut self.rx_headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None).map_err(io::Error::from)?;
+        for r in results {
+            self.received.push((r.bytes, r.address.as_ref().and_then(to_std)));
+        }
+        Ok(self.received.len())
+    }
+
+    /// The bytes of received datagram `i`.
+    pub fn datagram(&self, i: usize) -> &[u8] {
+        let (len, _) = self.received[i];
+        &self.rx[i][..len.min(MTU)]
+    }
+
+    /// Hand each received datagram (with a known peer) to `f`, which may queue replies.
+    pub fn each_received(&mut self, mut f: impl FnMut(SocketAddr, &[u8], &mut Replies<'_>)) {
+        let mut replies = Replies { out: &mut self.out, queued: &mut self.queued };
+        for (i, (len, peer)) in self.received.iter().enumerate() {
+            if let Some(peer) = peer {
+                f(*peer, &self.rx[i][..(*len).min(MTU)], &mut replies);
+            }
+        }
+    }
+
+    /// Queue a reply (copied; the server's buffer is reused for the next request).
+    pub fn queue(&mut self, peer: SocketAddr, reply: &[u8]) {
+        Replies { out: &mut self.out, queued: &mut self.queued }.queue(peer, reply);
+    }
+
+    /// Send every queued reply with `sendmmsg`; what it could not take goes through `fallback`
+    /// one by one. Returns the replies that are left for the fallback, in order.
+    pub fn flush(&mut self, fd: RawFd) -> Vec<(SocketAddr, Vec<u8>)> {
+        if self.queued.is_empty() {
+            return Vec::new();
+        }
+        let sent = {
+            let iovs: Vec<[IoSlice<'_>; 1]> = self.queued.iter().map(|(_, a, b)| [IoSlice::new(&self.out[*a..*b])]).collect();
+            let addrs: Vec<Option<SockaddrStorage>> = self.queued.iter().map(|(p, _, _)| Some(SockaddrStorage::from(*p))).collect();
+            match sendmmsg(fd, &mut self.tx_headers, iovs.iter(), addrs, [], MsgFlags::MSG_DONTWAIT) {
+                Ok(r) => r.count(),
+                Err(_) => 0,
+            }
+        };
+        let rest = self.queued[sent.min(self.queued.len())..]
+            .iter()
+            .map(|(p, a, b)| (*p, self.out[*a..*b].to_vec()))
+            .collect();
+        self.queued.clear();
+        self.out.clear();
+        rest
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::os::fd::AsRawFd;
+
+    #[test]
+    fn many_in_one_call_and_back() {
+        let server = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let client = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        let addr = server.local_addr().unwrap();
+        for i in 0..40u8 {
+            client.send_to(&[i; 10], addr).unwrap();
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut b = Batch::default();
+        let n = b.recv(server.as_raw_fd()).unwrap();
+        assert_eq!(n, BATCH);
+        assert_eq!(b.datagram(5), &[5u8; 10]);
+        assert_eq!(b.received[0].1, Some(client.local_addr().unwrap()));
+        let n2 = b.recv(server.as_raw_fd()).unwrap();
+        assert_eq!(n2, 8);
+        assert_eq!(b.recv(server.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        for i in 0..3u8 {
+            b.queue(client.local_addr().unwrap(), &[100 + i; 7]);
+        }
+        assert!(b.flush(server.as_raw_fd()).is_empty());
+        let mut buf = [0u8; 64];
+        for i in 0..3u8 {
+            let (n, from) = client.recv_from(&mut buf).unwrap();
+            assert_eq!((&buf[..n], from), (&[100 + i; 7][..], addr));
+        }
+    }
+}
