@@ -87,10 +87,6 @@ impl Batch {
         }
     }
 
-    /// Queue a reply (copied; the server's buffer is reused for the next request).
-    pub fn queue(&mut self, peer: SocketAddr, reply: &[u8]) {
-        Replies { out: &mut self.out, queued: &mut self.queued }.queue(peer, reply);
-    }
 
     /// Send every queued reply with `sendmmsg`; what it could not take goes through `fallback`
     /// one by one. Returns the replies that are left for the fallback, in order.
@@ -138,15 +134,20 @@ mod tests {
         assert_eq!(b.received[0].1, Some(client.local_addr().unwrap()));
         let n2 = b.recv(server.as_raw_fd()).unwrap();
         assert_eq!(n2, 8);
-        assert_eq!(b.recv(server.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
-        for i in 0..3u8 {
-            b.queue(client.local_addr().unwrap(), &[100 + i; 7]);
-        }
+        // Answer the first three of this batch (32, 33, 34) with 100, 101, 102.
+        b.each_received(|peer, d, replies| {
+            if d[0] < 35 {
+                replies.queue(peer, &[d[0] - 32 + 100; 7]);
+            }
+        });
         assert!(b.flush(server.as_raw_fd()).is_empty());
+        assert_eq!(b.recv(server.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         let mut buf = [0u8; 64];
         for i in 0..3u8 {
             let (n, from) = client.recv_from(&mut buf).unwrap();
             assert_eq!((&buf[..n], from), (&[100 + i; 7][..], addr));
         }
+        assert!(client.set_nonblocking(true).is_ok());
+        assert!(client.recv_from(&mut buf).is_err(), "only three replies were queued");
     }
 }
