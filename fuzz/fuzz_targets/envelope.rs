@@ -3,7 +3,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
-use suitcase_suit::{diag, Envelope, Profile, SigningKey, VerifyingKey, Algorithm, Manifest};
+use suitcase_suit::{diag, Algorithm, Envelope, Manifest, Profile, SigningKey, VerifyingKey};
 
 fn keys() -> &'static [VerifyingKey] {
     static KEYS: OnceLock<Vec<VerifyingKey>> = OnceLock::new();

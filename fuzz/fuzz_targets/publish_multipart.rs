@@ -25,12 +25,23 @@ fn world() -> &'static World {
         let state = AppState {
             store: Arc::new(LocalStore::open(dir.path()).expect("store")),
             signer: Arc::new(Signer::new(SigningKey::generate(Algorithm::Ed25519), "fuzz.example")),
-            config: Arc::new(Config { coap_base_url: None, coap_port: 5683, max_body_bytes: 1 << 20, public_http_url: None, tls: false }),
+            config: Arc::new(Config {
+                coap_base_url: None,
+                coap_port: 5683,
+                max_body_bytes: 1 << 20,
+                public_http_url: None,
+                tls: false,
+            }),
             notifier: None,
             tokens: Arc::new(Tokens::new(dir.path().join("tokens.json"))),
         };
-        let app = router(state).layer(axum::extract::connect_info::MockConnectInfo(std::net::SocketAddr::from(([127, 0, 0, 1], 1))));
-        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+        let app = router(state).layer(axum::extract::connect_info::MockConnectInfo(
+            std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
+        ));
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
         World { rt, app, _dir: dir }
     })
 }

@@ -23,7 +23,15 @@ pub fn get(out: &mut Vec<u8>, mid: u16, token: &[u8], path: &[&str], block2: Opt
 fn option(out: &mut Vec<u8>, last: &mut u16, num: u16, value: &[u8]) {
     let delta = num - *last;
     *last = num;
-    let ext = |v: usize| if v < 13 { (v as u8, vec![]) } else if v < 269 { (13, vec![(v - 13) as u8]) } else { (14, ((v - 269) as u16).to_be_bytes().to_vec()) };
+    let ext = |v: usize| {
+        if v < 13 {
+            (v as u8, vec![])
+        } else if v < 269 {
+            (13, vec![(v - 13) as u8])
+        } else {
+            (14, ((v - 269) as u16).to_be_bytes().to_vec())
+        }
+    };
     let (d, de) = ext(usize::from(delta));
     let (l, le) = ext(value.len());
     out.push(d << 4 | l);

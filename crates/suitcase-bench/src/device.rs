@@ -96,7 +96,9 @@ async fn run(cfg: &DeviceConfig, id: u64, expected: &[u8], out: &mut Outcome) ->
                         if rng.chance(cfg.loss) {
                             continue;
                         }
-                        let Some(r) = coap::parse(&buf[..n]) else { return Err("unparsable reply".into()) };
+                        let Some(r) = coap::parse(&buf[..n]) else {
+                            return Err("unparsable reply".into());
+                        };
                         if r.mid != mid {
                             continue; // a late reply to an earlier retransmission
                         }
@@ -133,7 +135,9 @@ async fn run(cfg: &DeviceConfig, id: u64, expected: &[u8], out: &mut Outcome) ->
             (Some(_), _) => return Err(format!("block {num}: ETag changed")),
         }
         let off = num as usize * (16usize << cfg.szx);
-        let want = expected.get(off..off + r.payload.len()).ok_or_else(|| format!("block {num}: beyond the image"))?;
+        let want = expected
+            .get(off..off + r.payload.len())
+            .ok_or_else(|| format!("block {num}: beyond the image"))?;
         if want != r.payload {
             return Err(format!("block {num}: content differs from the image"));
         }

@@ -38,9 +38,15 @@ impl Default for Batch {
 
 fn to_std(a: &SockaddrStorage) -> Option<SocketAddr> {
     if let Some(v6) = a.as_sockaddr_in6() {
-        return Some(SocketAddr::V6(SocketAddrV6::new(v6.ip(), v6.port(), v6.flowinfo(), v6.scope_id())));
+        return Some(SocketAddr::V6(SocketAddrV6::new(
+            v6.ip(),
+            v6.port(),
+            v6.flowinfo(),
+            v6.scope_id(),
+        )));
     }
-    a.as_sockaddr_in().map(|v4| SocketAddr::V4(SocketAddrV4::new(v4.ip(), v4.port())))
+    a.as_sockaddr_in()
+        .map(|v4| SocketAddr::V4(SocketAddrV4::new(v4.ip(), v4.port())))
 }
 
 /// The outgoing half of a [`Batch`], lent to [`Batch::each_received`].
@@ -64,7 +70,8 @@ impl Batch {
     pub fn recv(&mut self, fd: RawFd) -> io::Result<usize> {
         self.received.clear();
         let mut iovs: Vec<[IoSliceMut<'_>; 1]> = self.rx.iter_mut().map(|b| [IoSliceMut::new(&mut b[..])]).collect();
-        let results = recvmmsg(fd, &mut self.rx_headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None).map_err(io::Error::from)?;
+        let results = recvmmsg(fd, &mut self.rx_headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
+            .map_err(io::Error::from)?;
         for r in results {
             self.received.push((r.bytes, r.address.as_ref().and_then(to_std)));
         }
@@ -79,14 +86,16 @@ impl Batch {
 
     /// Hand each received datagram (with a known peer) to `f`, which may queue replies.
     pub fn each_received(&mut self, mut f: impl FnMut(SocketAddr, &[u8], &mut Replies<'_>)) {
-        let mut replies = Replies { out: &mut self.out, queued: &mut self.queued };
+        let mut replies = Replies {
+            out: &mut self.out,
+            queued: &mut self.queued,
+        };
         for (i, (len, peer)) in self.received.iter().enumerate() {
             if let Some(peer) = peer {
                 f(*peer, &self.rx[i][..(*len).min(MTU)], &mut replies);
             }
         }
     }
-
 
     /// Send every queued reply with `sendmmsg`; what it could not take goes through `fallback`
     /// one by one. Returns the replies that are left for the fallback, in order.
@@ -95,8 +104,16 @@ impl Batch {
             return Vec::new();
         }
         let sent = {
-            let iovs: Vec<[IoSlice<'_>; 1]> = self.queued.iter().map(|(_, a, b)| [IoSlice::new(&self.out[*a..*b])]).collect();
-            let addrs: Vec<Option<SockaddrStorage>> = self.queued.iter().map(|(p, _, _)| Some(SockaddrStorage::from(*p))).collect();
+            let iovs: Vec<[IoSlice<'_>; 1]> = self
+                .queued
+                .iter()
+                .map(|(_, a, b)| [IoSlice::new(&self.out[*a..*b])])
+                .collect();
+            let addrs: Vec<Option<SockaddrStorage>> = self
+                .queued
+                .iter()
+                .map(|(p, _, _)| Some(SockaddrStorage::from(*p)))
+                .collect();
             match sendmmsg(fd, &mut self.tx_headers, iovs.iter(), addrs, [], MsgFlags::MSG_DONTWAIT) {
                 Ok(r) => r.count(),
                 Err(_) => 0,
@@ -141,7 +158,10 @@ mod tests {
             }
         });
         assert!(b.flush(server.as_raw_fd()).is_empty());
-        assert_eq!(b.recv(server.as_raw_fd()).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(
+            b.recv(server.as_raw_fd()).unwrap_err().kind(),
+            io::ErrorKind::WouldBlock
+        );
         let mut buf = [0u8; 64];
         for i in 0..3u8 {
             let (n, from) = client.recv_from(&mut buf).unwrap();

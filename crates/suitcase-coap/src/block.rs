@@ -81,6 +81,14 @@ mod tests {
             assert_eq!(b.encode(), *bytes);
         }
         assert_eq!(BlockValue::decode(&[1, 2, 3, 4]), None);
-        assert_eq!(BlockValue { num: 4096, more: false, szx: 6 }.offset(), 4 * 1024 * 1024);
+        assert_eq!(
+            BlockValue {
+                num: 4096,
+                more: false,
+                szx: 6
+            }
+            .offset(),
+            4 * 1024 * 1024
+        );
     }
 }

@@ -66,7 +66,14 @@ pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel:
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
                     // ICMP errors from earlier sends surface here; they concern other peers.
-                    Err(e) if matches!(e.kind(), io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused) => continue,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+                        ) =>
+                    {
+                        continue
+                    }
                     Err(e) => return Err(e),
                 }
                 let now = Instant::now();

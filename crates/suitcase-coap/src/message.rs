@@ -168,7 +168,11 @@ mod tests {
             etag: Some(*b"abcdefgh"),
             observe: Some(5),
             content_format: Some(42),
-            block2: Some(BlockValue { num: 300, more: true, szx: 2 }),
+            block2: Some(BlockValue {
+                num: 300,
+                more: true,
+                szx: 2,
+            }),
             size2: Some(1 << 20),
             payload: Bytes::from_static(b"hello"),
         };
@@ -180,7 +184,12 @@ mod tests {
         assert_eq!(p.get_first_option(CoapOption::ETag).unwrap(), b"abcdefgh");
         assert_eq!(p.get_first_option(CoapOption::Observe).unwrap(), &[5]);
         assert_eq!(p.get_first_option(CoapOption::ContentFormat).unwrap(), &[42]);
-        assert_eq!(BlockValue::decode(p.get_first_option(CoapOption::Block2).unwrap()).unwrap().num, 300);
+        assert_eq!(
+            BlockValue::decode(p.get_first_option(CoapOption::Block2).unwrap())
+                .unwrap()
+                .num,
+            300
+        );
         assert_eq!(p.get_first_option(CoapOption::Size2).unwrap(), &[0x10, 0, 0]);
         assert_eq!(p.payload, b"hello");
         // Option numbers past 268 use the 2-byte extension.
@@ -313,7 +322,10 @@ impl<'a> Request<'a> {
 
     /// The options, in order.
     pub fn options(&self) -> Options<'a> {
-        Options { rest: self.options, number: 0 }
+        Options {
+            rest: self.options,
+            number: 0,
+        }
     }
 }
 
@@ -337,10 +349,15 @@ mod parse_tests {
         p.payload = b"pl".to_vec();
         let bytes = p.to_bytes().unwrap();
         let r = Request::parse(&bytes).unwrap();
-        assert_eq!((r.ty, r.code, r.mid, r.token, r.payload), (0, 1, 77, &[1u8, 2][..], &b"pl"[..]));
+        assert_eq!(
+            (r.ty, r.code, r.mid, r.token, r.payload),
+            (0, 1, 77, &[1u8, 2][..], &b"pl"[..])
+        );
         let opts: Vec<(u16, Vec<u8>)> = r.options().map(|(n, v)| (n, v.to_vec())).collect();
-        let want: Vec<(u16, Vec<u8>)> =
-            p.options().flat_map(|(n, vs)| vs.iter().map(move |v| (*n, v.clone()))).collect();
+        let want: Vec<(u16, Vec<u8>)> = p
+            .options()
+            .flat_map(|(n, vs)| vs.iter().map(move |v| (*n, v.clone())))
+            .collect();
         assert_eq!(opts, want);
     }
 
@@ -348,8 +365,18 @@ mod parse_tests {
     fn rejects_malformed() {
         assert_eq!(Request::parse(&[0x40, 1]).unwrap_err(), ParseError::NoHeader);
         assert_eq!(Request::parse(&[0x80, 1, 0, 1]).unwrap_err(), ParseError::NoHeader);
-        for bad in [&[0x49, 1, 0, 1][..], &[0x40, 1, 0, 1, 0xff], &[0x40, 1, 0, 1, 0xf1, 0], &[0x40, 1, 0, 1, 0x1f], &[0x40, 1, 0, 1, 0x13, 1], &[0x40, 0, 0, 1, 1]] {
-            assert!(matches!(Request::parse(bad), Err(ParseError::Malformed { .. })), "{bad:02x?}");
+        for bad in [
+            &[0x49, 1, 0, 1][..],
+            &[0x40, 1, 0, 1, 0xff],
+            &[0x40, 1, 0, 1, 0xf1, 0],
+            &[0x40, 1, 0, 1, 0x1f],
+            &[0x40, 1, 0, 1, 0x13, 1],
+            &[0x40, 0, 0, 1, 1],
+        ] {
+            assert!(
+                matches!(Request::parse(bad), Err(ParseError::Malformed { .. })),
+                "{bad:02x?}"
+            );
         }
     }
 }

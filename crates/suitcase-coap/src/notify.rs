@@ -67,9 +67,15 @@ impl Outcome {
 #[derive(Debug)]
 enum State {
     /// Waiting for ACK (or a piggybacked response); `attempts` transmissions so far.
-    AwaitAck { attempts: u32, timeout: Duration, due: Instant },
+    AwaitAck {
+        attempts: u32,
+        timeout: Duration,
+        due: Instant,
+    },
     /// Empty ACK received; waiting for the separate response.
-    AwaitResponse { due: Instant },
+    AwaitResponse {
+        due: Instant,
+    },
     Done(Outcome),
 }
 
@@ -103,15 +109,29 @@ pub fn post_request(mid: u16, token: &[u8], path: &[&str], payload: &[u8]) -> Ve
 impl Exchange {
     /// Start an exchange; `jitter` in [0, 1) picks the initial timeout within
     /// [ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR].
-    pub fn new(config: NotifyConfig, mid: u16, token: Vec<u8>, path: &[&str], payload: &[u8], now: Instant, jitter: f64) -> Self {
+    pub fn new(
+        config: NotifyConfig,
+        mid: u16,
+        token: Vec<u8>,
+        path: &[&str],
+        payload: &[u8],
+        now: Instant,
+        jitter: f64,
+    ) -> Self {
         let request = post_request(mid, &token, path, payload);
-        let timeout = config.ack_timeout.mul_f64(1.0 + (config.ack_random_factor - 1.0) * jitter.clamp(0.0, 1.0));
+        let timeout = config
+            .ack_timeout
+            .mul_f64(1.0 + (config.ack_random_factor - 1.0) * jitter.clamp(0.0, 1.0));
         Exchange {
             transmit: Some(request.clone()),
             request,
             mid,
             token,
-            state: State::AwaitAck { attempts: 1, timeout, due: now + timeout },
+            state: State::AwaitAck {
+                attempts: 1,
+                timeout,
+                due: now + timeout,
+            },
             config,
         }
     }
@@ -167,19 +187,28 @@ impl Exchange {
             }
             (State::AwaitAck { .. }, MessageType::Acknowledgement) if p.header.message_id == self.mid => {
                 if is_response && p.get_token() == self.token.as_slice() {
-                    self.state = State::Done(Outcome::Response { code, payload: p.payload });
+                    self.state = State::Done(Outcome::Response {
+                        code,
+                        payload: p.payload,
+                    });
                 } else if p.header.code == MessageClass::Empty {
-                    self.state = State::AwaitResponse { due: Instant::now() + self.config.separate_timeout };
+                    self.state = State::AwaitResponse {
+                        due: Instant::now() + self.config.separate_timeout,
+                    };
                 }
             }
-            (State::AwaitAck { .. } | State::AwaitResponse { .. }, MessageType::Confirmable | MessageType::NonConfirmable)
-                if is_response && p.get_token() == self.token.as_slice() =>
-            {
+            (
+                State::AwaitAck { .. } | State::AwaitResponse { .. },
+                MessageType::Confirmable | MessageType::NonConfirmable,
+            ) if is_response && p.get_token() == self.token.as_slice() => {
                 if ty == MessageType::Confirmable {
                     let [a, b] = p.header.message_id.to_be_bytes();
                     self.transmit = Some(vec![0x60, 0, a, b]);
                 }
-                self.state = State::Done(Outcome::Response { code, payload: p.payload });
+                self.state = State::Done(Outcome::Response {
+                    code,
+                    payload: p.payload,
+                });
             }
             (State::Done(_), MessageType::Confirmable) => {
                 // A retransmitted separate response: acknowledge it again.
@@ -297,14 +326,26 @@ async fn run(device: &str, payload: &str, config: &NotifyConfig, result: &mut No
         .next()
         .ok_or_else(|| format!("{} resolves to nothing", target.host))?;
     result.address = Some(addr);
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }.parse().map_err(|e| format!("{e}"))?;
-    let sock = tokio::net::UdpSocket::bind(bind).await.map_err(|e| format!("socket: {e}"))?;
+    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let sock = tokio::net::UdpSocket::bind(bind)
+        .await
+        .map_err(|e| format!("socket: {e}"))?;
     sock.connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
     let seed = random_seed(addr);
     let token = seed.to_be_bytes()[..4].to_vec();
     let path: Vec<&str> = target.path.iter().map(String::as_str).collect();
     let jitter = (seed >> 11) as f64 / (1u64 << 53) as f64;
-    let mut ex = Exchange::new(config.clone(), seed as u16, token, &path, payload.as_bytes(), Instant::now(), jitter);
+    let mut ex = Exchange::new(
+        config.clone(),
+        seed as u16,
+        token,
+        &path,
+        payload.as_bytes(),
+        Instant::now(),
+        jitter,
+    );
     let mut buf = vec![0u8; 1500];
     loop {
         while let Some(d) = ex.poll_transmit() {
@@ -374,11 +415,23 @@ mod tests {
     #[test]
     fn targets() {
         let t = |s: &str| Target::parse(s).map(|t| (t.host, t.port, t.path.join("/")));
-        assert_eq!(t("[2001:db8::1]"), Ok(("2001:db8::1".into(), 5683, "suit/trigger".into())));
-        assert_eq!(t("[fe80::1%tap0]:5684"), Ok(("fe80::1%tap0".into(), 5684, "suit/trigger".into())));
+        assert_eq!(
+            t("[2001:db8::1]"),
+            Ok(("2001:db8::1".into(), 5683, "suit/trigger".into()))
+        );
+        assert_eq!(
+            t("[fe80::1%tap0]:5684"),
+            Ok(("fe80::1%tap0".into(), 5684, "suit/trigger".into()))
+        );
         assert_eq!(t("10.0.0.7"), Ok(("10.0.0.7".into(), 5683, "suit/trigger".into())));
-        assert_eq!(t("coap://node.local:99/x/y"), Ok(("node.local".into(), 99, "x/y".into())));
-        assert_eq!(t("2001:db8::2"), Ok(("2001:db8::2".into(), 5683, "suit/trigger".into())));
+        assert_eq!(
+            t("coap://node.local:99/x/y"),
+            Ok(("node.local".into(), 99, "x/y".into()))
+        );
+        assert_eq!(
+            t("2001:db8::2"),
+            Ok(("2001:db8::2".into(), 5683, "suit/trigger".into()))
+        );
         // Found by the `paths` fuzz target: a path of only slashes left no segment at all.
         assert_eq!(t("0.//"), Ok(("0.".into(), 5683, "suit/trigger".into())));
         for bad in ["", "[::1", "[::1]x", "h:port", "http://x", "a b"] {
@@ -398,12 +451,25 @@ mod tests {
     #[test]
     fn piggybacked_created() {
         let now = Instant::now();
-        let mut ex = Exchange::new(NotifyConfig::default(), 10, vec![1, 2], &["suit", "trigger"], b"coap://x/m", now, 0.0);
+        let mut ex = Exchange::new(
+            NotifyConfig::default(),
+            10,
+            vec![1, 2],
+            &["suit", "trigger"],
+            b"coap://x/m",
+            now,
+            0.0,
+        );
         let req = Packet::from_bytes(&ex.poll_transmit().unwrap()).unwrap();
         assert_eq!(req.header.get_type(), MessageType::Confirmable);
         assert_eq!(req.header.code, MessageClass::Request(RequestType::Post));
         assert_eq!(req.payload, b"coap://x/m");
-        ex.handle_datagram(&reply(MessageType::Acknowledgement, MessageClass::Response(coap_lite::ResponseType::Created), 10, &[1, 2]));
+        ex.handle_datagram(&reply(
+            MessageType::Acknowledgement,
+            MessageClass::Response(coap_lite::ResponseType::Created),
+            10,
+            &[1, 2],
+        ));
         assert_eq!(ex.outcome().unwrap().code_text().as_deref(), Some("2.01"));
         assert!(ex.outcome().unwrap().is_success());
     }
@@ -438,9 +504,18 @@ mod tests {
         ex.poll_transmit();
         ex.handle_datagram(&[0x60, 0, 0, 5]); // empty ACK
         assert!(ex.outcome().is_none());
-        ex.handle_datagram(&reply(MessageType::Confirmable, MessageClass::Response(coap_lite::ResponseType::BadRequest), 77, &[9]));
+        ex.handle_datagram(&reply(
+            MessageType::Confirmable,
+            MessageClass::Response(coap_lite::ResponseType::BadRequest),
+            77,
+            &[9],
+        ));
         assert_eq!(ex.outcome().unwrap().code_text().as_deref(), Some("4.00"));
-        assert_eq!(ex.poll_transmit(), Some(vec![0x60, 0, 0, 77]), "the separate response is acknowledged");
+        assert_eq!(
+            ex.poll_transmit(),
+            Some(vec![0x60, 0, 0, 77]),
+            "the separate response is acknowledged"
+        );
 
         let mut ex = Exchange::new(NotifyConfig::default(), 6, vec![], &["suit", "trigger"], b"u", t0, 0.0);
         ex.poll_transmit();

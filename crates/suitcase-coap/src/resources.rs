@@ -23,7 +23,11 @@ pub struct StoreResources {
 impl StoreResources {
     /// Serve `store`.
     pub fn new(store: Arc<dyn Store>) -> Self {
-        StoreResources { store, resolved: Mutex::new((u64::MAX, HashMap::new())), link_format: Mutex::new(None) }
+        StoreResources {
+            store,
+            resolved: Mutex::new((u64::MAX, HashMap::new())),
+            link_format: Mutex::new(None),
+        }
     }
 
     fn file(&self, entry: &FileEntry) -> Option<Resource> {
@@ -31,7 +35,11 @@ impl StoreResources {
             Ok(body) => {
                 let mut etag = [0u8; 8];
                 etag.copy_from_slice(&entry.sha256.0[..8]);
-                Some(Resource { body, etag, content_format: content_format::OCTET_STREAM })
+                Some(Resource {
+                    body,
+                    etag,
+                    content_format: content_format::OCTET_STREAM,
+                })
             }
             Err(e) => {
                 tracing::error!(file = %entry.name, error = %e, "stored file cannot be read");
@@ -81,7 +89,11 @@ impl StoreResources {
         let digest = suitcase_store::Sha256::of(&body);
         let mut etag = [0u8; 8];
         etag.copy_from_slice(&digest.0[..8]);
-        let r = Resource { body, etag, content_format: content_format::LINK_FORMAT };
+        let r = Resource {
+            body,
+            etag,
+            content_format: content_format::LINK_FORMAT,
+        };
         if let Ok(mut cache) = self.link_format.lock() {
             *cache = Some((generation, r.clone()));
         }

@@ -261,7 +261,11 @@ impl<R: Resources> Server<R> {
             next_mid: seed as u16,
             rng: seed | 1,
             out: Vec::with_capacity(1300),
-            dedup: Dedup { current: HashMap::new(), previous: HashMap::new(), rotated: now },
+            dedup: Dedup {
+                current: HashMap::new(),
+                previous: HashMap::new(),
+                rotated: now,
+            },
             observers: HashMap::new(),
             pending_mids: HashMap::new(),
             timers: BinaryHeap::new(),
@@ -387,9 +391,23 @@ impl<R: Resources> Server<R> {
                 ObserveAction::None => {}
             }
         }
-        let (reply_type, reply_mid) = if con { (MsgType::Ack, mid) } else { (MsgType::Non, self.mid()) };
-        let spec = if !con && suppressed(req, spec.code) { None } else { Some(spec) };
-        let ex = Exchange { mid, reply_type, reply_mid, token, spec };
+        let (reply_type, reply_mid) = if con {
+            (MsgType::Ack, mid)
+        } else {
+            (MsgType::Non, self.mid())
+        };
+        let spec = if !con && suppressed(req, spec.code) {
+            None
+        } else {
+            Some(spec)
+        };
+        let ex = Exchange {
+            mid,
+            reply_type,
+            reply_mid,
+            token,
+            spec,
+        };
         let recent = match self.dedup.current.get_mut(&peer) {
             Some(r) => r,
             None => {
@@ -409,7 +427,10 @@ impl<R: Resources> Server<R> {
             || d.current.len() >= self.config.max_peers
         {
             if d.current.len() >= self.config.max_peers {
-                tracing::debug!(peers = d.current.len(), "deduplication table full, forgetting the older generation early");
+                tracing::debug!(
+                    peers = d.current.len(),
+                    "deduplication table full, forgetting the older generation early"
+                );
             }
             d.previous = std::mem::take(&mut d.current);
             d.rotated = now;
@@ -433,7 +454,10 @@ impl<R: Resources> Server<R> {
                     },
                     opt::BLOCK2 => match BlockValue::decode(v) {
                         Some(b) if b.szx == 7 => {
-                            return none(ResponseSpec::error(Code::BAD_OPTION, "Block2 SZX 7 (BERT) needs CoAP over TCP"))
+                            return none(ResponseSpec::error(
+                                Code::BAD_OPTION,
+                                "Block2 SZX 7 (BERT) needs CoAP over TCP",
+                            ))
                         }
                         Some(b) => block2 = Some(b),
                         None => return none(ResponseSpec::error(Code::BAD_OPTION, "Block2 longer than 3 bytes")),
@@ -443,7 +467,10 @@ impl<R: Resources> Server<R> {
                     opt::SIZE2 => size2_requested = true,
                     opt::OBSERVE => observe = decode_uint(v),
                     opt::PROXY_URI | opt::PROXY_SCHEME => {
-                        return none(ResponseSpec::error(Code::PROXYING_NOT_SUPPORTED, "this server is no proxy"))
+                        return none(ResponseSpec::error(
+                            Code::PROXYING_NOT_SUPPORTED,
+                            "this server is no proxy",
+                        ))
                     }
                     opt::BLOCK1 => {
                         return none(ResponseSpec::error(
@@ -451,8 +478,14 @@ impl<R: Resources> Server<R> {
                             "Block1 is not supported: this server only serves downloads",
                         ))
                     }
-                    opt::IF_MATCH | opt::URI_HOST | opt::IF_NONE_MATCH | opt::URI_PORT | opt::CONTENT_FORMAT
-                    | opt::URI_QUERY | opt::SIZE1 | opt::NO_RESPONSE => {}
+                    opt::IF_MATCH
+                    | opt::URI_HOST
+                    | opt::IF_NONE_MATCH
+                    | opt::URI_PORT
+                    | opt::CONTENT_FORMAT
+                    | opt::URI_QUERY
+                    | opt::SIZE1
+                    | opt::NO_RESPONSE => {}
                     n if critical(n) => {
                         return none(ResponseSpec::error(Code::BAD_OPTION, "unsupported critical option"))
                     }
@@ -467,7 +500,9 @@ impl<R: Resources> Server<R> {
             return none(ResponseSpec::error(Code::NOT_FOUND, "not found"));
         };
         let observe_action = match observe {
-            Some(0) if self.resources.observable(&path) => ObserveAction::Register { szx: block2.map(|b| b.szx) },
+            Some(0) if self.resources.observable(&path) => ObserveAction::Register {
+                szx: block2.map(|b| b.szx),
+            },
             Some(1) => ObserveAction::Deregister,
             _ => ObserveAction::None,
         };
@@ -477,7 +512,10 @@ impl<R: Resources> Server<R> {
         };
         if let Some(a) = accept {
             if a != u32::from(res.content_format) {
-                return none(ResponseSpec::error(Code::NOT_ACCEPTABLE, "no representation in the Accept-ed format"));
+                return none(ResponseSpec::error(
+                    Code::NOT_ACCEPTABLE,
+                    "no representation in the Accept-ed format",
+                ));
             }
         }
         if block2.is_none_or(|b| b.num == 0) && etags.iter().any(|e| *e == res.etag) {
@@ -499,7 +537,12 @@ impl<R: Resources> Server<R> {
     }
 
     /// The 2.05 for `res`, block-wise as the request asks or as the size requires.
-    fn content(&self, res: &Resource, block2: Option<BlockValue>, size2_requested: bool) -> Result<ResponseSpec, ResponseSpec> {
+    fn content(
+        &self,
+        res: &Resource,
+        block2: Option<BlockValue>,
+        size2_requested: bool,
+    ) -> Result<ResponseSpec, ResponseSpec> {
         let len = res.body.len();
         let mut spec = ResponseSpec {
             code: Code::CONTENT,
@@ -516,13 +559,22 @@ impl<R: Resources> Server<R> {
                 let szx = b.szx.min(self.config.max_szx);
                 let num = u64::from(b.num) << (b.szx - szx);
                 if num > u64::from(crate::block::MAX_NUM) {
-                    return Err(ResponseSpec::error(Code::BAD_OPTION, "Block2 number beyond 20 bits at this size"));
+                    return Err(ResponseSpec::error(
+                        Code::BAD_OPTION,
+                        "Block2 number beyond 20 bits at this size",
+                    ));
                 }
-                Some(BlockValue { num: num as u32, more: false, szx })
+                Some(BlockValue {
+                    num: num as u32,
+                    more: false,
+                    szx,
+                })
             }
-            None if len > 1 << (self.config.default_szx + 4) => {
-                Some(BlockValue { num: 0, more: false, szx: self.config.default_szx })
-            }
+            None if len > 1 << (self.config.default_szx + 4) => Some(BlockValue {
+                num: 0,
+                more: false,
+                szx: self.config.default_szx,
+            }),
             None => None,
         };
         match block {
@@ -530,7 +582,10 @@ impl<R: Resources> Server<R> {
             Some(mut b) => {
                 let start = b.offset();
                 if start >= len && !(start == 0 && len == 0) {
-                    return Err(ResponseSpec::error(Code::BAD_OPTION, "Block2 number beyond the end of the resource"));
+                    return Err(ResponseSpec::error(
+                        Code::BAD_OPTION,
+                        "Block2 number beyond the end of the resource",
+                    ));
                 }
                 let end = (start + b.size()).min(len);
                 b.more = end < len;
@@ -552,11 +607,22 @@ impl<R: Resources> Server<R> {
             return true;
         }
         if self.observers.len() >= self.config.max_observers {
-            tracing::warn!(observers = self.observers.len(), "observer limit reached, serving without Observe");
+            tracing::warn!(
+                observers = self.observers.len(),
+                "observer limit reached, serving without Observe"
+            );
             return false;
         }
         tracing::debug!(peer = %key.0, path = %key.1, "observer registered");
-        self.observers.insert(key, Observer { token, szx, etag, pending: None });
+        self.observers.insert(
+            key,
+            Observer {
+                token,
+                szx,
+                etag,
+                pending: None,
+            },
+        );
         true
     }
 
@@ -570,7 +636,9 @@ impl<R: Resources> Server<R> {
     }
 
     fn peer_answered(&mut self, peer: SocketAddr, mid: u16, reset: bool) {
-        let Some(path) = self.pending_mids.remove(&(peer, mid)) else { return };
+        let Some(path) = self.pending_mids.remove(&(peer, mid)) else {
+            return;
+        };
         let key = (peer, path);
         if reset {
             // RST to a notification: the client lost interest (RFC 7641 §3.6).
@@ -596,10 +664,14 @@ impl<R: Resources> Server<R> {
             if *due > now {
                 break;
             }
-            let Some(Reverse((due, peer, path))) = self.timers.pop() else { break };
+            let Some(Reverse((due, peer, path))) = self.timers.pop() else {
+                break;
+            };
             let key = (peer, path);
             let max = self.config.max_retransmit;
-            let Some(o) = self.observers.get_mut(&key) else { continue };
+            let Some(o) = self.observers.get_mut(&key) else {
+                continue;
+            };
             let Some(p) = o.pending.as_mut() else { continue };
             if p.due != due {
                 continue; // superseded timer
@@ -640,13 +712,21 @@ impl<R: Resources> Server<R> {
             if o.etag == res.etag {
                 continue;
             }
-            let block = o.szx.map(|szx| BlockValue { num: 0, more: false, szx });
-            let Ok(mut spec) = self.content(&res, block, false) else { continue };
+            let block = o.szx.map(|szx| BlockValue {
+                num: 0,
+                more: false,
+                szx,
+            });
+            let Ok(mut spec) = self.content(&res, block, false) else {
+                continue;
+            };
             self.observe_seq = (self.observe_seq + 1) & 0x00ff_ffff;
             spec.observe = Some(self.observe_seq);
             let mid = self.mid();
             let timeout = self.config.ack_timeout.mul_f64(self.random_factor());
-            let Some(o) = self.observers.get_mut(&key) else { continue };
+            let Some(o) = self.observers.get_mut(&key) else {
+                continue;
+            };
             let mut data = Vec::new();
             message::encode(&mut data, MsgType::Con, mid, o.token.as_slice(), &spec);
             o.etag = res.etag;
@@ -654,7 +734,13 @@ impl<R: Resources> Server<R> {
                 self.pending_mids.remove(&(key.0, old.mid));
             }
             let due = now + timeout;
-            o.pending = Some(Pending { mid, attempts: 0, timeout, due, data: data.clone() });
+            o.pending = Some(Pending {
+                mid,
+                attempts: 0,
+                timeout,
+                due,
+                data: data.clone(),
+            });
             self.pending_mids.insert((key.0, mid), key.1.clone());
             self.timers.push(Reverse((due, key.0, key.1.clone())));
             self.stats.notifications += 1;
@@ -672,7 +758,11 @@ impl<R: Resources> Server<R> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
         let dedup = self.dedup.rotated + self.config.exchange_lifetime;
-        let change = if self.observers.is_empty() { None } else { self.next_change_poll };
+        let change = if self.observers.is_empty() {
+            None
+        } else {
+            self.next_change_poll
+        };
         [timer, Some(dedup), change].into_iter().flatten().min()
     }
 }

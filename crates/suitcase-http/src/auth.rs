@@ -79,7 +79,10 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 impl Tokens {
     /// Tokens kept at `path` (the file may not exist yet).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Tokens { path: path.into(), cache: RwLock::new((None, Vec::new())) }
+        Tokens {
+            path: path.into(),
+            cache: RwLock::new((None, Vec::new())),
+        }
     }
 
     /// The file.
@@ -119,7 +122,10 @@ impl Tokens {
 
     /// Create a token; returns it (shown once, only its hash is kept).
     pub fn create(&self, name: &str, role: Role) -> Result<String, TokenError> {
-        if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b)) {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+        {
             return Err(TokenError::BadName);
         }
         let mut entries = self.list()?;
@@ -129,8 +135,16 @@ impl Tokens {
         let mut raw = [0u8; 20];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
         let token = hex::encode(raw);
-        let created = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-        entries.push(TokenEntry { name: name.to_string(), role, sha256: hex::encode(digest(&token)), created });
+        let created = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        entries.push(TokenEntry {
+            name: name.to_string(),
+            role,
+            sha256: hex::encode(digest(&token)),
+            created,
+        });
         self.save(&entries)?;
         Ok(token)
     }
@@ -149,7 +163,9 @@ impl Tokens {
 
     /// The current entries, re-read when the file's mtime changed.
     fn current(&self) -> Vec<TokenEntry> {
-        let mtime = std::fs::metadata(&self.path).and_then(|m| Ok((m.modified()?, m.len()))).ok();
+        let mtime = std::fs::metadata(&self.path)
+            .and_then(|m| Ok((m.modified()?, m.len())))
+            .ok();
         if let Ok(c) = self.cache.read() {
             if c.0 == mtime {
                 return c.1.clone();
@@ -160,7 +176,12 @@ impl Tokens {
             Err(e) => {
                 // Fail closed: an unreadable token file accepts nobody.
                 tracing::error!(error = %e, "token file unreadable; refusing every token");
-                return vec![TokenEntry { name: String::new(), role: Role::Publisher, sha256: String::new(), created: 0 }];
+                return vec![TokenEntry {
+                    name: String::new(),
+                    role: Role::Publisher,
+                    sha256: String::new(),
+                    created: 0,
+                }];
             }
         };
         if let Ok(mut c) = self.cache.write() {
@@ -193,14 +214,18 @@ impl Tokens {
 fn credential<'a>(req: &'a Request, schemes: &[&str]) -> Option<&'a str> {
     let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;
-    schemes.iter().any(|s| s.eq_ignore_ascii_case(scheme)).then_some(rest.trim())
+    schemes
+        .iter()
+        .any(|s| s.eq_ignore_ascii_case(scheme))
+        .then_some(rest.trim())
 }
 
 fn peer(req: &Request) -> Option<SocketAddr> {
     let ext = req.extensions();
-    ext.get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0)
-        .or_else(|| ext.get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>().map(|c| c.0))
+    ext.get::<ConnectInfo<SocketAddr>>().map(|c| c.0).or_else(|| {
+        ext.get::<axum::extract::connect_info::MockConnectInfo<SocketAddr>>()
+            .map(|c| c.0)
+    })
 }
 
 /// Who made a mutation, for the audit log: a token's name, or the loopback peer.
@@ -222,8 +247,13 @@ pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next
             }
             None => {
                 tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), %path, "rejected: no valid publisher token");
-                let mut r = ApiError::new(StatusCode::UNAUTHORIZED, "a valid publisher token is required (Authorization: Bearer <token>)").into_response();
-                r.headers_mut().insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+                let mut r = ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "a valid publisher token is required (Authorization: Bearer <token>)",
+                )
+                .into_response();
+                r.headers_mut()
+                    .insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
                 r
             }
         }
@@ -232,7 +262,11 @@ pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next
         next.run(req).await
     } else {
         tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), %path, "rejected: no publisher token exists, mutations are open to localhost only");
-        ApiError::new(StatusCode::FORBIDDEN, "no publisher token is configured, so publishing is open to localhost only (suitcase token create NAME)").into_response()
+        ApiError::new(
+            StatusCode::FORBIDDEN,
+            "no publisher token is configured, so publishing is open to localhost only (suitcase token create NAME)",
+        )
+        .into_response()
     }
 }
 
@@ -245,7 +279,11 @@ pub(crate) async fn device(State(st): State<AppState>, req: Request, next: Next)
         Some(_) => next.run(req).await,
         None => {
             tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), path = %req.uri().path(), "download rejected: no valid device token");
-            ApiError::new(StatusCode::FORBIDDEN, "a valid device token is required (Authorization: token <token>)").into_response()
+            ApiError::new(
+                StatusCode::FORBIDDEN,
+                "a valid device token is required (Authorization: token <token>)",
+            )
+            .into_response()
         }
     }
 }

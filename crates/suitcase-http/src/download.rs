@@ -11,7 +11,11 @@ use suitcase_store::{FileEntry, Version};
 use crate::{ApiError, AppState};
 
 /// `GET /files/<publish-id>/<file>` and `/files/<publish-id>/v/<n>/<file>`.
-pub(crate) async fn files(State(st): State<AppState>, headers: HeaderMap, Path(path): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn files(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
     let segments: Vec<&str> = path.split('/').collect();
     for split in (1..segments.len()).rev() {
         let id = segments[..split].join("/");
@@ -73,7 +77,11 @@ fn range(headers: &HeaderMap, len: u64) -> Option<Result<(u64, u64), ()>> {
         (len.saturating_sub(n), len)
     } else {
         let start: u64 = a.parse().ok()?;
-        let end = if b.is_empty() { len } else { b.parse::<u64>().ok()?.saturating_add(1).min(len) };
+        let end = if b.is_empty() {
+            len
+        } else {
+            b.parse::<u64>().ok()?.saturating_add(1).min(len)
+        };
         if start >= len || end <= start {
             return Some(Err(()));
         }
@@ -91,7 +99,10 @@ pub(crate) fn serve(headers: &HeaderMap, data: Bytes, entry: &FileEntry, content
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_TYPE, content_type);
     if if_none_match(headers, &tag) {
-        return builder.status(StatusCode::NOT_MODIFIED).body(Body::empty()).unwrap_or_default();
+        return builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(Body::empty())
+            .unwrap_or_default();
     }
     match range(headers, len) {
         None => builder = builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, len),
@@ -116,7 +127,10 @@ pub(crate) fn serve(headers: &HeaderMap, data: Bytes, entry: &FileEntry, content
 
 /// The newest version's first firmware file (what an HTTP-updating device gets).
 pub(crate) fn main_file(v: &Version) -> Option<&FileEntry> {
-    v.files.iter().find(|f| !f.name.ends_with(".zz")).or_else(|| v.files.first())
+    v.files
+        .iter()
+        .find(|f| !f.name.ends_with(".zz"))
+        .or_else(|| v.files.first())
 }
 
 /// Add a header if the value is valid.
@@ -126,4 +140,3 @@ pub(crate) fn with_header(mut r: Response, name: &'static str, value: &str) -> R
     }
     r
 }
-

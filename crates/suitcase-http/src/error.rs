@@ -17,20 +17,32 @@ pub struct ApiError {
 impl ApiError {
     /// Any status.
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError { status, message: message.into() }
+        ApiError {
+            status,
+            message: message.into(),
+        }
     }
     /// 400.
     pub fn bad_request(message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::BAD_REQUEST, message: message.into() }
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: message.into(),
+        }
     }
     /// 404.
     pub fn not_found(message: impl Into<String>) -> Self {
-        ApiError { status: StatusCode::NOT_FOUND, message: message.into() }
+        ApiError {
+            status: StatusCode::NOT_FOUND,
+            message: message.into(),
+        }
     }
     /// 500, with the detail logged, not sent.
     pub fn internal(detail: impl std::fmt::Display) -> Self {
         tracing::error!(error = %detail, "internal error");
-        ApiError { status: StatusCode::INTERNAL_SERVER_ERROR, message: "internal error (see the server log)".into() }
+        ApiError {
+            status: StatusCode::INTERNAL_SERVER_ERROR,
+            message: "internal error (see the server log)".into(),
+        }
     }
     /// The status.
     pub fn status(&self) -> StatusCode {
@@ -50,7 +62,10 @@ impl From<StoreError> for ApiError {
             StoreError::NoSpace | StoreError::ReadOnly => StatusCode::INSUFFICIENT_STORAGE,
             _ => return ApiError::internal(e),
         };
-        ApiError { status, message: e.to_string() }
+        ApiError {
+            status,
+            message: e.to_string(),
+        }
     }
 }
 

@@ -29,7 +29,12 @@ pub fn parse_version(s: &str) -> Option<semver::Version> {
         return Some(v);
     }
     let parts: Vec<&str> = t.split('.').collect();
-    if parts.is_empty() || parts.len() > 2 || !parts.iter().all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit())) {
+    if parts.is_empty()
+        || parts.len() > 2
+        || !parts
+            .iter()
+            .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_digit()))
+    {
         return None;
     }
     let padded = format!("{t}{}", ".0".repeat(3 - parts.len()));
@@ -45,17 +50,28 @@ fn newest(st: &AppState, id: &str) -> Option<std::sync::Arc<Version>> {
         .max_by(|a, b| a.semver.cmp(&b.semver).then(a.seq.cmp(&b.seq)))
 }
 
-pub(crate) async fn firmware(State(st): State<AppState>, headers: HeaderMap, Path(name): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn firmware(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
     suitcase_store::validate_publish_id(&name)?;
     let header = ["x-ESP8266-version", "x-ESP32-version"]
         .iter()
         .find_map(|h| headers.get(*h))
         .ok_or_else(|| ApiError::bad_request("missing x-ESP8266-version or x-ESP32-version header"))?;
-    let text = header.to_str().map_err(|_| ApiError::bad_request("version header is not text"))?;
-    let current = parse_version(text).ok_or_else(|| ApiError::bad_request(format!("version header {text:?} is not a version")))?;
+    let text = header
+        .to_str()
+        .map_err(|_| ApiError::bad_request("version header is not text"))?;
+    let current = parse_version(text)
+        .ok_or_else(|| ApiError::bad_request(format!("version header {text:?} is not a version")))?;
     let v = newest(&st, &name).ok_or_else(|| ApiError::not_found(format!("no versioned firmware {name:?}")))?;
     let latest = v.semver.clone().unwrap_or_else(|| semver::Version::new(0, 0, 0));
-    let mac = headers.get("x-ESP8266-STA-MAC").or_else(|| headers.get("x-ESP32-STA-MAC")).and_then(|h| h.to_str().ok()).unwrap_or("-");
+    let mac = headers
+        .get("x-ESP8266-STA-MAC")
+        .or_else(|| headers.get("x-ESP32-STA-MAC"))
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("-");
     if current >= latest {
         tracing::info!(target: "suitcase::audit", action = "esp-check", firmware = %name, device_version = %current, latest = %latest, mac, result = "current");
         return Ok(StatusCode::NOT_MODIFIED.into_response());
@@ -88,7 +104,10 @@ fn base_url(st: &AppState, headers: &HeaderMap) -> String {
     if let Some(u) = &st.config.public_http_url {
         return u.trim_end_matches('/').to_string();
     }
-    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+    let host = headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .unwrap_or("localhost");
     let scheme = if st.config.tls { "https" } else { "http" };
     format!("{scheme}://{host}")
 }
@@ -101,19 +120,39 @@ pub(crate) async fn put_image(
 ) -> Result<(StatusCode, Json<ImageUploaded>), ApiError> {
     let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
     let mut image = None;
-    while let Some(field) = mp.next_field().await.map_err(|e| ApiError::new(e.status(), format!("multipart: {}", e.body_text())))? {
+    while let Some(field) = mp
+        .next_field()
+        .await
+        .map_err(|e| ApiError::new(e.status(), format!("multipart: {}", e.body_text())))?
+    {
         if field.name() == Some("image") {
-            let name = field.file_name().map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string());
-            let data = field.bytes().await.map_err(|e| ApiError::new(e.status(), format!("multipart: {}", e.body_text())))?;
-            image = Some((name.ok_or_else(|| ApiError::bad_request("the image part has no filename"))?, data));
+            let name = field
+                .file_name()
+                .map(|n| n.rsplit(['/', '\\']).next().unwrap_or(n).to_string());
+            let data = field
+                .bytes()
+                .await
+                .map_err(|e| ApiError::new(e.status(), format!("multipart: {}", e.body_text())))?;
+            image = Some((
+                name.ok_or_else(|| ApiError::bad_request("the image part has no filename"))?,
+                data,
+            ));
         }
     }
     let (name, data) = image.ok_or_else(|| ApiError::bad_request("missing multipart field image"))?;
     let (ty, version) = split_image_name(&name)
         .ok_or_else(|| ApiError::bad_request(format!("{name:?}: the file name must be <type>_v<semver>.bin")))?;
     suitcase_store::validate_publish_id(ty)?;
-    if st.store.versions(ty).iter().any(|v| v.semver.as_ref() == Some(&version)) {
-        return Err(ApiError::new(StatusCode::CONFLICT, format!("{ty} {version} exists already (versions are immutable)")));
+    if st
+        .store
+        .versions(ty)
+        .iter()
+        .any(|v| v.semver.as_ref() == Some(&version))
+    {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("{ty} {version} exists already (versions are immutable)"),
+        ));
     }
     let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
     z.write_all(&data).map_err(ApiError::internal)?;
@@ -122,16 +161,33 @@ pub(crate) async fn put_image(
     let req = PublishRequest {
         publish_id: ty.to_string(),
         files: vec![
-            NewFile { name: name.clone(), data },
-            NewFile { name: format!("{name}.zz"), data: zdata.into() },
+            NewFile {
+                name: name.clone(),
+                data,
+            },
+            NewFile {
+                name: format!("{name}.zz"),
+                data: zdata.into(),
+            },
         ],
         semver: Some(version.clone()),
     };
     let store = st.store.clone();
-    let v = tokio::task::spawn_blocking(move || store.publish(req, Box::new(|_| Ok(None)))).await.map_err(ApiError::internal)??;
+    let v = tokio::task::spawn_blocking(move || store.publish(req, Box::new(|_| Ok(None))))
+        .await
+        .map_err(ApiError::internal)??;
     tracing::info!(target: "suitcase::audit", action = "put-image", who = %who, r#type = %v.publish_id, version = %version, size, zsize);
     let url = format!("{}/images/{}/{name}", base_url(&st, &headers), v.publish_id);
-    Ok((StatusCode::CREATED, Json(ImageUploaded { r#type: v.publish_id.clone(), version: version.to_string(), size, zsize, url })))
+    Ok((
+        StatusCode::CREATED,
+        Json(ImageUploaded {
+            r#type: v.publish_id.clone(),
+            version: version.to_string(),
+            size,
+            zsize,
+            url,
+        }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -148,7 +204,11 @@ pub(crate) struct ImageEntry {
     url: String,
 }
 
-pub(crate) async fn images_json(State(st): State<AppState>, headers: HeaderMap, Query(q): Query<ImagesQuery>) -> Result<Json<Vec<ImageEntry>>, ApiError> {
+pub(crate) async fn images_json(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Query(q): Query<ImagesQuery>,
+) -> Result<Json<Vec<ImageEntry>>, ApiError> {
     let ids: Vec<String> = match q.r#type.as_deref().filter(|t| !t.is_empty()) {
         Some(t) => {
             suitcase_store::validate_publish_id(t)?;
@@ -169,14 +229,22 @@ pub(crate) async fn images_json(State(st): State<AppState>, headers: HeaderMap, 
             continue;
         }
         let Some(f) = main_file(&v) else { continue };
-        out.push(ImageEntry { r#type: id.clone(), version: version.to_string(), url: format!("{base}/images/{id}/{}", f.name) });
+        out.push(ImageEntry {
+            r#type: id.clone(),
+            version: version.to_string(),
+            url: format!("{base}/images/{id}/{}", f.name),
+        });
     }
     out.sort_by(|a, b| a.r#type.cmp(&b.r#type));
     tracing::info!(target: "suitcase::audit", action = "images-query", r#type = ?q.r#type, vers = ?q.vers, addr = ?q.addr, offered = out.len());
     Ok(Json(out))
 }
 
-pub(crate) async fn image_file(State(st): State<AppState>, headers: HeaderMap, Path(path): Path<String>) -> Result<Response, ApiError> {
+pub(crate) async fn image_file(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    Path(path): Path<String>,
+) -> Result<Response, ApiError> {
     let (id, name) = match path.rsplit_once('/') {
         Some((id, name)) => (id.to_string(), name.to_string()),
         None => {
@@ -206,7 +274,10 @@ mod tests {
         assert_eq!(parse_version("1.2.3"), Some(semver::Version::new(1, 2, 3)));
         assert_eq!(parse_version("v1.10"), Some(semver::Version::new(1, 10, 0)));
         assert_eq!(parse_version("7"), Some(semver::Version::new(7, 0, 0)));
-        assert_eq!(parse_version("1.2.3-rc.1").map(|v| v.pre.to_string()), Some("rc.1".into()));
+        assert_eq!(
+            parse_version("1.2.3-rc.1").map(|v| v.pre.to_string()),
+            Some("rc.1".into())
+        );
         for bad in ["", "x", "1..2", "1.2.3.4", "1.a"] {
             assert_eq!(parse_version(bad), None, "{bad}");
         }

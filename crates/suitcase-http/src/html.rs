@@ -63,11 +63,19 @@ pub(crate) async fn index(State(st): State<AppState>, headers: HeaderMap) -> Htm
         let versions = st.store.versions(id);
         let _ = write!(body, "<section><h2 id=\"{0}\">{0}</h2>", esc(id));
         if versions.last().is_some_and(|v| v.manifest.is_some()) {
-            let _ = write!(body, "<p class=url>manifest: <code>{}</code></p>", esc(&format!("{base}/{id}/manifest")));
+            let _ = write!(
+                body,
+                "<p class=url>manifest: <code>{}</code></p>",
+                esc(&format!("{base}/{id}/manifest"))
+            );
         }
         body.push_str("<table><thead><tr><th>version</th><th>semver</th><th>sequence</th><th>published</th><th>files</th></tr></thead><tbody>");
         for v in versions.iter().rev() {
-            let seqno = v.manifest.as_ref().and_then(|m| m.sequence_number).map_or("–".to_string(), |n| n.to_string());
+            let seqno = v
+                .manifest
+                .as_ref()
+                .and_then(|m| m.sequence_number)
+                .map_or("–".to_string(), |n| n.to_string());
             let semver = v.semver.as_ref().map_or("–".to_string(), |s| s.to_string());
             let mut files = String::new();
             for f in v.files.iter().chain(v.manifest.as_ref().map(|m| &m.file)) {

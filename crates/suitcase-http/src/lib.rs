@@ -16,9 +16,9 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, HeaderMap};
+use axum::middleware;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
-use axum::middleware;
 use axum::{Json, Router};
 use serde::Serialize;
 use suitcase_store::{Store, Version};
@@ -82,7 +82,9 @@ fn host_only(h: &str) -> Option<String> {
     };
     let ok = !host.is_empty()
         && host.len() <= 255
-        && host.bytes().all(|b| b.is_ascii_alphanumeric() || b".-:[]%".contains(&b));
+        && host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b".-:[]%".contains(&b));
     ok.then_some(host)
 }
 
@@ -120,9 +122,12 @@ pub async fn serve(
     state: AppState,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }
 
 /// Serve the API over TLS (rustls) on an already bound listener until `shutdown` completes.
@@ -188,7 +193,11 @@ async fn list_ids(State(st): State<AppState>) -> Json<Vec<IdSummary>> {
         .into_iter()
         .map(|id| {
             let versions = st.store.versions(&id);
-            IdSummary { latest: versions.last().map(|v| v.seq), versions: versions.len(), publish_id: id }
+            IdSummary {
+                latest: versions.last().map(|v| v.seq),
+                versions: versions.len(),
+                publish_id: id,
+            }
         })
         .collect();
     Json(out)
@@ -249,7 +258,9 @@ async fn list_versions(
         return Err(ApiError::not_found(format!("no publish-id {id:?}")));
     }
     let base = st.coap_base(&headers);
-    Ok(Json(versions.iter().rev().map(|v| VersionView::new(v, &base)).collect()))
+    Ok(Json(
+        versions.iter().rev().map(|v| VersionView::new(v, &base)).collect(),
+    ))
 }
 
 #[cfg(test)]

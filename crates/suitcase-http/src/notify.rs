@@ -35,7 +35,11 @@ pub struct DeviceNotice {
 /// Sends the trigger to devices (implemented over CoAP by the binary).
 pub trait Notifier: Send + Sync + 'static {
     /// POST `manifest_url` to each device's trigger resource.
-    fn notify(&self, devices: Vec<String>, manifest_url: String) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>>;
+    fn notify(
+        &self,
+        devices: Vec<String>,
+        manifest_url: String,
+    ) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>>;
 }
 
 #[derive(Deserialize, Default)]
@@ -69,9 +73,16 @@ async fn read_form(req: Request) -> Result<NotifyForm, ApiError> {
         .await
         .map_err(|e| ApiError::bad_request(format!("multipart: {}", e.body_text())))?;
     let mut f = NotifyForm::default();
-    while let Some(field) = mp.next_field().await.map_err(|e| ApiError::bad_request(format!("multipart: {}", e.body_text())))? {
+    while let Some(field) = mp
+        .next_field()
+        .await
+        .map_err(|e| ApiError::bad_request(format!("multipart: {}", e.body_text())))?
+    {
         let name = field.name().unwrap_or_default().to_string();
-        let text = field.text().await.map_err(|e| ApiError::bad_request(format!("field {name:?}: {}", e.body_text())))?;
+        let text = field
+            .text()
+            .await
+            .map_err(|e| ApiError::bad_request(format!("field {name:?}: {}", e.body_text())))?;
         match name.as_str() {
             "publish_id" => f.publish_id = Some(text),
             "urls" => f.urls = Some(text),
@@ -119,10 +130,19 @@ fn manifest_url(base: &str, v: &Version, latest: bool) -> Option<String> {
     })
 }
 
-pub(crate) async fn notify(State(st): State<AppState>, headers: HeaderMap, req: Request) -> Result<Json<NotifyView>, ApiError> {
-    let who = req.extensions().get::<crate::auth::Who>().map_or_else(|| "-".to_string(), |w| w.0.clone());
+pub(crate) async fn notify(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    req: Request,
+) -> Result<Json<NotifyView>, ApiError> {
+    let who = req
+        .extensions()
+        .get::<crate::auth::Who>()
+        .map_or_else(|| "-".to_string(), |w| w.0.clone());
     let form = read_form(req).await?;
-    let id = form.publish_id.ok_or_else(|| ApiError::bad_request("missing field publish_id"))?;
+    let id = form
+        .publish_id
+        .ok_or_else(|| ApiError::bad_request("missing field publish_id"))?;
     suitcase_store::validate_publish_id(&id)?;
     let devices: Vec<String> = form
         .urls
@@ -133,7 +153,9 @@ pub(crate) async fn notify(State(st): State<AppState>, headers: HeaderMap, req: 
         .map(str::to_string)
         .collect();
     if devices.is_empty() {
-        return Err(ApiError::bad_request("missing field urls (comma-separated device addresses)"));
+        return Err(ApiError::bad_request(
+            "missing field urls (comma-separated device addresses)",
+        ));
     }
     if devices.len() > 1000 {
         return Err(ApiError::bad_request("at most 1000 devices per request"));
@@ -143,13 +165,19 @@ pub(crate) async fn notify(State(st): State<AppState>, headers: HeaderMap, req: 
     let base = st.coap_base(&headers);
     let url = manifest_url(&base, &version, latest)
         .ok_or_else(|| ApiError::not_found(format!("version {} of {id:?} has no manifest", version.seq)))?;
-    let notifier = st
-        .notifier
-        .clone()
-        .ok_or_else(|| ApiError::new(axum::http::StatusCode::SERVICE_UNAVAILABLE, "notify is not available on this server"))?;
+    let notifier = st.notifier.clone().ok_or_else(|| {
+        ApiError::new(
+            axum::http::StatusCode::SERVICE_UNAVAILABLE,
+            "notify is not available on this server",
+        )
+    })?;
     tracing::info!(target: "suitcase::audit", action = "notify", who = %who, publish_id = %id, version = version.seq, url = %url, devices = devices.len());
     let results = notifier.notify(devices, url.clone()).await;
-    Ok(Json(NotifyView { publish_id: id, manifest_url: url, results }))
+    Ok(Json(NotifyView {
+        publish_id: id,
+        manifest_url: url,
+        results,
+    }))
 }
 
 #[derive(Deserialize)]
@@ -174,7 +202,9 @@ pub(crate) async fn remove(
     let v = find_version(&st, &body.publish_id, Some(&which))?;
     let store = st.store.clone();
     let (id, seq) = (body.publish_id.clone(), v.seq);
-    let removed = tokio::task::spawn_blocking(move || store.remove(&id, seq)).await.map_err(ApiError::internal)??;
+    let removed = tokio::task::spawn_blocking(move || store.remove(&id, seq))
+        .await
+        .map_err(ApiError::internal)??;
     tracing::info!(target: "suitcase::audit", action = "remove", who = %who, publish_id = %removed.publish_id, version = removed.seq);
     Ok(Json(VersionView::new(&removed, &st.coap_base(&headers))))
 }

@@ -62,7 +62,10 @@ pub(crate) async fn publish(
                 files.push(NewFile { name: stored, data });
             }
             "" => return Err(ApiError::bad_request("a multipart part has no name")),
-            other => files.push(NewFile { name: basename(other).to_string(), data }),
+            other => files.push(NewFile {
+                name: basename(other).to_string(),
+                data,
+            }),
         }
     }
     let publish_id = publish_id.ok_or_else(|| ApiError::bad_request("missing field publish_id"))?;
@@ -93,7 +96,11 @@ pub(crate) async fn publish(
     let coap_base = st.coap_base(&headers);
     let class = class.unwrap_or_else(|| publish_id.clone());
     let audit: Vec<(String, usize)> = files.iter().map(|f| (f.name.clone(), f.data.len())).collect();
-    let req = PublishRequest { publish_id: publish_id.clone(), files, semver };
+    let req = PublishRequest {
+        publish_id: publish_id.clone(),
+        files,
+        semver,
+    };
     let store = st.store.clone();
     let signer = st.signer.clone();
     let base = coap_base.clone();

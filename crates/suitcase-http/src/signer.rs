@@ -14,7 +14,10 @@ pub struct Signer {
 impl Signer {
     /// A signer with `key` for vendor `vendor_domain` (vendor-id = UUID5(DNS, domain)).
     pub fn new(key: SigningKey, vendor_domain: impl Into<String>) -> Self {
-        Signer { key, vendor_domain: vendor_domain.into() }
+        Signer {
+            key,
+            vendor_domain: vendor_domain.into(),
+        }
     }
 
     /// The public key, PEM.
@@ -35,7 +38,12 @@ impl Signer {
         let mut b = ManifestBuilder::new(Profile::Draft37, sequence_number, vendor, class);
         for entry in draft.files {
             let uri = format!("{coap_base}/{}/v/{}/{}", draft.publish_id, draft.seq, entry.name);
-            b = b.image(Image { uri, sha256: entry.sha256.0, size: entry.size, slot: None });
+            b = b.image(Image {
+                uri,
+                sha256: entry.sha256.0,
+                size: entry.size,
+                slot: None,
+            });
         }
         let manifest = b.build().map_err(|e| e.to_string())?;
         let envelope = Envelope::sign(Profile::Draft37, &manifest, &self.key).map_err(|e| e.to_string())?;

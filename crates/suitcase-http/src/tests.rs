@@ -12,7 +12,11 @@ use tower::ServiceExt;
 struct Recorder(std::sync::Mutex<Vec<(Vec<String>, String)>>);
 
 impl Notifier for Recorder {
-    fn notify(&self, devices: Vec<String>, url: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<DeviceNotice>> + Send>> {
+    fn notify(
+        &self,
+        devices: Vec<String>,
+        url: String,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<DeviceNotice>> + Send>> {
         self.0.lock().unwrap().push((devices.clone(), url));
         Box::pin(async move {
             devices
@@ -37,7 +41,13 @@ fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
     let st = AppState {
         store,
         signer: Arc::new(Signer::new(key.clone(), "example.org")),
-        config: Arc::new(Config { coap_base_url: None, coap_port: 5683, max_body_bytes: 1 << 20, public_http_url: None, tls: false }),
+        config: Arc::new(Config {
+            coap_base_url: None,
+            coap_port: 5683,
+            max_body_bytes: 1 << 20,
+            public_http_url: None,
+            tls: false,
+        }),
         notifier: Some(Arc::new(Recorder::default())),
         tokens: Arc::new(auth::Tokens::new(dir.join("tokens.json"))),
     };
@@ -50,7 +60,9 @@ fn app(st: AppState) -> Router {
 }
 
 fn app_from(st: AppState, ip: [u8; 4]) -> Router {
-    router(st).layer(axum::extract::connect_info::MockConnectInfo(std::net::SocketAddr::from((ip, 40000))))
+    router(st).layer(axum::extract::connect_info::MockConnectInfo(
+        std::net::SocketAddr::from((ip, 40000)),
+    ))
 }
 
 /// (field name, filename, content).
@@ -84,7 +96,10 @@ async fn post(app: Router, parts: &[Part<'_>]) -> (StatusCode, serde_json::Value
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -92,23 +107,48 @@ async fn publish_builds_a_signed_manifest_with_growing_sequence_numbers() {
     let dir = tempfile::tempdir().unwrap();
     let (st, key) = state(dir.path());
     let app = app(st.clone());
-    let (s, v1) = post(app.clone(), &[("publish_id", None, b"fw/app/board"), ("app.bin", Some("app.bin"), b"firmware one")]).await;
+    let (s, v1) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"fw/app/board"),
+            ("app.bin", Some("app.bin"), b"firmware one"),
+        ],
+    )
+    .await;
     assert_eq!(s, StatusCode::OK, "{v1}");
     assert_eq!(v1["version"], 1);
-    assert_eq!(v1["files"][0]["url"], "coap://ota.example:5683/fw/app/board/v/1/app.bin");
-    let (_, v2) = post(app, &[("publish_id", None, b"fw/app/board"), ("file", Some("app.bin"), b"firmware two")]).await;
+    assert_eq!(
+        v1["files"][0]["url"],
+        "coap://ota.example:5683/fw/app/board/v/1/app.bin"
+    );
+    let (_, v2) = post(
+        app,
+        &[
+            ("publish_id", None, b"fw/app/board"),
+            ("file", Some("app.bin"), b"firmware two"),
+        ],
+    )
+    .await;
     assert_eq!(v2["version"], 2);
     assert!(v2["sequence_number"].as_u64() > v1["sequence_number"].as_u64());
 
     let latest = st.store.latest("fw/app/board").unwrap();
     let m = latest.manifest.as_ref().unwrap();
     let bytes = st.store.read(&m.file.sha256).unwrap();
-    let env = suitcase_suit::Envelope::decode(&bytes).unwrap().verify(&key.verifying_key()).unwrap();
+    let env = suitcase_suit::Envelope::decode(&bytes)
+        .unwrap()
+        .verify(&key.verifying_key())
+        .unwrap();
     let params = env.manifest().component_parameters();
-    assert_eq!(params[0].1.get(14), Some(&suitcase_suit::manifest::ParamValue::Uint(12)));
+    assert_eq!(
+        params[0].1.get(14),
+        Some(&suitcase_suit::manifest::ParamValue::Uint(12))
+    );
     assert_eq!(
         params[0].1.get(21),
-        Some(&suitcase_suit::manifest::ParamValue::Text("coap://ota.example:5683/fw/app/board/v/2/app.bin".into()))
+        Some(&suitcase_suit::manifest::ParamValue::Text(
+            "coap://ota.example:5683/fw/app/board/v/2/app.bin".into()
+        ))
     );
 }
 
@@ -118,17 +158,48 @@ async fn bad_publishes_get_clear_errors() {
     let (st, _) = state(dir.path());
     let app = app(st.clone());
     let cases: Vec<(Vec<Part<'_>>, StatusCode, &str)> = vec![
-        (vec![("a.bin", Some("a.bin"), b"x")], StatusCode::BAD_REQUEST, "publish_id"),
-        (vec![("publish_id", None, b"../etc"), ("a.bin", Some("a.bin"), b"x")], StatusCode::BAD_REQUEST, "invalid publish-id"),
+        (
+            vec![("a.bin", Some("a.bin"), b"x")],
+            StatusCode::BAD_REQUEST,
+            "publish_id",
+        ),
+        (
+            vec![("publish_id", None, b"../etc"), ("a.bin", Some("a.bin"), b"x")],
+            StatusCode::BAD_REQUEST,
+            "invalid publish-id",
+        ),
         (vec![("publish_id", None, b"ok")], StatusCode::BAD_REQUEST, "No file"),
-        (vec![("publish_id", None, b"ok"), ("version", None, b"one"), ("a", Some("a"), b"x")], StatusCode::BAD_REQUEST, "semver"),
-        (vec![("publish_id", None, b"ok"), ("manifest", Some("m"), b"\xff\x00"), ("a", Some("a"), b"x")], StatusCode::BAD_REQUEST, "manifest"),
-        (vec![("publish_id", None, b"ok"), (".hidden", Some("a"), b"x")], StatusCode::BAD_REQUEST, "file name"),
+        (
+            vec![
+                ("publish_id", None, b"ok"),
+                ("version", None, b"one"),
+                ("a", Some("a"), b"x"),
+            ],
+            StatusCode::BAD_REQUEST,
+            "semver",
+        ),
+        (
+            vec![
+                ("publish_id", None, b"ok"),
+                ("manifest", Some("m"), b"\xff\x00"),
+                ("a", Some("a"), b"x"),
+            ],
+            StatusCode::BAD_REQUEST,
+            "manifest",
+        ),
+        (
+            vec![("publish_id", None, b"ok"), (".hidden", Some("a"), b"x")],
+            StatusCode::BAD_REQUEST,
+            "file name",
+        ),
     ];
     for (parts, status, needle) in cases {
         let (s, body) = post(app.clone(), &parts).await;
         assert_eq!(s, status, "{body}");
-        assert!(body["error"].as_str().unwrap().contains(needle), "{body} lacks {needle}");
+        assert!(
+            body["error"].as_str().unwrap().contains(needle),
+            "{body} lacks {needle}"
+        );
     }
     assert!(st.store.publish_ids().is_empty());
     // Oversize upload.
@@ -143,17 +214,34 @@ async fn coap_url_and_listing() {
     let dir = tempfile::tempdir().unwrap();
     let (st, _) = state(dir.path());
     let app = app(st);
-    post(app.clone(), &[("publish_id", None, b"samr21-xpro_suit"), ("slot0.1.bin", Some("x"), b"1")]).await;
-    let req = Request::get("/coap/url/samr21-xpro_suit").header("host", "[2001:db8::1]:8080").body(Body::empty()).unwrap();
+    post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"samr21-xpro_suit"),
+            ("slot0.1.bin", Some("x"), b"1"),
+        ],
+    )
+    .await;
+    let req = Request::get("/coap/url/samr21-xpro_suit")
+        .header("host", "[2001:db8::1]:8080")
+        .body(Body::empty())
+        .unwrap();
     let resp = app.clone().oneshot(req).await.unwrap();
     let body = axum::body::to_bytes(resp.into_body(), 1000).await.unwrap();
     assert_eq!(&body[..], b"coap://[2001:db8::1]:5683/samr21-xpro_suit");
-    let resp = app.clone().oneshot(Request::get("/api/v1/publish-ids").body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app
+        .clone()
+        .oneshot(Request::get("/api/v1/publish-ids").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     let body = axum::body::to_bytes(resp.into_body(), 10000).await.unwrap();
     let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
     assert_eq!(v[0]["publish_id"], "samr21-xpro_suit");
     assert_eq!(v[0]["latest"], 1);
-    let resp = app.oneshot(Request::get("/api/v1/publish-ids/nope").body(Body::empty()).unwrap()).await.unwrap();
+    let resp = app
+        .oneshot(Request::get("/api/v1/publish-ids/nope").body(Body::empty()).unwrap())
+        .await
+        .unwrap();
     assert_eq!(resp.status(), StatusCode::NOT_FOUND);
 }
 
@@ -161,7 +249,10 @@ async fn send(app: Router, req: Request<Body>) -> (StatusCode, serde_json::Value
     let resp = app.oneshot(req).await.unwrap();
     let status = resp.status();
     let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    (status, serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null))
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+    )
 }
 
 #[tokio::test]
@@ -173,11 +264,21 @@ async fn riot_publish_then_notify_and_remove() {
     let vendor = suitcase_suit::builder::vendor_id("riot-os.org");
     let class = suitcase_suit::builder::class_id(&vendor, "native");
     let m = suitcase_suit::ManifestBuilder::new(suitcase_suit::Profile::Riot09, 1700000000, vendor, class)
-        .image(suitcase_suit::Image::from_bytes("coap://[::1]/fw/app/native/slot0.1700000000.bin", b"slot0", Some(0x1000)))
-        .image(suitcase_suit::Image::from_bytes("coap://[::1]/fw/app/native/slot1.1700000000.bin", b"slot1", Some(0x2000)))
+        .image(suitcase_suit::Image::from_bytes(
+            "coap://[::1]/fw/app/native/slot0.1700000000.bin",
+            b"slot0",
+            Some(0x1000),
+        ))
+        .image(suitcase_suit::Image::from_bytes(
+            "coap://[::1]/fw/app/native/slot1.1700000000.bin",
+            b"slot1",
+            Some(0x2000),
+        ))
         .build()
         .unwrap();
-    let env = suitcase_suit::Envelope::sign(suitcase_suit::Profile::Riot09, &m, &key).unwrap().encode();
+    let env = suitcase_suit::Envelope::sign(suitcase_suit::Profile::Riot09, &m, &key)
+        .unwrap()
+        .encode();
     let (s, v) = post(
         app.clone(),
         &[
@@ -195,11 +296,22 @@ async fn riot_publish_then_notify_and_remove() {
     assert_eq!(v["files"].as_array().unwrap().len(), 3);
 
     // Notify as RIOT's make target does (multipart fields).
-    let (ct, body) = multipart(&[("publish_id", None, b"fw/app/native"), ("urls", None, b"[fe80::1%tap0], 10.0.0.7:5683"), ("version", None, b"latest")]);
-    let req = Request::post("/notify").header("content-type", ct).header("host", "[2001:db8::1]:8080").body(Body::from(body)).unwrap();
+    let (ct, body) = multipart(&[
+        ("publish_id", None, b"fw/app/native"),
+        ("urls", None, b"[fe80::1%tap0], 10.0.0.7:5683"),
+        ("version", None, b"latest"),
+    ]);
+    let req = Request::post("/notify")
+        .header("content-type", ct)
+        .header("host", "[2001:db8::1]:8080")
+        .body(Body::from(body))
+        .unwrap();
     let (s, v) = send(app.clone(), req).await;
     assert_eq!(s, StatusCode::OK, "{v}");
-    assert_eq!(v["manifest_url"], "coap://[2001:db8::1]:5683/fw/app/native/riot.suit.latest.bin");
+    assert_eq!(
+        v["manifest_url"],
+        "coap://[2001:db8::1]:5683/fw/app/native/riot.suit.latest.bin"
+    );
     assert_eq!(v["results"].as_array().unwrap().len(), 2);
     assert_eq!(v["results"][0]["code"], "2.01");
     // A form-encoded notify naming the sequence number.
@@ -218,7 +330,10 @@ async fn riot_publish_then_notify_and_remove() {
         ("publish_id=fw%2Fapp%2Fnative&urls=", StatusCode::BAD_REQUEST),
         ("urls=d", StatusCode::BAD_REQUEST),
     ] {
-        let req = Request::post("/notify").header("content-type", "application/x-www-form-urlencoded").body(Body::from(body)).unwrap();
+        let req = Request::post("/notify")
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(Body::from(body))
+            .unwrap();
         let (s, v) = send(app.clone(), req).await;
         assert_eq!(s, status, "{body}: {v}");
         assert!(v["error"].is_string());
@@ -247,7 +362,9 @@ async fn body_of(r: axum::response::Response) -> Vec<u8> {
 
 async fn put_image(app: Router, filename: &str, data: &[u8], auth: Option<&str>) -> (StatusCode, serde_json::Value) {
     let (ct, body) = multipart(&[("image", Some(filename), data)]);
-    let mut b = Request::put("/images").header("content-type", ct).header("host", "ota.local:8080");
+    let mut b = Request::put("/images")
+        .header("content-type", ct)
+        .header("host", "ota.local:8080");
     if let Some(a) = auth {
         b = b.header("authorization", a);
     }
@@ -259,15 +376,23 @@ async fn esp_http_update_contract() {
     let dir = tempfile::tempdir().unwrap();
     let (st, _) = state(dir.path());
     let app = app(st);
-    let image: Vec<u8> = std::iter::once(0xE9).chain((0..5000u32).map(|i| (i % 251) as u8)).collect();
+    let image: Vec<u8> = std::iter::once(0xE9)
+        .chain((0..5000u32).map(|i| (i % 251) as u8))
+        .collect();
     let (s, v) = put_image(app.clone(), "sensor_v1.9.0.bin", b"\xE9old", None).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     let (s, v) = put_image(app.clone(), "sensor_v1.10.0.bin", &image, None).await;
     assert_eq!(s, StatusCode::CREATED, "{v}");
     assert_eq!(v["url"], "http://ota.local:8080/images/sensor/sensor_v1.10.0.bin");
     // Immutable: the same version again is a conflict; a name without version is refused.
-    assert_eq!(put_image(app.clone(), "sensor_v1.10.0.bin", b"x", None).await.0, StatusCode::CONFLICT);
-    assert_eq!(put_image(app.clone(), "sensor.bin", b"x", None).await.0, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        put_image(app.clone(), "sensor_v1.10.0.bin", b"x", None).await.0,
+        StatusCode::CONFLICT
+    );
+    assert_eq!(
+        put_image(app.clone(), "sensor.bin", b"x", None).await.0,
+        StatusCode::BAD_REQUEST
+    );
 
     // sglahn: 400 without the header, 304 when current (semver: 1.10 > 1.9), 200 + x-MD5 when not.
     let r = get_with(app.clone(), "/firmware/sensor", &[]).await;
@@ -284,12 +409,25 @@ async fn esp_http_update_contract() {
     assert_eq!(got, image);
     use md5::Digest as _;
     assert_eq!(md5, hex::encode(md5::Md5::digest(&image)));
-    assert_eq!(get_with(app.clone(), "/firmware/nope", &[("x-ESP32-version", "1.0")]).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        get_with(app.clone(), "/firmware/nope", &[("x-ESP32-version", "1.0")])
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
 
     // esp32FOTA: the newest by semver; nothing when the device is current.
-    let r = get_with(app.clone(), "/images/images.json?type=sensor&vers=1.9.0&addr=AA:BB", &[]).await;
+    let r = get_with(
+        app.clone(),
+        "/images/images.json?type=sensor&vers=1.9.0&addr=AA:BB",
+        &[],
+    )
+    .await;
     let v: serde_json::Value = serde_json::from_slice(&body_of(r).await).unwrap();
-    assert_eq!(v, serde_json::json!([{"type": "sensor", "version": "1.10.0", "url": "http://ota.local:8080/images/sensor/sensor_v1.10.0.bin"}]));
+    assert_eq!(
+        v,
+        serde_json::json!([{"type": "sensor", "version": "1.10.0", "url": "http://ota.local:8080/images/sensor/sensor_v1.10.0.bin"}])
+    );
     let r = get_with(app.clone(), "/images/images.json?type=sensor&vers=1.10.0", &[]).await;
     assert_eq!(body_of(r).await, b"[]");
     let r = get_with(app.clone(), "/images/images.json?type=unknown", &[]).await;
@@ -303,15 +441,38 @@ async fn esp_http_update_contract() {
     let mut inflated = Vec::new();
     std::io::Read::read_to_end(&mut flate2::read::ZlibDecoder::new(&z[..]), &mut inflated).unwrap();
     assert_eq!(inflated, image);
-    let r = get_with(app.clone(), "/images/sensor/sensor_v1.10.0.bin", &[("range", "bytes=10-19")]).await;
+    let r = get_with(
+        app.clone(),
+        "/images/sensor/sensor_v1.10.0.bin",
+        &[("range", "bytes=10-19")],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
-    assert_eq!(r.headers()["content-range"], format!("bytes 10-19/{}", image.len()).as_str());
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{}", image.len()).as_str()
+    );
     assert_eq!(body_of(r).await, image[10..20]);
-    let r = get_with(app.clone(), "/images/sensor/sensor_v1.10.0.bin", &[("range", "bytes=-5")]).await;
+    let r = get_with(
+        app.clone(),
+        "/images/sensor/sensor_v1.10.0.bin",
+        &[("range", "bytes=-5")],
+    )
+    .await;
     assert_eq!(body_of(r).await, image[image.len() - 5..]);
-    let r = get_with(app.clone(), "/images/sensor/sensor_v1.10.0.bin", &[("range", "bytes=999999-")]).await;
+    let r = get_with(
+        app.clone(),
+        "/images/sensor/sensor_v1.10.0.bin",
+        &[("range", "bytes=999999-")],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
-    let r = get_with(app.clone(), "/images/sensor/sensor_v1.10.0.bin", &[("if-none-match", &etag)]).await;
+    let r = get_with(
+        app.clone(),
+        "/images/sensor/sensor_v1.10.0.bin",
+        &[("if-none-match", &etag)],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::NOT_MODIFIED);
     let r = get_with(app.clone(), "/files/sensor/v/1/sensor_v1.9.0.bin", &[]).await;
     assert_eq!(body_of(r).await, b"\xE9old");
@@ -325,12 +486,29 @@ async fn tokens_guard_mutations_and_downloads() {
     let (s, v) = put_image(app_from(st.clone(), [192, 0, 2, 7]), "a_v1.0.0.bin", b"x", None).await;
     assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
     assert!(v["error"].as_str().unwrap().contains("localhost only"));
-    assert_eq!(put_image(app(st.clone()), "a_v1.0.0.bin", b"x", None).await.0, StatusCode::CREATED);
+    assert_eq!(
+        put_image(app(st.clone()), "a_v1.0.0.bin", b"x", None).await.0,
+        StatusCode::CREATED
+    );
     // A publisher token: required from everyone, loopback included.
     let tok = st.tokens.create("ci", auth::Role::Publisher).unwrap();
-    assert_eq!(put_image(app(st.clone()), "a_v1.1.0.bin", b"x", None).await.0, StatusCode::UNAUTHORIZED);
-    assert_eq!(put_image(app(st.clone()), "a_v1.1.0.bin", b"x", Some("Bearer 0123")).await.0, StatusCode::UNAUTHORIZED);
-    let (s, _) = put_image(app_from(st.clone(), [192, 0, 2, 7]), "a_v1.1.0.bin", b"x", Some(&format!("Bearer {tok}"))).await;
+    assert_eq!(
+        put_image(app(st.clone()), "a_v1.1.0.bin", b"x", None).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        put_image(app(st.clone()), "a_v1.1.0.bin", b"x", Some("Bearer 0123"))
+            .await
+            .0,
+        StatusCode::UNAUTHORIZED
+    );
+    let (s, _) = put_image(
+        app_from(st.clone(), [192, 0, 2, 7]),
+        "a_v1.1.0.bin",
+        b"x",
+        Some(&format!("Bearer {tok}")),
+    )
+    .await;
     assert_eq!(s, StatusCode::CREATED);
     // Downloads are open until a device token exists.
     let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1")]).await;
@@ -338,9 +516,19 @@ async fn tokens_guard_mutations_and_downloads() {
     let dev = st.tokens.create("fleet", auth::Role::Device).unwrap();
     let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1")]).await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1"), ("authorization", "token wrong")]).await;
+    let r = get_with(
+        app(st.clone()),
+        "/firmware/a",
+        &[("x-ESP32-version", "0.1"), ("authorization", "token wrong")],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1"), ("authorization", &format!("token {dev}"))]).await;
+    let r = get_with(
+        app(st.clone()),
+        "/firmware/a",
+        &[("x-ESP32-version", "0.1"), ("authorization", &format!("token {dev}"))],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     // A device token does not publish.
     let (s, _) = put_image(app(st.clone()), "a_v2.0.0.bin", b"x", Some(&format!("Bearer {dev}"))).await;
@@ -348,5 +536,8 @@ async fn tokens_guard_mutations_and_downloads() {
     // The listing stays readable.
     let r = get_with(app(st), "/", &[]).await;
     let html = String::from_utf8(body_of(r).await).unwrap();
-    assert!(html.contains("<h2 id=\"a\">a</h2>") && html.contains("a_v1.1.0.bin"), "{html}");
+    assert!(
+        html.contains("<h2 id=\"a\">a</h2>") && html.contains("a_v1.1.0.bin"),
+        "{html}"
+    );
 }

@@ -11,7 +11,8 @@ fn segment_ok(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
 }
 
 /// Check a publish-id: segments of `[A-Za-z0-9._+-]` joined by `/` (RIOT uses
@@ -64,7 +65,20 @@ mod tests {
             assert!(validate_publish_id(ok).is_ok(), "{ok}");
             assert_eq!(from_dir_name(&dir_name(ok)), ok);
         }
-        for bad in ["", "/a", "a/", "a//b", "../x", "a/../b", "a/./b", "a\0b", "a b", "a%2Fb", "é", &"x".repeat(201)] {
+        for bad in [
+            "",
+            "/a",
+            "a/",
+            "a//b",
+            "../x",
+            "a/../b",
+            "a/./b",
+            "a\0b",
+            "a b",
+            "a%2Fb",
+            "é",
+            &"x".repeat(201),
+        ] {
             assert!(validate_publish_id(bad).is_err(), "{bad:?}");
         }
     }

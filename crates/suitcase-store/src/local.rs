@@ -24,9 +24,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::id::{dir_name, from_dir_name, validate_file_name, validate_publish_id};
-use crate::{
-    BuildManifest, Draft, FileEntry, ManifestEntry, PublishRequest, Sha256, Store, StoreError, Version,
-};
+use crate::{BuildManifest, Draft, FileEntry, ManifestEntry, PublishRequest, Sha256, Store, StoreError, Version};
 
 const FORMAT: &str = "suitcase-store 1\n";
 /// Bytes of file content kept in memory for serving.
@@ -252,7 +250,11 @@ impl LocalStore {
                     Some("removed") => true,
                     _ => continue,
                 };
-                let loaded = if removed { self.load_record_unchecked(&path) } else { self.load_record(&path) };
+                let loaded = if removed {
+                    self.load_record_unchecked(&path)
+                } else {
+                    self.load_record(&path)
+                };
                 match loaded {
                     Ok(v) if v.publish_id == name => {
                         let state = index.entry(name.clone()).or_default();
@@ -261,7 +263,9 @@ impl LocalStore {
                             state.versions.insert(v.seq, Arc::new(v));
                         }
                     }
-                    Ok(v) => tracing::error!(path = %path.display(), id = %v.publish_id, "record in the wrong directory, ignored"),
+                    Ok(v) => {
+                        tracing::error!(path = %path.display(), id = %v.publish_id, "record in the wrong directory, ignored")
+                    }
                     Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable version record, ignored"),
                 }
             }
@@ -373,7 +377,9 @@ impl LocalStore {
             return;
         }
         while c.used + len > c.budget {
-            let Some(victim) = c.map.keys().next().copied() else { break };
+            let Some(victim) = c.map.keys().next().copied() else {
+                break;
+            };
             if let Some(b) = c.map.remove(&victim) {
                 c.used -= b.len() as u64;
             }
@@ -384,7 +390,10 @@ impl LocalStore {
 }
 
 fn now_unix() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 impl Store for LocalStore {
@@ -409,7 +418,10 @@ impl Store for LocalStore {
         for (f, e) in req.files.iter().zip(&entries) {
             self.put_blob(&e.sha256, &f.data)?;
         }
-        let _guard = self.publish_lock.lock().map_err(|_| StoreError::BadRequest("store lock poisoned".into()))?;
+        let _guard = self
+            .publish_lock
+            .lock()
+            .map_err(|_| StoreError::BadRequest("store lock poisoned".into()))?;
         let previous = self.latest(&req.publish_id);
         let (max_seq, max_sequence_number) = self.high_water(&req.publish_id);
         let seq = max_seq + 1;
@@ -427,7 +439,10 @@ impl Store for LocalStore {
             Some(m) => {
                 validate_file_name(&m.name)?;
                 if entries.iter().any(|e| e.name == m.name) {
-                    return Err(StoreError::BadRequest(format!("manifest name {:?} is also a file", m.name)));
+                    return Err(StoreError::BadRequest(format!(
+                        "manifest name {:?} is also a file",
+                        m.name
+                    )));
                 }
                 if let (Some(new), Some(current)) = (m.sequence_number, max_sequence_number) {
                     if new <= current {
@@ -469,7 +484,10 @@ impl Store for LocalStore {
 
     fn remove(&self, publish_id: &str, seq: u64) -> Result<Arc<Version>, StoreError> {
         validate_publish_id(publish_id)?;
-        let _guard = self.publish_lock.lock().map_err(|_| StoreError::BadRequest("store lock poisoned".into()))?;
+        let _guard = self
+            .publish_lock
+            .lock()
+            .map_err(|_| StoreError::BadRequest("store lock poisoned".into()))?;
         let version = self
             .version(publish_id, seq)
             .ok_or_else(|| StoreError::NotFound(format!("version {seq} of {publish_id:?}")))?;
@@ -500,12 +518,18 @@ impl Store for LocalStore {
 
     fn versions(&self, publish_id: &str) -> Vec<Arc<Version>> {
         let Ok(idx) = self.index.read() else { return Vec::new() };
-        idx.get(publish_id).map(|m| m.versions.values().cloned().collect()).unwrap_or_default()
+        idx.get(publish_id)
+            .map(|m| m.versions.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     fn publish_ids(&self) -> Vec<String> {
         let Ok(idx) = self.index.read() else { return Vec::new() };
-        let mut ids: Vec<String> = idx.iter().filter(|(_, s)| !s.versions.is_empty()).map(|(k, _)| k.clone()).collect();
+        let mut ids: Vec<String> = idx
+            .iter()
+            .filter(|(_, s)| !s.versions.is_empty())
+            .map(|(k, _)| k.clone())
+            .collect();
         ids.sort();
         ids
     }
@@ -517,9 +541,7 @@ impl Store for LocalStore {
         let path = self.blob_path(digest);
         let data = match fs::read(&path) {
             Ok(d) => Bytes::from(d),
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(format!("blob {digest:?}")))
-            }
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound(format!("blob {digest:?}"))),
             Err(e) => return Err(io(&path, e)),
         };
         if Sha256::of(&data) != *digest {
@@ -541,7 +563,8 @@ impl LocalStore {
     /// (highest version number, highest manifest sequence number) ever stored for the id.
     fn high_water(&self, publish_id: &str) -> (u64, Option<u64>) {
         let Ok(idx) = self.index.read() else { return (0, None) };
-        idx.get(publish_id).map_or((0, None), |s| (s.max_seq, s.max_sequence_number))
+        idx.get(publish_id)
+            .map_or((0, None), |s| (s.max_seq, s.max_sequence_number))
     }
 }
 

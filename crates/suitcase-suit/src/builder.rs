@@ -11,8 +11,8 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::{Error, Result};
 use crate::manifest::{
-    cmd, param, policy, CommandArg, CommandSequence, Common, ComponentId, ComponentIndex, Manifest,
-    ParamValue, Parameters, Severable, SuitDigest,
+    cmd, param, policy, CommandArg, CommandSequence, Common, ComponentId, ComponentIndex, Manifest, ParamValue,
+    Parameters, Severable, SuitDigest,
 };
 use crate::profile::Profile;
 
@@ -157,7 +157,10 @@ impl ManifestBuilder {
                 let mut p = Parameters::default();
                 p.set(param::COMPONENT_SLOT, ParamValue::Uint(slot));
                 shared.push(cmd::OVERRIDE_PARAMETERS, CommandArg::Params(p));
-                shared.push(cmd::COMPONENT_SLOT, CommandArg::Policy(if riot { 5 } else { policy::ALL }));
+                shared.push(
+                    cmd::COMPONENT_SLOT,
+                    CommandArg::Policy(if riot { 5 } else { policy::ALL }),
+                );
             }
             install.push(cmd::OVERRIDE_PARAMETERS, CommandArg::Params(uri_param(&img.uri)));
         } else {
@@ -166,7 +169,11 @@ impl ManifestBuilder {
             }
             shared.push(cmd::OVERRIDE_PARAMETERS, CommandArg::Params(fixed));
             let slot_check = if riot { 5 } else { policy::ALL };
-            let set = if riot { cmd::SET_PARAMETERS } else { cmd::OVERRIDE_PARAMETERS };
+            let set = if riot {
+                cmd::SET_PARAMETERS
+            } else {
+                cmd::OVERRIDE_PARAMETERS
+            };
             let mut shared_alts = Vec::new();
             let mut install_alts = Vec::new();
             for img in &self.images {
@@ -191,11 +198,17 @@ impl ManifestBuilder {
             }
             shared.push(
                 cmd::TRY_EACH,
-                CommandArg::TryEach { alternatives: shared_alts, trailing_nil: false },
+                CommandArg::TryEach {
+                    alternatives: shared_alts,
+                    trailing_nil: false,
+                },
             );
             install.push(
                 cmd::TRY_EACH,
-                CommandArg::TryEach { alternatives: install_alts, trailing_nil: false },
+                CommandArg::TryEach {
+                    alternatives: install_alts,
+                    trailing_nil: false,
+                },
             );
         }
         shared
@@ -242,7 +255,11 @@ impl ManifestBuilder {
         let components = (0..self.images.len())
             .map(|i| ComponentId(vec![vec![i as u8]]))
             .collect();
-        let common = Common { components, shared_sequence: Some(shared), other: Vec::new() };
+        let common = Common {
+            components,
+            shared_sequence: Some(shared),
+            other: Vec::new(),
+        };
         (common, install, validate)
     }
 }

@@ -72,9 +72,7 @@ fn err(d: &Decoder<'_>, what: &str, e: minicbor::decode::Error) -> Error {
 
 impl<'b> Dec<'b> {
     pub(crate) fn new(bytes: &'b [u8]) -> Self {
-        Dec {
-            d: Decoder::new(bytes),
-        }
+        Dec { d: Decoder::new(bytes) }
     }
     pub(crate) fn position(&self) -> usize {
         self.d.position()
@@ -132,10 +130,7 @@ impl<'b> Dec<'b> {
         }
     }
     pub(crate) fn tag(&mut self, what: &str) -> Result<u64> {
-        self.d
-            .tag()
-            .map(|t| t.as_u64())
-            .map_err(|e| err(&self.d, what, e))
+        self.d.tag().map(|t| t.as_u64()).map_err(|e| err(&self.d, what, e))
     }
     /// Skip one item and return its verbatim encoding.
     pub(crate) fn raw(&mut self, what: &str) -> Result<&'b [u8]> {

@@ -177,8 +177,7 @@ impl VerifyingKey {
 
     /// A public key from PEM that may also be a private key (its public half is used).
     pub fn from_any_pem(pem: &str) -> Result<Self> {
-        Self::from_public_key_pem(pem)
-            .or_else(|_| SigningKey::from_pkcs8_pem(pem).map(|k| k.verifying_key()))
+        Self::from_public_key_pem(pem).or_else(|_| SigningKey::from_pkcs8_pem(pem).map(|k| k.verifying_key()))
     }
 
     /// Serialise as SPKI PEM.
@@ -225,7 +224,11 @@ impl VerifyingKey {
         let alg = match &sign1.protected.header.alg {
             Some(coset::RegisteredLabelWithPrivate::Assigned(a)) => *a as i64,
             Some(coset::RegisteredLabelWithPrivate::PrivateUse(a)) => *a,
-            _ => return Err(Error::Cose("COSE_Sign1 has no algorithm in its protected header".into())),
+            _ => {
+                return Err(Error::Cose(
+                    "COSE_Sign1 has no algorithm in its protected header".into(),
+                ))
+            }
         };
         let alg = Algorithm::from_cose(alg)?;
         if alg != self.algorithm() {
@@ -327,9 +330,11 @@ impl MacKey {
             b"",
             || Error::Cose("no payload".into()),
             |tag, tbm| {
-                let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).map_err(|e| Error::Key(e.to_string()))?;
+                let mut m =
+                    hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.0).map_err(|e| Error::Key(e.to_string()))?;
                 m.update(tbm);
-                m.verify_slice(tag).map_err(|_| Error::BadSignature("HMAC 256/256 tag does not verify".into()))
+                m.verify_slice(tag)
+                    .map_err(|_| Error::BadSignature("HMAC 256/256 tag does not verify".into()))
             },
         )
     }

@@ -35,7 +35,9 @@ fn item(d: &mut Dec<'_>, out: &mut String, depth: usize) -> Result<()> {
     match d.datatype()? {
         Type::U8 | Type::U16 | Type::U32 | Type::U64 => out.push_str(&format!("{}", d.uint("uint")?)),
         Type::I8 | Type::I16 | Type::I32 | Type::I64 | Type::Int => {
-            let i = d.d.int().map_err(|e| Error::malformed(d.position(), format!("int: {e}")))?;
+            let i =
+                d.d.int()
+                    .map_err(|e| Error::malformed(d.position(), format!("int: {e}")))?;
             out.push_str(&format!("{}", i128::from(i)));
         }
         Type::Bytes => {

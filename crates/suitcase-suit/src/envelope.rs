@@ -68,7 +68,10 @@ impl Envelope {
         if d.datatype()? == Type::Tag {
             let tag = d.tag("envelope tag")?;
             if Some(tag) != profile.envelope_tag() {
-                return Err(Error::malformed(0, alloc::format!("unexpected tag {tag} on the envelope")));
+                return Err(Error::malformed(
+                    0,
+                    alloc::format!("unexpected tag {tag} on the envelope"),
+                ));
             }
             tagged = true;
         }
@@ -82,24 +85,31 @@ impl Envelope {
             if d.datatype()? == Type::String && profile == Profile::Draft37 {
                 let k = d.text("integrated payload key")?.to_string();
                 if integrated.iter().any(|(x, _)| *x == k) {
-                    return Err(Error::Duplicate { structure: "envelope", key: k });
+                    return Err(Error::Duplicate {
+                        structure: "envelope",
+                        key: k,
+                    });
                 }
                 integrated.push((k, d.bytes("integrated payload")?.to_vec()));
                 continue;
             }
             let key = d.uint("envelope key")?;
             if seen_int.contains(&key) {
-                return Err(Error::Duplicate { structure: "envelope", key: key.to_string() });
+                return Err(Error::Duplicate {
+                    structure: "envelope",
+                    key: key.to_string(),
+                });
             }
             seen_int.push(key);
             match key {
                 2 => auth = Some(d.bytes("authentication wrapper")?),
                 3 => manifest_bytes = Some(d.bytes("manifest")?),
-                k if profile.severable_envelope_key(k) => {
-                    severed.push((k, d.bytes("severed member")?.to_vec()))
-                }
+                k if profile.severable_envelope_key(k) => severed.push((k, d.bytes("severed member")?.to_vec())),
                 k => {
-                    return Err(Error::UnknownKey { structure: "envelope", key: k.to_string() })
+                    return Err(Error::UnknownKey {
+                        structure: "envelope",
+                        key: k.to_string(),
+                    })
                 }
             }
         }
@@ -126,8 +136,8 @@ impl Envelope {
         }
         if profile == Profile::Riot09 {
             if let Some(first) = auth_blocks.first() {
-                let payload = sign1_payload(first)?
-                    .ok_or(Error::Missing("COSE payload (draft-09 attaches the digest)"))?;
+                let payload =
+                    sign1_payload(first)?.ok_or(Error::Missing("COSE payload (draft-09 attaches the digest)"))?;
                 auth_digest = Some(SuitDigest::from_cbor(&payload)?);
             }
         }
@@ -304,7 +314,9 @@ impl Envelope {
         // Re-check what will be signed (the draft's TOCTOU rule): it must decode back.
         let decoded = Manifest::decode(profile, &manifest_bytes)?;
         if &decoded != manifest {
-            return Err(Error::Build("manifest does not survive an encode/decode round trip".into()));
+            return Err(Error::Build(
+                "manifest does not survive an encode/decode round trip".into(),
+            ));
         }
         Ok(Envelope {
             profile,

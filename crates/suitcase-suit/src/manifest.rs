@@ -178,9 +178,7 @@ impl Parameters {
                 ParamValue::Digest(SuitDigest::from_cbor(d.bytes("image-digest")?)?)
             } else {
                 match d.datatype()? {
-                    Type::U8 | Type::U16 | Type::U32 | Type::U64 => {
-                        ParamValue::Uint(d.uint("parameter")?)
-                    }
+                    Type::U8 | Type::U16 | Type::U32 | Type::U64 => ParamValue::Uint(d.uint("parameter")?),
                     Type::Bytes => ParamValue::Bytes(d.bytes("parameter")?.to_vec()),
                     Type::String => ParamValue::Text(d.text("parameter")?.to_string()),
                     Type::Bool => ParamValue::Bool(d.bool("parameter")?),
@@ -618,15 +616,11 @@ impl Manifest {
                 Some(M::Version) => version = Some(d.uint("manifest-version")?),
                 Some(M::SequenceNumber) => sequence_number = Some(d.uint("sequence number")?),
                 Some(M::Common) => common = Some(Common::decode(profile, d.bytes("common")?)?),
-                Some(M::ReferenceUri) => {
-                    m.reference_uri = Some(d.text("reference-uri")?.to_string())
-                }
+                Some(M::ReferenceUri) => m.reference_uri = Some(d.text("reference-uri")?.to_string()),
                 Some(M::Validate) => m.validate = Some(seq(profile, &mut d, "validate")?),
                 Some(M::Load) => m.load = Some(seq(profile, &mut d, "load")?),
                 Some(M::Invoke) => m.invoke = Some(seq(profile, &mut d, "invoke")?),
-                Some(M::PayloadFetch) => {
-                    m.payload_fetch = Some(severable_seq(profile, &mut d, "payload-fetch")?)
-                }
+                Some(M::PayloadFetch) => m.payload_fetch = Some(severable_seq(profile, &mut d, "payload-fetch")?),
                 Some(M::Install) => m.install = Some(severable_seq(profile, &mut d, "install")?),
                 Some(M::Text) => {
                     m.text = Some(if d.datatype()? == Type::Array {
@@ -651,7 +645,10 @@ impl Manifest {
         m.other.sort_by_key(|(k, _)| int_key_bytes(*k));
         m.version = version.ok_or(Error::Missing("manifest-version"))?;
         if m.version != 1 {
-            return Err(Error::malformed(0, format!("manifest-version {} (only 1 exists)", m.version)));
+            return Err(Error::malformed(
+                0,
+                format!("manifest-version {} (only 1 exists)", m.version),
+            ));
         }
         m.sequence_number = sequence_number.ok_or(Error::Missing("manifest-sequence-number"))?;
         m.common = common.ok_or(Error::Missing("common"))?;
@@ -680,9 +677,7 @@ fn walk(s: &CommandSequence, out: &mut [Parameters], current: &mut Vec<usize>) {
         match &c.arg {
             CommandArg::Index(ComponentIndex::One(i)) => *current = alloc::vec![*i as usize],
             CommandArg::Index(ComponentIndex::All) => *current = (0..out.len()).collect(),
-            CommandArg::Index(ComponentIndex::Many(v)) => {
-                *current = v.iter().map(|i| *i as usize).collect()
-            }
+            CommandArg::Index(ComponentIndex::Many(v)) => *current = v.iter().map(|i| *i as usize).collect(),
             CommandArg::Params(p) => {
                 for idx in current.iter() {
                     if let Some(target) = out.get_mut(*idx) {

@@ -20,7 +20,11 @@ fn golden(name: &str, actual: &[u8]) {
         std::fs::write(&path, actual).unwrap();
     }
     let expected = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    assert!(expected == actual, "{name} differs from the golden file:\n{}", String::from_utf8_lossy(actual));
+    assert!(
+        expected == actual,
+        "{name} differs from the golden file:\n{}",
+        String::from_utf8_lossy(actual)
+    );
 }
 
 fn build() -> (suitcase_suit::Manifest, SigningKey) {
@@ -42,7 +46,10 @@ fn golden_structure_and_bytes() {
     let (manifest, key) = build();
     let env = Envelope::sign(Profile::Riot09, &manifest, &key).unwrap();
     let bytes = env.encode();
-    golden("manifest.diag", format!("{}\n", diag::diag(env.manifest_bytes()).unwrap()).as_bytes());
+    golden(
+        "manifest.diag",
+        format!("{}\n", diag::diag(env.manifest_bytes()).unwrap()).as_bytes(),
+    );
     golden("riot.suit.1700000000.bin", &bytes);
     // RIOT keeps manifests within SUIT_MANIFEST_BUFSIZE = 640 bytes.
     assert!(bytes.len() <= 640, "{} bytes", bytes.len());
@@ -56,7 +63,9 @@ fn the_golden_manifest_has_riots_wire_shape() {
     assert_eq!(bytes[1], 0x02);
     let env = Envelope::decode(&bytes).unwrap();
     assert_eq!(env.profile(), Profile::Riot09);
-    let pubkey = VerifyingKey::from_public_key_pem(&std::fs::read_to_string(dir().join("keys/ed25519.pub.pem")).unwrap()).unwrap();
+    let pubkey =
+        VerifyingKey::from_public_key_pem(&std::fs::read_to_string(dir().join("keys/ed25519.pub.pem")).unwrap())
+            .unwrap();
     env.verify(&pubkey).unwrap();
 
     // One COSE_Sign1: tag 18, protected {1: -8}, empty unprotected, attached payload

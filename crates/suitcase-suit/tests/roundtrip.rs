@@ -12,13 +12,23 @@ use suitcase_suit::text::{Text, TextEntry};
 use suitcase_suit::{Envelope, Profile, SigningKey, VerifyingKey};
 
 fn digest() -> impl Strategy<Value = SuitDigest> {
-    (prop::collection::vec(any::<u8>(), 32)).prop_map(|bytes| SuitDigest { algorithm: -16, bytes, extensions: vec![] })
+    (prop::collection::vec(any::<u8>(), 32)).prop_map(|bytes| SuitDigest {
+        algorithm: -16,
+        bytes,
+        extensions: vec![],
+    })
 }
 
 fn params() -> impl Strategy<Value = Parameters> {
     let entry = prop_oneof![
-        (Just(1i64), prop::collection::vec(any::<u8>(), 16).prop_map(ParamValue::Bytes)),
-        (Just(2i64), prop::collection::vec(any::<u8>(), 16).prop_map(ParamValue::Bytes)),
+        (
+            Just(1i64),
+            prop::collection::vec(any::<u8>(), 16).prop_map(ParamValue::Bytes)
+        ),
+        (
+            Just(2i64),
+            prop::collection::vec(any::<u8>(), 16).prop_map(ParamValue::Bytes)
+        ),
         (Just(3i64), digest().prop_map(ParamValue::Digest)),
         (Just(5i64), any::<u64>().prop_map(ParamValue::Uint)),
         (Just(12i64), any::<bool>().prop_map(ParamValue::Bool)),
@@ -53,8 +63,13 @@ fn sequence(profile: Profile) -> impl Strategy<Value = CommandSequence> {
     let cmds = prop::collection::vec(leaf, 0..6).prop_map(to_seq);
     cmds.prop_recursive(2, 24, 4, move |inner| {
         let nested = prop_oneof![
-            (prop::collection::vec(inner.clone(), 2..4), any::<bool>())
-                .prop_map(|(alternatives, trailing_nil)| (15, CommandArg::TryEach { alternatives, trailing_nil })),
+            (prop::collection::vec(inner.clone(), 2..4), any::<bool>()).prop_map(|(alternatives, trailing_nil)| (
+                15,
+                CommandArg::TryEach {
+                    alternatives,
+                    trailing_nil
+                }
+            )),
             inner.prop_map(move |s| (run_code, CommandArg::Sequence(s))),
         ];
         prop::collection::vec(nested, 1..3).prop_map(to_seq)
@@ -70,19 +85,27 @@ fn to_seq(v: Vec<(i64, CommandArg)>) -> CommandSequence {
 }
 
 fn text() -> impl Strategy<Value = Text> {
-    ("[a-z]{2}-[A-Z]{2}", "[ -~]{0,20}", prop::collection::vec(any::<u8>(), 1..3)).prop_map(|(lang, desc, id)| {
-        Text(vec![(
-            lang,
-            vec![
-                TextEntry::Text(1, desc.clone()),
-                TextEntry::Component(ComponentId(vec![id]), vec![(1, "vendor".into()), (3, desc)]),
-            ],
-        )])
-    })
+    (
+        "[a-z]{2}-[A-Z]{2}",
+        "[ -~]{0,20}",
+        prop::collection::vec(any::<u8>(), 1..3),
+    )
+        .prop_map(|(lang, desc, id)| {
+            Text(vec![(
+                lang,
+                vec![
+                    TextEntry::Text(1, desc.clone()),
+                    TextEntry::Component(ComponentId(vec![id]), vec![(1, "vendor".into()), (3, desc)]),
+                ],
+            )])
+        })
 }
 
 fn manifest(profile: Profile) -> impl Strategy<Value = Manifest> {
-    let components = prop::collection::vec(prop::collection::vec(prop::collection::vec(any::<u8>(), 0..4), 0..3), 1..4);
+    let components = prop::collection::vec(
+        prop::collection::vec(prop::collection::vec(any::<u8>(), 0..4), 0..3),
+        1..4,
+    );
     let draft = profile == Profile::Draft37;
     (
         any::<u64>(),
@@ -90,27 +113,35 @@ fn manifest(profile: Profile) -> impl Strategy<Value = Manifest> {
         prop::option::of(sequence(profile)),
         prop::option::of(sequence(profile)),
         prop::option::of(sequence(profile)),
-        prop::option::of(prop_oneof![sequence(profile).prop_map(Severable::Present), digest().prop_map(Severable::Severed)]),
-        prop::option::of(prop_oneof![text().prop_map(Severable::Present), digest().prop_map(Severable::Severed)]),
+        prop::option::of(prop_oneof![
+            sequence(profile).prop_map(Severable::Present),
+            digest().prop_map(Severable::Severed)
+        ]),
+        prop::option::of(prop_oneof![
+            text().prop_map(Severable::Present),
+            digest().prop_map(Severable::Severed)
+        ]),
         prop::option::of("https://[a-z]{1,10}\\.example/[a-z]{0,8}"),
     )
-        .prop_map(move |(seq, comps, shared, validate, invoke, install, text, reference_uri)| Manifest {
-            version: 1,
-            sequence_number: seq,
-            common: Common {
-                components: comps.into_iter().map(ComponentId).collect(),
-                shared_sequence: shared,
+        .prop_map(
+            move |(seq, comps, shared, validate, invoke, install, text, reference_uri)| Manifest {
+                version: 1,
+                sequence_number: seq,
+                common: Common {
+                    components: comps.into_iter().map(ComponentId).collect(),
+                    shared_sequence: shared,
+                    other: vec![],
+                },
+                reference_uri: if draft { reference_uri } else { None },
+                validate,
+                load: None,
+                invoke,
+                payload_fetch: None,
+                install,
+                text: if draft { text } else { None },
                 other: vec![],
             },
-            reference_uri: if draft { reference_uri } else { None },
-            validate,
-            load: None,
-            invoke,
-            payload_fetch: None,
-            install,
-            text: if draft { text } else { None },
-            other: vec![],
-        })
+        )
 }
 
 proptest! {
@@ -144,7 +175,11 @@ proptest! {
 #[test]
 fn keys_made_by_openssl_sign_and_verify() {
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/keys");
-    for (private, public) in [("ed25519.pem", "ed25519.pub.pem"), ("p256.pem", "p256.pub.pem"), ("p256.sec1.pem", "p256.pub.pem")] {
+    for (private, public) in [
+        ("ed25519.pem", "ed25519.pub.pem"),
+        ("p256.pem", "p256.pub.pem"),
+        ("p256.sec1.pem", "p256.pub.pem"),
+    ] {
         let key = SigningKey::from_pkcs8_pem(&std::fs::read_to_string(dir.join(private)).unwrap()).unwrap();
         let pubkey = VerifyingKey::from_public_key_pem(&std::fs::read_to_string(dir.join(public)).unwrap()).unwrap();
         assert_eq!(key.verifying_key(), pubkey, "{private}");
@@ -165,14 +200,18 @@ fn example2_text_decodes_typed() {
     let t = Text::from_cbor(text).unwrap();
     assert_eq!(t.to_cbor(), *text);
     assert_eq!(t.0[0].0, "en-US");
-    assert!(t.0[0].1.iter().any(|e| matches!(e, TextEntry::Component(_, f) if f.iter().any(|(k, v)| *k == 3 && v == "arm.com"))));
+    assert!(t.0[0]
+        .1
+        .iter()
+        .any(|e| matches!(e, TextEntry::Component(_, f) if f.iter().any(|(k, v)| *k == 3 && v == "arm.com"))));
 }
 
 /// Found by the `envelope` fuzz target: unknown manifest keys out of canonical order decoded
 /// in wire order while `encode` writes them sorted, so `decode(encode(decode(x)))` differed.
 #[test]
 fn unknown_keys_are_kept_in_canonical_order() {
-    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/vectors/fuzz/envelope-unknown-keys-out-of-order.cbor");
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../tests/vectors/fuzz/envelope-unknown-keys-out-of-order.cbor");
     let bytes = std::fs::read(path).unwrap();
     for p in [Profile::Draft37, Profile::Riot09] {
         if let Ok(m) = Manifest::decode(p, &bytes) {
@@ -180,5 +219,8 @@ fn unknown_keys_are_kept_in_canonical_order() {
             assert_eq!(again, m);
         }
     }
-    assert!(Manifest::decode(Profile::Draft37, &bytes).is_ok(), "the vector is a draft-37 manifest");
+    assert!(
+        Manifest::decode(Profile::Draft37, &bytes).is_ok(),
+        "the vector is a draft-37 manifest"
+    );
 }

@@ -41,7 +41,11 @@ fn ietf_examples_decode_verify_and_reencode_identically() {
         let verified = env.verify(&key).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(verified.manifest().sequence_number, *seq);
         // Typed manifest re-encodes to the exact signed bytes, and so does the envelope.
-        assert_eq!(env.manifest().encode(Profile::Draft37), env.manifest_bytes(), "{name}: manifest");
+        assert_eq!(
+            env.manifest().encode(Profile::Draft37),
+            env.manifest_bytes(),
+            "{name}: manifest"
+        );
         assert_eq!(env.encode(), bytes, "{name}: envelope");
     }
 }
@@ -94,7 +98,10 @@ fn tampered_examples_fail() {
         let bytes = read(name);
         let env = Envelope::decode(&bytes).unwrap();
         // Last byte of the manifest (inside the signed digest's coverage).
-        let manifest_end = bytes.windows(env.manifest_bytes().len()).position(|w| w == env.manifest_bytes()).unwrap()
+        let manifest_end = bytes
+            .windows(env.manifest_bytes().len())
+            .position(|w| w == env.manifest_bytes())
+            .unwrap()
             + env.manifest_bytes().len()
             - 1;
         let mut t = bytes.clone();
@@ -111,7 +118,10 @@ fn tampered_examples_fail() {
     for i in 0..6 {
         let t = read(&format!("ietf/tampered/example{i}.signed.cbor"));
         let err = Envelope::decode(&t).unwrap().verify(&key).unwrap_err();
-        assert!(matches!(err, Error::ManifestDigestMismatch | Error::BadSignature(_)), "example{i}: {err}");
+        assert!(
+            matches!(err, Error::ManifestDigestMismatch | Error::BadSignature(_)),
+            "example{i}: {err}"
+        );
     }
 }
 
@@ -132,8 +142,16 @@ fn built_manifests_sign_and_verify_in_both_profiles_and_algorithms() {
         let class = builder::class_id(&vendor, "samr21-xpro");
         for profile in [Profile::Draft37, Profile::Riot09] {
             let m = ManifestBuilder::new(profile, 1_700_000_000, vendor, class)
-                .image(Image::from_bytes("coap://[::1]/fw/slot0.bin", b"slot zero", Some(0x1000)))
-                .image(Image::from_bytes("coap://[::1]/fw/slot1.bin", b"slot one!", Some(0x20000)))
+                .image(Image::from_bytes(
+                    "coap://[::1]/fw/slot0.bin",
+                    b"slot zero",
+                    Some(0x1000),
+                ))
+                .image(Image::from_bytes(
+                    "coap://[::1]/fw/slot1.bin",
+                    b"slot one!",
+                    Some(0x20000),
+                ))
                 .build()
                 .unwrap();
             let env = Envelope::sign(profile, &m, &key).unwrap();
@@ -181,20 +199,40 @@ fn riot09_manifest_has_riots_shape() {
 
 fn uuid_str(b: &[u8; 16]) -> String {
     let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 #[test]
 fn libcsuit_esp256_signatures_verify() {
     let key = example_key();
-    for (name, seq) in [("exp0", 0), ("exp1", 1), ("exp2A", 2), ("exp2B", 2), ("exp3", 3), ("exp4", 4), ("exp5", 5)] {
+    for (name, seq) in [
+        ("exp0", 0),
+        ("exp1", 1),
+        ("exp2A", 2),
+        ("exp2B", 2),
+        ("exp3", 3),
+        ("exp4", 4),
+        ("exp5", 5),
+    ] {
         let bytes = read(&format!("libcsuit/suit_manifest_{name}.suit"));
         let env = Envelope::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(env.manifest().sequence_number, seq);
         env.verify(&key).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(env.encode(), bytes, "{name}");
         // The protected header says -9 (ESP256): h'a10128'.
-        assert!(env.authentication_blocks()[0].windows(3).any(|w| w == [0xa1, 0x01, 0x28]), "{name} is ESP256");
+        assert!(
+            env.authentication_blocks()[0]
+                .windows(3)
+                .any(|w| w == [0xa1, 0x01, 0x28]),
+            "{name} is ESP256"
+        );
     }
     // Same manifests as the draft's examples.
     let draft = Envelope::decode(&read("ietf/example0.signed.cbor")).unwrap();
@@ -211,7 +249,10 @@ fn libcsuit_mac0_examples_verify_with_their_hmac_key() {
         let env = Envelope::decode(&bytes).unwrap_or_else(|e| panic!("{name}: {e}"));
         env.verify_mac(&key).unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(env.encode(), bytes);
-        assert!(matches!(env.verify_mac(&suitcase_suit::MacKey::new(&[b'b'; 32])), Err(Error::BadSignature(_))));
+        assert!(matches!(
+            env.verify_mac(&suitcase_suit::MacKey::new(&[b'b'; 32])),
+            Err(Error::BadSignature(_))
+        ));
         assert!(env.verify(&example_key()).is_err(), "a MAC is not a signature");
         for at in 0..bytes.len() {
             let mut t = bytes.clone();

@@ -37,7 +37,12 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
     let rows = v.as_array().cloned().unwrap_or_default();
     if args.publish_id.is_none() {
         for r in rows {
-            println!("{:<40} latest v{} ({} version(s))", r["publish_id"].as_str().unwrap_or("?"), r["latest"], r["versions"]);
+            println!(
+                "{:<40} latest v{} ({} version(s))",
+                r["publish_id"].as_str().unwrap_or("?"),
+                r["latest"],
+                r["versions"]
+            );
         }
         return Ok(ExitCode::SUCCESS);
     }
@@ -51,7 +56,12 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         );
         let files = r["files"].as_array().cloned().unwrap_or_default();
         for f in files.iter().chain(r.get("manifest").filter(|m| !m.is_null())) {
-            println!("    {:<36} {:>10} B  sha256 {}", f["name"].as_str().unwrap_or("?"), f["size"], f["sha256"].as_str().unwrap_or("?"));
+            println!(
+                "    {:<36} {:>10} B  sha256 {}",
+                f["name"].as_str().unwrap_or("?"),
+                f["size"],
+                f["sha256"].as_str().unwrap_or("?")
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -103,7 +103,9 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
     opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
-    let mut f = opts.open(path).with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {} (it must not exist yet)", path.display()))?;
     f.write_all(data)?;
     f.sync_all()?;
     Ok(())
@@ -192,7 +194,11 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
             };
             match result {
                 Ok(v) => {
-                    println!("OK: {} manifest, sequence number {}", env.profile(), v.manifest().sequence_number);
+                    println!(
+                        "OK: {} manifest, sequence number {}",
+                        env.profile(),
+                        v.manifest().sequence_number
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 Err(e) => {
@@ -228,7 +234,11 @@ fn inspect(env: &Envelope, signature: &str) -> serde_json::Value {
         .component_parameters()
         .into_iter()
         .map(|(i, params)| {
-            let id = m.common.components.get(i).map(|c| c.0.iter().map(hex::encode).collect::<Vec<_>>());
+            let id = m
+                .common
+                .components
+                .get(i)
+                .map(|c| c.0.iter().map(hex::encode).collect::<Vec<_>>());
             let mut fields = serde_json::Map::new();
             fields.insert("index".into(), json!(i));
             fields.insert("id".into(), json!(id));
@@ -246,9 +256,8 @@ fn inspect(env: &Envelope, signature: &str) -> serde_json::Value {
             serde_json::Value::Object(fields)
         })
         .collect();
-    let severable = |name: &str, present: bool, severed: bool| {
-        json!({"member": name, "present": present, "severed": severed})
-    };
+    let severable =
+        |name: &str, present: bool, severed: bool| json!({"member": name, "present": present, "severed": severed});
     let sev = |s: &Option<Severable<suitcase_suit::manifest::CommandSequence>>| {
         (s.is_some(), matches!(s, Some(Severable::Severed(_))))
     };
@@ -283,7 +292,11 @@ fn print_report(r: &serde_json::Value) {
     println!("profile          {}", r["profile"].as_str().unwrap_or("?"));
     println!("sequence number  {}", r["sequence_number"]);
     println!("manifest digest  {}", r["manifest_digest"].as_str().unwrap_or("?"));
-    println!("signature        {} ({} block(s))", r["signature"].as_str().unwrap_or("?"), r["authentication_blocks"]);
+    println!(
+        "signature        {} ({} block(s))",
+        r["signature"].as_str().unwrap_or("?"),
+        r["authentication_blocks"]
+    );
     for c in r["components"].as_array().into_iter().flatten() {
         println!("component {}", c["index"]);
         if let Some(obj) = c.as_object() {

@@ -14,7 +14,11 @@ use suitcase_http::{DeviceNotice, Notifier};
 pub struct CoapNotifier(pub NotifyConfig);
 
 impl Notifier for CoapNotifier {
-    fn notify(&self, devices: Vec<String>, manifest_url: String) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>> {
+    fn notify(
+        &self,
+        devices: Vec<String>,
+        manifest_url: String,
+    ) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>> {
         let config = self.0.clone();
         Box::pin(async move {
             notify_all(&devices, &manifest_url, &config)
@@ -28,7 +32,9 @@ impl Notifier for CoapNotifier {
                             (!payload.is_empty()).then(|| String::from_utf8_lossy(payload).into_owned()),
                         ),
                         Ok(Outcome::Reset) => ("reset", None, Some("the device answered RST".to_string())),
-                        Ok(Outcome::Timeout) => ("timeout", None, Some("no answer after all retransmissions".to_string())),
+                        Ok(Outcome::Timeout) => {
+                            ("timeout", None, Some("no answer after all retransmissions".to_string()))
+                        }
                         Err(e) => ("unreachable", None, Some(e.clone())),
                     };
                     DeviceNotice {
@@ -70,22 +76,44 @@ pub struct NotifyArgs {
 
 pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(request(&args.server, args.token.as_deref(), &args.publish_id, &args.version, &args.devices, args.json))
+    runtime.block_on(request(
+        &args.server,
+        args.token.as_deref(),
+        &args.publish_id,
+        &args.version,
+        &args.devices,
+        args.json,
+    ))
 }
 
 /// Ask the server to notify `devices`; prints one line per device. Exit status 1 unless
 /// every device answered 2.xx.
-pub async fn request(server: &str, token: Option<&str>, publish_id: &str, version: &str, devices: &[String], json: bool) -> anyhow::Result<ExitCode> {
+pub async fn request(
+    server: &str,
+    token: Option<&str>,
+    publish_id: &str,
+    version: &str,
+    devices: &[String],
+    json: bool,
+) -> anyhow::Result<ExitCode> {
     let url = format!("{}/notify", server.trim_end_matches('/'));
     let urls = devices.join(",");
-    let req = reqwest::Client::new().post(&url).form(&[("publish_id", publish_id), ("urls", urls.as_str()), ("version", version)]);
+    let req = reqwest::Client::new().post(&url).form(&[
+        ("publish_id", publish_id),
+        ("urls", urls.as_str()),
+        ("version", version),
+    ]);
     let body = crate::client::send(req, &url, token).await?;
     if json {
         println!("{body}");
     }
     let v: serde_json::Value = serde_json::from_str(&body).context("server answer is not JSON")?;
     if !json {
-        println!("notified {} with {}", v["publish_id"].as_str().unwrap_or("?"), v["manifest_url"].as_str().unwrap_or("?"));
+        println!(
+            "notified {} with {}",
+            v["publish_id"].as_str().unwrap_or("?"),
+            v["manifest_url"].as_str().unwrap_or("?")
+        );
     }
     let mut all_ok = true;
     for r in v["results"].as_array().into_iter().flatten() {

@@ -51,12 +51,16 @@ fn file_part(path: &PathBuf, bar: &indicatif::ProgressBar) -> anyhow::Result<(St
     let len = data.len() as u64;
     bar.inc_length(len);
     let bar = bar.clone();
-    let chunks: Vec<bytes::Bytes> = (0..data.len()).step_by(64 * 1024).map(|i| data.slice(i..(i + 64 * 1024).min(data.len()))).collect();
+    let chunks: Vec<bytes::Bytes> = (0..data.len())
+        .step_by(64 * 1024)
+        .map(|i| data.slice(i..(i + 64 * 1024).min(data.len())))
+        .collect();
     let stream = futures_util::stream::iter(chunks.into_iter().map(move |c| {
         bar.inc(c.len() as u64);
         Ok::<_, std::io::Error>(c)
     }));
-    let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len).file_name(name.clone());
+    let part =
+        reqwest::multipart::Part::stream_with_length(reqwest::Body::wrap_stream(stream), len).file_name(name.clone());
     Ok((name, part))
 }
 
@@ -108,8 +112,18 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     // The manifest's sequence number names this version without ambiguity.
-    let version = v["sequence_number"].as_u64().map_or_else(|| "latest".to_string(), |n| n.to_string());
-    crate::notify::request(&args.server, args.token.as_deref(), &args.publish_id, &version, &args.notify, args.json).await
+    let version = v["sequence_number"]
+        .as_u64()
+        .map_or_else(|| "latest".to_string(), |n| n.to_string());
+    crate::notify::request(
+        &args.server,
+        args.token.as_deref(),
+        &args.publish_id,
+        &version,
+        &args.notify,
+        args.json,
+    )
+    .await
 }
 
 fn summary(v: &serde_json::Value) {
@@ -123,6 +137,11 @@ fn summary(v: &serde_json::Value) {
         println!("manifest {url}");
     }
     for f in v["files"].as_array().into_iter().flatten() {
-        println!("file {} {} bytes sha256 {}", f["url"].as_str().unwrap_or("?"), f["size"], f["sha256"].as_str().unwrap_or("?"));
+        println!(
+            "file {} {} bytes sha256 {}",
+            f["url"].as_str().unwrap_or("?"),
+            f["size"],
+            f["sha256"].as_str().unwrap_or("?")
+        );
     }
 }

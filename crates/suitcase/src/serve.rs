@@ -109,13 +109,16 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
-    let store = Arc::new(LocalStore::open(&args.data).with_context(|| format!("opening the store in {}", args.data.display()))?);
+    let store = Arc::new(
+        LocalStore::open(&args.data).with_context(|| format!("opening the store in {}", args.data.display()))?,
+    );
     let key = load_or_create_key(&args.data, args.key.as_deref())?;
 
     let cancel = CancellationToken::new();
     let coap_socket = driver::bind(args.coap).with_context(|| format!("binding CoAP to {}", args.coap))?;
     let coap_addr = coap_socket.local_addr()?;
-    let http_listener = std::net::TcpListener::bind(args.http).with_context(|| format!("binding HTTP to {}", args.http))?;
+    let http_listener =
+        std::net::TcpListener::bind(args.http).with_context(|| format!("binding HTTP to {}", args.http))?;
     http_listener.set_nonblocking(true)?;
     let http_addr = http_listener.local_addr()?;
     let tokens = Arc::new(suitcase_http::auth::Tokens::new(args.data.join("tokens.json")));
@@ -124,8 +127,16 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let config = suitcase_coap::Config { default_szx: szx, ..Default::default() };
-    let coap = Server::new(config, StoreResources::new(store.clone()), std::time::Instant::now(), seed);
+    let config = suitcase_coap::Config {
+        default_szx: szx,
+        ..Default::default()
+    };
+    let coap = Server::new(
+        config,
+        StoreResources::new(store.clone()),
+        std::time::Instant::now(),
+        seed,
+    );
     let coap_thread = driver::spawn_thread(coap_socket, coap, cancel.clone()).context("starting the CoAP thread")?;
 
     let state = AppState {
@@ -139,11 +150,13 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             tls: args.tls_cert.is_some(),
         }),
         tokens: tokens.clone(),
-        notifier: Some(Arc::new(crate::notify::CoapNotifier(suitcase_coap::notify::NotifyConfig {
-            ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
-            max_retransmit: args.notify_max_retransmit,
-            ..Default::default()
-        }))),
+        notifier: Some(Arc::new(crate::notify::CoapNotifier(
+            suitcase_coap::notify::NotifyConfig {
+                ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
+                max_retransmit: args.notify_max_retransmit,
+                ..Default::default()
+            },
+        ))),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
     let scheme = if args.tls_cert.is_some() { "HTTPS" } else { "HTTP" };
@@ -155,7 +168,9 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         );
     }
     if args.coap_url.is_none() {
-        tracing::info!("manifest URLs use the host publishers connect to; set --coap-url if devices reach this server elsewhere");
+        tracing::info!(
+            "manifest URLs use the host publishers connect to; set --coap-url if devices reach this server elsewhere"
+        );
     }
 
     let shutdown = cancel.clone();
@@ -165,12 +180,18 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         shutdown.cancel();
     });
     match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => suitcase_http::serve_tls(http_listener, state, cert, key, cancel.clone().cancelled_owned())
-            .await
-            .context("HTTPS server")?,
-        _ => suitcase_http::serve(tokio::net::TcpListener::from_std(http_listener)?, state, cancel.clone().cancelled_owned())
-            .await
-            .context("HTTP server")?,
+        (Some(cert), Some(key)) => {
+            suitcase_http::serve_tls(http_listener, state, cert, key, cancel.clone().cancelled_owned())
+                .await
+                .context("HTTPS server")?
+        }
+        _ => suitcase_http::serve(
+            tokio::net::TcpListener::from_std(http_listener)?,
+            state,
+            cancel.clone().cancelled_owned(),
+        )
+        .await
+        .context("HTTP server")?,
     }
     cancel.cancel();
     match coap_thread.join() {

@@ -50,7 +50,12 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::List { data } => {
             for e in Tokens::new(data.join("tokens.json")).list()? {
-                println!("{:<24} {:<9} created {}", e.name, format!("{:?}", e.role).to_lowercase(), e.created);
+                println!(
+                    "{:<24} {:<9} created {}",
+                    e.name,
+                    format!("{:?}", e.role).to_lowercase(),
+                    e.created
+                );
             }
         }
         TokenCommand::Revoke { name, data } => {

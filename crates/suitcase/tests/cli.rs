@@ -19,29 +19,53 @@ fn keygen_create_sign_verify_inspect() {
         let public = p(&format!("{alg}.pub.pem"));
         let unsigned = p(&format!("{alg}.unsigned.suit"));
         let signed = p(&format!("{alg}.suit"));
-        suitcase(&["manifest", "create", "--seq", "42", "--class", "board", "--image", &format!("coap://[::1]/x/app.bin={}", p("app.bin")), "-o", &unsigned]);
+        suitcase(&[
+            "manifest",
+            "create",
+            "--seq",
+            "42",
+            "--class",
+            "board",
+            "--image",
+            &format!("coap://[::1]/x/app.bin={}", p("app.bin")),
+            "-o",
+            &unsigned,
+        ]);
         // Unsigned: verification fails with exit status 1.
-        let out = Command::new(bin()).args(["manifest", "verify", "--key", &public, &unsigned]).output().unwrap();
+        let out = Command::new(bin())
+            .args(["manifest", "verify", "--key", &public, &unsigned])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{out:?}");
         assert!(String::from_utf8_lossy(&out.stdout).contains("not signed"));
         suitcase(&["manifest", "sign", "--key", &key, &unsigned, "-o", &signed]);
         let ok = suitcase(&["manifest", "verify", "--key", &public, &signed]);
         assert!(ok.starts_with("OK: draft37 manifest, sequence number 42"), "{ok}");
-        let json: serde_json::Value = serde_json::from_str(&suitcase(&["manifest", "inspect", "--json", "--key", &public, &signed])).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&suitcase(&["manifest", "inspect", "--json", "--key", &public, &signed])).unwrap();
         assert_eq!(json["signature"], "verified");
         assert_eq!(json["sequence_number"], 42);
         assert_eq!(json["components"][0]["image-size"], 5000);
         assert_eq!(json["components"][0]["uri"], "coap://[::1]/x/app.bin");
-        assert_eq!(json["components"][0]["image-digest"]["digest"], suitcase_store::Sha256::of(&std::fs::read(p("app.bin")).unwrap()).to_hex());
+        assert_eq!(
+            json["components"][0]["image-digest"]["digest"],
+            suitcase_store::Sha256::of(&std::fs::read(p("app.bin")).unwrap()).to_hex()
+        );
         // One flipped byte in the manifest: refused.
         let mut bytes = std::fs::read(&signed).unwrap();
         let last = bytes.len() - 1;
         bytes[last] ^= 1;
         std::fs::write(&signed, &bytes).unwrap();
-        let out = Command::new(bin()).args(["manifest", "verify", "--key", &public, &signed]).output().unwrap();
+        let out = Command::new(bin())
+            .args(["manifest", "verify", "--key", &public, &signed])
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1), "{out:?}");
     }
     // A key file that exists is never overwritten.
-    let out = Command::new(bin()).args(["keygen", "--out", &p("es256.pem")]).output().unwrap();
+    let out = Command::new(bin())
+        .args(["keygen", "--out", &p("es256.pem")])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
 }

@@ -19,24 +19,45 @@ fn publish_then_download_with_coap_client_at_several_block_sizes() {
     let fw = dir.path().join("firmware.bin");
     std::fs::write(&fw, &image).unwrap();
 
-    let out = suitcase(&["publish", "--server", &server.http(), "--publish-id", "fw/demo/board", "--publish", fw.to_str().unwrap()]);
+    let out = suitcase(&[
+        "publish",
+        "--server",
+        &server.http(),
+        "--publish-id",
+        "fw/demo/board",
+        "--publish",
+        fw.to_str().unwrap(),
+    ]);
     assert!(out.contains("published fw/demo/board version 1"), "{out}");
     // The audit line says who published what (digest, size).
     let digest = suitcase_store::Sha256::of(&image).to_hex();
     let audited = (0..50).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        server.log().iter().any(|l| l.contains("action=\"publish\"") && l.contains("who=local@") && l.contains(&digest) && l.contains("size=1048576"))
+        server.log().iter().any(|l| {
+            l.contains("action=\"publish\"")
+                && l.contains("who=local@")
+                && l.contains(&digest)
+                && l.contains("size=1048576")
+        })
     });
     assert!(audited, "no audit line: {:?}", server.log());
 
     let got = dir.path().join("got.bin");
     for block in [Some(64), Some(256), Some(1024), None] {
         let bytes = coap_get(&server.coap("fw/demo/board/firmware.bin"), block, &got);
-        assert!(bytes == image, "block size {block:?}: {} bytes differ from the image", bytes.len());
+        assert!(
+            bytes == image,
+            "block size {block:?}: {} bytes differ from the image",
+            bytes.len()
+        );
     }
 
     // The manifest over CoAP verifies with the server's public key and describes the image.
-    let manifest = coap_get(&server.coap("fw/demo/board/manifest"), Some(64), &dir.path().join("m.suit"));
+    let manifest = coap_get(
+        &server.coap("fw/demo/board/manifest"),
+        Some(64),
+        &dir.path().join("m.suit"),
+    );
     let pem = std::fs::read_to_string(server.data.join("keys/signing-key.pub.pem")).unwrap();
     let key = VerifyingKey::from_public_key_pem(&pem).unwrap();
     let verified = Envelope::decode(&manifest).unwrap().verify(&key).unwrap();
@@ -59,7 +80,13 @@ fn publish_then_download_with_coap_client_at_several_block_sizes() {
     // And the CLI agrees.
     let pub_path = server.data.join("keys/signing-key.pub.pem");
     let m_path = dir.path().join("m.suit");
-    let out = suitcase(&["manifest", "verify", "--key", pub_path.to_str().unwrap(), m_path.to_str().unwrap()]);
+    let out = suitcase(&[
+        "manifest",
+        "verify",
+        "--key",
+        pub_path.to_str().unwrap(),
+        m_path.to_str().unwrap(),
+    ]);
     assert!(out.starts_with("OK"), "{out}");
 }
 
@@ -70,9 +97,27 @@ fn a_second_publish_moves_latest_and_keeps_the_old_version() {
     let (a, b) = (random_bytes(5000, 1), random_bytes(7000, 2));
     let f = dir.path().join("app.bin");
     std::fs::write(&f, &a).unwrap();
-    suitcase(&["publish", "--server", &server.http(), "--publish-id", "x", "--publish", f.to_str().unwrap()]);
+    suitcase(&[
+        "publish",
+        "--server",
+        &server.http(),
+        "--publish-id",
+        "x",
+        "--publish",
+        f.to_str().unwrap(),
+    ]);
     std::fs::write(&f, &b).unwrap();
-    suitcase(&["publish", "--server", &server.http(), "--publish-id", "x", "--publish", f.to_str().unwrap(), "--version", "1.2.0"]);
+    suitcase(&[
+        "publish",
+        "--server",
+        &server.http(),
+        "--publish-id",
+        "x",
+        "--publish",
+        f.to_str().unwrap(),
+        "--version",
+        "1.2.0",
+    ]);
     let got = dir.path().join("got");
     assert_eq!(coap_get(&server.coap("x/app.bin"), Some(256), &got), b);
     assert_eq!(coap_get(&server.coap("x/v/1/app.bin"), Some(256), &got), a);
@@ -83,12 +128,21 @@ fn a_second_publish_moves_latest_and_keeps_the_old_version() {
     let v2 = listing.find("v2 ").unwrap();
     let v1 = listing.find("v1 ").unwrap();
     assert!(v2 < v1, "{listing}");
-    assert!(listing.contains(&suitcase_store::Sha256::of(&a).to_hex()) && listing.contains("semver 1.2.0"), "{listing}");
+    assert!(
+        listing.contains(&suitcase_store::Sha256::of(&a).to_hex()) && listing.contains("semver 1.2.0"),
+        "{listing}"
+    );
     assert!(suitcase(&["list", "--server", &server.http()]).contains("latest v2 (2 version(s))"));
 
     // Unknown paths are 4.04, and /.well-known/core lists the resources.
-    let out = Command::new(coap_client()).args(["-m", "get", "-B", "5", &server.coap("x/nope.bin")]).output().unwrap();
-    assert!(String::from_utf8_lossy(&out.stdout).contains("4.04") || String::from_utf8_lossy(&out.stderr).contains("4.04"), "{out:?}");
+    let out = Command::new(coap_client())
+        .args(["-m", "get", "-B", "5", &server.coap("x/nope.bin")])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("4.04") || String::from_utf8_lossy(&out.stderr).contains("4.04"),
+        "{out:?}"
+    );
     let wk = coap_get(&server.coap(".well-known/core"), None, &got);
     let wk = String::from_utf8(wk).unwrap();
     assert!(wk.contains("</x/manifest>") && wk.contains("</x/app.bin>"), "{wk}");

@@ -36,7 +36,19 @@ fn https_tokens_and_esp_update() {
     let d = dir.path();
     let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));
     let ok = Command::new("openssl")
-        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+        ])
         .args(["-addext", "subjectAltName=IP:::1,DNS:localhost", "-keyout"])
         .arg(&key)
         .arg("-out")
@@ -45,7 +57,10 @@ fn https_tokens_and_esp_update() {
         .expect("openssl");
     assert!(ok.status.success(), "{ok:?}");
     let data = d.join("data");
-    let server = TestServer::start(&data, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    let server = TestServer::start(
+        &data,
+        &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
+    );
     let said = (0..50).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(20));
         server.log().iter().any(|l| l.contains("open to localhost only"))
@@ -61,17 +76,39 @@ fn https_tokens_and_esp_update() {
     assert_ne!(s, 200);
 
     // Publisher token: required once it exists.
-    let token = suitcase(&["token", "create", "ci", "--data", data.to_str().unwrap()]).trim().to_string();
+    let token = suitcase(&["token", "create", "ci", "--data", data.to_str().unwrap()])
+        .trim()
+        .to_string();
     let image: Vec<u8> = std::iter::once(0xE9u8).chain(random_bytes(40_000, 5)).collect();
     let img = d.join("lamp_v2.1.0.bin");
     std::fs::write(&img, &image).unwrap();
     let form = format!("image=@{}", img.display());
     let (s, _, b) = curl(&["--cacert", ca, "-X", "PUT", "-F", &form, &format!("{base}/images")]);
     assert_eq!(s, 401, "{}", String::from_utf8_lossy(&b));
-    let (s, _, b) = curl(&["--cacert", ca, "-X", "PUT", "-H", "Authorization: Bearer nope", "-F", &form, &format!("{base}/images")]);
+    let (s, _, b) = curl(&[
+        "--cacert",
+        ca,
+        "-X",
+        "PUT",
+        "-H",
+        "Authorization: Bearer nope",
+        "-F",
+        &form,
+        &format!("{base}/images"),
+    ]);
     assert_eq!(s, 401, "{}", String::from_utf8_lossy(&b));
     let auth = format!("Authorization: Bearer {token}");
-    let (s, _, b) = curl(&["--cacert", ca, "-X", "PUT", "-H", &auth, "-F", &form, &format!("{base}/images")]);
+    let (s, _, b) = curl(&[
+        "--cacert",
+        ca,
+        "-X",
+        "PUT",
+        "-H",
+        &auth,
+        "-F",
+        &form,
+        &format!("{base}/images"),
+    ]);
     assert_eq!(s, 201, "{}", String::from_utf8_lossy(&b));
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v["url"], format!("{base}/images/lamp/lamp_v2.1.0.bin"));
@@ -83,22 +120,46 @@ fn https_tokens_and_esp_update() {
     let (s, head, body) = curl(&["--cacert", ca, "-H", "x-ESP32-version: 2.0.9", &fw]);
     assert_eq!(s, 200);
     assert!(body == image);
-    let md5 = head.lines().find_map(|l| l.strip_prefix("x-md5: ")).unwrap().trim().to_string();
+    let md5 = head
+        .lines()
+        .find_map(|l| l.strip_prefix("x-md5: "))
+        .unwrap()
+        .trim()
+        .to_string();
     assert_eq!(md5.len(), 32);
 
     // esp32FOTA manifest.
-    let (s, _, b) = curl(&["--cacert", ca, &format!("{base}/images/images.json?type=lamp&vers=2.0.0")]);
+    let (s, _, b) = curl(&[
+        "--cacert",
+        ca,
+        &format!("{base}/images/images.json?type=lamp&vers=2.0.0"),
+    ]);
     assert_eq!(s, 200);
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v[0]["version"], "2.1.0");
 
     // Device tokens close downloads to everyone else.
-    let dev = suitcase(&["token", "create", "lamps", "--device", "--data", data.to_str().unwrap()]).trim().to_string();
+    let dev = suitcase(&["token", "create", "lamps", "--device", "--data", data.to_str().unwrap()])
+        .trim()
+        .to_string();
     assert_eq!(curl(&["--cacert", ca, "-H", "x-ESP32-version: 1.0", &fw]).0, 403);
     let dev_auth = format!("Authorization: token {dev}");
-    assert_eq!(curl(&["--cacert", ca, "-H", "x-ESP32-version: 1.0", "-H", &dev_auth, &fw]).0, 200);
+    assert_eq!(
+        curl(&["--cacert", ca, "-H", "x-ESP32-version: 1.0", "-H", &dev_auth, &fw]).0,
+        200
+    );
     // Revoked: refused again.
     suitcase(&["token", "revoke", "lamps", "--data", data.to_str().unwrap()]);
-    suitcase(&["token", "create", "other-device", "--device", "--data", data.to_str().unwrap()]);
-    assert_eq!(curl(&["--cacert", ca, "-H", "x-ESP32-version: 1.0", "-H", &dev_auth, &fw]).0, 403);
+    suitcase(&[
+        "token",
+        "create",
+        "other-device",
+        "--device",
+        "--data",
+        data.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        curl(&["--cacert", ca, "-H", "x-ESP32-version: 1.0", "-H", &dev_auth, &fw]).0,
+        403
+    );
 }

@@ -13,7 +13,16 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn publish(server: &TestServer, id: &str, path: &std::path::Path) {
-    suitcase(&["publish", "--server", &server.http(), "--publish-id", id, "--quiet", "--publish", path.to_str().unwrap()]);
+    suitcase(&[
+        "publish",
+        "--server",
+        &server.http(),
+        "--publish-id",
+        id,
+        "--quiet",
+        "--publish",
+        path.to_str().unwrap(),
+    ]);
 }
 
 #[test]
@@ -64,7 +73,9 @@ fn aiocoap_observes_a_manifest_across_a_publish() {
             }
         }
     });
-    let initial = rx.recv_timeout(Duration::from_secs(20)).expect("initial representation");
+    let initial = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("initial representation");
     assert_eq!(initial, hex::encode(&first));
 
     std::fs::write(&f, random_bytes(3000, 2)).unwrap();
@@ -79,6 +90,10 @@ fn aiocoap_observes_a_manifest_across_a_publish() {
         let _ = e.read_to_string(&mut err);
     }
     let note = note.unwrap_or_else(|_| panic!("no notification within {:?}; aiocoap said: {err}", started.elapsed()));
-    assert_eq!(note, hex::encode(&second), "the notification carries the new manifest (block-wise)");
+    assert_eq!(
+        note,
+        hex::encode(&second),
+        "the notification carries the new manifest (block-wise)"
+    );
     assert!(status.success(), "{err}");
 }

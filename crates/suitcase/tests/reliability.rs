@@ -18,7 +18,14 @@ use support::*;
 /// (publish-id, version, file name, digest) of every publish the server acknowledged.
 type Acked = Arc<Mutex<Vec<(String, u64, String, Sha256)>>>;
 
-fn publisher(http: String, id: String, dir: std::path::PathBuf, seed: u64, stop: Arc<AtomicBool>, acked: Acked) -> std::thread::JoinHandle<()> {
+fn publisher(
+    http: String,
+    id: String,
+    dir: std::path::PathBuf,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    acked: Acked,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         let mut i = 0u64;
         while !stop.load(Ordering::Relaxed) {
@@ -29,7 +36,16 @@ fn publisher(http: String, id: String, dir: std::path::PathBuf, seed: u64, stop:
             let path = dir.join(&name);
             std::fs::write(&path, &data).unwrap();
             let out = Command::new(bin())
-                .args(["publish", "--quiet", "--json", "--server", &http, "--publish-id", &id, "--publish"])
+                .args([
+                    "publish",
+                    "--quiet",
+                    "--json",
+                    "--server",
+                    &http,
+                    "--publish-id",
+                    &id,
+                    "--publish",
+                ])
                 .arg(&path)
                 .output()
                 .unwrap();
@@ -37,7 +53,10 @@ fn publisher(http: String, id: String, dir: std::path::PathBuf, seed: u64, stop:
                 return; // the server is gone
             }
             let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-            acked.lock().unwrap().push((id.clone(), v["version"].as_u64().unwrap(), name, Sha256::of(&data)));
+            acked
+                .lock()
+                .unwrap()
+                .push((id.clone(), v["version"].as_u64().unwrap(), name, Sha256::of(&data)));
         }
     })
 }
@@ -46,7 +65,9 @@ fn publisher(http: String, id: String, dir: std::path::PathBuf, seed: u64, stop:
 fn check_store(data: &Path, acked: &Acked) {
     let store = LocalStore::open(data).unwrap();
     for (id, seq, name, digest) in acked.lock().unwrap().iter() {
-        let v = store.version(id, *seq).unwrap_or_else(|| panic!("acknowledged {id} v{seq} is gone"));
+        let v = store
+            .version(id, *seq)
+            .unwrap_or_else(|| panic!("acknowledged {id} v{seq} is gone"));
         let f = v.file(name).unwrap_or_else(|| panic!("{id} v{seq} lost {name}"));
         assert_eq!(f.sha256, *digest, "{id} v{seq} {name}");
         assert_eq!(Sha256::of(&store.read(digest).unwrap()), *digest);
@@ -54,7 +75,9 @@ fn check_store(data: &Path, acked: &Acked) {
     for id in store.publish_ids() {
         for v in store.versions(&id) {
             for f in v.files.iter().chain(v.manifest.as_ref().map(|m| &m.file)) {
-                store.read(&f.sha256).unwrap_or_else(|e| panic!("{id} v{} {}: {e}", v.seq, f.name));
+                store
+                    .read(&f.sha256)
+                    .unwrap_or_else(|e| panic!("{id} v{} {}: {e}", v.seq, f.name));
             }
         }
     }
@@ -73,7 +96,14 @@ fn sigkill_during_publishes_loses_nothing_acknowledged() {
             .map(|w| {
                 let d = dir.path().join(format!("w{w}"));
                 std::fs::create_dir_all(&d).unwrap();
-                publisher(server.http(), format!("crash/{w}"), d, round * 10 + w, stop.clone(), acked.clone())
+                publisher(
+                    server.http(),
+                    format!("crash/{w}"),
+                    d,
+                    round * 10 + w,
+                    stop.clone(),
+                    acked.clone(),
+                )
             })
             .collect();
         rng ^= rng << 13;
@@ -92,9 +122,16 @@ fn sigkill_during_publishes_loses_nothing_acknowledged() {
     // And the server comes back and serves the newest acknowledged version.
     let server = TestServer::start(&data, &[]);
     let (id, _, name, digest) = acked.lock().unwrap().last().cloned().unwrap();
-    let got = coap_get(&server.coap(&format!("{id}/{name}")), Some(1024), &dir.path().join("got"));
+    let got = coap_get(
+        &server.coap(&format!("{id}/{name}")),
+        Some(1024),
+        &dir.path().join("got"),
+    );
     let store_latest = LocalStore::open(&data).unwrap().latest(&id).unwrap();
-    assert_eq!(Sha256::of(&got), store_latest.file(&name).map(|f| f.sha256).unwrap_or(digest));
+    assert_eq!(
+        Sha256::of(&got),
+        store_latest.file(&name).map(|f| f.sha256).unwrap_or(digest)
+    );
 }
 
 #[test]
@@ -108,7 +145,16 @@ fn sigterm_stops_cleanly() {
     let http = server.http();
     let upload = std::thread::spawn(move || {
         Command::new(bin())
-            .args(["publish", "--quiet", "--json", "--server", &http, "--publish-id", "term", "--publish"])
+            .args([
+                "publish",
+                "--quiet",
+                "--json",
+                "--server",
+                &http,
+                "--publish-id",
+                "term",
+                "--publish",
+            ])
             .arg(&f)
             .output()
             .unwrap()
@@ -135,7 +181,10 @@ struct Tmpfs(std::path::PathBuf);
 impl Tmpfs {
     fn mount(path: &Path, size: &str) -> Tmpfs {
         std::fs::create_dir_all(path).unwrap();
-        let st = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(path).status();
+        let st = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status();
         assert!(
             st.is_ok_and(|s| s.success()),
             "mounting a tmpfs needs root (CI runs as root); this test checks disk-full and read-only stores"
@@ -143,7 +192,12 @@ impl Tmpfs {
         Tmpfs(path.to_path_buf())
     }
     fn remount_ro(&self) {
-        assert!(Command::new("mount").args(["-o", "remount,ro"]).arg(&self.0).status().unwrap().success());
+        assert!(Command::new("mount")
+            .args(["-o", "remount,ro"])
+            .arg(&self.0)
+            .status()
+            .unwrap()
+            .success());
     }
 }
 
@@ -155,7 +209,15 @@ impl Drop for Tmpfs {
 
 fn publish_status(server: &TestServer, id: &str, file: &Path) -> (bool, String) {
     let out = Command::new(bin())
-        .args(["publish", "--quiet", "--server", &server.http(), "--publish-id", id, "--publish"])
+        .args([
+            "publish",
+            "--quiet",
+            "--server",
+            &server.http(),
+            "--publish-id",
+            id,
+            "--publish",
+        ])
         .arg(file)
         .output()
         .unwrap();
@@ -180,7 +242,11 @@ fn full_and_read_only_disks_refuse_publishes_and_keep_serving() {
     assert!(err.contains("507") && err.contains("no space"), "{err}");
     let got = coap_get(&server.coap("disk/app.bin"), Some(1024), &dir.path().join("got"));
     assert!(got == small);
-    assert_eq!(std::fs::read_dir(fs.0.join("data/tmp")).unwrap().count(), 0, "staged files are removed");
+    assert_eq!(
+        std::fs::read_dir(fs.0.join("data/tmp")).unwrap().count(),
+        0,
+        "staged files are removed"
+    );
 
     // Read-only: the same.
     fs.remount_ro();

@@ -55,7 +55,9 @@ fn device() -> (SocketAddr, mpsc::Receiver<String>) {
     std::thread::spawn(move || {
         let mut buf = [0u8; 1500];
         loop {
-            let Ok((n, peer)) = sock.recv_from(&mut buf) else { return };
+            let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                return;
+            };
             let p = coap_lite::Packet::from_bytes(&buf[..n]).unwrap();
             let path: Vec<String> = p
                 .get_option(coap_lite::CoapOption::UriPath)
@@ -65,7 +67,8 @@ fn device() -> (SocketAddr, mpsc::Receiver<String>) {
             resp.header.set_type(coap_lite::MessageType::Acknowledgement);
             resp.header.message_id = p.header.message_id;
             resp.set_token(p.get_token().to_vec());
-            let ok = p.header.code == coap_lite::MessageClass::Request(coap_lite::RequestType::Post) && path == ["suit", "trigger"];
+            let ok = p.header.code == coap_lite::MessageClass::Request(coap_lite::RequestType::Post)
+                && path == ["suit", "trigger"];
             resp.header.code = coap_lite::MessageClass::Response(if ok {
                 coap_lite::ResponseType::Created
             } else {
@@ -96,7 +99,10 @@ fn http_get(url: &str) -> String {
 fn riot_build_publish_notify_and_device_update() {
     let dir = tempfile::tempdir().unwrap();
     // Short notify timeouts so the silent-device case ends quickly.
-    let server = TestServer::start(&dir.path().join("data"), &["--notify-ack-timeout-ms", "100", "--notify-max-retransmit", "2"]);
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &["--notify-ack-timeout-ms", "100", "--notify-max-retransmit", "2"],
+    );
     let d = dir.path();
     let p = |name: &str| d.join(name).to_str().unwrap().to_string();
     suitcase(&["keygen", "--alg", "ed25519", "--out", &p("riot.pem")]);
@@ -104,27 +110,61 @@ fn riot_build_publish_notify_and_device_update() {
     let slot1 = random_bytes(20_016, 11);
     std::fs::write(d.join("slot0.1700000000.bin"), &slot0).unwrap();
     std::fs::write(d.join("slot1.1700000000.bin"), &slot1).unwrap();
-    std::fs::write(d.join("riot.suit_unsigned.1700000000.bin"), b"unsigned manifest, not served to devices").unwrap();
+    std::fs::write(
+        d.join("riot.suit_unsigned.1700000000.bin"),
+        b"unsigned manifest, not served to devices",
+    )
+    .unwrap();
 
     // SUIT_COAP_ROOT as RIOT's build asks for it.
     let root = http_get(&format!("{}/coap/url/fw/suit_update/native", server.http()));
     assert_eq!(root, format!("coap://[::1]:{}/fw/suit_update/native", server.coap_port));
     let signed = p("riot.suit.1700000000.bin");
     suitcase(&[
-        "manifest", "create", "--profile", "riot09", "--seq", "1700000000", "--vendor-domain", "riot-os.org", "--class", "native",
-        "--image", &format!("{root}/slot0.1700000000.bin={}@0x1000", p("slot0.1700000000.bin")),
-        "--image", &format!("{root}/slot1.1700000000.bin={}@0x40000", p("slot1.1700000000.bin")),
-        "--key", &p("riot.pem"), "-o", &signed,
+        "manifest",
+        "create",
+        "--profile",
+        "riot09",
+        "--seq",
+        "1700000000",
+        "--vendor-domain",
+        "riot-os.org",
+        "--class",
+        "native",
+        "--image",
+        &format!("{root}/slot0.1700000000.bin={}@0x1000", p("slot0.1700000000.bin")),
+        "--image",
+        &format!("{root}/slot1.1700000000.bin={}@0x40000", p("slot1.1700000000.bin")),
+        "--key",
+        &p("riot.pem"),
+        "-o",
+        &signed,
     ]);
     let out = suitcase(&[
-        "publish", "--server", &server.http(), "--publish-id", "fw/suit_update/native", "--quiet",
-        "--publish", &p("riot.suit_unsigned.1700000000.bin"), &signed, &p("slot0.1700000000.bin"), &p("slot1.1700000000.bin"),
+        "publish",
+        "--server",
+        &server.http(),
+        "--publish-id",
+        "fw/suit_update/native",
+        "--quiet",
+        "--publish",
+        &p("riot.suit_unsigned.1700000000.bin"),
+        &signed,
+        &p("slot0.1700000000.bin"),
+        &p("slot1.1700000000.bin"),
     ]);
     assert!(out.contains("sequence number 1700000000"), "{out}");
 
     // Notify the device; it answers 2.01.
     let (dev, triggered) = device();
-    let out = suitcase(&["notify", "--server", &server.http(), "--publish-id", "fw/suit_update/native", &format!("[::1]:{}", dev.port())]);
+    let out = suitcase(&[
+        "notify",
+        "--server",
+        &server.http(),
+        "--publish-id",
+        "fw/suit_update/native",
+        &format!("[::1]:{}", dev.port()),
+    ]);
     assert!(out.contains(" ok ") && out.contains("2.01"), "{out}");
     let url = triggered.recv_timeout(Duration::from_secs(10)).unwrap();
     assert_eq!(url, format!("{root}/riot.suit.latest.bin"));
@@ -153,17 +193,31 @@ fn riot_build_publish_notify_and_device_update() {
             _ => None,
         })
         .collect();
-    assert!(digests.contains(&suitcase_store::Sha256::of(&image).0.to_vec()), "image digest is in the manifest");
+    assert!(
+        digests.contains(&suitcase_store::Sha256::of(&image).0.to_vec()),
+        "image digest is in the manifest"
+    );
 
     // aiocoap's client fetches riot.suit.latest.bin too.
-    let got = Command::new("aiocoap-client").arg(&url).output().expect("aiocoap-client (pip install aiocoap)");
+    let got = Command::new("aiocoap-client")
+        .arg(&url)
+        .output()
+        .expect("aiocoap-client (pip install aiocoap)");
     assert!(got.status.success(), "{got:?}");
     assert_eq!(got.stdout, manifest, "aiocoap-client output");
 
     // A device that is not there: timeout reported, exit status 1.
     let silent = UdpSocket::bind("[::1]:0").unwrap();
     let out = Command::new(bin())
-        .args(["notify", "--server", &server.http(), "--publish-id", "fw/suit_update/native", &format!("[::1]:{}", silent.local_addr().unwrap().port()), "[::1]:1"])
+        .args([
+            "notify",
+            "--server",
+            &server.http(),
+            "--publish-id",
+            "fw/suit_update/native",
+            &format!("[::1]:{}", silent.local_addr().unwrap().port()),
+            "[::1]:1",
+        ])
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));

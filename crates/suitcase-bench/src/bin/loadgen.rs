@@ -66,7 +66,12 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     let expected: Arc<[u8]> = std::fs::read(&args.expect)?.into();
     let cfg = Arc::new(DeviceConfig {
         server: args.server,
-        path: args.path.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect(),
+        path: args
+            .path
+            .split('/')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect(),
         szx: args.szx,
         ack_timeout: Duration::from_millis(args.ack_timeout_ms),
         max_retransmit: args.max_retransmit,
@@ -95,10 +100,18 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     let retx: u64 = outcomes.iter().map(|o| o.retransmissions).sum();
     let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.error.as_ref()).collect();
     let ok = outcomes.len() - errors.len();
-    let mut times: Vec<Duration> = outcomes.iter().filter(|o| o.error.is_none()).map(|o| o.elapsed).collect();
+    let mut times: Vec<Duration> = outcomes
+        .iter()
+        .filter(|o| o.error.is_none())
+        .map(|o| o.elapsed)
+        .collect();
     times.sort();
     let secs = wall.as_secs_f64();
-    let (p50, p95, max) = (percentile(&times, 0.5), percentile(&times, 0.95), times.last().copied().unwrap_or_default());
+    let (p50, p95, max) = (
+        percentile(&times, 0.5),
+        percentile(&times, 0.95),
+        times.last().copied().unwrap_or_default(),
+    );
     if args.json {
         println!(
             "{{\"label\":\"{}\",\"devices\":{},\"ok\":{},\"errors\":{},\"blocks\":{},\"wall_s\":{:.3},\"blocks_per_s\":{:.0},\"images_per_s\":{:.2},\"p50_ms\":{:.1},\"p95_ms\":{:.1},\"max_ms\":{:.1},\"retransmissions\":{}}}",
@@ -115,5 +128,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     for e in errors.iter().take(5) {
         eprintln!("error: {e}");
     }
-    Ok(if errors.is_empty() { std::process::ExitCode::SUCCESS } else { std::process::ExitCode::from(1) })
+    Ok(if errors.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
 }

@@ -24,7 +24,14 @@ impl Fixed {
         self.0.borrow()[path].body.clone()
     }
     fn set(&self, path: &str, body: Vec<u8>, etag: [u8; 8]) {
-        self.0.borrow_mut().insert(path.into(), Resource { body: Bytes::from(body), etag, content_format: 42 });
+        self.0.borrow_mut().insert(
+            path.into(),
+            Resource {
+                body: Bytes::from(body),
+                etag,
+                content_format: 42,
+            },
+        );
         self.1.set(self.1.get() + 1);
     }
 }
@@ -70,18 +77,35 @@ fn roundtrip(s: &mut Server<Fixed>, req: &[u8]) -> Packet {
 }
 
 fn block2_of(p: &Packet) -> Option<BlockValue> {
-    p.get_first_option(CoapOption::Block2).and_then(|v| BlockValue::decode(v))
+    p.get_first_option(CoapOption::Block2)
+        .and_then(|v| BlockValue::decode(v))
 }
 
 #[test]
 fn con_get_is_piggybacked_with_block2_etag_size2() {
     let mut s = server(3000);
-    let r = roundtrip(&mut s, &get(MessageType::Confirmable, 77, b"", "fw/app/board/img.bin", Some(vec![0x02])));
+    let r = roundtrip(
+        &mut s,
+        &get(
+            MessageType::Confirmable,
+            77,
+            b"",
+            "fw/app/board/img.bin",
+            Some(vec![0x02]),
+        ),
+    );
     assert_eq!(r.header.get_type(), MessageType::Acknowledgement);
     assert_eq!(r.header.message_id, 77);
     assert_eq!(r.get_token(), b"");
     assert_eq!(r.header.code, MessageClass::Response(ResponseType::Content));
-    assert_eq!(block2_of(&r), Some(BlockValue { num: 0, more: true, szx: 2 }));
+    assert_eq!(
+        block2_of(&r),
+        Some(BlockValue {
+            num: 0,
+            more: true,
+            szx: 2
+        })
+    );
     assert_eq!(r.payload.len(), 64);
     assert_eq!(r.get_first_option(CoapOption::ETag).unwrap(), b"12345678");
     assert_eq!(r.get_first_option(CoapOption::Size2).unwrap(), &uint_option(3000));
@@ -97,7 +121,16 @@ fn every_block_reassembles_the_body_at_every_size() {
             let mut num = 0u32;
             loop {
                 let b = BlockValue { num, more: false, szx }.encode();
-                let r = roundtrip(&mut s, &get(MessageType::Confirmable, num as u16, b"tk", "fw/app/board/img.bin", Some(b)));
+                let r = roundtrip(
+                    &mut s,
+                    &get(
+                        MessageType::Confirmable,
+                        num as u16,
+                        b"tk",
+                        "fw/app/board/img.bin",
+                        Some(b),
+                    ),
+                );
                 let blk = block2_of(&r).unwrap();
                 assert_eq!((blk.num, blk.szx), (num, szx));
                 got.extend_from_slice(&r.payload);
@@ -114,12 +147,25 @@ fn every_block_reassembles_the_body_at_every_size() {
 #[test]
 fn without_block2_the_default_size_is_used_only_when_needed() {
     let mut s = server(200);
-    let r = roundtrip(&mut s, &get(MessageType::Confirmable, 1, b"a", "fw/app/board/img.bin", None));
+    let r = roundtrip(
+        &mut s,
+        &get(MessageType::Confirmable, 1, b"a", "fw/app/board/img.bin", None),
+    );
     assert_eq!(block2_of(&r), None);
     assert_eq!(r.payload.len(), 200);
     let mut s = server(1000);
-    let r = roundtrip(&mut s, &get(MessageType::Confirmable, 1, b"a", "fw/app/board/img.bin", None));
-    assert_eq!(block2_of(&r), Some(BlockValue { num: 0, more: true, szx: 4 }));
+    let r = roundtrip(
+        &mut s,
+        &get(MessageType::Confirmable, 1, b"a", "fw/app/board/img.bin", None),
+    );
+    assert_eq!(
+        block2_of(&r),
+        Some(BlockValue {
+            num: 0,
+            more: true,
+            szx: 4
+        })
+    );
     assert_eq!(r.payload.len(), 256);
 }
 
@@ -127,8 +173,21 @@ fn without_block2_the_default_size_is_used_only_when_needed() {
 fn block_numbers_use_twenty_bits() {
     // 5 MiB at 1024-byte blocks: block 5000 needs a 3-byte option.
     let mut s = server(5 * 1024 * 1024);
-    let b = BlockValue { num: 5000, more: false, szx: 6 };
-    let r = roundtrip(&mut s, &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(b.encode())));
+    let b = BlockValue {
+        num: 5000,
+        more: false,
+        szx: 6,
+    };
+    let r = roundtrip(
+        &mut s,
+        &get(
+            MessageType::Confirmable,
+            1,
+            b"",
+            "fw/app/board/img.bin",
+            Some(b.encode()),
+        ),
+    );
     assert_eq!(block2_of(&r).unwrap().num, 5000);
     let body = s.resources().body("fw/app/board/img.bin");
     assert_eq!(r.payload, body[5000 * 1024..5001 * 1024]);
@@ -136,56 +195,130 @@ fn block_numbers_use_twenty_bits() {
 
 #[test]
 fn larger_than_served_sizes_are_scaled_down() {
-    let cfg = Config { default_szx: 4, max_szx: 4, ..Config::default() };
+    let cfg = Config {
+        default_szx: 4,
+        max_szx: 4,
+        ..Config::default()
+    };
     let mut s = server_with(cfg, 5000);
-    let b = BlockValue { num: 1, more: false, szx: 6 }.encode();
-    let r = roundtrip(&mut s, &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(b)));
-    assert_eq!(block2_of(&r), Some(BlockValue { num: 4, more: true, szx: 4 }));
+    let b = BlockValue {
+        num: 1,
+        more: false,
+        szx: 6,
+    }
+    .encode();
+    let r = roundtrip(
+        &mut s,
+        &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(b)),
+    );
+    assert_eq!(
+        block2_of(&r),
+        Some(BlockValue {
+            num: 4,
+            more: true,
+            szx: 4
+        })
+    );
 }
 
 #[test]
 fn error_table() {
     let mut s = server(100);
     let cases: Vec<(Vec<u8>, ResponseType)> = vec![
-        (get(MessageType::Confirmable, 1, b"", "nope", None), ResponseType::NotFound),
-        (get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(vec![0x17])), ResponseType::BadOption),
-        (get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(vec![1, 2, 3, 4])), ResponseType::BadOption),
-        (get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(vec![0x70])), ResponseType::BadOption),
-        ({
-            let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
-            p.header.code = MessageClass::Request(RequestType::Put);
-            p.to_bytes().unwrap()
-        }, ResponseType::MethodNotAllowed),
-        ({
-            let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
-            p.add_option(CoapOption::Unknown(2049), vec![1]);
-            p.to_bytes().unwrap()
-        }, ResponseType::BadOption),
-        ({
-            let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
-            p.add_option(CoapOption::Block1, vec![0x06]);
-            p.to_bytes().unwrap()
-        }, ResponseType::BadOption),
+        (
+            get(MessageType::Confirmable, 1, b"", "nope", None),
+            ResponseType::NotFound,
+        ),
+        (
+            get(
+                MessageType::Confirmable,
+                1,
+                b"",
+                "fw/app/board/img.bin",
+                Some(vec![0x17]),
+            ),
+            ResponseType::BadOption,
+        ),
+        (
+            get(
+                MessageType::Confirmable,
+                1,
+                b"",
+                "fw/app/board/img.bin",
+                Some(vec![1, 2, 3, 4]),
+            ),
+            ResponseType::BadOption,
+        ),
+        (
+            get(
+                MessageType::Confirmable,
+                1,
+                b"",
+                "fw/app/board/img.bin",
+                Some(vec![0x70]),
+            ),
+            ResponseType::BadOption,
+        ),
+        (
+            {
+                let mut p =
+                    Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
+                p.header.code = MessageClass::Request(RequestType::Put);
+                p.to_bytes().unwrap()
+            },
+            ResponseType::MethodNotAllowed,
+        ),
+        (
+            {
+                let mut p =
+                    Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
+                p.add_option(CoapOption::Unknown(2049), vec![1]);
+                p.to_bytes().unwrap()
+            },
+            ResponseType::BadOption,
+        ),
+        (
+            {
+                let mut p =
+                    Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
+                p.add_option(CoapOption::Block1, vec![0x06]);
+                p.to_bytes().unwrap()
+            },
+            ResponseType::BadOption,
+        ),
         // A 1000-byte Uri-Path segment (two-byte length extension): not found, no panic.
-        (get(MessageType::Confirmable, 1, b"", &"x".repeat(1000), None), ResponseType::NotFound),
+        (
+            get(MessageType::Confirmable, 1, b"", &"x".repeat(1000), None),
+            ResponseType::NotFound,
+        ),
         // A Uri-Path that is not UTF-8.
-        ({
-            let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw", None)).unwrap();
-            p.add_option(CoapOption::UriPath, vec![0xff, 0xfe]);
-            p.to_bytes().unwrap()
-        }, ResponseType::BadRequest),
+        (
+            {
+                let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw", None)).unwrap();
+                p.add_option(CoapOption::UriPath, vec![0xff, 0xfe]);
+                p.to_bytes().unwrap()
+            },
+            ResponseType::BadRequest,
+        ),
         // Accept of a format the resource is not in.
-        ({
-            let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
-            p.add_option(CoapOption::Accept, vec![60]);
-            p.to_bytes().unwrap()
-        }, ResponseType::NotAcceptable),
+        (
+            {
+                let mut p =
+                    Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
+                p.add_option(CoapOption::Accept, vec![60]);
+                p.to_bytes().unwrap()
+            },
+            ResponseType::NotAcceptable,
+        ),
         // Proxy-Uri: this is no proxy.
-        ({
-            let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw", None)).unwrap();
-            p.add_option(CoapOption::ProxyUri, b"coap://elsewhere/x".to_vec());
-            p.to_bytes().unwrap()
-        }, ResponseType::ProxyingNotSupported),
+        (
+            {
+                let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw", None)).unwrap();
+                p.add_option(CoapOption::ProxyUri, b"coap://elsewhere/x".to_vec());
+                p.to_bytes().unwrap()
+            },
+            ResponseType::ProxyingNotSupported,
+        ),
     ];
     for (i, (req, code)) in cases.into_iter().enumerate() {
         // Distinct message IDs, or deduplication would answer the first reply again.
@@ -201,10 +334,22 @@ fn error_table() {
 #[test]
 fn block_numbers_that_overflow_twenty_bits_when_scaled_are_refused() {
     // Served at most at 256 bytes: block 2^20-1 of 1024 bytes would be block 2^22-4 of 256.
-    let cfg = Config { default_szx: 4, max_szx: 4, ..Config::default() };
+    let cfg = Config {
+        default_szx: 4,
+        max_szx: 4,
+        ..Config::default()
+    };
     let mut s = server_with(cfg, 100);
-    let b = BlockValue { num: crate::block::MAX_NUM, more: false, szx: 6 }.encode();
-    let r = roundtrip(&mut s, &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(b)));
+    let b = BlockValue {
+        num: crate::block::MAX_NUM,
+        more: false,
+        szx: 6,
+    }
+    .encode();
+    let r = roundtrip(
+        &mut s,
+        &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(b)),
+    );
     assert_eq!(r.header.code, MessageClass::Response(ResponseType::BadOption));
 }
 
@@ -221,7 +366,10 @@ fn etag_match_gives_valid() {
 #[test]
 fn non_requests_get_non_replies_and_pings_get_reset() {
     let mut s = server(10);
-    let r = roundtrip(&mut s, &get(MessageType::NonConfirmable, 5, b"t", "fw/app/board/img.bin", None));
+    let r = roundtrip(
+        &mut s,
+        &get(MessageType::NonConfirmable, 5, b"t", "fw/app/board/img.bin", None),
+    );
     assert_eq!(r.header.get_type(), MessageType::NonConfirmable);
     assert_eq!(r.get_token(), b"t");
     assert_ne!(r.header.message_id, 5);
@@ -238,13 +386,22 @@ fn malformed_messages_never_panic() {
     // Truncated header, bad version, TKL 9, marker without payload, bad option delta 15.
     assert_eq!(h(&mut s, &[0x40, 1]), None);
     assert_eq!(h(&mut s, &[0x80, 1, 0, 1]), None);
-    assert_eq!(h(&mut s, &[0x49, 1, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]), Some(vec![0x70, 0, 0, 1]));
+    assert_eq!(
+        h(&mut s, &[0x49, 1, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9]),
+        Some(vec![0x70, 0, 0, 1])
+    );
     assert_eq!(h(&mut s, &[0x40, 1, 0, 2, 0xff]), Some(vec![0x70, 0, 0, 2]));
     assert_eq!(h(&mut s, &[0x40, 1, 0, 3, 0xf1, 0]), Some(vec![0x70, 0, 0, 3]));
     // Empty message with a token.
     assert_eq!(h(&mut s, &[0x41, 0, 0, 4, 9]), Some(vec![0x70, 0, 0, 4]));
     // Every prefix and every single-byte corruption of a valid request: no panic.
-    let req = get(MessageType::Confirmable, 1, b"abcd", "fw/app/board/img.bin", Some(vec![0x12]));
+    let req = get(
+        MessageType::Confirmable,
+        1,
+        b"abcd",
+        "fw/app/board/img.bin",
+        Some(vec![0x12]),
+    );
     for n in 0..req.len() {
         let _ = h(&mut s, &req[..n]);
         for bit in 0..8 {
@@ -264,7 +421,13 @@ fn observe_get(mid: u16, token: &[u8], path: &str, observe: u32, block2: Option<
 #[test]
 fn duplicates_get_the_same_reply_without_reprocessing() {
     let mut s = server(3000);
-    let req = get(MessageType::Confirmable, 4242, b"dup", "fw/app/board/img.bin", Some(vec![0x16]));
+    let req = get(
+        MessageType::Confirmable,
+        4242,
+        b"dup",
+        "fw/app/board/img.bin",
+        Some(vec![0x16]),
+    );
     let first = h(&mut s, &req).unwrap();
     // The resource changes in between: the duplicate still gets the first answer.
     s.resources().set("fw/app/board/img.bin", vec![9; 3000], *b"changed!");
@@ -277,14 +440,23 @@ fn duplicates_get_the_same_reply_without_reprocessing() {
     assert!(h(&mut s, &non).is_some());
     assert!(h(&mut s, &non).is_none());
     // A new message ID is a new request.
-    let next = get(MessageType::Confirmable, 4244, b"dup", "fw/app/board/img.bin", Some(vec![0x16]));
+    let next = get(
+        MessageType::Confirmable,
+        4244,
+        b"dup",
+        "fw/app/board/img.bin",
+        Some(vec![0x16]),
+    );
     let third = Packet::from_bytes(&h(&mut s, &next).unwrap()).unwrap();
     assert_eq!(third.get_first_option(CoapOption::ETag).unwrap(), b"changed!");
 }
 
 #[test]
 fn dedup_memory_is_bounded() {
-    let cfg = Config { max_peers: 100, ..Config::default() };
+    let cfg = Config {
+        max_peers: 100,
+        ..Config::default()
+    };
     let mut s = server_with(cfg, 10);
     for i in 0..1000u16 {
         let peer: SocketAddr = format!("[::1]:{}", 10000 + i).parse().unwrap();
@@ -303,7 +475,10 @@ fn dedup_memory_is_bounded() {
 fn observe_notifies_on_change_retransmits_and_deregisters() {
     let mut s = server(10);
     let t0 = Instant::now();
-    let r = roundtrip(&mut s, &observe_get(1, b"ob", "fw/app/board/manifest", 0, Some(vec![0x02])));
+    let r = roundtrip(
+        &mut s,
+        &observe_get(1, b"ob", "fw/app/board/manifest", 0, Some(vec![0x02])),
+    );
     assert_eq!(r.header.code, MessageClass::Response(ResponseType::Content));
     assert!(r.get_first_option(CoapOption::Observe).is_some(), "registered");
     assert_eq!(s.observer_count(), 1);
@@ -319,7 +494,14 @@ fn observe_notifies_on_change_retransmits_and_deregisters() {
     assert_eq!(p.header.get_type(), MessageType::Confirmable);
     assert_eq!(p.get_token(), b"ob");
     assert_eq!(p.get_first_option(CoapOption::ETag).unwrap(), b"manifst2");
-    assert_eq!(block2_of(&p), Some(BlockValue { num: 0, more: true, szx: 2 }));
+    assert_eq!(
+        block2_of(&p),
+        Some(BlockValue {
+            num: 0,
+            more: true,
+            szx: 2
+        })
+    );
     assert_eq!(p.payload, vec![2; 16 << 2]);
     // Not acknowledged: retransmitted with back-off, the same bytes.
     // ACK_TIMEOUT is 2 s × [1, 1.5): nothing before 4 s, a retransmission by 5 s.
@@ -371,15 +553,28 @@ fn unacknowledged_notifications_end_the_observation() {
 
 #[test]
 fn observe_cancel_and_limits() {
-    let cfg = Config { max_observers: 1, ..Config::default() };
+    let cfg = Config {
+        max_observers: 1,
+        ..Config::default()
+    };
     let mut s = server_with(cfg, 10);
     roundtrip(&mut s, &observe_get(1, b"a", "fw/app/board/manifest", 0, None));
     // Files are not observable; a second peer beyond the limit is served without Observe.
     let r = roundtrip(&mut s, &observe_get(2, b"b", "fw/app/board/img.bin", 0, None));
     assert!(r.get_first_option(CoapOption::Observe).is_none());
     let other: SocketAddr = "[::1]:6000".parse().unwrap();
-    let out = s.handle_datagram(Instant::now(), other, &observe_get(3, b"c", "fw/app/board/manifest", 0, None)).unwrap().to_vec();
-    assert!(Packet::from_bytes(&out).unwrap().get_first_option(CoapOption::Observe).is_none());
+    let out = s
+        .handle_datagram(
+            Instant::now(),
+            other,
+            &observe_get(3, b"c", "fw/app/board/manifest", 0, None),
+        )
+        .unwrap()
+        .to_vec();
+    assert!(Packet::from_bytes(&out)
+        .unwrap()
+        .get_first_option(CoapOption::Observe)
+        .is_none());
     assert_eq!(s.observer_count(), 1);
     // Observe: 1 deregisters.
     roundtrip(&mut s, &observe_get(4, b"a", "fw/app/board/manifest", 1, None));

@@ -8,7 +8,10 @@ fn req(id: &str, files: &[(&str, &[u8])]) -> PublishRequest {
         publish_id: id.into(),
         files: files
             .iter()
-            .map(|(n, d)| NewFile { name: (*n).into(), data: Bytes::copy_from_slice(d) })
+            .map(|(n, d)| NewFile {
+                name: (*n).into(),
+                data: Bytes::copy_from_slice(d),
+            })
             .collect(),
         semver: None,
     }
@@ -33,8 +36,15 @@ fn manifest(seq: u64) -> Box<BuildManifest<'static>> {
 fn versions_are_numbered_immutable_and_survive_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let s = LocalStore::open(dir.path()).unwrap();
-    let v1 = s.publish(req("fw/app/board", &[("a.bin", b"one")]), manifest(10)).unwrap();
-    let v2 = s.publish(req("fw/app/board", &[("a.bin", b"two"), ("b.bin", b"one")]), manifest(11)).unwrap();
+    let v1 = s
+        .publish(req("fw/app/board", &[("a.bin", b"one")]), manifest(10))
+        .unwrap();
+    let v2 = s
+        .publish(
+            req("fw/app/board", &[("a.bin", b"two"), ("b.bin", b"one")]),
+            manifest(11),
+        )
+        .unwrap();
     assert_eq!((v1.seq, v2.seq), (1, 2));
     assert_eq!(s.latest("fw/app/board").unwrap().seq, 2);
     assert_eq!(s.generation(), 2);
@@ -66,12 +76,27 @@ fn sequence_numbers_must_grow() {
 fn bad_requests_are_refused_without_side_effects() {
     let dir = tempfile::tempdir().unwrap();
     let s = LocalStore::open(dir.path()).unwrap();
-    assert!(matches!(s.publish(req("../x", &[("a", b"1")]), no_manifest()), Err(StoreError::InvalidPublishId(_))));
-    assert!(matches!(s.publish(req("x", &[("../a", b"1")]), no_manifest()), Err(StoreError::InvalidFileName(_))));
-    assert!(matches!(s.publish(req("x", &[]), no_manifest()), Err(StoreError::BadRequest(_))));
-    assert!(matches!(s.publish(req("x", &[("a", b"1"), ("a", b"2")]), no_manifest()), Err(StoreError::BadRequest(_))));
+    assert!(matches!(
+        s.publish(req("../x", &[("a", b"1")]), no_manifest()),
+        Err(StoreError::InvalidPublishId(_))
+    ));
+    assert!(matches!(
+        s.publish(req("x", &[("../a", b"1")]), no_manifest()),
+        Err(StoreError::InvalidFileName(_))
+    ));
+    assert!(matches!(
+        s.publish(req("x", &[]), no_manifest()),
+        Err(StoreError::BadRequest(_))
+    ));
+    assert!(matches!(
+        s.publish(req("x", &[("a", b"1"), ("a", b"2")]), no_manifest()),
+        Err(StoreError::BadRequest(_))
+    ));
     let failing: Box<BuildManifest<'static>> = Box::new(|_| Err("no key".into()));
-    assert!(matches!(s.publish(req("x", &[("a", b"1")]), failing), Err(StoreError::Manifest(_))));
+    assert!(matches!(
+        s.publish(req("x", &[("a", b"1")]), failing),
+        Err(StoreError::Manifest(_))
+    ));
     assert!(s.publish_ids().is_empty());
     assert_eq!(s.generation(), 0);
 }
@@ -117,7 +142,10 @@ fn removed_versions_disappear_but_numbers_are_never_reused() {
     drop(s);
     let s = LocalStore::open(dir.path()).unwrap();
     assert_eq!(s.latest("x").unwrap().seq, 1);
-    assert!(matches!(s.publish(req("x", &[("a.bin", b"3")]), manifest(15)), Err(StoreError::SequenceNotIncreasing { .. })));
+    assert!(matches!(
+        s.publish(req("x", &[("a.bin", b"3")]), manifest(15)),
+        Err(StoreError::SequenceNotIncreasing { .. })
+    ));
     let v = s.publish(req("x", &[("a.bin", b"3")]), manifest(21)).unwrap();
     assert_eq!(v.seq, 3, "version 2 is not given again");
     s.remove("x", 1).unwrap();

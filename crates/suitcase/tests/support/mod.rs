@@ -1,8 +1,6 @@
 //! Test harness: start the real `suitcase` binary on port 0 and talk to it over loopback.
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
-
-
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,9 +56,17 @@ impl TestServer {
                 .recv_timeout(Duration::from_secs(30))
                 .unwrap_or_else(|_| panic!("server did not report its ports; log: {:?}", log.lock().unwrap()));
             coap = coap.or(port_after(&line, "listening for CoAP on "));
-            http = http.or(port_after(&line, "listening for HTTP on ")).or(port_after(&line, "listening for HTTPS on "));
+            http = http
+                .or(port_after(&line, "listening for HTTP on "))
+                .or(port_after(&line, "listening for HTTPS on "));
         }
-        TestServer { child, coap_port: coap.unwrap(), http_port: http.unwrap(), data: data.to_path_buf(), log }
+        TestServer {
+            child,
+            coap_port: coap.unwrap(),
+            http_port: http.unwrap(),
+            data: data.to_path_buf(),
+            log,
+        }
     }
 
     pub fn http(&self) -> String {
@@ -123,7 +129,13 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
 /// libcoap's command-line client: `coap-client` or Debian's `coap-client-notls`.
 pub fn coap_client() -> &'static str {
     for c in ["coap-client", "coap-client-notls"] {
-        if Command::new(c).arg("-h").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok() {
+        if Command::new(c)
+            .arg("-h")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+        {
             return c;
         }
     }
