@@ -93,13 +93,7 @@ async fn post(app: Router, parts: &[Part<'_>]) -> (StatusCode, serde_json::Value
         .header("host", "ota.example:8080")
         .body(Body::from(body))
         .unwrap();
-    let resp = app.oneshot(req).await.unwrap();
-    let status = resp.status();
-    let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX).await.unwrap();
-    (
-        status,
-        serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
-    )
+    send(app, req).await
 }
 
 #[tokio::test]

@@ -56,6 +56,13 @@ fn peer() -> SocketAddr {
     "[::1]:5000".parse().unwrap()
 }
 
+/// A CON GET of `path` with one more option added.
+fn get_with(path: &str, option: CoapOption, value: Vec<u8>) -> Vec<u8> {
+    let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", path, None)).unwrap();
+    p.add_option(option, value);
+    p.to_bytes().unwrap()
+}
+
 fn get(ty: MessageType, mid: u16, token: &[u8], path: &str, block2: Option<Vec<u8>>) -> Vec<u8> {
     let mut p = Packet::new();
     p.header.set_type(ty);
@@ -269,21 +276,11 @@ fn error_table() {
             ResponseType::MethodNotAllowed,
         ),
         (
-            {
-                let mut p =
-                    Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
-                p.add_option(CoapOption::Unknown(2049), vec![1]);
-                p.to_bytes().unwrap()
-            },
+            get_with("fw/app/board/img.bin", CoapOption::Unknown(2049), vec![1]),
             ResponseType::BadOption,
         ),
         (
-            {
-                let mut p =
-                    Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
-                p.add_option(CoapOption::Block1, vec![0x06]);
-                p.to_bytes().unwrap()
-            },
+            get_with("fw/app/board/img.bin", CoapOption::Block1, vec![0x06]),
             ResponseType::BadOption,
         ),
         // A 1000-byte Uri-Path segment (two-byte length extension): not found, no panic.
@@ -293,30 +290,17 @@ fn error_table() {
         ),
         // A Uri-Path that is not UTF-8.
         (
-            {
-                let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw", None)).unwrap();
-                p.add_option(CoapOption::UriPath, vec![0xff, 0xfe]);
-                p.to_bytes().unwrap()
-            },
+            get_with("fw", CoapOption::UriPath, vec![0xff, 0xfe]),
             ResponseType::BadRequest,
         ),
         // Accept of a format the resource is not in.
         (
-            {
-                let mut p =
-                    Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", None)).unwrap();
-                p.add_option(CoapOption::Accept, vec![60]);
-                p.to_bytes().unwrap()
-            },
+            get_with("fw/app/board/img.bin", CoapOption::Accept, vec![60]),
             ResponseType::NotAcceptable,
         ),
         // Proxy-Uri: this is no proxy.
         (
-            {
-                let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 1, b"", "fw", None)).unwrap();
-                p.add_option(CoapOption::ProxyUri, b"coap://elsewhere/x".to_vec());
-                p.to_bytes().unwrap()
-            },
+            get_with("fw", CoapOption::ProxyUri, b"coap://elsewhere/x".to_vec()),
             ResponseType::ProxyingNotSupported,
         ),
     ];
