@@ -92,6 +92,7 @@ pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel:
             let (n, peer) = match socket.try_recv_from(&mut buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                // ICMP port-unreachable from an earlier send shows up here on some OSes.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
                 Err(e) => return Err(e),
             };
