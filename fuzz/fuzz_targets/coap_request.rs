@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
         m.insert(
             path.to_string(),
             Resource {
-                body: Bytes::from(vec![7u8; len]),
+                body: Bytes::from(vec![7u8; len]).into(),
                 etag: [1; 8],
                 content_format: 42,
             },

@@ -30,6 +30,8 @@ impl Code {
     pub const VALID: Code = Code(0x43);
     /// 4.00 Bad Request.
     pub const BAD_REQUEST: Code = Code(0x80);
+    /// 4.01 Unauthorized (with Echo: prove your address, RFC 9175).
+    pub const UNAUTHORIZED: Code = Code(0x81);
     /// 4.02 Bad Option.
     pub const BAD_OPTION: Code = Code(0x82);
     /// 4.04 Not Found.
@@ -38,6 +40,8 @@ impl Code {
     pub const METHOD_NOT_ALLOWED: Code = Code(0x85);
     /// 4.06 Not Acceptable.
     pub const NOT_ACCEPTABLE: Code = Code(0x86);
+    /// 4.12 Precondition Failed.
+    pub const PRECONDITION_FAILED: Code = Code(0x8c);
     /// 4.13 Request Entity Too Large.
     pub const REQUEST_ENTITY_TOO_LARGE: Code = Code(0x8d);
     /// 4.15 Unsupported Content-Format.
@@ -77,8 +81,13 @@ pub struct ResponseSpec {
     pub block2: Option<BlockValue>,
     /// Size2 option.
     pub size2: Option<u32>,
+    /// Echo option (RFC 9175).
+    pub echo: Option<[u8; 12]>,
     /// Payload: a view into a shared buffer.
     pub payload: Bytes,
+    /// Not sent: where in the resource the payload was taken from (`start..end`), so a
+    /// duplicate can be answered without keeping the bytes.
+    pub range: Option<(usize, usize)>,
 }
 
 impl ResponseSpec {
@@ -91,7 +100,9 @@ impl ResponseSpec {
             content_format: None,
             block2: None,
             size2: None,
+            echo: None,
             payload: Bytes::from_static(diagnostic.as_bytes()),
+            range: None,
         }
     }
 }
@@ -144,6 +155,9 @@ pub fn encode(out: &mut Vec<u8>, ty: MsgType, mid: u16, token: &[u8], spec: &Res
     if let Some(s) = spec.size2 {
         put_option(out, &mut last, 28, &uint_option(s));
     }
+    if let Some(e) = &spec.echo {
+        put_option(out, &mut last, 252, e);
+    }
     if !spec.payload.is_empty() {
         out.push(0xff);
         out.extend_from_slice(&spec.payload);
@@ -174,7 +188,9 @@ mod tests {
                 szx: 2,
             }),
             size2: Some(1 << 20),
+            echo: Some(*b"echo-value12"),
             payload: Bytes::from_static(b"hello"),
+            range: None,
         };
         let mut out = Vec::new();
         encode(&mut out, MsgType::Ack, 0x1234, b"tok", &spec);
@@ -191,6 +207,7 @@ mod tests {
             300
         );
         assert_eq!(p.get_first_option(CoapOption::Size2).unwrap(), &[0x10, 0, 0]);
+        assert_eq!(p.get_first_option(CoapOption::Unknown(252)).unwrap(), b"echo-value12");
         assert_eq!(p.payload, b"hello");
         // Option numbers past 268 use the 2-byte extension.
         let mut out = Vec::new();

@@ -1,23 +1,60 @@
 //! The store's files as CoAP resources:
 //! `/<publish-id>/manifest`, `/<publish-id>/<file>`, `/<publish-id>/v/<seq>/<file>` and
-//! `/.well-known/core`.
+//! `/.well-known/core`. Paths are resolved by the store's one resolver
+//! ([`suitcase_store::paths`]), which accepts exactly one spelling per resource.
 
-use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
-use suitcase_store::{FileEntry, Store, Version};
+use parking_lot::Mutex;
+use suitcase_store::{paths, Blob, FileEntry, Sha256, Store};
 
-use crate::server::{content_format, Resource, Resources};
+use crate::server::{content_format, Body, RangeSource, Resource, Resources};
+
+/// What a path resolved to in one store generation: a file's identity, never its content
+/// (contents live in the store's weighted cache, so this table stays small).
+#[derive(Clone)]
+struct Resolution {
+    generation: u64,
+    file: Option<FileEntry>,
+}
 
 /// Resolves CoAP paths against a [`Store`].
 pub struct StoreResources {
     store: Arc<dyn Store>,
-    /// path → resolution, valid for one store generation (the hot path of every block).
-    resolved: Mutex<(u64, HashMap<String, Option<Resource>>)>,
+    /// Canonical path → resolution (the hot path of every block). Bounded in entries; each
+    /// entry is a path and a file entry (a few hundred bytes at most).
+    resolved: quick_cache::sync::Cache<String, Resolution>,
     /// `/.well-known/core`, rebuilt when the store's generation moves.
     link_format: Mutex<Option<(u64, Resource)>>,
+}
+
+/// Paths remembered (unknown paths included, so scans stay cheap).
+const MAX_RESOLVED: usize = 4096;
+
+#[derive(Debug)]
+struct FileSource(Blob);
+
+impl RangeSource for FileSource {
+    fn len(&self) -> u64 {
+        self.0.len()
+    }
+    fn range(&self, start: u64, end: u64) -> Option<Bytes> {
+        match self.0.range(start, end) {
+            Ok(b) => Some(b),
+            Err(e) => {
+                tracing::error!(error = %e, "stored file cannot be read");
+                None
+            }
+        }
+    }
+}
+
+fn etag_of(digest: &Sha256) -> [u8; 8] {
+    let mut etag = [0u8; 8];
+    etag.copy_from_slice(&digest.0[..8]);
+    etag
 }
 
 impl StoreResources {
@@ -25,22 +62,21 @@ impl StoreResources {
     pub fn new(store: Arc<dyn Store>) -> Self {
         StoreResources {
             store,
-            resolved: Mutex::new((u64::MAX, HashMap::new())),
+            resolved: quick_cache::sync::Cache::new(MAX_RESOLVED),
             link_format: Mutex::new(None),
         }
     }
 
     fn file(&self, entry: &FileEntry) -> Option<Resource> {
-        match self.store.read(&entry.sha256) {
-            Ok(body) => {
-                let mut etag = [0u8; 8];
-                etag.copy_from_slice(&entry.sha256.0[..8]);
-                Some(Resource {
-                    body,
-                    etag,
-                    content_format: content_format::OCTET_STREAM,
-                })
-            }
+        match self.store.blob(entry) {
+            Ok(blob) => Some(Resource {
+                body: match blob {
+                    Blob::Memory(b) => Body::Memory(b),
+                    file => Body::Source(Arc::new(FileSource(file))),
+                },
+                etag: etag_of(&entry.sha256),
+                content_format: content_format::OCTET_STREAM,
+            }),
             Err(e) => {
                 tracing::error!(file = %entry.name, error = %e, "stored file cannot be read");
                 None
@@ -48,30 +84,11 @@ impl StoreResources {
         }
     }
 
-    fn in_version(&self, v: &Version, rest: &[&str]) -> Option<Resource> {
-        match rest {
-            // RIOT's build names the newest signed manifest riot.suit.latest.bin.
-            ["manifest"] | ["riot.suit.latest.bin"] => self.file(&v.manifest.as_ref()?.file),
-            [name] => self.file(v.file(name)?),
-            _ => None,
-        }
-    }
-
-    /// `/<id>/<name>`: the newest version holding `name`, so the URIs signed into an older
-    /// manifest (RIOT signs `…/<id>/slot0.<ver>.bin`) keep resolving after newer publishes.
-    fn newest_with(&self, id: &str, name: &str) -> Option<Resource> {
-        let versions = self.store.versions(id);
-        let v = versions.iter().rev().find(|v| v.file(name).is_some())?;
-        self.file(v.file(name)?)
-    }
-
     fn well_known_core(&self) -> Resource {
         let generation = self.store.generation();
-        if let Ok(cache) = self.link_format.lock() {
-            if let Some((g, r)) = cache.as_ref() {
-                if *g == generation {
-                    return r.clone();
-                }
+        if let Some((g, r)) = self.link_format.lock().as_ref() {
+            if *g == generation {
+                return r.clone();
             }
         }
         let mut out = String::new();
@@ -86,17 +103,12 @@ impl StoreResources {
         }
         out.pop();
         let body = Bytes::from(out);
-        let digest = suitcase_store::Sha256::of(&body);
-        let mut etag = [0u8; 8];
-        etag.copy_from_slice(&digest.0[..8]);
         let r = Resource {
-            body,
-            etag,
+            etag: etag_of(&Sha256::of(&body)),
+            body: Body::Memory(body),
             content_format: content_format::LINK_FORMAT,
         };
-        if let Ok(mut cache) = self.link_format.lock() {
-            *cache = Some((generation, r.clone()));
-        }
+        *self.link_format.lock() = Some((generation, r.clone()));
         r
     }
 }
@@ -107,58 +119,66 @@ impl Resources for StoreResources {
     }
 
     fn resolve(&self, segments: &[&str]) -> Option<Resource> {
-        let key = segments.join("/");
-        let generation = self.store.generation();
-        if let Ok(cache) = self.resolved.lock() {
-            if cache.0 == generation {
-                if let Some(r) = cache.1.get(&key) {
-                    return r.clone();
-                }
-            }
-        }
-        let r = self.resolve_uncached(segments);
-        if let Ok(mut cache) = self.resolved.lock() {
-            if cache.0 != generation || cache.1.len() >= MAX_RESOLVED {
-                cache.1.clear();
-                cache.0 = generation;
-            }
-            cache.1.insert(key, r.clone());
-        }
-        r
-    }
-}
-
-/// Paths remembered per store generation (unknown paths included, so scans stay cheap).
-const MAX_RESOLVED: usize = 4096;
-
-impl StoreResources {
-    fn resolve_uncached(&self, segments: &[&str]) -> Option<Resource> {
         if segments == [".well-known", "core"] {
             return Some(self.well_known_core());
         }
-        // A publish-id may contain '/': try the longest prefix that names one.
-        for split in (1..segments.len()).rev() {
-            let id = segments[..split].join("/");
-            let Some(latest) = self.store.latest(&id) else { continue };
-            let rest = &segments[split..];
-            if let ["v", seq, tail @ ..] = rest {
-                if let Ok(seq) = seq.parse::<u64>() {
-                    if let Some(v) = self.store.version(&id, seq) {
-                        if let Some(r) = self.in_version(&v, tail) {
-                            return Some(r);
-                        }
-                    }
-                }
-            }
-            if let Some(r) = self.in_version(&latest, rest) {
-                return Some(r);
-            }
-            if let [name] = rest {
-                if let Some(r) = self.newest_with(&id, name) {
-                    return Some(r);
-                }
-            }
+        // Only well-formed paths are looked up or remembered: their segments never hold
+        // '/', so the joined key names exactly one path.
+        if !paths::segments_ok(segments) {
+            return None;
         }
-        None
+        let key = segments.join("/");
+        let generation = self.store.generation();
+        let file = match self.resolved.get(&key) {
+            Some(r) if r.generation == generation => r.file,
+            _ => {
+                let file = paths::resolve(self.store.as_ref(), segments).map(|l| l.entry);
+                self.resolved.insert(
+                    key,
+                    Resolution {
+                        generation,
+                        file: file.clone(),
+                    },
+                );
+                file
+            }
+        };
+        self.file(&file?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use suitcase_store::{LocalStore, NewFile, PublishRequest};
+
+    #[test]
+    fn a_path_segment_holding_a_slash_cannot_poison_the_real_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalStore::open(dir.path()).unwrap());
+        store
+            .publish(
+                PublishRequest {
+                    publish_id: "fw/app".into(),
+                    files: vec![NewFile {
+                        name: "board".into(),
+                        data: Bytes::from_static(b"image"),
+                    }],
+                    semver: None,
+                    unique_semver: false,
+                },
+                Box::new(|_| Ok(None)),
+            )
+            .unwrap();
+        let r = StoreResources::new(store);
+        // One datagram with the segments `fw`, `app/board`: before, its 4.04 was cached
+        // under "fw/app/board" and every device got 4.04 for the real file.
+        assert!(r.resolve(&["fw", "app/board"]).is_none());
+        assert!(r.resolve(&["fw/app", "board"]).is_none());
+        let ok = r.resolve(&["fw", "app", "board"]).unwrap();
+        assert_eq!(ok.body.slice(0, 5).unwrap(), Bytes::from_static(b"image"));
+        assert!(r.resolve(&["fw", "app", "v", "01", "board"]).is_none());
+        assert!(r.resolve(&["fw", "app", "v", "1", "board"]).is_some());
     }
 }

@@ -9,6 +9,10 @@
 //!   queues confirmable notifications for [`Server::poll_transmit`], retransmitted with
 //!   exponential back-off until acknowledged; RST or silence deregisters.
 //!
+//! * Amplification (RFC 9175 §2.4): with `amplification_limit` set, a peer whose address is
+//!   not verified gets no reply larger than that many times its request; it gets 4.01 with
+//!   an Echo option instead, and a request echoing it verifies the address.
+//!
 //! The driver calls, in this order: `handle_datagram` for every datagram (sending what it
 //! returns), `handle_timeout` when `poll_timeout` is reached, and `poll_transmit` until it
 //! gives `None`.
@@ -16,12 +20,15 @@
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
 use crate::block::{decode_uint, BlockValue};
 use crate::message::{self, Code, MsgType, ParseError, Request, ResponseSpec};
+
+mod echo;
 
 /// CoAP content-format ids used here.
 pub mod content_format {
@@ -47,20 +54,70 @@ mod opt {
     pub const CONTENT_FORMAT: u16 = 12;
     pub const URI_QUERY: u16 = 15;
     pub const ACCEPT: u16 = 17;
+    pub const LOCATION_QUERY: u16 = 20;
     pub const BLOCK2: u16 = 23;
     pub const BLOCK1: u16 = 27;
     pub const SIZE2: u16 = 28;
     pub const PROXY_URI: u16 = 35;
     pub const PROXY_SCHEME: u16 = 39;
     pub const SIZE1: u16 = 60;
+    pub const ECHO: u16 = 252;
     pub const NO_RESPONSE: u16 = 258;
+}
+
+/// Reads ranges of a representation that is not held in memory (a large file).
+pub trait RangeSource: Send + Sync + std::fmt::Debug {
+    /// Its length.
+    fn len(&self) -> u64;
+    /// Bytes `start..end`; `None` when they cannot be read (answered 5.00).
+    fn range(&self, start: u64, end: u64) -> Option<Bytes>;
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The content of a resource.
+#[derive(Clone, Debug)]
+pub enum Body {
+    /// Held in memory, shared (never copied per request).
+    Memory(Bytes),
+    /// Read range by range, so large files are never loaded whole.
+    Source(Arc<dyn RangeSource>),
+}
+
+impl From<Bytes> for Body {
+    fn from(b: Bytes) -> Self {
+        Body::Memory(b)
+    }
+}
+
+impl Body {
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        match self {
+            Body::Memory(b) => b.len(),
+            Body::Source(s) => usize::try_from(s.len()).unwrap_or(usize::MAX),
+        }
+    }
+    /// Whether it is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Bytes `start..end` (within the length).
+    pub fn slice(&self, start: usize, end: usize) -> Option<Bytes> {
+        match self {
+            Body::Memory(b) => b.get(start..end).map(|_| b.slice(start..end)),
+            Body::Source(s) => s.range(start as u64, end as u64),
+        }
+    }
 }
 
 /// A resource ready to be served.
 #[derive(Clone, Debug)]
 pub struct Resource {
-    /// The whole representation (shared, never copied per request).
-    pub body: Bytes,
+    /// The representation.
+    pub body: Body,
     /// Entity tag: a content hash, the same for everyone and across restarts.
     pub etag: [u8; 8],
     /// Content-Format.
@@ -96,6 +153,18 @@ pub struct Config {
     pub max_peers: usize,
     /// Observers at most; a registration beyond it is served without Observe.
     pub max_observers: usize,
+    /// Observations one peer (address and port) may hold at most.
+    pub max_observers_per_peer: usize,
+    /// An observer not heard from (registration or acknowledged notification) for this long
+    /// is sent a confirmable notification; if it never acknowledges it, it is removed
+    /// (RFC 7641 §4.5). Registrations from spoofed or vanished peers expire this way.
+    pub observe_lifetime: Duration,
+    /// RFC 9175 §2.4: a reply to a peer whose address is not verified may be at most this
+    /// many times the request's size; larger ones become 4.01 with an Echo option, and a
+    /// request that echoes it verifies the address. 0 turns the limit off.
+    pub amplification_limit: u8,
+    /// Secret of the Echo values (random per process).
+    pub echo_secret: [u8; 32],
     /// ACK_TIMEOUT for confirmable notifications.
     pub ack_timeout: Duration,
     /// MAX_RETRANSMIT for confirmable notifications.
@@ -112,6 +181,10 @@ impl Default for Config {
             exchange_lifetime: Duration::from_secs(247),
             max_peers: 100_000,
             max_observers: 10_000,
+            max_observers_per_peer: 8,
+            observe_lifetime: Duration::from_secs(3600),
+            amplification_limit: 0,
+            echo_secret: [0; 32],
             ack_timeout: Duration::from_secs(2),
             max_retransmit: 4,
             change_poll: Duration::from_millis(500),
@@ -141,6 +214,10 @@ pub struct Stats {
     pub notifications: u64,
     /// Notification retransmissions.
     pub retransmissions: u64,
+    /// Replies withheld for an unverified address (4.01 with Echo sent instead).
+    pub echo_challenges: u64,
+    /// Observe registrations refused (table or per-peer limit).
+    pub observers_refused: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -161,7 +238,9 @@ impl Token {
     }
 }
 
-/// What was answered to one request, enough to answer a duplicate identically.
+/// What was answered to one request, enough to answer a duplicate identically. A reply
+/// carrying part of a resource keeps the range, not the bytes: the deduplication table
+/// never holds file contents.
 #[derive(Clone, Debug)]
 struct Exchange {
     mid: u16,
@@ -169,6 +248,8 @@ struct Exchange {
     reply_mid: u16,
     token: Token,
     spec: Option<ResponseSpec>,
+    /// The payload was `body[start..end]` of the resource with `spec.etag`.
+    range: Option<(usize, usize)>,
 }
 
 /// The last two exchanges of a peer (devices keep one request in flight).
@@ -176,6 +257,8 @@ struct Exchange {
 struct Recent {
     slots: [Option<Exchange>; 2],
     next: u8,
+    /// The peer echoed an Echo value: its address is verified (RFC 9175 §2.4).
+    verified: bool,
 }
 
 impl Recent {
@@ -209,9 +292,13 @@ struct Observer {
     szx: Option<u8>,
     etag: [u8; 8],
     pending: Option<Pending>,
+    /// Last registration or acknowledged notification.
+    heard: Instant,
 }
 
-type ObsKey = (SocketAddr, String);
+/// An observation: the peer and the Uri-Path segments as they came (kept as segments, so
+/// no two paths can share a key).
+type ObsKey = (SocketAddr, Arc<[String]>);
 
 /// The server.
 pub struct Server<R> {
@@ -222,15 +309,43 @@ pub struct Server<R> {
     out: Vec<u8>,
     dedup: Dedup,
     observers: HashMap<ObsKey, Observer>,
+    /// Observations per peer.
+    observers_of: HashMap<SocketAddr, usize>,
     /// (peer, MID of a pending notification) → observer.
-    pending_mids: HashMap<(SocketAddr, u16), String>,
+    pending_mids: HashMap<(SocketAddr, u16), Arc<[String]>>,
     /// Retransmission deadlines (lazily cleaned).
-    timers: BinaryHeap<Reverse<(Instant, SocketAddr, String)>>,
+    timers: BinaryHeap<Reverse<(Instant, SocketAddr, Arc<[String]>)>>,
     observe_seq: u32,
     seen_generation: u64,
     next_change_poll: Option<Instant>,
+    next_liveness_check: Instant,
     transmits: VecDeque<Transmit>,
     stats: Stats,
+    echo: echo::EchoKeys,
+}
+
+/// What a request asks, read from its options.
+struct Parsed<'a> {
+    path: Vec<&'a str>,
+    block2: Option<BlockValue>,
+    etags: Vec<&'a [u8]>,
+    accept: Option<u32>,
+    size2_requested: bool,
+    observe: Option<u32>,
+    if_match: Vec<&'a [u8]>,
+    if_none_match: bool,
+    echo: Option<&'a [u8]>,
+}
+
+/// Options that may appear once only (RFC 7252 §5.4.5, RFC 7959, RFC 7641, RFC 9175): a
+/// repetition is ignored and the first occurrence used. Devices in the field repeat Block2
+/// (Zephyr's coap_client sends `Block2=1/0/1024 Block2=0/0/1024`); the first occurrence is
+/// the one they mean, and answering 4.02 would stop their download.
+fn repeatable(n: u16) -> bool {
+    matches!(
+        n,
+        opt::IF_MATCH | opt::ETAG | opt::URI_PATH | opt::URI_QUERY | opt::LOCATION_QUERY | 8
+    )
 }
 
 /// Is the option number critical (odd, RFC 7252 §5.4.1)?
@@ -255,7 +370,9 @@ impl<R: Resources> Server<R> {
             ..config
         };
         let seen_generation = resources.generation();
+        let echo = echo::EchoKeys::new(config.echo_secret, now);
         Server {
+            next_liveness_check: now + liveness_interval(&config),
             config,
             resources,
             next_mid: seed as u16,
@@ -267,6 +384,7 @@ impl<R: Resources> Server<R> {
                 rotated: now,
             },
             observers: HashMap::new(),
+            observers_of: HashMap::new(),
             pending_mids: HashMap::new(),
             timers: BinaryHeap::new(),
             observe_seq: 2,
@@ -274,6 +392,7 @@ impl<R: Resources> Server<R> {
             next_change_poll: None,
             transmits: VecDeque::new(),
             stats: Stats::default(),
+            echo,
         }
     }
 
@@ -330,7 +449,7 @@ impl<R: Resources> Server<R> {
         match (req.ty, req.code) {
             // ACK or RST: maybe for one of our notifications.
             (2 | 3, _) => {
-                self.peer_answered(peer, req.mid, req.ty == 3);
+                self.peer_answered(now, peer, req.mid, req.ty == 3);
                 None
             }
             // CoAP ping: an empty CON is answered with RST (RFC 7252 §4.3).
@@ -339,7 +458,7 @@ impl<R: Resources> Server<R> {
                 Some(&self.out)
             }
             (_, 0) => None,
-            (_, 1..=31) => self.request(now, peer, &req),
+            (_, 1..=31) => self.request(now, peer, &req, datagram.len()),
             // A response or reserved code sent to a server: reject CON, ignore NON.
             (0, _) => {
                 self.out = message::empty(MsgType::Rst, req.mid);
@@ -349,7 +468,7 @@ impl<R: Resources> Server<R> {
         }
     }
 
-    fn request(&mut self, now: Instant, peer: SocketAddr, req: &Request<'_>) -> Option<&[u8]> {
+    fn request(&mut self, now: Instant, peer: SocketAddr, req: &Request<'_>, size: usize) -> Option<&[u8]> {
         let mid = req.mid;
         let con = req.ty == 0;
         self.rotate(now);
@@ -366,17 +485,62 @@ impl<R: Resources> Server<R> {
                 // Duplicated NON: silently ignored (RFC 7252 §4.5).
                 return None;
             }
-            let spec = ex.spec.as_ref()?;
-            message::encode(&mut self.out, ex.reply_type, ex.reply_mid, ex.token.as_slice(), spec);
+            let mut spec = ex.spec?;
+            if let Some((start, end)) = ex.range {
+                // The payload is read again from the resource; if it changed meanwhile, the
+                // request is answered afresh (a GET is safe to repeat).
+                let parsed = parse(req).ok()?;
+                let body = self
+                    .resources
+                    .resolve(&parsed.path)
+                    .filter(|r| Some(r.etag) == spec.etag)
+                    .and_then(|r| r.body.slice(start, end));
+                match body {
+                    Some(b) => spec.payload = b,
+                    None => return self.fresh(now, peer, req, size),
+                }
+            }
+            message::encode(&mut self.out, ex.reply_type, ex.reply_mid, ex.token.as_slice(), &spec);
             return Some(&self.out);
         }
         self.stats.requests += 1;
+        self.fresh(now, peer, req, size)
+    }
+
+    /// Answer a request that is not a duplicate (or whose resource changed since).
+    fn fresh(&mut self, now: Instant, peer: SocketAddr, req: &Request<'_>, size: usize) -> Option<&[u8]> {
+        let mid = req.mid;
+        let con = req.ty == 0;
         let token = Token::new(req.token);
-        let (mut spec, observe, path) = self.respond(req);
+        let (mut spec, mut observe, path) = match parse(req) {
+            Ok(p) => self.respond(&p),
+            Err(e) => (e, ObserveAction::None, None),
+        };
+        let (reply_type, reply_mid) = if con {
+            (MsgType::Ack, mid)
+        } else {
+            (MsgType::Non, self.mid())
+        };
+        if self.config.amplification_limit > 0 && spec.code.class() == 2 && !self.verified(peer) {
+            let echoed = parse(req).ok().and_then(|p| p.echo);
+            if echoed.is_some_and(|e| self.echo.check(now, peer, e)) {
+                self.mark_verified(peer);
+            } else {
+                message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
+                let limit = size.saturating_mul(usize::from(self.config.amplification_limit));
+                if self.out.len() > limit {
+                    self.stats.echo_challenges += 1;
+                    tracing::debug!(%peer, reply = self.out.len(), request = size, "unverified address: 4.01 with Echo");
+                    spec = ResponseSpec::error(Code::UNAUTHORIZED, "");
+                    spec.echo = Some(self.echo.value(now, peer));
+                    observe = ObserveAction::None;
+                }
+            }
+        }
         if let Some(path) = path {
             match observe {
                 ObserveAction::Register { szx } if spec.code == Code::CONTENT => {
-                    if self.register(peer, path, token, szx, spec.etag.unwrap_or_default()) {
+                    if self.register(now, peer, path, token, szx, spec.etag.unwrap_or_default()) {
                         spec.observe = Some(self.observe_seq);
                         if self.next_change_poll.is_none() {
                             self.next_change_poll = Some(now + self.config.change_poll);
@@ -391,34 +555,49 @@ impl<R: Resources> Server<R> {
                 ObserveAction::None => {}
             }
         }
-        let (reply_type, reply_mid) = if con {
-            (MsgType::Ack, mid)
-        } else {
-            (MsgType::Non, self.mid())
-        };
         let spec = if !con && suppressed(req, spec.code) {
             None
         } else {
             Some(spec)
         };
+        let range = spec.as_ref().and_then(|s| s.range);
+        let stored = spec.as_ref().map(|s| ResponseSpec {
+            payload: if range.is_some() { Bytes::new() } else { s.payload.clone() },
+            ..s.clone()
+        });
         let ex = Exchange {
             mid,
             reply_type,
             reply_mid,
             token,
-            spec,
+            spec: stored,
+            range,
         };
-        let recent = match self.dedup.current.get_mut(&peer) {
-            Some(r) => r,
-            None => {
-                let moved = self.dedup.previous.remove(&peer).unwrap_or_default();
-                self.dedup.current.entry(peer).or_insert(moved)
-            }
-        };
-        recent.put(ex.clone());
-        let spec = ex.spec.as_ref()?;
-        message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), spec);
+        self.recent(peer).put(ex);
+        let spec = spec?;
+        message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
         Some(&self.out)
+    }
+
+    /// The peer's deduplication entry, moved into the current generation.
+    fn recent(&mut self, peer: SocketAddr) -> &mut Recent {
+        if !self.dedup.current.contains_key(&peer) {
+            let moved = self.dedup.previous.remove(&peer).unwrap_or_default();
+            self.dedup.current.insert(peer, moved);
+        }
+        self.dedup.current.entry(peer).or_default()
+    }
+
+    fn verified(&self, peer: SocketAddr) -> bool {
+        self.dedup
+            .current
+            .get(&peer)
+            .or_else(|| self.dedup.previous.get(&peer))
+            .is_some_and(|r| r.verified)
+    }
+
+    fn mark_verified(&mut self, peer: SocketAddr) {
+        self.recent(peer).verified = true;
     }
 
     fn rotate(&mut self, now: Instant) {
@@ -437,80 +616,33 @@ impl<R: Resources> Server<R> {
         }
     }
 
-    fn respond(&self, req: &Request<'_>) -> (ResponseSpec, ObserveAction, Option<String>) {
+    fn respond(&self, p: &Parsed<'_>) -> (ResponseSpec, ObserveAction, Option<Arc<[String]>>) {
         let none = |spec| (spec, ObserveAction::None, None);
-        let mut path: Vec<&str> = Vec::new();
-        let mut block2 = None;
-        let mut etags: Vec<&[u8]> = Vec::new();
-        let mut accept = None;
-        let mut size2_requested = false;
-        let mut observe = None;
-        for (num, v) in req.options() {
-            {
-                match num {
-                    opt::URI_PATH => match std::str::from_utf8(v) {
-                        Ok(s) => path.push(s),
-                        Err(_) => return none(ResponseSpec::error(Code::BAD_REQUEST, "Uri-Path is not UTF-8")),
-                    },
-                    opt::BLOCK2 => match BlockValue::decode(v) {
-                        Some(b) if b.szx == 7 => {
-                            return none(ResponseSpec::error(
-                                Code::BAD_OPTION,
-                                "Block2 SZX 7 (BERT) needs CoAP over TCP",
-                            ))
-                        }
-                        Some(b) => block2 = Some(b),
-                        None => return none(ResponseSpec::error(Code::BAD_OPTION, "Block2 longer than 3 bytes")),
-                    },
-                    opt::ETAG => etags.push(v),
-                    opt::ACCEPT => accept = decode_uint(v),
-                    opt::SIZE2 => size2_requested = true,
-                    opt::OBSERVE => observe = decode_uint(v),
-                    opt::PROXY_URI | opt::PROXY_SCHEME => {
-                        return none(ResponseSpec::error(
-                            Code::PROXYING_NOT_SUPPORTED,
-                            "this server is no proxy",
-                        ))
-                    }
-                    opt::BLOCK1 => {
-                        return none(ResponseSpec::error(
-                            Code::BAD_OPTION,
-                            "Block1 is not supported: this server only serves downloads",
-                        ))
-                    }
-                    opt::IF_MATCH
-                    | opt::URI_HOST
-                    | opt::IF_NONE_MATCH
-                    | opt::URI_PORT
-                    | opt::CONTENT_FORMAT
-                    | opt::URI_QUERY
-                    | opt::SIZE1
-                    | opt::NO_RESPONSE => {}
-                    n if critical(n) => {
-                        return none(ResponseSpec::error(Code::BAD_OPTION, "unsupported critical option"))
-                    }
-                    _ => {}
-                }
+        let Some(res) = self.resources.resolve(&p.path) else {
+            // If-Match on a resource that does not exist fails (RFC 7252 §5.10.8.1).
+            if !p.if_match.is_empty() {
+                return none(ResponseSpec::error(Code::PRECONDITION_FAILED, "If-Match: no such resource"));
             }
-        }
-        if req.code != 1 {
-            return none(ResponseSpec::error(Code::METHOD_NOT_ALLOWED, "only GET is served"));
-        }
-        let Some(res) = self.resources.resolve(&path) else {
             return none(ResponseSpec::error(Code::NOT_FOUND, "not found"));
         };
-        let observe_action = match observe {
-            Some(0) if self.resources.observable(&path) => ObserveAction::Register {
-                szx: block2.map(|b| b.szx),
+        if !p.if_match.is_empty() && !p.if_match.iter().any(|e| e.is_empty() || *e == res.etag) {
+            return none(ResponseSpec::error(Code::PRECONDITION_FAILED, "If-Match: the ETag differs"));
+        }
+        if p.if_none_match {
+            return none(ResponseSpec::error(Code::PRECONDITION_FAILED, "If-None-Match: the resource exists"));
+        }
+        let observe_action = match p.observe {
+            Some(0) if self.resources.observable(&p.path) => ObserveAction::Register {
+                szx: p.block2.map(|b| b.szx),
             },
             Some(1) => ObserveAction::Deregister,
             _ => ObserveAction::None,
         };
         let key = match observe_action {
             ObserveAction::None => None,
-            _ => Some(path.join("/")),
+            _ => Some(p.path.iter().map(|s| (*s).to_string()).collect::<Vec<_>>().into()),
         };
-        if let Some(a) = accept {
+        if let Some(a) = p.accept {
             if a != u32::from(res.content_format) {
                 return none(ResponseSpec::error(
                     Code::NOT_ACCEPTABLE,
@@ -518,19 +650,14 @@ impl<R: Resources> Server<R> {
                 ));
             }
         }
-        if block2.is_none_or(|b| b.num == 0) && etags.iter().any(|e| *e == res.etag) {
+        if p.block2.is_none_or(|b| b.num == 0) && p.etags.iter().any(|e| *e == res.etag) {
             let spec = ResponseSpec {
-                code: Code::VALID,
                 etag: Some(res.etag),
-                observe: None,
-                content_format: None,
-                block2: None,
-                size2: None,
-                payload: Bytes::new(),
+                ..ResponseSpec::error(Code::VALID, "")
             };
             return (spec, observe_action, key);
         }
-        match self.content(&res, block2, size2_requested) {
+        match self.content(&res, p.block2, p.size2_requested) {
             Ok(spec) => (spec, observe_action, key),
             Err(e) => none(e),
         }
@@ -547,11 +674,9 @@ impl<R: Resources> Server<R> {
         let mut spec = ResponseSpec {
             code: Code::CONTENT,
             etag: Some(res.etag),
-            observe: None,
             content_format: Some(res.content_format),
-            block2: None,
-            size2: size2_requested.then_some(len as u32),
-            payload: Bytes::new(),
+            size2: size2_requested.then_some(u32::try_from(len).unwrap_or(u32::MAX)),
+            ..ResponseSpec::error(Code::CONTENT, "")
         };
         let block = match block2 {
             Some(b) => {
@@ -577,8 +702,12 @@ impl<R: Resources> Server<R> {
             }),
             None => None,
         };
+        let unreadable = || ResponseSpec::error(Code::INTERNAL_SERVER_ERROR, "the resource cannot be read");
         match block {
-            None => spec.payload = res.body.clone(),
+            None => {
+                spec.payload = res.body.slice(0, len).ok_or_else(unreadable)?;
+                spec.range = Some((0, len));
+            }
             Some(mut b) => {
                 let start = b.offset();
                 if start >= len && !(start == 0 && len == 0) {
@@ -590,30 +719,48 @@ impl<R: Resources> Server<R> {
                 let end = (start + b.size()).min(len);
                 b.more = end < len;
                 spec.block2 = Some(b);
-                spec.size2 = Some(len as u32);
-                spec.payload = res.body.slice(start..end);
+                spec.size2 = Some(u32::try_from(len).unwrap_or(u32::MAX));
+                spec.payload = res.body.slice(start, end).ok_or_else(unreadable)?;
+                spec.range = Some((start, end));
             }
         }
         Ok(spec)
     }
 
-    fn register(&mut self, peer: SocketAddr, path: String, token: Token, szx: Option<u8>, etag: [u8; 8]) -> bool {
+    fn register(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        path: Arc<[String]>,
+        token: Token,
+        szx: Option<u8>,
+        etag: [u8; 8],
+    ) -> bool {
         let key = (peer, path);
         if let Some(o) = self.observers.get_mut(&key) {
             // Re-registration (same peer and resource): replace the token.
             o.token = token;
             o.szx = szx;
             o.etag = etag;
+            o.heard = now;
             return true;
         }
         if self.observers.len() >= self.config.max_observers {
+            self.stats.observers_refused += 1;
             tracing::warn!(
                 observers = self.observers.len(),
                 "observer limit reached, serving without Observe"
             );
             return false;
         }
-        tracing::debug!(peer = %key.0, path = %key.1, "observer registered");
+        let of_peer = self.observers_of.get(&peer).copied().unwrap_or(0);
+        if of_peer >= self.config.max_observers_per_peer {
+            self.stats.observers_refused += 1;
+            tracing::debug!(%peer, observations = of_peer, "per-peer observe limit reached, serving without Observe");
+            return false;
+        }
+        tracing::debug!(peer = %key.0, path = %key.1.join("/"), "observer registered");
+        *self.observers_of.entry(peer).or_default() += 1;
         self.observers.insert(
             key,
             Observer {
@@ -621,6 +768,7 @@ impl<R: Resources> Server<R> {
                 szx,
                 etag,
                 pending: None,
+                heard: now,
             },
         );
         true
@@ -628,14 +776,20 @@ impl<R: Resources> Server<R> {
 
     fn deregister(&mut self, key: &ObsKey) {
         if let Some(o) = self.observers.remove(key) {
-            tracing::debug!(peer = %key.0, path = %key.1, "observer removed");
+            tracing::debug!(peer = %key.0, path = %key.1.join("/"), "observer removed");
             if let Some(p) = o.pending {
                 self.pending_mids.remove(&(key.0, p.mid));
+            }
+            if let Some(n) = self.observers_of.get_mut(&key.0) {
+                *n -= 1;
+                if *n == 0 {
+                    self.observers_of.remove(&key.0);
+                }
             }
         }
     }
 
-    fn peer_answered(&mut self, peer: SocketAddr, mid: u16, reset: bool) {
+    fn peer_answered(&mut self, now: Instant, peer: SocketAddr, mid: u16, reset: bool) {
         let Some(path) = self.pending_mids.remove(&(peer, mid)) else {
             return;
         };
@@ -645,6 +799,7 @@ impl<R: Resources> Server<R> {
             self.deregister(&key);
         } else if let Some(o) = self.observers.get_mut(&key) {
             o.pending = None;
+            o.heard = now;
         }
     }
 
@@ -660,6 +815,10 @@ impl<R: Resources> Server<R> {
             }
         }
         self.next_change_poll = (!self.observers.is_empty()).then(|| now + self.config.change_poll);
+        if now >= self.next_liveness_check {
+            self.next_liveness_check = now + liveness_interval(&self.config);
+            self.check_liveness(now);
+        }
         while let Some(Reverse((due, _, _))) = self.timers.peek() {
             if *due > now {
                 break;
@@ -677,7 +836,7 @@ impl<R: Resources> Server<R> {
                 continue; // superseded timer
             }
             if p.attempts >= max {
-                tracing::debug!(peer = %key.0, path = %key.1, "notification never acknowledged, observer removed");
+                tracing::debug!(peer = %key.0, path = %key.1.join("/"), "notification never acknowledged, observer removed");
                 self.deregister(&key);
                 continue;
             }
@@ -691,10 +850,35 @@ impl<R: Resources> Server<R> {
         }
     }
 
+    /// Observers not heard from for `observe_lifetime` get a confirmable notification of
+    /// the current state; one that never acknowledges it is removed by the retransmission
+    /// timer.
+    fn check_liveness(&mut self, now: Instant) {
+        let stale: Vec<ObsKey> = self
+            .observers
+            .iter()
+            .filter(|(_, o)| o.pending.is_none() && now.saturating_duration_since(o.heard) >= self.config.observe_lifetime)
+            .map(|(k, _)| k.clone())
+            .collect();
+        if !stale.is_empty() {
+            tracing::debug!(observers = stale.len(), "checking that silent observers are still there");
+        }
+        for key in stale {
+            self.notify(now, key, true);
+        }
+    }
+
     fn notify_changed(&mut self, now: Instant) {
         let keys: Vec<ObsKey> = self.observers.keys().cloned().collect();
         for key in keys {
-            let segments: Vec<&str> = key.1.split('/').collect();
+            self.notify(now, key, false);
+        }
+    }
+
+    /// Send `key` a confirmable notification if its resource changed (or `always`).
+    fn notify(&mut self, now: Instant, key: ObsKey, always: bool) {
+        {
+            let segments: Vec<&str> = key.1.iter().map(String::as_str).collect();
             let Some(res) = self.resources.resolve(&segments) else {
                 // The resource is gone (its versions were removed): a final 4.04 ends the
                 // observation (RFC 7641 §4.2).
@@ -706,11 +890,11 @@ impl<R: Resources> Server<R> {
                     self.transmits.push_back(Transmit { peer: key.0, data });
                 }
                 self.deregister(&key);
-                continue;
+                return;
             };
-            let Some(o) = self.observers.get(&key) else { continue };
-            if o.etag == res.etag {
-                continue;
+            let Some(o) = self.observers.get(&key) else { return };
+            if o.etag == res.etag && !always {
+                return;
             }
             let block = o.szx.map(|szx| BlockValue {
                 num: 0,
@@ -718,14 +902,14 @@ impl<R: Resources> Server<R> {
                 szx,
             });
             let Ok(mut spec) = self.content(&res, block, false) else {
-                continue;
+                return;
             };
             self.observe_seq = (self.observe_seq + 1) & 0x00ff_ffff;
             spec.observe = Some(self.observe_seq);
             let mid = self.mid();
             let timeout = self.config.ack_timeout.mul_f64(self.random_factor());
             let Some(o) = self.observers.get_mut(&key) else {
-                continue;
+                return;
             };
             let mut data = Vec::new();
             message::encode(&mut data, MsgType::Con, mid, o.token.as_slice(), &spec);
@@ -744,7 +928,7 @@ impl<R: Resources> Server<R> {
             self.pending_mids.insert((key.0, mid), key.1.clone());
             self.timers.push(Reverse((due, key.0, key.1.clone())));
             self.stats.notifications += 1;
-            tracing::debug!(peer = %key.0, path = %key.1, seq = self.observe_seq, "notification queued");
+            tracing::debug!(peer = %key.0, path = %key.1.join("/"), seq = self.observe_seq, "notification queued");
             self.transmits.push_back(Transmit { peer: key.0, data });
         }
     }
@@ -758,13 +942,85 @@ impl<R: Resources> Server<R> {
     pub fn poll_timeout(&self) -> Option<Instant> {
         let timer = self.timers.peek().map(|Reverse((t, _, _))| *t);
         let dedup = self.dedup.rotated + self.config.exchange_lifetime;
-        let change = if self.observers.is_empty() {
-            None
+        let (change, liveness) = if self.observers.is_empty() {
+            (None, None)
         } else {
-            self.next_change_poll
+            (self.next_change_poll, Some(self.next_liveness_check))
         };
-        [timer, Some(dedup), change].into_iter().flatten().min()
+        [timer, Some(dedup), change, liveness].into_iter().flatten().min()
     }
+}
+
+/// How often observers are checked for staleness.
+fn liveness_interval(config: &Config) -> Duration {
+    (config.observe_lifetime / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
+}
+
+/// Read the options of a request; an error reply when they cannot be served.
+fn parse<'a>(req: &Request<'a>) -> Result<Parsed<'a>, ResponseSpec> {
+    let mut p = Parsed {
+        path: Vec::new(),
+        block2: None,
+        etags: Vec::new(),
+        accept: None,
+        size2_requested: false,
+        observe: None,
+        if_match: Vec::new(),
+        if_none_match: false,
+        echo: None,
+    };
+    let mut last = None;
+    for (num, v) in req.options() {
+        // A repeated non-repeatable option: the first occurrence stands.
+        let repeated = last == Some(num) && !repeatable(num);
+        last = Some(num);
+        if repeated {
+            tracing::trace!(option = num, "repeated non-repeatable option ignored");
+            continue;
+        }
+        match num {
+            opt::URI_PATH => match std::str::from_utf8(v) {
+                Ok(s) => p.path.push(s),
+                Err(_) => return Err(ResponseSpec::error(Code::BAD_REQUEST, "Uri-Path is not UTF-8")),
+            },
+            opt::BLOCK2 => match BlockValue::decode(v) {
+                Some(b) if b.szx == 7 => {
+                    return Err(ResponseSpec::error(
+                        Code::BAD_OPTION,
+                        "Block2 SZX 7 (BERT) needs CoAP over TCP",
+                    ))
+                }
+                Some(b) => p.block2 = Some(b),
+                None => return Err(ResponseSpec::error(Code::BAD_OPTION, "Block2 longer than 3 bytes")),
+            },
+            opt::ETAG => p.etags.push(v),
+            opt::IF_MATCH => p.if_match.push(v),
+            opt::IF_NONE_MATCH => p.if_none_match = true,
+            opt::ACCEPT => p.accept = decode_uint(v),
+            opt::SIZE2 => p.size2_requested = true,
+            opt::OBSERVE => p.observe = decode_uint(v),
+            opt::ECHO => p.echo = Some(v),
+            opt::PROXY_URI | opt::PROXY_SCHEME => {
+                return Err(ResponseSpec::error(
+                    Code::PROXYING_NOT_SUPPORTED,
+                    "this server is no proxy",
+                ))
+            }
+            opt::BLOCK1 => {
+                return Err(ResponseSpec::error(
+                    Code::BAD_OPTION,
+                    "Block1 is not supported: this server only serves downloads",
+                ))
+            }
+            opt::URI_HOST | opt::URI_PORT | opt::CONTENT_FORMAT | opt::URI_QUERY | opt::SIZE1 | opt::NO_RESPONSE => {}
+            n if critical(n) => return Err(ResponseSpec::error(Code::BAD_OPTION, "unsupported critical option")),
+            _ => {}
+        }
+    }
+    if req.code != 1 {
+        return Err(ResponseSpec::error(Code::METHOD_NOT_ALLOWED, "only GET is served"));
+    }
+    Ok(p)
 }
 
 /// No-Response (RFC 7967) on a NON request: bit 2 suppresses 2.xx, bit 8 4.xx, bit 16 5.xx.

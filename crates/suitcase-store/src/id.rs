@@ -7,7 +7,8 @@ pub const MAX_PUBLISH_ID_LEN: usize = 200;
 /// Longest file name accepted.
 pub const MAX_FILE_NAME_LEN: usize = 128;
 
-fn segment_ok(s: &str) -> bool {
+/// Is `s` one path segment of the characters ids and names may use?
+pub(crate) fn segment_ok(s: &str) -> bool {
     !s.is_empty()
         && s != "."
         && s != ".."
@@ -15,8 +16,14 @@ fn segment_ok(s: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b'+'))
 }
 
+/// Segments a publish-id may not contain: they start the version and manifest paths under
+/// an id (`<id>/v/<n>/<file>`, `<id>/manifest`), so an id holding one could shadow another
+/// id's files.
+pub const RESERVED_SEGMENTS: [&str; 2] = ["v", "manifest"];
+
 /// Check a publish-id: segments of `[A-Za-z0-9._+-]` joined by `/` (RIOT uses
-/// `fw/<app>/<board>`); no empty, `.` or `..` segment, no leading or trailing `/`.
+/// `fw/<app>/<board>`); no empty, `.` or `..` segment, no leading or trailing `/`, and no
+/// segment `v` or `manifest` ([`RESERVED_SEGMENTS`]).
 pub fn validate_publish_id(id: &str) -> Result<(), StoreError> {
     if id.is_empty() || id.len() > MAX_PUBLISH_ID_LEN {
         return Err(StoreError::InvalidPublishId(format!(
@@ -26,6 +33,11 @@ pub fn validate_publish_id(id: &str) -> Result<(), StoreError> {
     if !id.split('/').all(segment_ok) {
         return Err(StoreError::InvalidPublishId(format!(
             "{id:?}: segments are [A-Za-z0-9._+-], separated by '/', never empty, '.' or '..'"
+        )));
+    }
+    if let Some(r) = id.split('/').find(|s| RESERVED_SEGMENTS.contains(s)) {
+        return Err(StoreError::InvalidPublishId(format!(
+            "{id:?}: the segment {r:?} is reserved (it starts version and manifest paths)"
         )));
     }
     Ok(())
@@ -78,6 +90,9 @@ mod tests {
             "a%2Fb",
             "é",
             &"x".repeat(201),
+            "fw/app/v/1",
+            "v",
+            "fw/manifest",
         ] {
             assert!(validate_publish_id(bad).is_err(), "{bad:?}");
         }

@@ -8,13 +8,16 @@
 //! disk). The trait is synchronous: callers on an async runtime use `spawn_blocking` for
 //! publishes; reads of the in-memory index are cheap.
 
+mod blob;
 mod id;
 mod local;
+pub mod paths;
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+pub use blob::Blob;
 pub use id::{validate_file_name, validate_publish_id, MAX_FILE_NAME_LEN, MAX_PUBLISH_ID_LEN};
 pub use local::LocalStore;
 
@@ -126,6 +129,9 @@ pub struct Draft<'a> {
     pub seq: u64,
     /// The newest existing version, if any.
     pub previous: Option<&'a Version>,
+    /// The highest manifest sequence number this publish-id ever had, removed versions
+    /// included: a new manifest's number must be greater.
+    pub max_sequence_number: Option<u64>,
     /// The files, with their digests.
     pub files: &'a [FileEntry],
     /// Unix time of the publish.
@@ -145,6 +151,10 @@ pub struct PublishRequest {
     pub files: Vec<NewFile>,
     /// Optional semantic version.
     pub semver: Option<semver::Version>,
+    /// Refuse the publish ([`StoreError::Conflict`]) when a listed version of the publish-id
+    /// has the same semver; checked under the publish lock, so concurrent publishes of one
+    /// semver cannot both succeed.
+    pub unique_semver: bool,
 }
 
 /// Errors of the store.
@@ -168,6 +178,9 @@ pub enum StoreError {
         /// Current highest.
         current: u64,
     },
+    /// The publish conflicts with what is stored (a semver that must be unique exists).
+    #[error("{0}")]
+    Conflict(String),
     /// The manifest builder failed.
     #[error("building the manifest failed: {0}")]
     Manifest(String),
@@ -214,8 +227,11 @@ pub trait Store: Send + Sync + 'static {
     fn versions(&self, publish_id: &str) -> Vec<Arc<Version>>;
     /// Every publish-id, sorted.
     fn publish_ids(&self) -> Vec<String>;
-    /// The content of a stored file.
+    /// The whole content of a stored file, checked against its digest.
     fn read(&self, digest: &Sha256) -> Result<Bytes, StoreError>;
+    /// A stored file for serving: small files whole from a bounded in-memory cache, large
+    /// ones as an open file read range by range (never loaded whole).
+    fn blob(&self, entry: &FileEntry) -> Result<Blob, StoreError>;
     /// A counter that grows with every change (new version): cheap change detection.
     fn generation(&self) -> u64;
 }

@@ -17,18 +17,41 @@ use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+// parking_lot's locks do not poison: a panic while one is held (a manifest builder, say)
+// cannot leave the index refusing reads or durable publishes missing from it.
+use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::id::{dir_name, from_dir_name, validate_file_name, validate_publish_id};
-use crate::{BuildManifest, Draft, FileEntry, ManifestEntry, PublishRequest, Sha256, Store, StoreError, Version};
+use crate::{
+    Blob, BuildManifest, Draft, FileEntry, ManifestEntry, PublishRequest, Sha256, Store, StoreError, Version,
+};
 
 const FORMAT: &str = "suitcase-store 1\n";
 /// Bytes of file content kept in memory for serving.
-const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+pub const DEFAULT_CACHE_BYTES: u64 = 256 * 1024 * 1024;
+/// Files up to this size are served from memory (loaded whole and checked against their
+/// digest once); larger ones are read range by range from an open file.
+const MAX_INLINE_BYTES: u64 = 4 * 1024 * 1024;
+/// Open file handles kept for serving large files.
+const OPEN_FILES: usize = 64;
+
+/// Weighs cached contents by their length.
+#[derive(Clone)]
+struct ByLength;
+
+impl quick_cache::Weighter<Sha256, Bytes> for ByLength {
+    fn weight(&self, _: &Sha256, v: &Bytes) -> u64 {
+        // Never zero: zero-weight entries would never be evicted.
+        (v.len() as u64).max(1)
+    }
+}
+
+type ContentCache = quick_cache::sync::Cache<Sha256, Bytes, ByLength>;
 
 /// The embedded, local-disk store.
 pub struct LocalStore {
@@ -36,8 +59,15 @@ pub struct LocalStore {
     index: RwLock<HashMap<String, IdState>>,
     publish_lock: Mutex<()>,
     generation: AtomicU64,
-    cache: Mutex<Cache>,
+    /// Contents of small files, weighted by bytes: the one memory budget of file contents.
+    cache: RwLock<ContentCache>,
+    /// Largest file held in `cache`.
+    inline_max: AtomicU64,
+    /// Open handles of large files.
+    open_files: quick_cache::sync::Cache<Sha256, Arc<File>>,
     tmp_counter: AtomicU64,
+    /// Records that could not be loaded at start (path and reason).
+    damaged: Vec<(PathBuf, String)>,
 }
 
 /// What the store knows of one publish-id.
@@ -59,10 +89,22 @@ impl IdState {
     }
 }
 
-struct Cache {
-    budget: u64,
-    used: u64,
-    map: HashMap<Sha256, Bytes>,
+fn content_cache(budget: u64) -> (ContentCache, u64) {
+    let items = (budget / (64 * 1024)).clamp(16, 1 << 20) as usize;
+    let cache = ContentCache::with_weighter(items, budget.max(1), ByLength);
+    // An item heavier than a shard's share is never admitted: stay well below it.
+    let inline = MAX_INLINE_BYTES.min(cache.shard_capacity() / 2);
+    (cache, inline)
+}
+
+/// The version number a record's file name stands for (`<seq>.json`, `<seq>.json.removed`,
+/// or anything starting with the 20 digits the store writes), readable or not.
+fn record_number(name: &str) -> Option<u64> {
+    let digits: &str = &name[..name.bytes().take_while(u8::is_ascii_digit).count()];
+    if digits.is_empty() || !name[digits.len()..].starts_with(".json") {
+        return None;
+    }
+    digits.parse().ok()
 }
 
 fn io(path: &Path, source: std::io::Error) -> StoreError {
@@ -185,45 +227,69 @@ impl LocalStore {
             let p = root.join(d);
             fs::create_dir_all(&p).map_err(|e| io(&p, e))?;
         }
-        let format_path = root.join("FORMAT");
+        let tmp = root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(|e| io(&tmp, e))?.flatten() {
+            let _ = fs::remove_file(entry.path());
+        }
+        let (cache, inline_max) = content_cache(DEFAULT_CACHE_BYTES);
+        let mut store = LocalStore {
+            root,
+            index: RwLock::new(HashMap::new()),
+            publish_lock: Mutex::new(()),
+            generation: AtomicU64::new(0),
+            cache: RwLock::new(cache),
+            inline_max: AtomicU64::new(inline_max),
+            open_files: quick_cache::sync::Cache::new(OPEN_FILES),
+            tmp_counter: AtomicU64::new(0),
+            damaged: Vec::new(),
+        };
+        store.check_format()?;
+        store.load_index()?;
+        Ok(store)
+    }
+
+    /// The FORMAT file: written atomically (temporary file, fsync, rename, directory
+    /// fsync). An empty one can only be a first start that died before its write (the old,
+    /// non-atomic writer on a full disk): it is written again.
+    fn check_format(&self) -> Result<(), StoreError> {
+        let format_path = self.root.join("FORMAT");
         match fs::read_to_string(&format_path) {
-            Ok(s) if s == FORMAT => {}
-            Ok(s) => {
+            Ok(s) if s == FORMAT => return Ok(()),
+            Ok(s) if !s.trim().is_empty() => {
                 return Err(StoreError::Corrupt {
                     path: format_path.display().to_string(),
                     what: format!("unknown store format {:?}", s.trim()),
                 })
             }
-            Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::write(&format_path, FORMAT).map_err(|e| io(&format_path, e))?;
-            }
+            Ok(_) => tracing::warn!(path = %format_path.display(), "empty FORMAT file (an interrupted first start), writing it again"),
+            Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(io(&format_path, e)),
         }
-        let tmp = root.join("tmp");
-        for entry in fs::read_dir(&tmp).map_err(|e| io(&tmp, e))?.flatten() {
-            let _ = fs::remove_file(entry.path());
+        let tmp = self.write_tmp(FORMAT.as_bytes())?;
+        if let Err(e) = fs::rename(&tmp, &format_path) {
+            let _ = fs::remove_file(&tmp);
+            return Err(io(&format_path, e));
         }
-        let store = LocalStore {
-            root,
-            index: RwLock::new(HashMap::new()),
-            publish_lock: Mutex::new(()),
-            generation: AtomicU64::new(0),
-            cache: Mutex::new(Cache {
-                budget: DEFAULT_CACHE_BYTES,
-                used: 0,
-                map: HashMap::new(),
-            }),
-            tmp_counter: AtomicU64::new(0),
-        };
-        store.load_index()?;
-        Ok(store)
+        sync_dir(&self.root)
     }
 
-    /// Set how many bytes of file content are kept in memory (default 256 MiB).
+    /// Set how many bytes of file content are kept in memory (default 256 MiB). Files
+    /// larger than a small fraction of it are served from disk range by range.
     pub fn set_cache_budget(&self, bytes: u64) {
-        if let Ok(mut c) = self.cache.lock() {
-            c.budget = bytes;
-        }
+        let (cache, inline_max) = content_cache(bytes);
+        *self.cache.write() = cache;
+        self.inline_max.store(inline_max, Ordering::Relaxed);
+    }
+
+    /// Bytes of file content held in memory now.
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.read().weight()
+    }
+
+    /// Version records that could not be loaded at start: (path, reason). Their numbers are
+    /// never given again; the versions are not served until the records are repaired.
+    pub fn damaged(&self) -> &[(PathBuf, String)] {
+        &self.damaged
     }
 
     /// The directory the store lives in.
@@ -231,9 +297,10 @@ impl LocalStore {
         &self.root
     }
 
-    fn load_index(&self) -> Result<(), StoreError> {
+    fn load_index(&mut self) -> Result<(), StoreError> {
         let ids = self.root.join("ids");
         let mut index: HashMap<String, IdState> = HashMap::new();
+        let mut damaged = Vec::new();
         for dir in fs::read_dir(&ids).map_err(|e| io(&ids, e))?.flatten() {
             let Some(name) = dir.file_name().to_str().map(from_dir_name) else {
                 continue;
@@ -245,10 +312,21 @@ impl LocalStore {
             let entries = fs::read_dir(dir.path()).map_err(|e| io(&dir.path(), e))?;
             for rec in entries.flatten() {
                 let path = rec.path();
+                let Some(file_name) = path.file_name().and_then(|n| n.to_str()) else {
+                    continue;
+                };
+                // The number a record's name holds is spent whether or not the record
+                // reads: a damaged newest record must not make its number look free.
+                let Some(number) = record_number(file_name) else { continue };
+                let state = index.entry(name.clone()).or_default();
+                state.max_seq = state.max_seq.max(number);
                 let removed = match path.extension().and_then(|e| e.to_str()) {
                     Some("json") => false,
                     Some("removed") => true,
-                    _ => continue,
+                    _ => {
+                        damaged.push((path.clone(), "not a version record name".to_string()));
+                        continue;
+                    }
                 };
                 let loaded = if removed {
                     self.load_record_unchecked(&path)
@@ -256,25 +334,37 @@ impl LocalStore {
                     self.load_record(&path)
                 };
                 match loaded {
-                    Ok(v) if v.publish_id == name => {
-                        let state = index.entry(name.clone()).or_default();
+                    Ok(v) if v.publish_id == name && v.seq == number => {
                         state.saw(&v);
                         if !removed {
                             state.versions.insert(v.seq, Arc::new(v));
                         }
                     }
-                    Ok(v) => {
-                        tracing::error!(path = %path.display(), id = %v.publish_id, "record in the wrong directory, ignored")
-                    }
-                    Err(e) => tracing::error!(path = %path.display(), error = %e, "unreadable version record, ignored"),
+                    Ok(v) => damaged.push((
+                        path.clone(),
+                        format!("record of {:?} version {} under this name", v.publish_id, v.seq),
+                    )),
+                    Err(e) => damaged.push((path.clone(), e.to_string())),
                 }
             }
         }
-        let n: usize = index.values().map(|v| v.versions.len()).sum();
-        tracing::info!(root = %self.root.display(), publish_ids = index.len(), versions = n, "store opened");
-        if let Ok(mut i) = self.index.write() {
-            *i = index;
+        for (path, why) in &damaged {
+            tracing::error!(path = %path.display(), error = %why, "damaged version record: not served, its number is not reused");
         }
+        let n: usize = index.values().map(|v| v.versions.len()).sum();
+        if damaged.is_empty() {
+            tracing::info!(root = %self.root.display(), publish_ids = index.len(), versions = n, "store opened");
+        } else {
+            tracing::error!(
+                root = %self.root.display(),
+                publish_ids = index.len(),
+                versions = n,
+                damaged = damaged.len(),
+                "store opened with damaged version records (listed above); repair or remove them"
+            );
+        }
+        *self.index.write() = index;
+        self.damaged = damaged;
         Ok(())
     }
 
@@ -366,26 +456,44 @@ impl LocalStore {
         }
     }
 
-    fn cache_get(&self, d: &Sha256) -> Option<Bytes> {
-        self.cache.lock().ok()?.map.get(d).cloned()
+    /// Read a whole blob from disk and check it against its digest.
+    fn load(&self, digest: &Sha256) -> Result<Bytes, StoreError> {
+        let path = self.blob_path(digest);
+        let data = match fs::read(&path) {
+            Ok(d) => Bytes::from(d),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound(format!("blob {digest:?}"))),
+            Err(e) => return Err(io(&path, e)),
+        };
+        if Sha256::of(&data) != *digest {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                what: "content does not match its digest".into(),
+            });
+        }
+        Ok(data)
     }
 
-    fn cache_put(&self, d: Sha256, data: &Bytes) {
-        let Ok(mut c) = self.cache.lock() else { return };
-        let len = data.len() as u64;
-        if len > c.budget || c.map.contains_key(&d) {
-            return;
+    /// An open handle of a large blob, whose length must be `size`.
+    fn open_file(&self, digest: &Sha256, size: u64) -> Result<Arc<File>, StoreError> {
+        if let Some(f) = self.open_files.get(digest) {
+            return Ok(f);
         }
-        while c.used + len > c.budget {
-            let Some(victim) = c.map.keys().next().copied() else {
-                break;
-            };
-            if let Some(b) = c.map.remove(&victim) {
-                c.used -= b.len() as u64;
-            }
+        let path = self.blob_path(digest);
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound(format!("blob {digest:?}"))),
+            Err(e) => return Err(io(&path, e)),
+        };
+        let len = file.metadata().map_err(|e| io(&path, e))?.len();
+        if len != size {
+            return Err(StoreError::Corrupt {
+                path: path.display().to_string(),
+                what: format!("{len} bytes where the record says {size}"),
+            });
         }
-        c.used += len;
-        c.map.insert(d, data.clone());
+        let file = Arc::new(file);
+        self.open_files.insert(*digest, file.clone());
+        Ok(file)
     }
 }
 
@@ -418,18 +526,28 @@ impl Store for LocalStore {
         for (f, e) in req.files.iter().zip(&entries) {
             self.put_blob(&e.sha256, &f.data)?;
         }
-        let _guard = self
-            .publish_lock
-            .lock()
-            .map_err(|_| StoreError::BadRequest("store lock poisoned".into()))?;
+        let _guard = self.publish_lock.lock();
+        if req.unique_semver {
+            if let Some(sv) = &req.semver {
+                if self.versions(&req.publish_id).iter().any(|v| v.semver.as_ref() == Some(sv)) {
+                    return Err(StoreError::Conflict(format!(
+                        "{} {sv} exists already (versions are immutable)",
+                        req.publish_id
+                    )));
+                }
+            }
+        }
         let previous = self.latest(&req.publish_id);
         let (max_seq, max_sequence_number) = self.high_water(&req.publish_id);
-        let seq = max_seq + 1;
+        let seq = max_seq
+            .checked_add(1)
+            .ok_or_else(|| StoreError::BadRequest(format!("{}: version numbers are exhausted", req.publish_id)))?;
         let now = now_unix();
         let draft = Draft {
             publish_id: &req.publish_id,
             seq,
             previous: previous.as_deref(),
+            max_sequence_number,
             files: &entries,
             now,
         };
@@ -472,7 +590,8 @@ impl Store for LocalStore {
         };
         self.commit_record(&version)?;
         let version = Arc::new(version);
-        if let Ok(mut idx) = self.index.write() {
+        {
+            let mut idx = self.index.write();
             let state = idx.entry(req.publish_id.clone()).or_default();
             state.saw(&version);
             state.versions.insert(seq, version.clone());
@@ -484,10 +603,7 @@ impl Store for LocalStore {
 
     fn remove(&self, publish_id: &str, seq: u64) -> Result<Arc<Version>, StoreError> {
         validate_publish_id(publish_id)?;
-        let _guard = self
-            .publish_lock
-            .lock()
-            .map_err(|_| StoreError::BadRequest("store lock poisoned".into()))?;
+        let _guard = self.publish_lock.lock();
         let version = self
             .version(publish_id, seq)
             .ok_or_else(|| StoreError::NotFound(format!("version {seq} of {publish_id:?}")))?;
@@ -496,10 +612,8 @@ impl Store for LocalStore {
         let to = dir.join(format!("{seq:020}.json.removed"));
         fs::rename(&from, &to).map_err(|e| io(&from, e))?;
         sync_dir(&dir)?;
-        if let Ok(mut idx) = self.index.write() {
-            if let Some(state) = idx.get_mut(publish_id) {
-                state.versions.remove(&seq);
-            }
+        if let Some(state) = self.index.write().get_mut(publish_id) {
+            state.versions.remove(&seq);
         }
         self.generation.fetch_add(1, Ordering::Release);
         tracing::info!(publish_id, seq, "version removed");
@@ -507,24 +621,24 @@ impl Store for LocalStore {
     }
 
     fn latest(&self, publish_id: &str) -> Option<Arc<Version>> {
-        let idx = self.index.read().ok()?;
+        let idx = self.index.read();
         idx.get(publish_id)?.versions.values().next_back().cloned()
     }
 
     fn version(&self, publish_id: &str, seq: u64) -> Option<Arc<Version>> {
-        let idx = self.index.read().ok()?;
+        let idx = self.index.read();
         idx.get(publish_id)?.versions.get(&seq).cloned()
     }
 
     fn versions(&self, publish_id: &str) -> Vec<Arc<Version>> {
-        let Ok(idx) = self.index.read() else { return Vec::new() };
+        let idx = self.index.read();
         idx.get(publish_id)
             .map(|m| m.versions.values().cloned().collect())
             .unwrap_or_default()
     }
 
     fn publish_ids(&self) -> Vec<String> {
-        let Ok(idx) = self.index.read() else { return Vec::new() };
+        let idx = self.index.read();
         let mut ids: Vec<String> = idx
             .iter()
             .filter(|(_, s)| !s.versions.is_empty())
@@ -535,23 +649,24 @@ impl Store for LocalStore {
     }
 
     fn read(&self, digest: &Sha256) -> Result<Bytes, StoreError> {
-        if let Some(b) = self.cache_get(digest) {
+        if let Some(b) = self.cache.read().get(digest) {
             return Ok(b);
         }
-        let path = self.blob_path(digest);
-        let data = match fs::read(&path) {
-            Ok(d) => Bytes::from(d),
-            Err(e) if e.kind() == ErrorKind::NotFound => return Err(StoreError::NotFound(format!("blob {digest:?}"))),
-            Err(e) => return Err(io(&path, e)),
-        };
-        if Sha256::of(&data) != *digest {
-            return Err(StoreError::Corrupt {
-                path: path.display().to_string(),
-                what: "content does not match its digest".into(),
+        let data = self.load(digest)?;
+        if data.len() as u64 <= self.inline_max.load(Ordering::Relaxed) {
+            self.cache.read().insert(*digest, data.clone());
+        }
+        Ok(data)
+    }
+
+    fn blob(&self, entry: &FileEntry) -> Result<Blob, StoreError> {
+        if entry.size > self.inline_max.load(Ordering::Relaxed) {
+            return Ok(Blob::File {
+                file: self.open_file(&entry.sha256, entry.size)?,
+                len: entry.size,
             });
         }
-        self.cache_put(*digest, &data);
-        Ok(data)
+        self.read(&entry.sha256).map(Blob::Memory)
     }
 
     fn generation(&self) -> u64 {
@@ -562,7 +677,7 @@ impl Store for LocalStore {
 impl LocalStore {
     /// (highest version number, highest manifest sequence number) ever stored for the id.
     fn high_water(&self, publish_id: &str) -> (u64, Option<u64>) {
-        let Ok(idx) = self.index.read() else { return (0, None) };
+        let idx = self.index.read();
         idx.get(publish_id)
             .map_or((0, None), |s| (s.max_seq, s.max_sequence_number))
     }

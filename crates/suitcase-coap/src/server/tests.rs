@@ -21,13 +21,14 @@ impl Resources for Fixed {
 
 impl Fixed {
     fn body(&self, path: &str) -> Bytes {
-        self.0.borrow()[path].body.clone()
+        let b = &self.0.borrow()[path].body;
+        b.slice(0, b.len()).unwrap()
     }
     fn set(&self, path: &str, body: Vec<u8>, etag: [u8; 8]) {
         self.0.borrow_mut().insert(
             path.into(),
             Resource {
-                body: Bytes::from(body),
+                body: Bytes::from(body).into(),
                 etag,
                 content_format: 42,
             },
@@ -413,11 +414,18 @@ fn duplicates_get_the_same_reply_without_reprocessing() {
         Some(vec![0x16]),
     );
     let first = h(&mut s, &req).unwrap();
-    // The resource changes in between: the duplicate still gets the first answer.
-    s.resources().set("fw/app/board/img.bin", vec![9; 3000], *b"changed!");
     let second = h(&mut s, &req).unwrap();
     assert_eq!(first, second);
     assert_eq!(s.stats().duplicates, 1);
+    assert_eq!(s.stats().requests, 1);
+    // The table keeps the range, not the bytes: if the resource changed in between, the
+    // duplicate (a safe GET) is answered afresh, with the new ETag, same MID and token.
+    s.resources().set("fw/app/board/img.bin", vec![9; 3000], *b"changed!");
+    let third = Packet::from_bytes(&h(&mut s, &req).unwrap()).unwrap();
+    assert_eq!(third.header.message_id, 4242);
+    assert_eq!(third.get_token(), b"dup");
+    assert_eq!(third.get_first_option(CoapOption::ETag).unwrap(), b"changed!");
+    assert_eq!(s.stats().duplicates, 2);
     assert_eq!(s.stats().requests, 1);
     // A NON duplicate is silently ignored.
     let non = get(MessageType::NonConfirmable, 4243, b"n", "fw/app/board/img.bin", None);
@@ -563,4 +571,128 @@ fn observe_cancel_and_limits() {
     // Observe: 1 deregisters.
     roundtrip(&mut s, &observe_get(4, b"a", "fw/app/board/manifest", 1, None));
     assert_eq!(s.observer_count(), 0);
+}
+
+#[test]
+fn one_peer_cannot_fill_the_observe_table() {
+    let mut s = server(10);
+    for i in 0..20 {
+        s.resources().set(&format!("fw/{i}/manifest"), vec![1; 10], *b"manifst1");
+    }
+    for i in 0..20u16 {
+        roundtrip(&mut s, &observe_get(100 + i, b"t", &format!("fw/{i}/manifest"), 0, None));
+    }
+    assert_eq!(s.observer_count(), Config::default().max_observers_per_peer);
+    assert_eq!(s.stats().observers_refused, 12);
+    // Registering the same resource again replaces the registration, never adds one.
+    for i in 0..5u16 {
+        roundtrip(&mut s, &observe_get(200 + i, b"u", "fw/0/manifest", 0, None));
+    }
+    assert_eq!(s.observer_count(), 8);
+    // Another peer has its own allowance.
+    let other: SocketAddr = "[::1]:6001".parse().unwrap();
+    assert!(s
+        .handle_datagram(Instant::now(), other, &observe_get(1, b"o", "fw/0/manifest", 0, None))
+        .is_some());
+    assert_eq!(s.observer_count(), 9);
+}
+
+#[test]
+fn silent_observers_expire_and_live_ones_stay() {
+    let cfg = Config {
+        observe_lifetime: Duration::from_secs(100),
+        ..Config::default()
+    };
+    let mut s = server_with(cfg, 10);
+    let t0 = Instant::now();
+    let live: SocketAddr = "[::1]:7001".parse().unwrap();
+    let gone: SocketAddr = "[::1]:7002".parse().unwrap();
+    for p in [live, gone] {
+        s.handle_datagram(t0, p, &observe_get(1, b"x", "fw/app/board/manifest", 0, None));
+    }
+    assert_eq!(s.observer_count(), 2);
+    // Nothing changes for a long time: each observer is asked once, with a CON.
+    let mut now = t0;
+    let mut asked = 0;
+    for _ in 0..2000 {
+        now += Duration::from_secs(1);
+        s.handle_timeout(now);
+        while let Some(t) = s.poll_transmit() {
+            let p = Packet::from_bytes(&t.data).unwrap();
+            assert_eq!(p.header.get_type(), MessageType::Confirmable);
+            if t.peer == live {
+                asked += 1;
+                let [a, b] = p.header.message_id.to_be_bytes();
+                s.handle_datagram(now, live, &[0x60, 0, a, b]);
+            }
+        }
+    }
+    assert!(asked >= 2, "the live observer was asked every lifetime ({asked})");
+    assert_eq!(s.observer_count(), 1, "the silent one is gone");
+}
+
+#[test]
+fn preconditions_fail_with_4_12() {
+    // A fresh server per request: get_with uses one message ID.
+    let code = |_: &mut (), req: Vec<u8>| u8::from(roundtrip(&mut server(10), &req).header.code);
+    let mut s = ();
+    let path = "fw/app/board/img.bin";
+    assert_eq!(code(&mut s, get_with(path, CoapOption::IfMatch, b"other!!!".to_vec())), 0x8c);
+    assert_eq!(code(&mut s, get_with(path, CoapOption::IfMatch, b"12345678".to_vec())), 0x45);
+    assert_eq!(code(&mut s, get_with(path, CoapOption::IfMatch, vec![])), 0x45);
+    assert_eq!(code(&mut s, get_with(path, CoapOption::IfNoneMatch, vec![])), 0x8c);
+    assert_eq!(code(&mut s, get_with("fw/none", CoapOption::IfMatch, vec![])), 0x8c);
+    assert_eq!(code(&mut s, get_with("fw/none", CoapOption::IfNoneMatch, vec![])), 0x84);
+}
+
+#[test]
+fn a_repeated_block2_uses_the_first_occurrence() {
+    let mut s = server(3000);
+    // Zephyr's coap_client (3.4–3.6) sends Block2=1/0/1024 Block2=0/0/1024.
+    let mut p = Packet::from_bytes(&get(MessageType::Confirmable, 9, b"", "fw/app/board/img.bin", None)).unwrap();
+    p.add_option(CoapOption::Block2, vec![0x16]);
+    let mut raw = p.to_bytes().unwrap();
+    // coap-lite merges repeated options into one list; append the second by hand: delta 0,
+    // length 1, value 0x06 (block 0, size 1024).
+    raw.extend_from_slice(&[0x01, 0x06]);
+    let r = roundtrip(&mut s, &raw);
+    assert_eq!(r.header.code, MessageClass::Response(ResponseType::Content));
+    assert_eq!(block2_of(&r).unwrap().num, 1);
+    assert_eq!(r.payload, s.resources().body("fw/app/board/img.bin")[1024..2048]);
+}
+
+#[test]
+fn unverified_addresses_get_echo_instead_of_amplified_replies() {
+    let cfg = Config {
+        amplification_limit: 3,
+        echo_secret: [3; 32],
+        ..Config::default()
+    };
+    let mut s = server_with(cfg, 3000);
+    let path = "fw/app/board/img.bin";
+    let req = get(MessageType::Confirmable, 1, b"", path, Some(vec![0x06]));
+    let r = roundtrip(&mut s, &req);
+    assert_eq!(u8::from(r.header.code), 0x81, "4.01");
+    assert!(r.payload.is_empty());
+    let echo = r.get_first_option(CoapOption::Unknown(252)).unwrap().clone();
+    assert_eq!(s.stats().echo_challenges, 1);
+    // A small reply is within the limit: no challenge.
+    let small = roundtrip(&mut s, &get(MessageType::Confirmable, 2, b"", "fw/none", None));
+    assert_eq!(u8::from(small.header.code), 0x84);
+    // A forged Echo does not verify.
+    let mut forged = Packet::from_bytes(&get(MessageType::Confirmable, 3, b"", path, Some(vec![0x06]))).unwrap();
+    forged.add_option(CoapOption::Unknown(252), vec![0; 12]);
+    assert_eq!(u8::from(roundtrip(&mut s, &forged.to_bytes().unwrap()).header.code), 0x81);
+    // Echoing the value verifies the address, for later requests too.
+    let mut again = Packet::from_bytes(&get(MessageType::Confirmable, 4, b"", path, Some(vec![0x06]))).unwrap();
+    again.add_option(CoapOption::Unknown(252), echo);
+    let ok = roundtrip(&mut s, &again.to_bytes().unwrap());
+    assert_eq!(ok.header.code, MessageClass::Response(ResponseType::Content));
+    assert_eq!(ok.payload.len(), 1024);
+    let next = roundtrip(&mut s, &get(MessageType::Confirmable, 5, b"", path, Some(vec![0x16])));
+    assert_eq!(next.header.code, MessageClass::Response(ResponseType::Content));
+    // Another address is not verified by it.
+    let other: SocketAddr = "[::1]:6002".parse().unwrap();
+    let out = s.handle_datagram(Instant::now(), other, &req).unwrap().to_vec();
+    assert_eq!(Packet::from_bytes(&out).unwrap().header.code, MessageClass::Response(ResponseType::Unauthorized));
 }

@@ -1,0 +1,197 @@
+//! The one path resolver: what a request path under a publish-id names. CoAP
+//! (`coap://host/<path>`), HTTP `/files/<path>`, the ESP routes and the URIs the signer puts
+//! into manifests all go through here, so they can never disagree.
+//!
+//! Paths, as segments:
+//! * `<id>/v/<n>/<file>`: file `<file>` of version `<n>` (immutable; what manifests carry).
+//!   `<n>` is written in exactly one way: decimal, no sign, no leading zero.
+//! * `<id>/manifest` and `<id>/riot.suit.latest.bin`: the newest version's manifest.
+//! * `<id>/<file>`: `<file>` of the newest version that has it (so the URIs signed into an
+//!   older manifest keep resolving after newer publishes).
+//!
+//! Every segment must be a valid id or file segment (`[A-Za-z0-9._+-]`, never `/`), so a
+//! path has one spelling and joining its segments with `/` is unambiguous. Publish-ids never
+//! contain `v` or `manifest` segments, so an id can never shadow another id's versions.
+
+use std::sync::Arc;
+
+use crate::id::segment_ok;
+use crate::{FileEntry, Store, Version};
+
+/// A resolved file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// The version it belongs to.
+    pub version: Arc<Version>,
+    /// The file (possibly the version's manifest).
+    pub entry: FileEntry,
+}
+
+/// The immutable path of `name` in version `seq` of `publish_id`: `<id>/v/<seq>/<name>`.
+pub fn version_file_path(publish_id: &str, seq: u64, name: &str) -> String {
+    format!("{publish_id}/v/{seq}/{name}")
+}
+
+/// A version number as written in a path: decimal digits, no sign, no leading zero.
+pub fn parse_version_number(s: &str) -> Option<u64> {
+    if s.is_empty() || s.len() > 20 || s.starts_with('0') || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Are these segments a well-formed path (every segment a valid name segment)?
+pub fn segments_ok(segments: &[&str]) -> bool {
+    !segments.is_empty() && segments.len() <= 64 && segments.iter().all(|s| segment_ok(s))
+}
+
+fn manifest_alias(name: &str) -> bool {
+    // RIOT's build names the newest signed manifest riot.suit.latest.bin.
+    name == "manifest" || name == "riot.suit.latest.bin"
+}
+
+fn in_version(v: &Arc<Version>, name: &str) -> Option<Located> {
+    let entry = if manifest_alias(name) {
+        v.manifest.as_ref().map(|m| &m.file)
+    } else {
+        v.file(name)
+    }?;
+    Some(Located {
+        version: v.clone(),
+        entry: entry.clone(),
+    })
+}
+
+/// Resolve `segments` against `store`; `None` when they name nothing.
+pub fn resolve(store: &dyn Store, segments: &[&str]) -> Option<Located> {
+    if !segments_ok(segments) {
+        return None;
+    }
+    // A publish-id may contain '/': try the longest prefix that names one. Ids hold no
+    // reserved segment, so at most one split can match a `v/<n>/<file>` or `manifest` tail.
+    for split in (1..segments.len()).rev() {
+        let id_segments = &segments[..split];
+        if id_segments.iter().any(|s| crate::id::RESERVED_SEGMENTS.contains(s)) {
+            continue;
+        }
+        let id = id_segments.join("/");
+        let Some(latest) = store.latest(&id) else { continue };
+        return match &segments[split..] {
+            ["v", n, name] => {
+                let v = store.version(&id, parse_version_number(n)?)?;
+                in_version(&v, name)
+            }
+            [name] if manifest_alias(name) => in_version(&latest, name),
+            [name] => store
+                .versions(&id)
+                .iter()
+                .rev()
+                .find_map(|v| in_version(v, name)),
+            _ => continue,
+        };
+    }
+    None
+}
+
+/// Resolve a `/`-separated path (HTTP routes).
+pub fn resolve_path(store: &dyn Store, path: &str) -> Option<Located> {
+    let segments: Vec<&str> = path.split('/').collect();
+    resolve(store, &segments)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::{LocalStore, NewFile, NewManifest, PublishRequest};
+
+    fn publish(s: &LocalStore, id: &str, files: &[&str], manifest: Option<u64>) -> Arc<Version> {
+        s.publish(
+            PublishRequest {
+                publish_id: id.into(),
+                files: files
+                    .iter()
+                    .map(|n| NewFile {
+                        name: (*n).into(),
+                        data: format!("{id}:{n}").into_bytes().into(),
+                    })
+                    .collect(),
+                semver: None,
+                unique_semver: false,
+            },
+            Box::new(move |d| {
+                Ok(manifest.map(|n| NewManifest {
+                    name: format!("m.{}.suit", d.seq),
+                    data: format!("manifest {n}").into_bytes().into(),
+                    sequence_number: Some(n),
+                    server_built: false,
+                }))
+            }),
+        )
+        .unwrap()
+    }
+
+    fn name(s: &LocalStore, path: &str) -> Option<(u64, String)> {
+        resolve_path(s, path).map(|l| (l.version.seq, l.entry.name))
+    }
+
+    #[test]
+    fn one_spelling_per_resource() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        publish(&s, "fw/app", &["app.bin", "old.bin"], Some(10));
+        publish(&s, "fw/app", &["app.bin"], Some(11));
+        assert_eq!(name(&s, "fw/app/v/1/app.bin"), Some((1, "app.bin".into())));
+        assert_eq!(name(&s, "fw/app/app.bin"), Some((2, "app.bin".into())));
+        assert_eq!(name(&s, "fw/app/old.bin"), Some((1, "old.bin".into())), "newest holding it");
+        assert_eq!(name(&s, "fw/app/manifest"), Some((2, "m.2.suit".into())));
+        assert_eq!(name(&s, "fw/app/riot.suit.latest.bin"), Some((2, "m.2.suit".into())));
+        assert_eq!(name(&s, "fw/app/v/1/manifest"), Some((1, "m.1.suit".into())));
+        for bad in [
+            "fw/app/v/01/app.bin",
+            "fw/app/v/001/app.bin",
+            "fw/app/v/+1/app.bin",
+            "fw/app/v/0/app.bin",
+            "fw/app/v/1/app.bin/x",
+            "fw/app/v/3/app.bin",
+            "fw//app/app.bin",
+            "fw/app/./app.bin",
+            "fw/app/../app/app.bin",
+            "fw/app",
+            "fw",
+            "",
+        ] {
+            assert_eq!(name(&s, bad), None, "{bad}");
+        }
+        // A segment holding '/' is no path at all, even if its join would be one.
+        assert_eq!(resolve(&s, &["fw", "app/app.bin"]), None);
+        assert!(resolve(&s, &["fw", "app", "app.bin"]).is_some());
+    }
+
+    #[test]
+    fn an_id_cannot_shadow_another_ids_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = LocalStore::open(dir.path()).unwrap();
+        publish(&s, "fw/app", &["app.bin"], None);
+        let err = s
+            .publish(
+                PublishRequest {
+                    publish_id: "fw/app/v/1".into(),
+                    files: vec![NewFile {
+                        name: "app.bin".into(),
+                        data: b"evil".to_vec().into(),
+                    }],
+                    semver: None,
+                    unique_semver: false,
+                },
+                Box::new(|_| Ok(None)),
+            )
+            .unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{err}");
+        // Nested ids still work.
+        publish(&s, "fw/app/board", &["x.bin"], None);
+        assert_eq!(name(&s, "fw/app/board/x.bin"), Some((1, "x.bin".into())));
+        assert_eq!(name(&s, "fw/app/v/1/app.bin"), Some((1, "app.bin".into())));
+        assert_eq!(version_file_path("fw/app", 7, "a.bin"), "fw/app/v/7/a.bin");
+    }
+}
