@@ -10,14 +10,15 @@ use nix::sys::socket::{recvmmsg, sendmmsg, MsgFlags, MultiHeaders, SockaddrStora
 
 /// Datagrams per system call.
 pub const BATCH: usize = 32;
-const MTU: usize = 1500;
+const MTU: usize = crate::driver::MAX_DATAGRAM;
 
 /// Reusable buffers for one batch in and one batch out.
 pub struct Batch {
     rx: Vec<Vec<u8>>,
     rx_headers: MultiHeaders<SockaddrStorage>,
     tx_headers: MultiHeaders<SockaddrStorage>,
-    /// (length, peer) of each datagram received by the last [`Batch::recv`].
+    /// (length, peer) of each datagram received by the last [`Batch::recv`]; a datagram
+    /// that did not fit the buffer (MSG_TRUNC) has no peer, so it is never handled.
     pub received: Vec<(usize, Option<SocketAddr>)>,
     out: Vec<u8>,
     queued: Vec<(SocketAddr, usize, usize)>,
@@ -73,7 +74,11 @@ impl Batch {
         let results = recvmmsg(fd, &mut self.rx_headers, iovs.iter_mut(), MsgFlags::MSG_DONTWAIT, None)
             .map_err(io::Error::from)?;
         for r in results {
-            self.received.push((r.bytes, r.address.as_ref().and_then(to_std)));
+            // A truncated datagram is not the request that was sent: drop it (answering
+            // what is left would reject or misread a message that was never seen whole).
+            let whole = !r.flags.contains(MsgFlags::MSG_TRUNC);
+            self.received
+                .push((r.bytes, r.address.as_ref().and_then(to_std).filter(|_| whole)));
         }
         Ok(self.received.len())
     }

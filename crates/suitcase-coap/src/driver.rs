@@ -39,15 +39,36 @@ pub fn bind(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// Serve until `cancel` fires. Each wake-up drains every queued datagram before waiting
-/// again, so a burst costs one readiness event, not one per datagram; on Linux the datagrams
-/// come in and the replies go out in batches of up to 32 per system call.
+/// Datagrams handled per wake-up at most (quinn's IO_LOOP_BOUND idea): then timers,
+/// notifications and shutdown get their turn, however fast datagrams arrive.
+pub const IO_LOOP_BOUND: usize = 256;
+
+/// Largest datagram accepted; longer ones arrive truncated and are dropped (a request of
+/// this server is a GET with a path: far smaller).
+pub const MAX_DATAGRAM: usize = 1500;
+
+/// Serve until `cancel` fires. Each wake-up handles up to [`IO_LOOP_BOUND`] queued datagrams
+/// before it services timers and looks at `cancel` again, so a burst costs one readiness
+/// event, not one per datagram, and a flood cannot starve Observe retransmissions or
+/// shutdown; on Linux the datagrams come in and the replies go out in batches of up to 32
+/// per system call.
 pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel: CancellationToken) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     let mut batch = crate::batch::Batch::default();
     #[cfg(not(target_os = "linux"))]
-    let mut buf = vec![0u8; 1500];
+    let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     loop {
+        if cancel.is_cancelled() {
+            return Ok(());
+        }
+        // Timers first, every round: under load the readable branch is always ready.
+        let now = Instant::now();
+        if server.poll_timeout().is_some_and(|t| t <= now) {
+            server.handle_timeout(now);
+        }
+        while let Some(t) = server.poll_transmit() {
+            send(&socket, &t.data, t.peer).await;
+        }
         let deadline = server
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -55,13 +76,17 @@ pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel:
             biased;
             () = cancel.cancelled() => return Ok(()),
             r = socket.readable() => r?,
-            () = tokio::time::sleep_until(deadline.into()) => server.handle_timeout(Instant::now()),
+            () = tokio::time::sleep_until(deadline.into()) => {
+                server.handle_timeout(Instant::now());
+                continue;
+            }
         }
+        let mut handled = 0;
         #[cfg(target_os = "linux")]
         {
             use std::os::fd::AsRawFd;
             let fd = socket.as_raw_fd();
-            loop {
+            while handled < IO_LOOP_BOUND {
                 match socket.try_io(tokio::io::Interest::READABLE, || batch.recv(fd)) {
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -72,11 +97,13 @@ pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel:
                             io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
                         ) =>
                     {
-                        continue
+                        handled += 1;
+                        continue;
                     }
                     Err(e) => return Err(e),
                 }
                 let now = Instant::now();
+                handled += batch.received.len().max(1);
                 batch.each_received(|peer, datagram, replies| {
                     if let Some(reply) = server.handle_datagram(now, peer, datagram) {
                         replies.queue(peer, reply);
@@ -88,7 +115,8 @@ pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel:
             }
         }
         #[cfg(not(target_os = "linux"))]
-        loop {
+        while handled < IO_LOOP_BOUND {
+            handled += 1;
             let (n, peer) = match socket.try_recv_from(&mut buf) {
                 Ok(x) => x,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
@@ -96,12 +124,17 @@ pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel:
                 Err(e) if e.kind() == io::ErrorKind::ConnectionReset => continue,
                 Err(e) => return Err(e),
             };
+            if n > MAX_DATAGRAM {
+                tracing::trace!(%peer, "dropping a datagram longer than {MAX_DATAGRAM} bytes");
+                continue;
+            }
             if let Some(reply) = server.handle_datagram(Instant::now(), peer, &buf[..n]) {
                 send(&socket, reply, peer).await;
             }
         }
-        while let Some(t) = server.poll_transmit() {
-            send(&socket, &t.data, t.peer).await;
+        if handled >= IO_LOOP_BOUND {
+            // Let the runtime run anything else on this thread before the next round.
+            tokio::task::yield_now().await;
         }
     }
 }

@@ -299,6 +299,8 @@ struct Observer {
 /// An observation: the peer and the Uri-Path segments as they came (kept as segments, so
 /// no two paths can share a key).
 type ObsKey = (SocketAddr, Arc<[String]>);
+/// A retransmission deadline of an observer's notification.
+type Timer = Reverse<(Instant, SocketAddr, Arc<[String]>)>;
 
 /// The server.
 pub struct Server<R> {
@@ -314,7 +316,7 @@ pub struct Server<R> {
     /// (peer, MID of a pending notification) → observer.
     pending_mids: HashMap<(SocketAddr, u16), Arc<[String]>>,
     /// Retransmission deadlines (lazily cleaned).
-    timers: BinaryHeap<Reverse<(Instant, SocketAddr, Arc<[String]>)>>,
+    timers: BinaryHeap<Timer>,
     observe_seq: u32,
     seen_generation: u64,
     next_change_poll: Option<Instant>,
@@ -562,7 +564,11 @@ impl<R: Resources> Server<R> {
         };
         let range = spec.as_ref().and_then(|s| s.range);
         let stored = spec.as_ref().map(|s| ResponseSpec {
-            payload: if range.is_some() { Bytes::new() } else { s.payload.clone() },
+            payload: if range.is_some() {
+                Bytes::new()
+            } else {
+                s.payload.clone()
+            },
             ..s.clone()
         });
         let ex = Exchange {
@@ -621,15 +627,24 @@ impl<R: Resources> Server<R> {
         let Some(res) = self.resources.resolve(&p.path) else {
             // If-Match on a resource that does not exist fails (RFC 7252 §5.10.8.1).
             if !p.if_match.is_empty() {
-                return none(ResponseSpec::error(Code::PRECONDITION_FAILED, "If-Match: no such resource"));
+                return none(ResponseSpec::error(
+                    Code::PRECONDITION_FAILED,
+                    "If-Match: no such resource",
+                ));
             }
             return none(ResponseSpec::error(Code::NOT_FOUND, "not found"));
         };
         if !p.if_match.is_empty() && !p.if_match.iter().any(|e| e.is_empty() || *e == res.etag) {
-            return none(ResponseSpec::error(Code::PRECONDITION_FAILED, "If-Match: the ETag differs"));
+            return none(ResponseSpec::error(
+                Code::PRECONDITION_FAILED,
+                "If-Match: the ETag differs",
+            ));
         }
         if p.if_none_match {
-            return none(ResponseSpec::error(Code::PRECONDITION_FAILED, "If-None-Match: the resource exists"));
+            return none(ResponseSpec::error(
+                Code::PRECONDITION_FAILED,
+                "If-None-Match: the resource exists",
+            ));
         }
         let observe_action = match p.observe {
             Some(0) if self.resources.observable(&p.path) => ObserveAction::Register {
@@ -857,11 +872,16 @@ impl<R: Resources> Server<R> {
         let stale: Vec<ObsKey> = self
             .observers
             .iter()
-            .filter(|(_, o)| o.pending.is_none() && now.saturating_duration_since(o.heard) >= self.config.observe_lifetime)
+            .filter(|(_, o)| {
+                o.pending.is_none() && now.saturating_duration_since(o.heard) >= self.config.observe_lifetime
+            })
             .map(|(k, _)| k.clone())
             .collect();
         if !stale.is_empty() {
-            tracing::debug!(observers = stale.len(), "checking that silent observers are still there");
+            tracing::debug!(
+                observers = stale.len(),
+                "checking that silent observers are still there"
+            );
         }
         for key in stale {
             self.notify(now, key, true);

@@ -56,7 +56,7 @@ impl From<StoreError> for ApiError {
             StoreError::InvalidPublishId(_) | StoreError::InvalidFileName(_) | StoreError::BadRequest(_) => {
                 StatusCode::BAD_REQUEST
             }
-            StoreError::SequenceNotIncreasing { .. } => StatusCode::CONFLICT,
+            StoreError::SequenceNotIncreasing { .. } | StoreError::Conflict(_) => StatusCode::CONFLICT,
             StoreError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::NoSpace | StoreError::ReadOnly => StatusCode::INSUFFICIENT_STORAGE,

@@ -171,6 +171,9 @@ pub(crate) async fn put_image(
             },
         ],
         semver: Some(version.clone()),
+        // Checked again under the store's publish lock: concurrent uploads of one version
+        // cannot both succeed.
+        unique_semver: true,
     };
     let store = st.store.clone();
     let v = tokio::task::spawn_blocking(move || store.publish(req, Box::new(|_| Ok(None))))

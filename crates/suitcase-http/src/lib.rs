@@ -225,7 +225,12 @@ struct FileView {
 
 impl VersionView {
     pub(crate) fn new(v: &Version, coap_base: &str) -> Self {
-        let url = |name: &str| format!("{coap_base}/{}/v/{}/{name}", v.publish_id, v.seq);
+        let url = |name: &str| {
+            format!(
+                "{coap_base}/{}",
+                suitcase_store::paths::version_file_path(&v.publish_id, v.seq, name)
+            )
+        };
         let file = |f: &suitcase_store::FileEntry| FileView {
             name: f.name.clone(),
             sha256: f.sha256.to_hex(),

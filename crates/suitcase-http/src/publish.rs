@@ -100,6 +100,7 @@ pub(crate) async fn publish(
         publish_id: publish_id.clone(),
         files,
         semver,
+        unique_semver: false,
     };
     let store = st.store.clone();
     let signer = st.signer.clone();

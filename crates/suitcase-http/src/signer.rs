@@ -26,18 +26,24 @@ impl Signer {
     }
 
     /// Build and sign the manifest of `draft`: one component per file, URIs pointing at the
-    /// version's immutable CoAP paths, sequence number = max(previous + 1, now).
+    /// version's immutable CoAP paths, sequence number = max(highest ever + 1, now), where
+    /// "highest ever" counts removed versions too (their manifests may be on devices).
     pub fn build(&self, draft: &Draft<'_>, coap_base: &str, class: &str) -> Result<NewManifest, String> {
-        let previous = draft
-            .previous
-            .and_then(|p| p.manifest.as_ref())
-            .and_then(|m| m.sequence_number);
-        let sequence_number = previous.map_or(draft.now, |p| (p + 1).max(draft.now));
+        let sequence_number = match draft.max_sequence_number {
+            None => draft.now,
+            Some(n) => n
+                .checked_add(1)
+                .ok_or("the manifest sequence numbers of this publish-id are exhausted (2^64 - 1 was used)")?
+                .max(draft.now),
+        };
         let vendor = builder::vendor_id(&self.vendor_domain);
         let class = builder::class_id(&vendor, class);
         let mut b = ManifestBuilder::new(Profile::Draft37, sequence_number, vendor, class);
         for entry in draft.files {
-            let uri = format!("{coap_base}/{}/v/{}/{}", draft.publish_id, draft.seq, entry.name);
+            let uri = format!(
+                "{coap_base}/{}",
+                suitcase_store::paths::version_file_path(draft.publish_id, draft.seq, &entry.name)
+            );
             b = b.image(Image {
                 uri,
                 sha256: entry.sha256.0,

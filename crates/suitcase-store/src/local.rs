@@ -27,9 +27,7 @@ use parking_lot::{Mutex, RwLock};
 use serde::{Deserialize, Serialize};
 
 use crate::id::{dir_name, from_dir_name, validate_file_name, validate_publish_id};
-use crate::{
-    Blob, BuildManifest, Draft, FileEntry, ManifestEntry, PublishRequest, Sha256, Store, StoreError, Version,
-};
+use crate::{Blob, BuildManifest, Draft, FileEntry, ManifestEntry, PublishRequest, Sha256, Store, StoreError, Version};
 
 const FORMAT: &str = "suitcase-store 1\n";
 /// Bytes of file content kept in memory for serving.
@@ -261,7 +259,9 @@ impl LocalStore {
                     what: format!("unknown store format {:?}", s.trim()),
                 })
             }
-            Ok(_) => tracing::warn!(path = %format_path.display(), "empty FORMAT file (an interrupted first start), writing it again"),
+            Ok(_) => {
+                tracing::warn!(path = %format_path.display(), "empty FORMAT file (an interrupted first start), writing it again")
+            }
             Err(e) if e.kind() == ErrorKind::NotFound => {}
             Err(e) => return Err(io(&format_path, e)),
         }
@@ -317,7 +317,9 @@ impl LocalStore {
                 };
                 // The number a record's name holds is spent whether or not the record
                 // reads: a damaged newest record must not make its number look free.
-                let Some(number) = record_number(file_name) else { continue };
+                let Some(number) = record_number(file_name) else {
+                    continue;
+                };
                 let state = index.entry(name.clone()).or_default();
                 state.max_seq = state.max_seq.max(number);
                 let removed = match path.extension().and_then(|e| e.to_str()) {
@@ -529,7 +531,11 @@ impl Store for LocalStore {
         let _guard = self.publish_lock.lock();
         if req.unique_semver {
             if let Some(sv) = &req.semver {
-                if self.versions(&req.publish_id).iter().any(|v| v.semver.as_ref() == Some(sv)) {
+                if self
+                    .versions(&req.publish_id)
+                    .iter()
+                    .any(|v| v.semver.as_ref() == Some(sv))
+                {
                     return Err(StoreError::Conflict(format!(
                         "{} {sv} exists already (versions are immutable)",
                         req.publish_id

@@ -82,11 +82,7 @@ pub fn resolve(store: &dyn Store, segments: &[&str]) -> Option<Located> {
                 in_version(&v, name)
             }
             [name] if manifest_alias(name) => in_version(&latest, name),
-            [name] => store
-                .versions(&id)
-                .iter()
-                .rev()
-                .find_map(|v| in_version(v, name)),
+            [name] => store.versions(&id).iter().rev().find_map(|v| in_version(v, name)),
             _ => continue,
         };
     }
@@ -143,7 +139,11 @@ mod tests {
         publish(&s, "fw/app", &["app.bin"], Some(11));
         assert_eq!(name(&s, "fw/app/v/1/app.bin"), Some((1, "app.bin".into())));
         assert_eq!(name(&s, "fw/app/app.bin"), Some((2, "app.bin".into())));
-        assert_eq!(name(&s, "fw/app/old.bin"), Some((1, "old.bin".into())), "newest holding it");
+        assert_eq!(
+            name(&s, "fw/app/old.bin"),
+            Some((1, "old.bin".into())),
+            "newest holding it"
+        );
         assert_eq!(name(&s, "fw/app/manifest"), Some((2, "m.2.suit".into())));
         assert_eq!(name(&s, "fw/app/riot.suit.latest.bin"), Some((2, "m.2.suit".into())));
         assert_eq!(name(&s, "fw/app/v/1/manifest"), Some((1, "m.1.suit".into())));

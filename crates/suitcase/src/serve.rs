@@ -56,6 +56,16 @@ pub struct ServeArgs {
     /// Largest upload accepted, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
+    /// Memory for file contents, in MiB: small files are served from it, files larger than
+    /// a small share of it from disk, range by range.
+    #[arg(long, env = "SUITCASE_CACHE_MIB", default_value_t = 256)]
+    cache_mib: u64,
+    /// CoAP amplification limit (RFC 9175 §2.4): a peer whose address is not verified gets
+    /// no reply larger than this many times its request, but 4.01 with an Echo option to
+    /// repeat. 0 (the default) turns it off: RIOT's nanocoap, Zephyr's coap_client before
+    /// 3.6 and Zephyr's LwM2M pull cannot answer Echo. See README "Exposure".
+    #[arg(long, env = "SUITCASE_AMPLIFICATION_LIMIT", default_value_t = 0)]
+    amplification_limit: u8,
 }
 
 impl ServeArgs {
@@ -112,6 +122,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     let store = Arc::new(
         LocalStore::open(&args.data).with_context(|| format!("opening the store in {}", args.data.display()))?,
     );
+    store.set_cache_budget(args.cache_mib.saturating_mul(1024 * 1024));
     let key = load_or_create_key(&args.data, args.key.as_deref())?;
 
     let cancel = CancellationToken::new();
@@ -127,8 +138,12 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
+    let mut echo_secret = [0u8; 32];
+    getrandom::fill(&mut echo_secret).map_err(|e| anyhow::anyhow!("no randomness for the Echo secret: {e}"))?;
     let config = suitcase_coap::Config {
         default_szx: szx,
+        amplification_limit: args.amplification_limit,
+        echo_secret,
         ..Default::default()
     };
     let coap = Server::new(
@@ -179,26 +194,67 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         shutdown.cancel();
     });
-    match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            suitcase_http::serve_tls(http_listener, state, cert, key, cancel.clone().cancelled_owned())
+    let http = {
+        let cancel = cancel.clone();
+        async move {
+            match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => {
+                    suitcase_http::serve_tls(http_listener, state, cert, key, cancel.cancelled_owned())
+                        .await
+                        .context("HTTPS server")
+                }
+                _ => suitcase_http::serve(
+                    tokio::net::TcpListener::from_std(http_listener)?,
+                    state,
+                    cancel.cancelled_owned(),
+                )
                 .await
-                .context("HTTPS server")?
+                .context("HTTP server"),
+            }
         }
-        _ => suitcase_http::serve(
-            tokio::net::TcpListener::from_std(http_listener)?,
-            state,
-            cancel.clone().cancelled_owned(),
-        )
-        .await
-        .context("HTTP server")?,
+    };
+    supervise(http, coap_thread, cancel).await
+}
+
+/// Run the HTTP server and watch the CoAP thread: whichever stops first stops the other. A
+/// CoAP thread that ends on its own (an error or a panic) ends the process with an error,
+/// so HTTP is never served on silently without CoAP.
+async fn supervise(
+    http: impl std::future::Future<Output = anyhow::Result<()>>,
+    coap_thread: std::thread::JoinHandle<std::io::Result<()>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    // The join blocks: wait for it on a blocking thread, not on a runtime worker.
+    let mut coap = tokio::task::spawn_blocking(move || coap_thread.join());
+    let coap_result = |joined: Result<std::thread::Result<std::io::Result<()>>, tokio::task::JoinError>| match joined {
+        Ok(Ok(r)) => r.context("CoAP server"),
+        Ok(Err(_)) => Err(anyhow::anyhow!("the CoAP thread panicked")),
+        Err(e) => Err(anyhow::anyhow!("waiting for the CoAP thread: {e}")),
+    };
+    tokio::pin!(http);
+    tokio::select! {
+        r = &mut http => {
+            cancel.cancel();
+            let coap = coap_result(coap.await);
+            r?;
+            coap
+        }
+        joined = &mut coap => {
+            let stopping = cancel.is_cancelled();
+            cancel.cancel();
+            let r = coap_result(joined);
+            if stopping {
+                r?;
+                return http.await;
+            }
+            let why = match r {
+                Err(e) => format!("{e:#}"),
+                Ok(()) => "it stopped".to_string(),
+            };
+            tracing::error!(error = %why, "the CoAP server failed; stopping HTTP too");
+            bail!("the CoAP server failed: {why}")
+        }
     }
-    cancel.cancel();
-    match coap_thread.join() {
-        Ok(r) => r.context("CoAP server")?,
-        Err(_) => bail!("the CoAP thread panicked"),
-    }
-    Ok(())
 }
 
 async fn wait_for_signal() {
@@ -220,5 +276,63 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    /// HTTP that runs until cancelled, like the real server.
+    fn http_until(cancel: &CancellationToken) -> impl std::future::Future<Output = anyhow::Result<()>> {
+        let c = cancel.clone();
+        async move {
+            c.cancelled().await;
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_failing_or_panicking_coap_thread_stops_the_server_with_an_error() {
+        let rt = runtime();
+        let cancel = CancellationToken::new();
+        let t = std::thread::spawn(|| Err(std::io::Error::other("socket gone")));
+        let r = rt.block_on(supervise(http_until(&cancel), t, cancel.clone()));
+        assert!(r.unwrap_err().to_string().contains("socket gone"));
+        assert!(cancel.is_cancelled(), "HTTP was told to stop");
+
+        let cancel = CancellationToken::new();
+        let t = std::thread::spawn(|| -> std::io::Result<()> { panic!("bug") });
+        let r = rt.block_on(supervise(http_until(&cancel), t, cancel.clone()));
+        assert!(r.unwrap_err().to_string().contains("panicked"));
+        assert!(cancel.is_cancelled());
+    }
+
+    #[test]
+    fn a_shutdown_stops_both_cleanly() {
+        let rt = runtime();
+        let cancel = CancellationToken::new();
+        let c = cancel.clone();
+        let t = std::thread::spawn(move || {
+            while !c.is_cancelled() {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Ok(())
+        });
+        let c = cancel.clone();
+        let http = async move {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            c.cancel();
+            Ok(())
+        };
+        rt.block_on(supervise(http, t, cancel)).unwrap();
     }
 }

@@ -577,10 +577,14 @@ fn observe_cancel_and_limits() {
 fn one_peer_cannot_fill_the_observe_table() {
     let mut s = server(10);
     for i in 0..20 {
-        s.resources().set(&format!("fw/{i}/manifest"), vec![1; 10], *b"manifst1");
+        s.resources()
+            .set(&format!("fw/{i}/manifest"), vec![1; 10], *b"manifst1");
     }
     for i in 0..20u16 {
-        roundtrip(&mut s, &observe_get(100 + i, b"t", &format!("fw/{i}/manifest"), 0, None));
+        roundtrip(
+            &mut s,
+            &observe_get(100 + i, b"t", &format!("fw/{i}/manifest"), 0, None),
+        );
     }
     assert_eq!(s.observer_count(), Config::default().max_observers_per_peer);
     assert_eq!(s.stats().observers_refused, 12);
@@ -637,8 +641,14 @@ fn preconditions_fail_with_4_12() {
     let code = |_: &mut (), req: Vec<u8>| u8::from(roundtrip(&mut server(10), &req).header.code);
     let mut s = ();
     let path = "fw/app/board/img.bin";
-    assert_eq!(code(&mut s, get_with(path, CoapOption::IfMatch, b"other!!!".to_vec())), 0x8c);
-    assert_eq!(code(&mut s, get_with(path, CoapOption::IfMatch, b"12345678".to_vec())), 0x45);
+    assert_eq!(
+        code(&mut s, get_with(path, CoapOption::IfMatch, b"other!!!".to_vec())),
+        0x8c
+    );
+    assert_eq!(
+        code(&mut s, get_with(path, CoapOption::IfMatch, b"12345678".to_vec())),
+        0x45
+    );
     assert_eq!(code(&mut s, get_with(path, CoapOption::IfMatch, vec![])), 0x45);
     assert_eq!(code(&mut s, get_with(path, CoapOption::IfNoneMatch, vec![])), 0x8c);
     assert_eq!(code(&mut s, get_with("fw/none", CoapOption::IfMatch, vec![])), 0x8c);
@@ -682,7 +692,10 @@ fn unverified_addresses_get_echo_instead_of_amplified_replies() {
     // A forged Echo does not verify.
     let mut forged = Packet::from_bytes(&get(MessageType::Confirmable, 3, b"", path, Some(vec![0x06]))).unwrap();
     forged.add_option(CoapOption::Unknown(252), vec![0; 12]);
-    assert_eq!(u8::from(roundtrip(&mut s, &forged.to_bytes().unwrap()).header.code), 0x81);
+    assert_eq!(
+        u8::from(roundtrip(&mut s, &forged.to_bytes().unwrap()).header.code),
+        0x81
+    );
     // Echoing the value verifies the address, for later requests too.
     let mut again = Packet::from_bytes(&get(MessageType::Confirmable, 4, b"", path, Some(vec![0x06]))).unwrap();
     again.add_option(CoapOption::Unknown(252), echo);
@@ -694,5 +707,8 @@ fn unverified_addresses_get_echo_instead_of_amplified_replies() {
     // Another address is not verified by it.
     let other: SocketAddr = "[::1]:6002".parse().unwrap();
     let out = s.handle_datagram(Instant::now(), other, &req).unwrap().to_vec();
-    assert_eq!(Packet::from_bytes(&out).unwrap().header.code, MessageClass::Response(ResponseType::Unauthorized));
+    assert_eq!(
+        Packet::from_bytes(&out).unwrap().header.code,
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
 }

@@ -211,7 +211,8 @@ fn drafts_carry_the_highest_sequence_number_ever_stored() {
     let dir = tempfile::tempdir().unwrap();
     let s = LocalStore::open(dir.path()).unwrap();
     s.publish(req("x", &[("a.bin", b"1")]), manifest(10)).unwrap();
-    s.publish(req("x", &[("a.bin", b"2")]), manifest(9_999_999_999)).unwrap();
+    s.publish(req("x", &[("a.bin", b"2")]), manifest(9_999_999_999))
+        .unwrap();
     s.remove("x", 2).unwrap();
     let seen = std::sync::Arc::new(Mutex::new(None));
     let seen2 = seen.clone();
@@ -272,7 +273,9 @@ fn large_files_are_served_range_by_range_within_the_memory_budget() {
     s.set_cache_budget(1 << 20);
     let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
     let small = vec![7u8; 1000];
-    let v = s.publish(req("x", &[("big.bin", &big), ("small.bin", &small)]), no_manifest()).unwrap();
+    let v = s
+        .publish(req("x", &[("big.bin", &big), ("small.bin", &small)]), no_manifest())
+        .unwrap();
     for _ in 0..3 {
         let b = s.blob(&v.files[0]).unwrap();
         assert!(matches!(b, Blob::File { .. }));
