@@ -61,3 +61,45 @@ impl Signer {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use suitcase_store::{FileEntry, Sha256};
+
+    fn draft(max: Option<u64>, files: &[FileEntry]) -> Draft<'_> {
+        Draft {
+            publish_id: "fw/app",
+            seq: 3,
+            previous: None,
+            max_sequence_number: max,
+            files,
+            now: 1_700_000_000,
+        }
+    }
+
+    #[test]
+    fn sequence_numbers_start_above_every_removed_one_and_never_overflow() {
+        let signer = Signer::new(SigningKey::generate(suitcase_suit::Algorithm::Ed25519), "example.org");
+        let files = [FileEntry {
+            name: "a.bin".into(),
+            sha256: Sha256::of(b"a"),
+            size: 1,
+        }];
+        let seq = |max| {
+            signer
+                .build(&draft(max, &files), "coap://[::1]", "c")
+                .map(|m| m.sequence_number)
+        };
+        assert_eq!(seq(None).unwrap(), Some(1_700_000_000));
+        assert_eq!(seq(Some(5)).unwrap(), Some(1_700_000_000), "the clock is ahead");
+        // A removed version's uploaded manifest had 9,999,999,999: start above it.
+        assert_eq!(seq(Some(9_999_999_999)).unwrap(), Some(10_000_000_000));
+        let err = seq(Some(u64::MAX)).unwrap_err();
+        assert!(err.contains("exhausted"), "{err}");
+        let m = signer.build(&draft(None, &files), "coap://[::1]", "c").unwrap();
+        let env = Envelope::decode(&m.data).unwrap();
+        assert_eq!(env.manifest().sequence_number, 1_700_000_000);
+    }
+}

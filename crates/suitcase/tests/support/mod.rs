@@ -8,8 +8,10 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-pub fn bin() -> &'static str {
-    env!("CARGO_BIN_EXE_suitcase")
+/// The binary under test; `SUITCASE_TEST_BIN` points the tests at another build (to check
+/// that a regression test fails against the code before its fix).
+pub fn bin() -> String {
+    std::env::var("SUITCASE_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_suitcase").to_string())
 }
 
 /// A running server; killed on drop, its log printed if the test failed.
@@ -67,6 +69,21 @@ impl TestServer {
             data: data.to_path_buf(),
             log,
         }
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident memory of the server, in bytes (Linux).
+    pub fn rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb * 1024)
     }
 
     pub fn http(&self) -> String {
