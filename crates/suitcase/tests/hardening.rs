@@ -67,14 +67,20 @@ fn one_datagram_cannot_poison_a_path_and_versions_have_one_spelling() {
     std::fs::write(&fw, random_bytes(3000, 1)).unwrap();
     publish(&server, "fw/app/board", &fw);
     let (sock, to) = (client(), addr(&server));
-    // Before: segments `fw`,`app`,`board/manifest` cached 4.04 under the real path's key.
+    // Before: segments that join to the real path but resolve to nothing (`fw`,`app`,
+    // `board/manifest`) cached 4.04 under the real path's key, for every device.
     assert_eq!(get(&sock, to, 1, &["fw", "app", "board/manifest"], None).0, NOT_FOUND);
-    assert_eq!(get(&sock, to, 2, &["fw/app/board", "app.bin"], None).0, NOT_FOUND);
+    assert_eq!(
+        get(&sock, to, 2, &["fw", "app/board/app.bin"], Some((0, 6))).0,
+        NOT_FOUND
+    );
     assert_eq!(get(&sock, to, 3, &["fw", "app", "board", "manifest"], None).0, CONTENT);
     assert_eq!(
         get(&sock, to, 4, &["fw", "app", "board", "app.bin"], Some((0, 6))).0,
         CONTENT
     );
+    // A segment holding '/' never names a resource, whatever its join would be.
+    assert_eq!(get(&sock, to, 11, &["fw/app/board", "app.bin"], None).0, NOT_FOUND);
     // Exactly one spelling of a version number.
     assert_eq!(
         get(&sock, to, 5, &["fw", "app", "board", "v", "1", "app.bin"], Some((0, 6))).0,
