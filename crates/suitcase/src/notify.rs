@@ -60,7 +60,7 @@ pub struct NotifyArgs {
     /// The publish-id.
     #[arg(long)]
     publish_id: String,
-    /// Which version: latest, a version number, a manifest sequence number, or a semver.
+    /// Which version: latest, a manifest sequence number, a version number, or a semver.
     #[arg(long, default_value = "latest")]
     version: String,
     /// Devices: [2001:db8::1], [fe80::1%tap0]:5683, 10.0.0.7, coap://host/custom/path …
@@ -69,16 +69,17 @@ pub struct NotifyArgs {
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
-    /// Publisher token, sent as a bearer token.
+    /// Publisher token, sent as a bearer token (default: the local token file, see `publish`).
     #[arg(long, env = "SUITCASE_TOKEN")]
     token: Option<String>,
 }
 
 pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let token = crate::client::token(args.token.as_deref(), &args.server);
     runtime.block_on(request(
         &args.server,
-        args.token.as_deref(),
+        token.as_deref(),
         &args.publish_id,
         &args.version,
         &args.devices,

@@ -56,6 +56,16 @@ pub struct ServeArgs {
     /// Largest upload accepted, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
+    /// HTTP connections served at once; further peers wait in the listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// HTTP: longest wait for a request's headers (also the keep-alive idle time and the TLS
+    /// handshake time) and the longest pause inside a request body, in seconds.
+    #[arg(long, default_value_t = 30)]
+    http_timeout_secs: u64,
+    /// HTTP: slowest average upload rate accepted after the first --http-timeout-secs, in KiB/s.
+    #[arg(long, default_value_t = 8)]
+    min_upload_rate_kib: u64,
 }
 
 impl ServeArgs {
@@ -121,7 +131,23 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         std::net::TcpListener::bind(args.http).with_context(|| format!("binding HTTP to {}", args.http))?;
     http_listener.set_nonblocking(true)?;
     let http_addr = http_listener.local_addr()?;
+    raise_fd_limit(args.max_connections);
     let tokens = Arc::new(suitcase_http::auth::Tokens::new(args.data.join("tokens.json")));
+    let local_token = args.data.join(suitcase_http::auth::LOCAL_TOKEN_FILE);
+    match tokens.create_local_publisher(&local_token) {
+        Ok(Some(name)) => tracing::info!(
+            token_file = %local_token.display(),
+            "no publisher token existed: created publisher token {name:?}; the CLI on this host reads it from the token file"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "could not create the local publisher token"),
+    }
+    if local_token.exists() {
+        tracing::info!(token_file = %local_token.display(), "local publisher token file");
+    }
+    tokens
+        .watch(std::time::Duration::from_millis(500))
+        .context("starting the token file watcher")?;
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -161,12 +187,6 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     tracing::info!("listening for CoAP on {coap_addr}");
     let scheme = if args.tls_cert.is_some() { "HTTPS" } else { "HTTP" };
     tracing::info!("listening for {scheme} on {http_addr}");
-    if !tokens.any(suitcase_http::auth::Role::Publisher) {
-        tracing::warn!(
-            tokens = %tokens.path().display(),
-            "no publisher token: publishing, notify and remove are open to localhost only (create one with `suitcase token create NAME`)"
-        );
-    }
     if args.coap_url.is_none() {
         tracing::info!(
             "manifest URLs use the host publishers connect to; set --coap-url if devices reach this server elsewhere"
@@ -179,15 +199,26 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         shutdown.cancel();
     });
+    let limits = suitcase_http::Limits {
+        max_connections: args.max_connections.max(1),
+        timeout: std::time::Duration::from_secs(args.http_timeout_secs.max(1)),
+        min_body_rate: args.min_upload_rate_kib.saturating_mul(1024),
+    };
     match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
-            suitcase_http::serve_tls(http_listener, state, cert, key, cancel.clone().cancelled_owned())
-                .await
-                .context("HTTPS server")?
-        }
+        (Some(cert), Some(key)) => suitcase_http::serve_tls(
+            http_listener,
+            state,
+            limits,
+            cert,
+            key,
+            cancel.clone().cancelled_owned(),
+        )
+        .await
+        .context("HTTPS server")?,
         _ => suitcase_http::serve(
             tokio::net::TcpListener::from_std(http_listener)?,
             state,
+            limits,
             cancel.clone().cancelled_owned(),
         )
         .await
@@ -199,6 +230,28 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         Err(_) => bail!("the CoAP thread panicked"),
     }
     Ok(())
+}
+
+/// Raise the soft limit on open files to the hard limit, and warn when the HTTP connection
+/// cap does not fit under it (a connection is one descriptor; the store, the CoAP and notify
+/// sockets need a few more).
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    if (max_connections as u64).saturating_add(64) > soft {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "--max-connections is close to or above the open-file limit; lower it or raise the limit"
+        );
+    }
 }
 
 async fn wait_for_signal() {

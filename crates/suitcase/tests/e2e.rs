@@ -19,7 +19,7 @@ fn publish_then_download_with_coap_client_at_several_block_sizes() {
     let fw = dir.path().join("firmware.bin");
     std::fs::write(&fw, &image).unwrap();
 
-    let out = suitcase(&[
+    let out = server.cli(&[
         "publish",
         "--server",
         &server.http(),
@@ -97,7 +97,7 @@ fn a_second_publish_moves_latest_and_keeps_the_old_version() {
     let (a, b) = (random_bytes(5000, 1), random_bytes(7000, 2));
     let f = dir.path().join("app.bin");
     std::fs::write(&f, &a).unwrap();
-    suitcase(&[
+    server.cli(&[
         "publish",
         "--server",
         &server.http(),
@@ -107,7 +107,7 @@ fn a_second_publish_moves_latest_and_keeps_the_old_version() {
         f.to_str().unwrap(),
     ]);
     std::fs::write(&f, &b).unwrap();
-    suitcase(&[
+    server.cli(&[
         "publish",
         "--server",
         &server.http(),
