@@ -7,11 +7,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use suitcase_coap::notify::{notify_all, NotifyConfig, Outcome};
+use std::sync::Arc;
+
+use suitcase_coap::notify::Outcome;
 use suitcase_http::{DeviceNotice, Notifier};
 
-/// Sends triggers over CoAP.
-pub struct CoapNotifier(pub NotifyConfig);
+/// Sends triggers over CoAP: one shared socket per address family, a global bound on the
+/// triggers in flight (further ones wait their turn).
+pub struct CoapNotifier(pub Arc<suitcase_coap::notify::Notifier>);
 
 impl Notifier for CoapNotifier {
     fn notify(
@@ -19,9 +22,10 @@ impl Notifier for CoapNotifier {
         devices: Vec<String>,
         manifest_url: String,
     ) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>> {
-        let config = self.0.clone();
+        let notifier = self.0.clone();
         Box::pin(async move {
-            notify_all(&devices, &manifest_url, &config)
+            notifier
+                .notify_all(&devices, &manifest_url)
                 .await
                 .into_iter()
                 .map(|r| {

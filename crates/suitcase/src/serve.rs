@@ -44,6 +44,9 @@ pub struct ServeArgs {
     /// Notify: retransmissions before a device counts as timed out (MAX_RETRANSMIT).
     #[arg(long, default_value_t = 4)]
     notify_max_retransmit: u32,
+    /// Notify: triggers in flight at once across all requests; further ones wait their turn.
+    #[arg(long, default_value_t = suitcase_coap::notify::DEFAULT_MAX_IN_FLIGHT)]
+    notify_max_in_flight: usize,
     /// TLS certificate chain (PEM) for HTTPS; needs --tls-key.
     #[arg(long, env = "SUITCASE_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -176,13 +179,16 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             tls: args.tls_cert.is_some(),
         }),
         tokens: tokens.clone(),
-        notifier: Some(Arc::new(crate::notify::CoapNotifier(
-            suitcase_coap::notify::NotifyConfig {
-                ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
-                max_retransmit: args.notify_max_retransmit,
-                ..Default::default()
-            },
-        ))),
+        notifier: Some(Arc::new(crate::notify::CoapNotifier(Arc::new(
+            suitcase_coap::notify::Notifier::new(
+                suitcase_coap::notify::NotifyConfig {
+                    ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
+                    max_retransmit: args.notify_max_retransmit,
+                    ..Default::default()
+                },
+                args.notify_max_in_flight,
+            ),
+        )))),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
     let scheme = if args.tls_cert.is_some() { "HTTPS" } else { "HTTP" };

@@ -163,3 +163,74 @@ fn mutations_need_the_token_even_from_loopback() {
     assert!(!out.status.success(), "no token file in ./suitcase-data here");
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+#[test]
+fn notifying_a_thousand_silent_devices_costs_a_handful_of_fds() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start(
+        &dir.path().join("data"),
+        &["--notify-ack-timeout-ms", "300", "--notify-max-retransmit", "2"],
+    );
+    let f = dir.path().join("a.bin");
+    std::fs::write(&f, b"firmware").unwrap();
+    server.cli(&[
+        "publish",
+        "--quiet",
+        "--server",
+        &server.http(),
+        "--publish-id",
+        "n",
+        "--publish",
+        f.to_str().unwrap(),
+    ]);
+    // 1,000 devices that never answer, behind 8 loopback sockets.
+    let silent: Vec<std::net::UdpSocket> = (0..8).map(|_| std::net::UdpSocket::bind("[::1]:0").unwrap()).collect();
+    let devices: Vec<String> = (0..1000)
+        .map(|i| format!("coap://[::1]:{}/t/{i}", silent[i % 8].local_addr().unwrap().port()))
+        .collect();
+    let before = open_fds(server.pid());
+    let mut cmd = server.command();
+    cmd.args(["notify", "--server", &server.http(), "--publish-id", "n"])
+        .args(&devices);
+    let notify = std::thread::spawn(move || cmd.output().unwrap());
+    let (mut max, mut published) = (before, false);
+    while !notify.is_finished() {
+        max = max.max(open_fds(server.pid()));
+        if !published {
+            // A publish while the notify is in flight succeeds.
+            server.cli(&[
+                "publish",
+                "--quiet",
+                "--server",
+                &server.http(),
+                "--publish-id",
+                "p",
+                "--publish",
+                f.to_str().unwrap(),
+            ]);
+            published = true;
+        }
+        std::thread::yield_now();
+    }
+    let out = notify.join().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text.matches(" timeout ").count(), 1000, "{text}");
+    assert!(published);
+    assert!(max <= before + 6, "{max} open fds during the notify, {before} before");
+    // The triggers really went out while we watched: every device got its request.
+    let mut got = 0;
+    for s in &silent {
+        s.set_nonblocking(true).unwrap();
+        let mut buf = [0u8; 1500];
+        while s.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+    }
+    assert!(got >= 1000, "{got} datagrams");
+}
