@@ -8,6 +8,7 @@ mod download;
 mod error;
 pub mod esp;
 mod html;
+mod images;
 mod notify;
 mod publish;
 mod server;
@@ -43,6 +44,9 @@ pub struct Config {
     pub public_http_url: Option<String>,
     /// Whether HTTP is served over TLS (for derived URLs).
     pub tls: bool,
+    /// Keys an uploaded manifest must be signed with (one of them); empty: any manifest that
+    /// decodes and matches its files is accepted.
+    pub trusted_keys: Vec<suitcase_suit::VerifyingKey>,
 }
 
 /// Everything the handlers share.

@@ -47,6 +47,7 @@ fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
             max_body_bytes: 1 << 20,
             public_http_url: None,
             tls: false,
+            trusted_keys: Vec::new(),
         }),
         notifier: Some(Arc::new(Recorder::default())),
         tokens: Arc::new(auth::Tokens::new(dir.join("tokens.json"))),
@@ -679,4 +680,153 @@ async fn remove_names_one_version_exactly() {
     let (s, v) = remove(r#"{"publish_id":"x","version":"latest"}"#).await;
     assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(3)), "{v}");
     assert!(st.store.versions("x").is_empty());
+}
+
+/// A signed envelope describing `images` (uri, content), draft-37 or RIOT profile.
+fn envelope(profile: suitcase_suit::Profile, seq: u64, images: &[(&str, &[u8])], key: &SigningKey) -> Vec<u8> {
+    let vendor = suitcase_suit::builder::vendor_id("example.org");
+    let class = suitcase_suit::builder::class_id(&vendor, "x");
+    let mut b = suitcase_suit::ManifestBuilder::new(profile, seq, vendor, class);
+    for (i, (uri, data)) in images.iter().enumerate() {
+        let slot = (profile == suitcase_suit::Profile::Riot09).then_some(0x1000 * (i as u64 + 1));
+        b = b.image(suitcase_suit::Image::from_bytes(*uri, data, slot));
+    }
+    suitcase_suit::Envelope::sign(profile, &b.build().unwrap(), key)
+        .unwrap()
+        .encode()
+}
+
+#[tokio::test]
+async fn uploaded_manifests_must_describe_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, key) = state(dir.path());
+    let app = app(st.clone());
+    let d37 = suitcase_suit::Profile::Draft37;
+    // A digest of nothing uploaded: 400 naming the digest.
+    let env = envelope(d37, 1, &[("coap://h/x/a.bin", b"other bytes")], &key);
+    let (s, v) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"x"),
+            ("manifest", Some("m"), &env),
+            ("a.bin", Some("a.bin"), b"firmware"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let digest = suitcase_store::Sha256::of(b"other bytes").to_hex();
+    assert!(v["error"].as_str().unwrap().contains(&digest), "{v}");
+    // Right digest, wrong size: the builder's size is replaced by hand-editing the parameters.
+    let mut m = suitcase_suit::Envelope::decode(&envelope(d37, 1, &[("coap://h/x/a.bin", b"firmware")], &key))
+        .unwrap()
+        .manifest()
+        .clone();
+    fn bump(s: &mut suitcase_suit::manifest::CommandSequence) {
+        for c in &mut s.0 {
+            match &mut c.arg {
+                suitcase_suit::manifest::CommandArg::Params(p) => {
+                    p.set(14, suitcase_suit::manifest::ParamValue::Uint(9))
+                }
+                suitcase_suit::manifest::CommandArg::Sequence(inner) => bump(inner),
+                _ => {}
+            }
+        }
+    }
+    bump(m.common.shared_sequence.as_mut().unwrap());
+    let bad_size = suitcase_suit::Envelope::sign(d37, &m, &key).unwrap().encode();
+    let (s, v) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"x"),
+            ("manifest", Some("m"), &bad_size),
+            ("a.bin", Some("a.bin"), b"firmware"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("is 9 bytes"), "{v}");
+    assert!(st.store.publish_ids().is_empty());
+    // Matching: accepted; a later manifest may describe a file stored by an earlier publish.
+    let env = envelope(d37, 1, &[("coap://h/x/a.bin", b"firmware")], &key);
+    let (s, v) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"x"),
+            ("manifest", Some("m"), &env),
+            ("a.bin", Some("a.bin"), b"firmware"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let env = envelope(
+        d37,
+        2,
+        &[("coap://h/x/a.bin", b"firmware"), ("coap://h/x/b.bin", b"more")],
+        &key,
+    );
+    let (s, v) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"x"),
+            ("manifest", Some("m2"), &env),
+            ("b.bin", Some("b.bin"), b"more"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // RIOT profile (riot.suit.<seq>.bin part): a slot that matches nothing is refused.
+    let riot = suitcase_suit::Profile::Riot09;
+    let env = envelope(
+        riot,
+        5,
+        &[("coap://h/r/slot0.bin", b"slot0"), ("coap://h/r/slot1.bin", b"slotX")],
+        &key,
+    );
+    let (s, v) = post(
+        app,
+        &[
+            ("publish_id", None, b"r"),
+            ("riot.suit.5.bin", Some("s"), &env),
+            ("slot0.bin", Some("a"), b"slot0"),
+            ("slot1.bin", Some("b"), b"slot1"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // RIOT's two slots are try-each alternatives of one component: each must match a file.
+    let slot_x = suitcase_store::Sha256::of(b"slotX").to_hex();
+    assert!(v["error"].as_str().unwrap().contains(&slot_x), "{v}");
+}
+
+#[tokio::test]
+async fn trusted_keys_refuse_manifests_signed_by_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut st, _) = state(dir.path());
+    let trusted = SigningKey::generate(Algorithm::Es256);
+    let stranger = SigningKey::generate(Algorithm::Ed25519);
+    let mut config = (*st.config).clone();
+    config.trusted_keys = vec![trusted.verifying_key()];
+    st.config = Arc::new(config);
+    let app = app(st.clone());
+    let d37 = suitcase_suit::Profile::Draft37;
+    for (key, status) in [(&stranger, StatusCode::FORBIDDEN), (&trusted, StatusCode::OK)] {
+        let env = envelope(d37, 1, &[("coap://h/x/a.bin", b"firmware")], key);
+        let (s, v) = post(
+            app.clone(),
+            &[
+                ("publish_id", None, b"x"),
+                ("manifest", Some("m"), &env),
+                ("a.bin", Some("a.bin"), b"firmware"),
+            ],
+        )
+        .await;
+        assert_eq!(s, status, "{v}");
+    }
+    // Publishes without a manifest are still signed by the server.
+    let (s, v) = post(
+        app,
+        &[("publish_id", None, b"y"), ("a.bin", Some("a.bin"), b"firmware")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
 }

@@ -59,6 +59,11 @@ pub struct ServeArgs {
     /// Largest upload accepted, in MiB.
     #[arg(long, default_value_t = 256)]
     max_upload_mib: usize,
+    /// A public key (PEM, Ed25519 or P-256) uploaded manifests must be signed with; repeat for
+    /// several. Without it, an uploaded manifest is accepted when it decodes and describes the
+    /// uploaded or stored files, whoever signed it.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    trust: Vec<PathBuf>,
     /// HTTP connections served at once; further peers wait in the listen backlog.
     #[arg(long, default_value_t = 1024)]
     max_connections: usize,
@@ -126,6 +131,14 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         LocalStore::open(&args.data).with_context(|| format!("opening the store in {}", args.data.display()))?,
     );
     let key = load_or_create_key(&args.data, args.key.as_deref())?;
+    let trusted_keys = args
+        .trust
+        .iter()
+        .map(|p| {
+            let pem = std::fs::read_to_string(p).with_context(|| format!("reading --trust {}", p.display()))?;
+            suitcase_suit::VerifyingKey::from_any_pem(&pem).with_context(|| format!("--trust {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let cancel = CancellationToken::new();
     let coap_socket = driver::bind(args.coap).with_context(|| format!("binding CoAP to {}", args.coap))?;
@@ -177,6 +190,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             max_body_bytes: args.max_upload_mib.saturating_mul(1024 * 1024),
             public_http_url: args.http_url.clone(),
             tls: args.tls_cert.is_some(),
+            trusted_keys,
         }),
         tokens: tokens.clone(),
         notifier: Some(Arc::new(crate::notify::CoapNotifier(Arc::new(
