@@ -35,7 +35,7 @@ fn publish_then_download_with_coap_client_at_several_block_sizes() {
         std::thread::sleep(std::time::Duration::from_millis(20));
         server.log().iter().any(|l| {
             l.contains("action=\"publish\"")
-                && l.contains("who=local@")
+                && l.contains("who=token:local@")
                 && l.contains(&digest)
                 && l.contains("size=1048576")
         })

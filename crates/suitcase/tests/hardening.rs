@@ -38,6 +38,8 @@ fn idle_connections_beyond_the_cap_wait_and_time_out() {
         &dir.path().join("data"),
         &["--max-connections", "4", "--http-timeout-secs", "1"],
     );
+    // Settled: one request served (the runtime's lazily opened descriptors exist).
+    assert_eq!(get(server.http_port, "/healthz", Duration::from_secs(10)).unwrap(), 200);
     let before = open_fds(server.pid());
     // 40 idle connections: the kernel accepts them all (backlog), the server only 4 at a time.
     let idle: Vec<TcpStream> = (0..40)
