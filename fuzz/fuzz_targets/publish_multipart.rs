@@ -15,6 +15,8 @@ use tower::ServiceExt;
 struct World {
     rt: tokio::runtime::Runtime,
     app: axum::Router,
+    /// `Authorization: Bearer <the local publisher token>`.
+    auth: String,
     _dir: tempfile::TempDir,
 }
 
@@ -31,10 +33,15 @@ fn world() -> &'static World {
                 max_body_bytes: 1 << 20,
                 public_http_url: None,
                 tls: false,
+                trusted_keys: Vec::new(),
             }),
             notifier: None,
             tokens: Arc::new(Tokens::new(dir.path().join("tokens.json"))),
         };
+        // As `suitcase serve` does: a `local` publisher token, which the requests carry.
+        let file = dir.path().join(suitcase_http::auth::LOCAL_TOKEN_FILE);
+        state.tokens.create_local_publisher(&file).expect("local token");
+        let auth = format!("Bearer {}", std::fs::read_to_string(&file).expect("token file").trim());
         let app = router(state).layer(axum::extract::connect_info::MockConnectInfo(
             std::net::SocketAddr::from(([127, 0, 0, 1], 1)),
         ));
@@ -42,7 +49,7 @@ fn world() -> &'static World {
             .enable_all()
             .build()
             .expect("runtime");
-        World { rt, app, _dir: dir }
+        World { rt, app, auth, _dir: dir }
     })
 }
 
@@ -54,6 +61,7 @@ fuzz_target!(|data: &[u8]| {
     let req = Request::post("/publish")
         .header("content-type", "multipart/form-data; boundary=B")
         .header("host", "h")
+        .header("authorization", &w.auth)
         .body(Body::from(body))
         .expect("request");
     let resp = w.rt.block_on(w.app.clone().oneshot(req)).expect("infallible");

@@ -2,10 +2,16 @@
 //! `coap://<device>/suit/trigger` (RIOT's contract: the device answers 2.01 and starts the
 //! update), retransmitted per RFC 7252 §4.2, with a result per device.
 //!
-//! [`Exchange`] is the sans-IO state machine of one request; [`notify_all`] drives many over
-//! tokio, each from its own socket.
+//! [`Exchange`] is the sans-IO state machine of one request; [`Notifier`] drives many over
+//! tokio from one shared UDP socket per address family, demultiplexing replies by (peer,
+//! message id) for ACK/RST and (peer, token) for separate responses, with a global bound on
+//! the exchanges in flight across all callers (more wait their turn). So a notify of any
+//! number of devices costs the process two file descriptors, not one per device.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType};
@@ -295,82 +301,271 @@ pub struct NotifyResult {
     pub elapsed: Duration,
 }
 
-/// Notify one device.
-pub async fn notify(device: &str, payload: &str, config: &NotifyConfig) -> NotifyResult {
-    let start = Instant::now();
-    let mut result = NotifyResult {
-        device: device.to_string(),
-        address: None,
-        outcome: Err(String::new()),
-        transmissions: 0,
-        elapsed: Duration::ZERO,
-    };
-    result.outcome = run(device, payload, config, &mut result).await;
-    result.elapsed = start.elapsed();
-    tracing::info!(
-        target: "suitcase::audit",
-        action = "notify",
-        device,
-        address = ?result.address,
-        outcome = ?result.outcome,
-        transmissions = result.transmissions,
-    );
-    result
+/// Exchanges in flight across every caller of one [`Notifier`], by default.
+pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
+
+/// Which exchange a reply belongs to.
+#[derive(Default)]
+struct Routes {
+    by_mid: HashMap<(SocketAddr, u16), u64>,
+    by_token: HashMap<(SocketAddr, [u8; 8]), u64>,
+    inboxes: HashMap<u64, tokio::sync::mpsc::Sender<Vec<u8>>>,
 }
 
-async fn run(device: &str, payload: &str, config: &NotifyConfig, result: &mut NotifyResult) -> Result<Outcome, String> {
-    let target = Target::parse(device).map_err(|e| e.to_string())?;
-    let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
-        .next()
-        .ok_or_else(|| format!("{} resolves to nothing", target.host))?;
-    result.address = Some(addr);
-    let bind: SocketAddr = if addr.is_ipv6() { "[::]:0" } else { "0.0.0.0:0" }
-        .parse()
-        .map_err(|e| format!("{e}"))?;
-    let sock = tokio::net::UdpSocket::bind(bind)
-        .await
-        .map_err(|e| format!("socket: {e}"))?;
-    sock.connect(addr).await.map_err(|e| format!("connect {addr}: {e}"))?;
-    let seed = random_seed(addr);
-    let token = seed.to_be_bytes()[..4].to_vec();
-    let path: Vec<&str> = target.path.iter().map(String::as_str).collect();
-    let jitter = (seed >> 11) as f64 / (1u64 << 53) as f64;
-    let mut ex = Exchange::new(
-        config.clone(),
-        seed as u16,
-        token,
-        &path,
-        payload.as_bytes(),
-        Instant::now(),
-        jitter,
-    );
-    let mut buf = vec![0u8; 1500];
-    loop {
-        while let Some(d) = ex.poll_transmit() {
-            if d.len() > 4 || d[1] != 0 {
-                result.transmissions += 1;
-            }
-            // A send error (ICMP unreachable) is retried like a loss.
-            let _ = sock.send(&d).await;
-        }
-        if let Some(o) = ex.outcome() {
-            return Ok(o.clone());
-        }
-        let due = ex.poll_timeout().unwrap_or_else(Instant::now);
-        tokio::select! {
-            r = sock.recv(&mut buf) => match r {
-                Ok(n) => ex.handle_datagram(&buf[..n]),
-                // ICMP port unreachable: nothing listens there, retrying will not help.
-                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                    return Err(format!("{addr}: port unreachable (nothing listens there)"))
-                }
-                Err(e) => return Err(format!("receive: {e}")),
-            },
-            () = tokio::time::sleep_until(due.into()) => ex.handle_timeout(Instant::now()),
+/// One shared socket and the exchanges waiting on it.
+struct Endpoint {
+    socket: tokio::net::UdpSocket,
+    routes: Mutex<Routes>,
+    next_mid: AtomicU16,
+    next_id: AtomicU64,
+}
+
+/// An exchange's place in the routes; removed on drop.
+struct Route {
+    endpoint: Arc<Endpoint>,
+    id: u64,
+    peer: SocketAddr,
+    mid: u16,
+    token: [u8; 8],
+}
+
+impl Drop for Route {
+    fn drop(&mut self) {
+        if let Ok(mut r) = self.endpoint.routes.lock() {
+            r.by_mid.remove(&(self.peer, self.mid));
+            r.by_token.remove(&(self.peer, self.token));
+            r.inboxes.remove(&self.id);
         }
     }
+}
+
+impl Endpoint {
+    async fn bind(v6: bool) -> std::io::Result<Arc<Self>> {
+        let addr: SocketAddr = if v6 {
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+        } else {
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, 0))
+        };
+        let socket = tokio::net::UdpSocket::bind(addr).await?;
+        Ok(Arc::new(Endpoint {
+            socket,
+            routes: Mutex::new(Routes::default()),
+            next_mid: AtomicU16::new(random_seed(addr) as u16),
+            next_id: AtomicU64::new(0),
+        }))
+    }
+
+    /// Register an exchange with `peer`: a message id not in use with that peer and a fresh
+    /// token; its replies arrive on the receiver.
+    fn register(self: &Arc<Self>, peer: SocketAddr) -> Result<(Route, tokio::sync::mpsc::Receiver<Vec<u8>>), String> {
+        let (tx, rx) = tokio::sync::mpsc::channel(8);
+        let mut r = self.routes.lock().map_err(|_| "notify routes poisoned".to_string())?;
+        let mid = (0..=u16::MAX)
+            .map(|_| self.next_mid.fetch_add(1, Ordering::Relaxed))
+            .find(|m| !r.by_mid.contains_key(&(peer, *m)))
+            .ok_or_else(|| format!("{peer}: every message id is in use"))?;
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let mut token = random_seed(peer).wrapping_add(id).to_be_bytes();
+        while r.by_token.contains_key(&(peer, token)) {
+            token = random_seed(peer).to_be_bytes();
+        }
+        r.by_mid.insert((peer, mid), id);
+        r.by_token.insert((peer, token), id);
+        r.inboxes.insert(id, tx);
+        let route = Route {
+            endpoint: self.clone(),
+            id,
+            peer,
+            mid,
+            token,
+        };
+        Ok((route, rx))
+    }
+
+    /// Receive forever, handing each datagram to the exchange it belongs to.
+    async fn receive(self: Arc<Self>) {
+        let mut buf = vec![0u8; 1500];
+        loop {
+            let (n, peer) = match self.socket.recv_from(&mut buf).await {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(error = %e, "notify socket receive error");
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                }
+            };
+            let d = &buf[..n];
+            if d.len() < 4 || d[0] >> 6 != 1 {
+                continue;
+            }
+            let (ty, tkl) = ((d[0] >> 4) & 3, usize::from(d[0] & 0x0f));
+            let mid = u16::from_be_bytes([d[2], d[3]]);
+            let inbox = {
+                let Ok(r) = self.routes.lock() else { return };
+                let id = if ty >= 2 {
+                    // ACK or RST: matched by message id.
+                    r.by_mid.get(&(peer, mid))
+                } else {
+                    // A separate response (CON/NON): matched by token.
+                    d.get(4..4 + tkl)
+                        .and_then(|t| <[u8; 8]>::try_from(t).ok())
+                        .and_then(|t| r.by_token.get(&(peer, t)))
+                };
+                id.and_then(|id| r.inboxes.get(id)).cloned()
+            };
+            if let Some(tx) = inbox {
+                let _ = tx.try_send(d.to_vec());
+            }
+        }
+    }
+}
+
+/// The trigger sender: one UDP socket per address family, bound on first use and shared by
+/// every exchange, and at most `max_in_flight` exchanges at once across all callers (the
+/// others wait for a slot before their first transmission).
+pub struct Notifier {
+    config: NotifyConfig,
+    permits: tokio::sync::Semaphore,
+    endpoints: tokio::sync::Mutex<[Option<Arc<Endpoint>>; 2]>,
+    receivers: Mutex<Vec<tokio::task::AbortHandle>>,
+}
+
+impl Drop for Notifier {
+    fn drop(&mut self) {
+        if let Ok(r) = self.receivers.lock() {
+            r.iter().for_each(tokio::task::AbortHandle::abort);
+        }
+    }
+}
+
+impl Notifier {
+    /// A notifier with these retransmission settings and bound.
+    pub fn new(config: NotifyConfig, max_in_flight: usize) -> Self {
+        Notifier {
+            config,
+            permits: tokio::sync::Semaphore::new(max_in_flight.max(1)),
+            endpoints: tokio::sync::Mutex::new([None, None]),
+            receivers: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn endpoint(&self, v6: bool) -> Result<Arc<Endpoint>, String> {
+        let mut eps = self.endpoints.lock().await;
+        let slot = &mut eps[usize::from(v6)];
+        if let Some(e) = slot {
+            return Ok(e.clone());
+        }
+        let e = Endpoint::bind(v6).await.map_err(|e| format!("socket: {e}"))?;
+        let task = tokio::spawn(e.clone().receive());
+        if let Ok(mut r) = self.receivers.lock() {
+            r.push(task.abort_handle());
+        }
+        *slot = Some(e.clone());
+        Ok(e)
+    }
+
+    /// Notify one device (waits for a slot first).
+    pub async fn notify(&self, device: &str, payload: &str) -> NotifyResult {
+        let mut result = NotifyResult {
+            device: device.to_string(),
+            address: None,
+            outcome: Err(String::new()),
+            transmissions: 0,
+            elapsed: Duration::ZERO,
+        };
+        let Ok(_permit) = self.permits.acquire().await else {
+            result.outcome = Err("notifier closed".into());
+            return result;
+        };
+        let start = Instant::now();
+        result.outcome = self.run(device, payload, &mut result).await;
+        result.elapsed = start.elapsed();
+        tracing::info!(
+            target: "suitcase::audit",
+            action = "notify",
+            device,
+            address = ?result.address,
+            outcome = ?result.outcome,
+            transmissions = result.transmissions,
+        );
+        result
+    }
+
+    async fn run(&self, device: &str, payload: &str, result: &mut NotifyResult) -> Result<Outcome, String> {
+        let target = Target::parse(device).map_err(|e| e.to_string())?;
+        let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| format!("cannot resolve {}: {e}", target.host))?
+            .next()
+            .ok_or_else(|| format!("{} resolves to nothing", target.host))?;
+        result.address = Some(addr);
+        let endpoint = self.endpoint(addr.is_ipv6()).await?;
+        let (route, mut inbox) = endpoint.register(addr)?;
+        let seed = random_seed(addr);
+        let path: Vec<&str> = target.path.iter().map(String::as_str).collect();
+        let jitter = (seed >> 11) as f64 / (1u64 << 53) as f64;
+        let mut ex = Exchange::new(
+            self.config.clone(),
+            route.mid,
+            route.token.to_vec(),
+            &path,
+            payload.as_bytes(),
+            Instant::now(),
+            jitter,
+        );
+        loop {
+            while let Some(d) = ex.poll_transmit() {
+                if d.len() > 4 || d[1] != 0 {
+                    result.transmissions += 1;
+                }
+                // A send error (no route, ICMP) is retried like a loss.
+                let _ = endpoint.socket.send_to(&d, addr).await;
+            }
+            if let Some(o) = ex.outcome() {
+                return Ok(o.clone());
+            }
+            let due = ex.poll_timeout().unwrap_or_else(Instant::now);
+            tokio::select! {
+                d = inbox.recv() => match d {
+                    Some(d) => ex.handle_datagram(&d),
+                    None => return Err("notify socket closed".into()),
+                },
+                () = tokio::time::sleep_until(due.into()) => ex.handle_timeout(Instant::now()),
+            }
+        }
+    }
+
+    /// Notify every device concurrently (within the bound); results in the order given.
+    pub async fn notify_all(self: &Arc<Self>, devices: &[String], payload: &str) -> Vec<NotifyResult> {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, d) in devices.iter().enumerate() {
+            let (this, d, payload) = (self.clone(), d.clone(), payload.to_string());
+            set.spawn(async move { (i, this.notify(&d, &payload).await) });
+        }
+        let mut out: Vec<Option<NotifyResult>> = vec![None; devices.len()];
+        while let Some(r) = set.join_next().await {
+            if let Ok((i, res)) = r {
+                out[i] = Some(res);
+            }
+        }
+        out.into_iter()
+            .enumerate()
+            .map(|(i, r)| {
+                r.unwrap_or_else(|| NotifyResult {
+                    device: devices[i].clone(),
+                    address: None,
+                    outcome: Err("notify task failed".into()),
+                    transmissions: 0,
+                    elapsed: Duration::ZERO,
+                })
+            })
+            .collect()
+    }
+}
+
+/// Notify one device from a notifier of its own.
+pub async fn notify(device: &str, payload: &str, config: &NotifyConfig) -> NotifyResult {
+    Notifier::new(config.clone(), 1).notify(device, payload).await
 }
 
 fn random_seed(addr: SocketAddr) -> u64 {
@@ -381,31 +576,12 @@ fn random_seed(addr: SocketAddr) -> u64 {
     h.finish()
 }
 
-/// Notify every device concurrently; results in the order given.
+/// Notify every device concurrently from a notifier of its own (bounded by
+/// [`DEFAULT_MAX_IN_FLIGHT`]); results in the order given.
 pub async fn notify_all(devices: &[String], payload: &str, config: &NotifyConfig) -> Vec<NotifyResult> {
-    let mut set = tokio::task::JoinSet::new();
-    for (i, d) in devices.iter().enumerate() {
-        let (d, payload, config) = (d.clone(), payload.to_string(), config.clone());
-        set.spawn(async move { (i, notify(&d, &payload, &config).await) });
-    }
-    let mut out: Vec<Option<NotifyResult>> = vec![None; devices.len()];
-    while let Some(r) = set.join_next().await {
-        if let Ok((i, res)) = r {
-            out[i] = Some(res);
-        }
-    }
-    out.into_iter()
-        .enumerate()
-        .map(|(i, r)| {
-            r.unwrap_or_else(|| NotifyResult {
-                device: devices[i].clone(),
-                address: None,
-                outcome: Err("notify task failed".into()),
-                transmissions: 0,
-                elapsed: Duration::ZERO,
-            })
-        })
-        .collect()
+    Arc::new(Notifier::new(config.clone(), DEFAULT_MAX_IN_FLIGHT))
+        .notify_all(devices, payload)
+        .await
 }
 
 #[cfg(test)]
@@ -495,6 +671,63 @@ mod tests {
         assert_eq!(sends, 5);
         assert_eq!(gaps, vec![2, 4, 8, 16, 32]);
         assert_eq!(ex.outcome(), Some(&Outcome::Timeout));
+    }
+
+    /// Two devices behind one address answer out of order, one piggybacked and one with a
+    /// separate response; each reply reaches its own exchange through the shared socket.
+    #[tokio::test]
+    async fn one_socket_demultiplexes_replies() {
+        let device = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
+        let port = device.local_addr().unwrap().port();
+        let n = Arc::new(Notifier::new(NotifyConfig::default(), 8));
+        let devices = vec![format!("coap://[::1]:{port}/a"), format!("coap://[::1]:{port}/b")];
+        let task = tokio::spawn({
+            let n = n.clone();
+            async move { n.notify_all(&devices, "coap://x/m").await }
+        });
+        let mut buf = [0u8; 1500];
+        let mut reqs = Vec::new();
+        while reqs.len() < 2 {
+            let (len, from) = device.recv_from(&mut buf).await.unwrap();
+            let p = Packet::from_bytes(&buf[..len]).unwrap();
+            if !reqs
+                .iter()
+                .any(|(q, _): &(Packet, SocketAddr)| q.header.message_id == p.header.message_id)
+            {
+                reqs.push((p, from));
+            }
+        }
+        assert_eq!(reqs[0].1, reqs[1].1, "one socket for both");
+        reqs.sort_by_key(|(p, _)| p.get_option(CoapOption::UriPath).map(|o| o.front().cloned()));
+        let (a, b) = (&reqs[0], &reqs[1]);
+        // b first: empty ACK, then a separate CON 4.04 with b's token.
+        device
+            .send_to(
+                &[0x60, 0, (b.0.header.message_id >> 8) as u8, b.0.header.message_id as u8],
+                b.1,
+            )
+            .await
+            .unwrap();
+        let sep = reply(
+            MessageType::Confirmable,
+            MessageClass::Response(coap_lite::ResponseType::NotFound),
+            999,
+            b.0.get_token(),
+        );
+        device.send_to(&sep, b.1).await.unwrap();
+        let ack = reply(
+            MessageType::Acknowledgement,
+            MessageClass::Response(coap_lite::ResponseType::Created),
+            a.0.header.message_id,
+            a.0.get_token(),
+        );
+        device.send_to(&ack, a.1).await.unwrap();
+        let results = task.await.unwrap();
+        let codes: Vec<_> = results
+            .iter()
+            .map(|r| r.outcome.as_ref().unwrap().code_text().unwrap())
+            .collect();
+        assert_eq!(codes, ["2.01", "4.04"]);
     }
 
     #[test]

@@ -1,14 +1,23 @@
 //! Tokens: publisher tokens (`Authorization: Bearer …`) guard every mutation; device tokens
 //! (`Authorization: token …`, the devtank contract) guard HTTP downloads once any exists.
 //!
-//! Tokens are stored as SHA-256 hashes in `tokens.json` (mode 0600), re-read when the file
-//! changes, and compared digest to digest in constant time. With no publisher token the
-//! server accepts mutations from loopback peers only.
+//! Tokens are stored as SHA-256 hashes in `tokens.json` (mode 0600) and compared digest to
+//! digest in constant time. Requests never touch the file: they read an in-memory snapshot
+//! that [`Tokens::watch`] refreshes from a background thread every 500 ms (so a change made by
+//! another process, e.g. `suitcase token create`, is seen within about half a second) and
+//! that this process's own [`Tokens::create`] and [`Tokens::revoke`] update at once. A change
+//! is recognised by the file's content (SHA-256), so a file replaced with one of the same
+//! length and mtime (`cp -p`, `rsync -t`) is noticed too.
+//!
+//! A token file that cannot be read or parsed refuses every guarded request, both roles, until
+//! it is fixed. There is no implicit trust in loopback peers (a reverse proxy on the same host
+//! would make every client one): when no publisher token exists at start, the server creates
+//! one named `local` and writes it to `<data>/local-publisher.token` for the CLI.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
-use std::time::SystemTime;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, StatusCode};
@@ -57,15 +66,62 @@ pub enum TokenError {
     /// Bad name.
     #[error("token names are 1-64 characters of [A-Za-z0-9._@-]")]
     BadName,
+    /// Larger than any token file.
+    #[error("{0}: larger than 1 MiB, not a token file")]
+    TooLarge(String),
+    /// A thread panicked while writing the file.
+    #[error("token file lock poisoned")]
+    Poisoned,
 }
 
-/// What identifies one state of the token file: (mtime, length).
-type FileStamp = Option<(SystemTime, u64)>;
+/// The file the server writes its `local` publisher token to, in its data directory.
+pub const LOCAL_TOKEN_FILE: &str = "local-publisher.token";
+
+/// A token file larger than this is refused as unreadable (it holds a few hashes).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// What the server knows of the token file.
+#[derive(Clone, Debug)]
+pub enum Snapshot {
+    /// The entries (empty when the file does not exist).
+    Entries(Arc<Vec<TokenEntry>>),
+    /// The file exists but cannot be read or parsed: refuse everyone.
+    Unreadable,
+}
+
+impl Snapshot {
+    /// Whether any token of `role` exists (`None`: unreadable).
+    pub fn any(&self, role: Role) -> Option<bool> {
+        match self {
+            Snapshot::Entries(e) => Some(e.iter().any(|e| e.role == role)),
+            Snapshot::Unreadable => None,
+        }
+    }
+
+    /// The name of the token `presented` if it holds one of `roles`.
+    pub fn check(&self, presented: &str, roles: &[Role]) -> Option<String> {
+        let Snapshot::Entries(entries) = self else { return None };
+        let d = digest(presented);
+        let mut found = None;
+        // Compare with every entry (no early exit), digest to digest.
+        for e in entries.iter() {
+            let mut stored = [0u8; 32];
+            let ok = hex::decode_to_slice(&e.sha256, &mut stored).is_ok();
+            if ok && ct_eq(&stored, &d) && roles.contains(&e.role) {
+                found = Some(e.name.clone());
+            }
+        }
+        found
+    }
+}
 
 /// The token file of a server.
 pub struct Tokens {
     path: PathBuf,
-    cache: RwLock<(FileStamp, Vec<TokenEntry>)>,
+    /// (SHA-256 of the file's content, `None` when absent or unreadable; what it says).
+    snapshot: RwLock<(Option<[u8; 32]>, Snapshot)>,
+    /// Serialises this process's read-modify-write of the file.
+    writing: Mutex<()>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -79,10 +135,92 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 impl Tokens {
     /// Tokens kept at `path` (the file may not exist yet).
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Tokens {
+        let t = Tokens {
             path: path.into(),
-            cache: RwLock::new((None, Vec::new())),
+            snapshot: RwLock::new((None, Snapshot::Entries(Arc::default()))),
+            writing: Mutex::new(()),
+        };
+        t.refresh();
+        t
+    }
+
+    /// Keep the snapshot current from a background thread, every `every`; the thread ends
+    /// when the last `Arc` of these tokens is dropped.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("suitcase-tokens".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match weak.upgrade() {
+                    Some(t) => t.refresh(),
+                    None => return,
+                }
+            })
+    }
+
+    /// What requests are checked against.
+    pub fn snapshot(&self) -> Snapshot {
+        match self.snapshot.read() {
+            Ok(s) => s.1.clone(),
+            Err(_) => Snapshot::Unreadable,
         }
+    }
+
+    /// Re-read the file; replace the snapshot if its content changed.
+    pub fn refresh(&self) {
+        let (hash, snap) = match self.read_raw() {
+            Ok(None) => (None, Snapshot::Entries(Arc::default())),
+            Ok(Some(bytes)) => {
+                let hash: [u8; 32] = Sha256::digest(&bytes).into();
+                if self.snapshot.read().is_ok_and(|s| s.0 == Some(hash)) {
+                    return;
+                }
+                match serde_json::from_slice::<Vec<TokenEntry>>(&bytes) {
+                    Ok(e) => (Some(hash), Snapshot::Entries(Arc::new(e))),
+                    Err(e) => {
+                        self.set_unreadable(&TokenError::Format(self.path.display().to_string(), e));
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                self.set_unreadable(&e);
+                return;
+            }
+        };
+        if let Ok(mut s) = self.snapshot.write() {
+            if matches!(s.1, Snapshot::Unreadable) {
+                tracing::info!(tokens = %self.path.display(), "token file readable again");
+            }
+            *s = (hash, snap);
+        }
+    }
+
+    fn set_unreadable(&self, e: &TokenError) {
+        if let Ok(mut s) = self.snapshot.write() {
+            if !matches!(s.1, Snapshot::Unreadable) {
+                tracing::error!(error = %e, "token file unreadable; refusing every guarded request until it is fixed");
+            }
+            *s = (None, Snapshot::Unreadable);
+        }
+    }
+
+    /// The file's bytes (`None`: no file), at most [`MAX_FILE_BYTES`].
+    fn read_raw(&self) -> Result<Option<Vec<u8>>, TokenError> {
+        let p = || self.path.display().to_string();
+        let f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(TokenError::Io(p(), e)),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES + 1), &mut bytes)
+            .map_err(|e| TokenError::Io(p(), e))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(TokenError::TooLarge(p()));
+        }
+        Ok(Some(bytes))
     }
 
     /// The file.
@@ -92,11 +230,9 @@ impl Tokens {
 
     /// All entries, fresh from disk.
     pub fn list(&self) -> Result<Vec<TokenEntry>, TokenError> {
-        let p = self.path.display().to_string();
-        match std::fs::read(&self.path) {
-            Ok(b) => serde_json::from_slice(&b).map_err(|e| TokenError::Format(p, e)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
-            Err(e) => Err(TokenError::Io(p, e)),
+        match self.read_raw()? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| TokenError::Format(self.path.display().to_string(), e)),
+            None => Ok(Vec::new()),
         }
     }
 
@@ -117,7 +253,15 @@ impl Tokens {
             f.sync_all()?;
             std::fs::rename(&tmp, &self.path)
         };
-        write().map_err(|e| TokenError::Io(p, e))
+        write().map_err(|e| TokenError::Io(p, e))?;
+        // This process's own change is in force at once, not at the next refresh.
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = (
+                Some(Sha256::digest(&json).into()),
+                Snapshot::Entries(Arc::new(entries.to_vec())),
+            );
+        }
+        Ok(())
     }
 
     /// Create a token; returns it (shown once, only its hash is kept).
@@ -128,6 +272,7 @@ impl Tokens {
         {
             return Err(TokenError::BadName);
         }
+        let _writing = self.writing.lock().map_err(|_| TokenError::Poisoned)?;
         let mut entries = self.list()?;
         if entries.iter().any(|e| e.name == name) {
             return Err(TokenError::Exists(name.to_string()));
@@ -151,6 +296,7 @@ impl Tokens {
 
     /// Revoke by name; whether it existed.
     pub fn revoke(&self, name: &str) -> Result<bool, TokenError> {
+        let _writing = self.writing.lock().map_err(|_| TokenError::Poisoned)?;
         let mut entries = self.list()?;
         let before = entries.len();
         entries.retain(|e| e.name != name);
@@ -161,53 +307,49 @@ impl Tokens {
         Ok(true)
     }
 
-    /// The current entries, re-read when the file's mtime changed.
-    fn current(&self) -> Vec<TokenEntry> {
-        let mtime = std::fs::metadata(&self.path)
-            .and_then(|m| Ok((m.modified()?, m.len())))
-            .ok();
-        if let Ok(c) = self.cache.read() {
-            if c.0 == mtime {
-                return c.1.clone();
-            }
-        }
-        let entries = match self.list() {
-            Ok(e) => e,
-            Err(e) => {
-                // Fail closed: an unreadable token file accepts nobody.
-                tracing::error!(error = %e, "token file unreadable; refusing every token");
-                return vec![TokenEntry {
-                    name: String::new(),
-                    role: Role::Publisher,
-                    sha256: String::new(),
-                    created: 0,
-                }];
-            }
-        };
-        if let Ok(mut c) = self.cache.write() {
-            *c = (mtime, entries.clone());
-        }
-        entries
-    }
-
-    /// Whether any token of `role` exists.
+    /// Whether any token of `role` exists (false when the file is unreadable).
     pub fn any(&self, role: Role) -> bool {
-        self.current().iter().any(|e| e.role == role)
+        self.snapshot().any(role).unwrap_or(false)
     }
 
     /// The name of the token `presented` if it holds one of `roles`.
     pub fn check(&self, presented: &str, roles: &[Role]) -> Option<String> {
-        let d = digest(presented);
-        let mut found = None;
-        // Compare with every entry (no early exit), digest to digest.
-        for e in self.current() {
-            let mut stored = [0u8; 32];
-            let ok = hex::decode_to_slice(&e.sha256, &mut stored).is_ok();
-            if ok && ct_eq(&stored, &d) && roles.contains(&e.role) {
-                found = Some(e.name.clone());
-            }
+        self.snapshot().check(presented, roles)
+    }
+
+    /// When no publisher token exists, create one named `local` (or `local-2` … if a device
+    /// token has that name) and write it to `token_file` (mode 0600); returns the name.
+    /// Never logs the token.
+    pub fn create_local_publisher(&self, token_file: &Path) -> Result<Option<String>, TokenError> {
+        let entries = self.list()?;
+        if entries.iter().any(|e| e.role == Role::Publisher) {
+            return Ok(None);
         }
-        found
+        let name = (1..100)
+            .map(|i| {
+                if i == 1 {
+                    "local".to_string()
+                } else {
+                    format!("local-{i}")
+                }
+            })
+            .find(|n| !entries.iter().any(|e| &e.name == n))
+            .ok_or_else(|| TokenError::Exists("local".into()))?;
+        let token = self.create(&name, Role::Publisher)?;
+        let p = token_file.display().to_string();
+        let tmp = token_file.with_extension("token.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, token_file)
+        };
+        write().map_err(|e| TokenError::Io(p, e))?;
+        Ok(Some(name))
     }
 }
 
@@ -228,54 +370,59 @@ fn peer(req: &Request) -> Option<SocketAddr> {
     })
 }
 
-/// Who made a mutation, for the audit log: a token's name, or the loopback peer.
+/// Who made a mutation, for the audit log: the token's name and the peer.
 #[derive(Clone, Debug)]
 pub struct Who(pub String);
 
-/// Guard for mutations.
+fn unreadable(req: &Request) -> Response {
+    tracing::warn!(target: "suitcase::audit", peer = ?peer(req), path = %req.uri().path(), "rejected: the token file is unreadable");
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the server's token file is unreadable; every guarded request is refused until it is fixed (see the server log)",
+    )
+    .into_response()
+}
+
+/// Guard for mutations: a valid publisher token, from any peer (loopback included).
 pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
-    let path = req.uri().path().to_string();
-    if st.tokens.any(Role::Publisher) {
-        match credential(&req, &["Bearer"]).and_then(|t| st.tokens.check(t, &[Role::Publisher])) {
-            Some(name) => {
-                let who = match peer(&req) {
-                    Some(p) => format!("token:{name}@{p}"),
-                    None => format!("token:{name}"),
-                };
-                req.extensions_mut().insert(Who(who));
-                next.run(req).await
-            }
-            None => {
-                tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), %path, "rejected: no valid publisher token");
-                let mut r = ApiError::new(
-                    StatusCode::UNAUTHORIZED,
-                    "a valid publisher token is required (Authorization: Bearer <token>)",
-                )
-                .into_response();
-                r.headers_mut()
-                    .insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
-                r
-            }
+    let snap = st.tokens.snapshot();
+    let Some(any) = snap.any(Role::Publisher) else {
+        return unreadable(&req);
+    };
+    match credential(&req, &["Bearer"]).and_then(|t| snap.check(t, &[Role::Publisher])) {
+        Some(name) => {
+            let who = match peer(&req) {
+                Some(p) => format!("token:{name}@{p}"),
+                None => format!("token:{name}"),
+            };
+            req.extensions_mut().insert(Who(who));
+            next.run(req).await
         }
-    } else if let Some(p) = peer(&req).filter(|p| p.ip().is_loopback() || p.ip().to_canonical().is_loopback()) {
-        req.extensions_mut().insert(Who(format!("local@{p}")));
-        next.run(req).await
-    } else {
-        tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), %path, "rejected: no publisher token exists, mutations are open to localhost only");
-        ApiError::new(
-            StatusCode::FORBIDDEN,
-            "no publisher token is configured, so publishing is open to localhost only (suitcase token create NAME)",
-        )
-        .into_response()
+        None => {
+            tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), path = %req.uri().path(), "rejected: no valid publisher token");
+            let msg = if any {
+                "a valid publisher token is required (Authorization: Bearer <token>)"
+            } else {
+                "a valid publisher token is required (Authorization: Bearer <token>), and none exists: \
+                 restart the server to create <data>/local-publisher.token, or `suitcase token create NAME`"
+            };
+            let mut r = ApiError::new(StatusCode::UNAUTHORIZED, msg).into_response();
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, axum::http::HeaderValue::from_static("Bearer"));
+            r
+        }
     }
 }
 
 /// Guard for HTTP downloads (only once a device token exists).
 pub(crate) async fn device(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    if !st.tokens.any(Role::Device) {
-        return next.run(req).await;
+    let snap = st.tokens.snapshot();
+    match snap.any(Role::Device) {
+        None => return unreadable(&req),
+        Some(false) => return next.run(req).await,
+        Some(true) => {}
     }
-    match credential(&req, &["token", "Bearer"]).and_then(|t| st.tokens.check(t, &[Role::Device, Role::Publisher])) {
+    match credential(&req, &["token", "Bearer"]).and_then(|t| snap.check(t, &[Role::Device, Role::Publisher])) {
         Some(_) => next.run(req).await,
         None => {
             tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), path = %req.uri().path(), "download rejected: no valid device token");
@@ -313,9 +460,87 @@ mod tests {
             assert_eq!(std::fs::metadata(t.path()).unwrap().permissions().mode() & 0o777, 0o600);
         }
         assert!(t.revoke("ci").unwrap());
-        std::thread::sleep(std::time::Duration::from_millis(10));
-        // mtime granularity: force a re-read by touching the file through another create.
-        t.create("other", Role::Device).unwrap();
-        assert_eq!(t.check(&tok, &[Role::Publisher]), None);
+        assert_eq!(t.check(&tok, &[Role::Publisher]), None, "a revoke is in force at once");
+    }
+
+    #[test]
+    fn an_unreadable_file_refuses_both_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        let tok = t.create("ci", Role::Publisher).unwrap();
+        let raw = std::fs::read(t.path()).unwrap();
+        std::fs::write(t.path(), &raw[..raw.len() / 2]).unwrap();
+        t.refresh();
+        let snap = t.snapshot();
+        assert!(matches!(snap, Snapshot::Unreadable));
+        assert_eq!(snap.any(Role::Device), None, "not \"no device token\": unknown");
+        assert_eq!(snap.check(&tok, &[Role::Publisher]), None);
+        std::fs::write(t.path(), &raw).unwrap();
+        t.refresh();
+        assert_eq!(t.check(&tok, &[Role::Publisher]).as_deref(), Some("ci"));
+    }
+
+    #[test]
+    fn a_replacement_with_the_same_length_and_mtime_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        let other = Tokens::new(dir.path().join("other.json"));
+        let old = t.create("aaaa", Role::Publisher).unwrap();
+        let new = other.create("bbbb", Role::Publisher).unwrap();
+        let (a, b) = (std::fs::read(t.path()).unwrap(), std::fs::read(other.path()).unwrap());
+        // Same length (same name length, created in the same second or not: pad the times).
+        let b = String::from_utf8(b).unwrap();
+        let a_created = serde_json::from_slice::<Vec<TokenEntry>>(&a).unwrap()[0].created;
+        let b = serde_json::from_str::<Vec<TokenEntry>>(&b).unwrap();
+        let b = serde_json::to_vec_pretty(&[TokenEntry {
+            created: a_created,
+            ..b[0].clone()
+        }])
+        .unwrap();
+        assert_eq!(a.len(), b.len());
+        let mtime = std::fs::metadata(t.path()).unwrap().modified().unwrap();
+        // `cp -p`: same inode, same length, mtime set back to the old one.
+        let f = std::fs::OpenOptions::new().write(true).open(t.path()).unwrap();
+        std::io::Write::write_all(&mut &f, &b).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        assert_eq!(std::fs::metadata(t.path()).unwrap().modified().unwrap(), mtime);
+        t.refresh();
+        assert_eq!(t.check(&old, &[Role::Publisher]), None);
+        assert_eq!(t.check(&new, &[Role::Publisher]).as_deref(), Some("bbbb"));
+    }
+
+    #[test]
+    fn the_watcher_picks_up_another_process_s_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Arc::new(Tokens::new(dir.path().join("tokens.json")));
+        t.watch(Duration::from_millis(20)).unwrap();
+        // "Another process": a second handle on the same file.
+        let tok = Tokens::new(t.path()).create("ci", Role::Publisher).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while t.check(&tok, &[Role::Publisher]).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher never saw the new token"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn local_publisher_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        t.create("local", Role::Device).unwrap();
+        let file = dir.path().join(LOCAL_TOKEN_FILE);
+        assert_eq!(t.create_local_publisher(&file).unwrap().as_deref(), Some("local-2"));
+        let tok = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(t.check(tok.trim(), &[Role::Publisher]).as_deref(), Some("local-2"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(t.create_local_publisher(&file).unwrap(), None, "only when none exists");
     }
 }

@@ -34,11 +34,20 @@ pub(crate) async fn files(
             n => version.file(n),
         };
         if let Some(entry) = entry {
-            let data = st.store.read(&entry.sha256)?;
+            let data = read(&st, entry).await?;
             return Ok(serve(&headers, data, entry, "application/octet-stream"));
         }
     }
     Err(ApiError::not_found(format!("no file at {path:?}")))
+}
+
+/// Read a stored file off the async workers: a cache miss reads the whole file and checks
+/// its SHA-256, which must not stall the runtime.
+pub(crate) async fn read(st: &AppState, entry: &FileEntry) -> Result<Bytes, ApiError> {
+    let (store, digest) = (st.store.clone(), entry.sha256);
+    Ok(tokio::task::spawn_blocking(move || store.read(&digest))
+        .await
+        .map_err(ApiError::internal)??)
 }
 
 /// The strong entity tag of a stored file.
@@ -71,7 +80,8 @@ fn range(headers: &HeaderMap, len: u64) -> Option<Result<(u64, u64), ()>> {
     let (a, b) = (a.trim(), b.trim());
     let r = if a.is_empty() {
         let n: u64 = b.parse().ok()?;
-        if n == 0 {
+        // A suffix of nothing, or any suffix of an empty file, selects no byte (RFC 9110 §14.1.2).
+        if n == 0 || len == 0 {
             return Some(Err(()));
         }
         (len.saturating_sub(n), len)
@@ -106,19 +116,20 @@ pub(crate) fn serve(headers: &HeaderMap, data: Bytes, entry: &FileEntry, content
     }
     match range(headers, len) {
         None => builder = builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, len),
-        Some(Err(())) => {
-            return builder
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
-                .body(Body::empty())
-                .unwrap_or_default()
-        }
-        Some(Ok((start, end))) => {
+        // `range` never yields an empty range; checked anyway so no input can underflow.
+        Some(Ok((start, end))) if start < end && end <= len => {
             return builder
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1))
                 .header(header::CONTENT_LENGTH, end - start)
                 .body(Body::from(data.slice(start as usize..end as usize)))
+                .unwrap_or_default()
+        }
+        Some(_) => {
+            return builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{len}"))
+                .body(Body::empty())
                 .unwrap_or_default()
         }
     }
@@ -139,4 +150,58 @@ pub(crate) fn with_header(mut r: Response, name: &'static str, value: &str) -> R
         r.headers_mut().insert(name, v);
     }
     r
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn ranged(spec: &str, len: u64) -> Option<Result<(u64, u64), ()>> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_str(spec).unwrap());
+        range(&h, len)
+    }
+
+    #[test]
+    fn range_edge_cases() {
+        // Empty file: nothing is satisfiable, the suffix form included (it underflowed).
+        for spec in ["bytes=-1", "bytes=-100", "bytes=0-", "bytes=0-0"] {
+            assert_eq!(ranged(spec, 0), Some(Err(())), "{spec}");
+        }
+        // A suffix larger than the file is the whole file.
+        assert_eq!(ranged("bytes=-100", 10), Some(Ok((0, 10))));
+        assert_eq!(ranged("bytes=-3", 10), Some(Ok((7, 10))));
+        assert_eq!(ranged("bytes=-0", 10), Some(Err(())));
+        // Start at or beyond the end.
+        assert_eq!(ranged("bytes=10-", 10), Some(Err(())));
+        assert_eq!(ranged("bytes=11-20", 10), Some(Err(())));
+        // First byte; end clamped to the file; reversed.
+        assert_eq!(ranged("bytes=0-0", 10), Some(Ok((0, 1))));
+        assert_eq!(ranged("bytes=5-99", 10), Some(Ok((5, 10))));
+        assert_eq!(ranged("bytes=5-4", 10), Some(Err(())));
+        assert_eq!(ranged("bytes=18446744073709551615-", 10), Some(Err(())));
+        // Not for us: whole body.
+        assert_eq!(ranged("bytes=0-1,3-4", 10), None);
+        assert_eq!(ranged("items=0-1", 10), None);
+        assert_eq!(ranged("bytes=x-1", 10), None);
+    }
+
+    #[test]
+    fn serving_an_empty_file_with_a_suffix_range_is_416() {
+        let entry = FileEntry {
+            name: "empty.bin".into(),
+            sha256: suitcase_store::Sha256::of(b""),
+            size: 0,
+        };
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=-5"));
+        let r = serve(&h, Bytes::new(), &entry, "application/octet-stream");
+        assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */0");
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
+        let r = serve(&h, Bytes::from_static(b"abc"), &entry, "application/octet-stream");
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
+        assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 0-0/3");
+    }
 }

@@ -77,8 +77,16 @@ pub(crate) async fn firmware(
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
     let entry = main_file(&v).ok_or_else(|| ApiError::not_found("version has no file"))?;
-    let data = st.store.read(&entry.sha256)?;
-    let md5 = hex::encode(md5::Md5::digest(&data));
+    // Reading (a cache miss hashes the whole file) and the MD5 run off the async workers.
+    let (store, digest) = (st.store.clone(), entry.sha256);
+    let (data, md5) = tokio::task::spawn_blocking(move || {
+        store
+            .read(&digest)
+            .map(|data| (hex::encode(md5::Md5::digest(&data)), data))
+    })
+    .await
+    .map_err(ApiError::internal)?
+    .map(|(md5, data)| (data, md5))?;
     tracing::info!(target: "suitcase::audit", action = "esp-download", firmware = %name, device_version = %current, latest = %latest, mac, size = data.len());
     let r = serve(&headers, data, entry, "application/octet-stream");
     Ok(with_header(r, "x-MD5", &md5))
@@ -154,31 +162,38 @@ pub(crate) async fn put_image(
             format!("{ty} {version} exists already (versions are immutable)"),
         ));
     }
-    let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
-    z.write_all(&data).map_err(ApiError::internal)?;
-    let zdata = z.finish().map_err(ApiError::internal)?;
-    let (size, zsize) = (data.len() as u64, zdata.len() as u64);
-    let req = PublishRequest {
-        publish_id: ty.to_string(),
-        files: vec![
-            NewFile {
-                name: name.clone(),
-                data,
-            },
-            NewFile {
-                name: format!("{name}.zz"),
-                data: zdata.into(),
-            },
-        ],
-        semver: Some(version.clone()),
-        // Checked again under the store's publish lock: concurrent uploads of one version
-        // cannot both succeed.
-        unique_semver: true,
-    };
+    let size = data.len() as u64;
     let store = st.store.clone();
-    let v = tokio::task::spawn_blocking(move || store.publish(req, Box::new(|_| Ok(None))))
-        .await
-        .map_err(ApiError::internal)??;
+    let (semver, file_name) = (version.clone(), name.clone());
+    let publish_id = ty.to_string();
+    // zlib level 9 of up to --max-upload-mib, and the publish itself, run off the async workers.
+    let (v, zsize) = tokio::task::spawn_blocking(move || {
+        let mut z = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::best());
+        z.write_all(&data).map_err(ApiError::internal)?;
+        let zdata = z.finish().map_err(ApiError::internal)?;
+        let zsize = zdata.len() as u64;
+        let req = PublishRequest {
+            publish_id,
+            files: vec![
+                NewFile {
+                    name: file_name.clone(),
+                    data,
+                },
+                NewFile {
+                    name: format!("{file_name}.zz"),
+                    data: zdata.into(),
+                },
+            ],
+            semver: Some(semver),
+            // Checked again under the store's publish lock: concurrent uploads of one
+            // version cannot both succeed (the check above only saves the compression).
+            unique_semver: true,
+        };
+        let v = store.publish(req, Box::new(|_| Ok(None)))?;
+        Ok::<_, ApiError>((v, zsize))
+    })
+    .await
+    .map_err(ApiError::internal)??;
     tracing::info!(target: "suitcase::audit", action = "put-image", who = %who, r#type = %v.publish_id, version = %version, size, zsize);
     let url = format!("{}/images/{}/{name}", base_url(&st, &headers), v.publish_id);
     Ok((
@@ -264,7 +279,7 @@ pub(crate) async fn image_file(
         .find_map(|v| v.file(&name).map(|e| (v, e)))
         .ok_or_else(|| ApiError::not_found(format!("no image {path:?}")))?;
     let _ = v;
-    let data = st.store.read(&entry.sha256)?;
+    let data = crate::download::read(&st, entry).await?;
     Ok(serve(&headers, data, entry, "application/octet-stream"))
 }
 

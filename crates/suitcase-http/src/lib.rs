@@ -8,8 +8,10 @@ mod download;
 mod error;
 pub mod esp;
 mod html;
+mod images;
 mod notify;
 mod publish;
+mod server;
 mod signer;
 
 use std::sync::Arc;
@@ -25,6 +27,7 @@ use suitcase_store::{Store, Version};
 
 pub use error::ApiError;
 pub use notify::{DeviceNotice, Notifier};
+pub use server::{BodyTimeout, GuardedBody, Limits};
 pub use signer::Signer;
 
 /// Settings of the HTTP API.
@@ -41,6 +44,9 @@ pub struct Config {
     pub public_http_url: Option<String>,
     /// Whether HTTP is served over TLS (for derived URLs).
     pub tls: bool,
+    /// Keys an uploaded manifest must be signed with (one of them); empty: any manifest that
+    /// decodes and matches its files is accepted.
+    pub trusted_keys: Vec<suitcase_suit::VerifyingKey>,
 }
 
 /// Everything the handlers share.
@@ -120,20 +126,17 @@ pub fn router(state: AppState) -> Router {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(
-        listener,
-        router(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await
+    server::run(listener, router(state), limits, None, shutdown).await
 }
 
 /// Serve the API over TLS (rustls) on an already bound listener until `shutdown` completes.
 pub async fn serve_tls(
     listener: std::net::TcpListener,
     state: AppState,
+    limits: Limits,
     cert_pem: &std::path::Path,
     key_pem: &std::path::Path,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -156,17 +159,10 @@ pub async fn serve_tls(
         .with_single_cert(certs, key)
         .map_err(|e| bad(format!("TLS certificate/key: {e}")))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let tls = axum_server::tls_rustls::RustlsConfig::from_config(Arc::new(config));
-    let handle = axum_server::Handle::new();
-    let h = handle.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        h.graceful_shutdown(Some(std::time::Duration::from_secs(10)));
-    });
-    axum_server::from_tcp_rustls(listener, tls)?
-        .handle(handle)
-        .serve(router(state).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .await
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    listener.set_nonblocking(true)?;
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    server::run(listener, router(state), limits, Some(acceptor), shutdown).await
 }
 
 async fn coap_url(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<String, ApiError> {

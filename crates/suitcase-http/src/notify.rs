@@ -180,26 +180,88 @@ pub(crate) async fn notify(
     }))
 }
 
+/// `POST /remove {"publish_id": …, "version": …}` or `{…, "sequence_number": N}`.
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct RemoveBody {
     publish_id: String,
-    version: serde_json::Value,
+    /// A JSON number: the version number; a string: `latest`, a semver or a decimal version
+    /// number.
+    #[serde(default)]
+    version: Option<serde_json::Value>,
+    /// The manifest sequence number (e.g. RIOT's `riot.suit.<seq>.bin`).
+    #[serde(default)]
+    sequence_number: Option<u64>,
+}
+
+/// The one version a removal names, exactly: a destructive request does not guess.
+fn removal_target(st: &AppState, body: &RemoveBody) -> Result<std::sync::Arc<Version>, ApiError> {
+    let id = &body.publish_id;
+    let versions = st.store.versions(id);
+    if versions.is_empty() {
+        return Err(ApiError::not_found(format!("no publish-id {id:?}")));
+    }
+    let by_number = |n: u64| {
+        versions
+            .iter()
+            .find(|v| v.seq == n)
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("{id:?} has no version {n}")))
+    };
+    match (&body.version, body.sequence_number) {
+        (Some(_), Some(_)) | (None, None) => Err(ApiError::bad_request(
+            "give exactly one of version (the version number, \"latest\" or a semver) and sequence_number",
+        )),
+        (None, Some(n)) => versions
+            .iter()
+            .find(|v| v.manifest.as_ref().and_then(|m| m.sequence_number) == Some(n))
+            .cloned()
+            .ok_or_else(|| ApiError::not_found(format!("{id:?} has no version with manifest sequence number {n}"))),
+        (Some(serde_json::Value::Number(n)), None) => match n.as_u64() {
+            Some(n) => by_number(n),
+            None => Err(ApiError::bad_request(format!("version {n}: not a version number"))),
+        },
+        (Some(serde_json::Value::String(s)), None) => {
+            let s = s.trim();
+            if s == "latest" {
+                versions
+                    .last()
+                    .cloned()
+                    .ok_or_else(|| ApiError::not_found(format!("no publish-id {id:?}")))
+            } else if !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) {
+                by_number(
+                    s.parse()
+                        .map_err(|_| ApiError::bad_request(format!("version {s:?}: too large")))?,
+                )
+            } else {
+                let sv = semver::Version::parse(s.trim_start_matches('v')).map_err(|_| {
+                    ApiError::bad_request(format!("version {s:?}: \"latest\", a version number or a semver"))
+                })?;
+                let mut matching = versions.iter().filter(|v| v.semver.as_ref() == Some(&sv));
+                match (matching.next(), matching.next()) {
+                    (Some(v), None) => Ok(v.clone()),
+                    (None, _) => Err(ApiError::not_found(format!("{id:?} has no version {sv}"))),
+                    (Some(_), Some(_)) => Err(ApiError::new(
+                        axum::http::StatusCode::CONFLICT,
+                        format!("several versions of {id:?} are {sv}; name one by its version number"),
+                    )),
+                }
+            }
+        }
+        (Some(_), None) => Err(ApiError::bad_request("version: a number or a string")),
+    }
 }
 
 pub(crate) async fn remove(
     State(st): State<AppState>,
     headers: HeaderMap,
     who: Option<axum::Extension<crate::auth::Who>>,
-    Json(body): Json<RemoveBody>,
+    body: Result<Json<RemoveBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<VersionView>, ApiError> {
     let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
+    let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     suitcase_store::validate_publish_id(&body.publish_id)?;
-    let which = match &body.version {
-        serde_json::Value::Number(n) => n.to_string(),
-        serde_json::Value::String(s) => s.clone(),
-        _ => return Err(ApiError::bad_request("version: a number or a string")),
-    };
-    let v = find_version(&st, &body.publish_id, Some(&which))?;
+    let v = removal_target(&st, &body)?;
     let store = st.store.clone();
     let (id, seq) = (body.publish_id.clone(), v.seq);
     let removed = tokio::task::spawn_blocking(move || store.remove(&id, seq))

@@ -80,17 +80,32 @@ pub(crate) async fn publish(
             manifest = Some((f.name, f.data));
         }
     }
-    // An uploaded manifest must at least be a SUIT envelope; its sequence number must grow.
+    // An uploaded manifest must be a SUIT envelope, signed by a trusted key when any is
+    // configured, describing files of this publish or stored ones; its sequence number must
+    // grow (the store checks that).
     let provided = match manifest {
         None => None,
         Some((name, data)) => {
             let env = Envelope::decode(&data)?;
-            Some(NewManifest {
-                name,
-                sequence_number: Some(env.manifest().sequence_number),
-                data,
-                server_built: false,
-            })
+            if !st.config.trusted_keys.is_empty() {
+                env.verify_any(&st.config.trusted_keys).map_err(|e| {
+                    ApiError::new(
+                        axum::http::StatusCode::FORBIDDEN,
+                        format!("manifest {name:?} is not signed by a trusted key (--trust): {e}"),
+                    )
+                })?;
+            }
+            let described = crate::images::described(env.manifest(), env.profile())
+                .map_err(|e| ApiError::bad_request(format!("manifest {name:?}: {e}")))?;
+            Some((
+                described,
+                NewManifest {
+                    name,
+                    sequence_number: Some(env.manifest().sequence_number),
+                    data,
+                    server_built: false,
+                },
+            ))
         }
     };
     let coap_base = st.coap_base(&headers);
@@ -106,13 +121,32 @@ pub(crate) async fn publish(
     let signer = st.signer.clone();
     let base = coap_base.clone();
     let version = tokio::task::spawn_blocking(move || {
-        store.publish(
+        let provided = match provided {
+            None => None,
+            Some((described, m)) => {
+                // Hashing the uploads is CPU work: here, off the async workers.
+                let mut known: std::collections::HashMap<[u8; 32], (String, u64)> = store
+                    .versions(&req.publish_id)
+                    .iter()
+                    .flat_map(|v| v.files.iter())
+                    .map(|f| (f.sha256.0, (f.name.clone(), f.size)))
+                    .collect();
+                for f in &req.files {
+                    let d = suitcase_store::Sha256::of(&f.data).0;
+                    known.insert(d, (f.name.clone(), f.data.len() as u64));
+                }
+                crate::images::check(&described, &known)
+                    .map_err(|e| ApiError::bad_request(format!("manifest {:?}: {e}", m.name)))?;
+                Some(m)
+            }
+        };
+        Ok::<_, ApiError>(store.publish(
             req,
             Box::new(move |draft: &Draft<'_>| match provided {
                 Some(m) => Ok(Some(m)),
                 None => signer.build(draft, &base, &class).map(Some),
             }),
-        )
+        )?)
     })
     .await
     .map_err(ApiError::internal)??;

@@ -47,16 +47,37 @@ fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
             max_body_bytes: 1 << 20,
             public_http_url: None,
             tls: false,
+            trusted_keys: Vec::new(),
         }),
         notifier: Some(Arc::new(Recorder::default())),
         tokens: Arc::new(auth::Tokens::new(dir.join("tokens.json"))),
     };
+    // What `suitcase serve` does at start when no publisher token exists.
+    st.tokens
+        .create_local_publisher(&dir.join(auth::LOCAL_TOKEN_FILE))
+        .unwrap();
     (st, key)
 }
 
-/// The router as a loopback client sees it.
+/// The `local` publisher token of `st` (what the CLI reads from the data directory).
+fn local_token(st: &AppState) -> String {
+    let file = st.tokens.path().with_file_name(auth::LOCAL_TOKEN_FILE);
+    std::fs::read_to_string(file).unwrap().trim().to_string()
+}
+
+/// The router as the CLI on the server's host sees it: a loopback peer that sends the local
+/// publisher token unless the request carries its own Authorization.
 fn app(st: AppState) -> Router {
-    app_from(st, [127, 0, 0, 1])
+    let auth = format!("Bearer {}", local_token(&st));
+    app_from(st, [127, 0, 0, 1]).layer(axum::middleware::map_request(move |mut req: Request<Body>| {
+        let auth = auth.clone();
+        async move {
+            if !req.headers().contains_key("authorization") {
+                req.headers_mut().insert("authorization", auth.parse().unwrap());
+            }
+            req
+        }
+    }))
 }
 
 fn app_from(st: AppState, ip: [u8; 4]) -> Router {
@@ -335,7 +356,9 @@ async fn riot_publish_then_notify_and_remove() {
     // Remove by RIOT sequence number.
     let req = Request::post("/remove")
         .header("content-type", "application/json")
-        .body(Body::from(r#"{"publish_id":"fw/app/native","version":1700000000}"#))
+        .body(Body::from(
+            r#"{"publish_id":"fw/app/native","sequence_number":1700000000}"#,
+        ))
         .unwrap();
     let (s, v) = send(app.clone(), req).await;
     assert_eq!(s, StatusCode::OK, "{v}");
@@ -476,20 +499,27 @@ async fn esp_http_update_contract() {
 async fn tokens_guard_mutations_and_downloads() {
     let dir = tempfile::tempdir().unwrap();
     let (st, _) = state(dir.path());
-    // No token: loopback may publish, others may not.
-    let (s, v) = put_image(app_from(st.clone(), [192, 0, 2, 7]), "a_v1.0.0.bin", b"x", None).await;
-    assert_eq!(s, StatusCode::FORBIDDEN, "{v}");
-    assert!(v["error"].as_str().unwrap().contains("localhost only"));
-    assert_eq!(
-        put_image(app(st.clone()), "a_v1.0.0.bin", b"x", None).await.0,
-        StatusCode::CREATED
-    );
-    // A publisher token: required from everyone, loopback included.
+    // No implicit trust in loopback: without a token, 401 from everyone, a loopback peer
+    // and one that claims to be forwarded for a loopback client included.
+    for (ip, xff) in [
+        ([127, 0, 0, 1], None),
+        ([127, 0, 0, 1], Some("127.0.0.1")),
+        ([192, 0, 2, 7], None),
+    ] {
+        let (ct, body) = multipart(&[("image", Some("a_v1.0.0.bin"), b"x")]);
+        let mut b = Request::put("/images").header("content-type", ct);
+        if let Some(x) = xff {
+            b = b.header("x-forwarded-for", x);
+        }
+        let (s, v) = send(app_from(st.clone(), ip), b.body(Body::from(body)).unwrap()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "{ip:?} {xff:?}: {v}");
+    }
+    // The local token (written by the server) publishes, from wherever it comes.
+    let local = format!("Bearer {}", local_token(&st));
+    let (s, v) = put_image(app_from(st.clone(), [127, 0, 0, 1]), "a_v1.0.0.bin", b"x", Some(&local)).await;
+    assert_eq!(s, StatusCode::CREATED, "{v}");
+    // Another publisher token works alongside it; a wrong one does not.
     let tok = st.tokens.create("ci", auth::Role::Publisher).unwrap();
-    assert_eq!(
-        put_image(app(st.clone()), "a_v1.1.0.bin", b"x", None).await.0,
-        StatusCode::UNAUTHORIZED
-    );
     assert_eq!(
         put_image(app(st.clone()), "a_v1.1.0.bin", b"x", Some("Bearer 0123"))
             .await
@@ -505,20 +535,30 @@ async fn tokens_guard_mutations_and_downloads() {
     .await;
     assert_eq!(s, StatusCode::CREATED);
     // Downloads are open until a device token exists.
-    let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1")]).await;
+    let r = get_with(
+        app_from(st.clone(), [127, 0, 0, 1]),
+        "/firmware/a",
+        &[("x-ESP32-version", "0.1")],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::OK);
     let dev = st.tokens.create("fleet", auth::Role::Device).unwrap();
-    let r = get_with(app(st.clone()), "/firmware/a", &[("x-ESP32-version", "0.1")]).await;
+    let r = get_with(
+        app_from(st.clone(), [127, 0, 0, 1]),
+        "/firmware/a",
+        &[("x-ESP32-version", "0.1")],
+    )
+    .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = get_with(
-        app(st.clone()),
+        app_from(st.clone(), [127, 0, 0, 1]),
         "/firmware/a",
         &[("x-ESP32-version", "0.1"), ("authorization", "token wrong")],
     )
     .await;
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
     let r = get_with(
-        app(st.clone()),
+        app_from(st.clone(), [127, 0, 0, 1]),
         "/firmware/a",
         &[("x-ESP32-version", "0.1"), ("authorization", &format!("token {dev}"))],
     )
@@ -534,4 +574,259 @@ async fn tokens_guard_mutations_and_downloads() {
         html.contains("<h2 id=\"a\">a</h2>") && html.contains("a_v1.1.0.bin"),
         "{html}"
     );
+}
+
+#[tokio::test]
+async fn an_unreadable_token_file_refuses_every_guarded_route() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _) = state(dir.path());
+    let app = app(st.clone());
+    let (s, _) = put_image(app.clone(), "a_v1.0.0.bin", b"x", None).await;
+    assert_eq!(s, StatusCode::CREATED);
+    // Truncated (a crash, a bad edit): downloads were opened (403 -> 200) before; now both
+    // roles are refused, the holder of a valid publisher token included.
+    st.tokens.create("fleet", auth::Role::Device).unwrap();
+    let raw = std::fs::read(st.tokens.path()).unwrap();
+    std::fs::write(st.tokens.path(), &raw[..raw.len() - 3]).unwrap();
+    st.tokens.refresh();
+    let r = get_with(app.clone(), "/firmware/a", &[("x-ESP32-version", "0.1")]).await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    for path in ["/files/a/a_v1.0.0.bin", "/images/a/a_v1.0.0.bin", "/images/images.json"] {
+        assert_eq!(
+            get_with(app.clone(), path, &[]).await.status(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}"
+        );
+    }
+    let (s, v) = put_image(app.clone(), "a_v2.0.0.bin", b"x", None).await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("token file is unreadable"), "{v}");
+    // Fixed: served again.
+    std::fs::write(st.tokens.path(), &raw).unwrap();
+    st.tokens.refresh();
+    let (s, _) = put_image(app, "a_v2.0.0.bin", b"x", None).await;
+    assert_eq!(s, StatusCode::CREATED);
+}
+
+#[tokio::test]
+async fn remove_names_one_version_exactly() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, key) = state(dir.path());
+    let app = app(st.clone());
+    // Three versions; version 1's manifest has sequence number 2, version 2's has 3.
+    for (seq, semver) in [(2u64, "1.0.0"), (3, "1.1.0"), (9, "1.1.0")] {
+        let vendor = suitcase_suit::builder::vendor_id("example.org");
+        let class = suitcase_suit::builder::class_id(&vendor, "x");
+        let data = format!("image {seq}");
+        let m = suitcase_suit::ManifestBuilder::new(suitcase_suit::Profile::Draft37, seq, vendor, class)
+            .image(suitcase_suit::Image::from_bytes(
+                "coap://h/x/a.bin",
+                data.as_bytes(),
+                None,
+            ))
+            .build()
+            .unwrap();
+        let env = suitcase_suit::Envelope::sign(suitcase_suit::Profile::Draft37, &m, &key)
+            .unwrap()
+            .encode();
+        let (s, v) = post(
+            app.clone(),
+            &[
+                ("publish_id", None, b"x"),
+                ("version", None, semver.as_bytes()),
+                ("manifest", Some("m.suit"), &env),
+                ("a.bin", Some("a.bin"), data.as_bytes()),
+            ],
+        )
+        .await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+    }
+    let remove = |body: &'static str| {
+        let app = app.clone();
+        async move {
+            let req = Request::post("/remove")
+                .header("content-type", "application/json")
+                .body(Body::from(body))
+                .unwrap();
+            send(app, req).await
+        }
+    };
+    // Refused: ambiguous or malformed requests.
+    for (body, status) in [
+        (r#"{"publish_id":"x"}"#, StatusCode::BAD_REQUEST),
+        (
+            r#"{"publish_id":"x","version":1,"sequence_number":2}"#,
+            StatusCode::BAD_REQUEST,
+        ),
+        (r#"{"publish_id":"x","version":"banana"}"#, StatusCode::BAD_REQUEST),
+        (r#"{"publish_id":"x","version":true}"#, StatusCode::BAD_REQUEST),
+        (r#"{"publish_id":"x","version":-1}"#, StatusCode::BAD_REQUEST),
+        (r#"{"publish_id":"x","version":7}"#, StatusCode::NOT_FOUND),
+        (r#"{"publish_id":"x","sequence_number":1}"#, StatusCode::NOT_FOUND),
+        (r#"{"publish_id":"x","version":"1.1.0"}"#, StatusCode::CONFLICT),
+    ] {
+        let (s, v) = remove(body).await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert!(v["error"].is_string(), "{body}: {v}");
+    }
+    assert_eq!(st.store.versions("x").len(), 3, "nothing was removed");
+    // A JSON number is the version number, not the sequence number (2 used to remove version 1).
+    let (s, v) = remove(r#"{"publish_id":"x","version":2}"#).await;
+    assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(2)), "{v}");
+    // The sequence number has its own field.
+    let (s, v) = remove(r#"{"publish_id":"x","sequence_number":2}"#).await;
+    assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(1)), "{v}");
+    // A decimal string is a version number too; "latest" the newest.
+    let (s, v) = remove(r#"{"publish_id":"x","version":"latest"}"#).await;
+    assert_eq!((s, v["version"].as_u64()), (StatusCode::OK, Some(3)), "{v}");
+    assert!(st.store.versions("x").is_empty());
+}
+
+/// A signed envelope describing `images` (uri, content), draft-37 or RIOT profile.
+fn envelope(profile: suitcase_suit::Profile, seq: u64, images: &[(&str, &[u8])], key: &SigningKey) -> Vec<u8> {
+    let vendor = suitcase_suit::builder::vendor_id("example.org");
+    let class = suitcase_suit::builder::class_id(&vendor, "x");
+    let mut b = suitcase_suit::ManifestBuilder::new(profile, seq, vendor, class);
+    for (i, (uri, data)) in images.iter().enumerate() {
+        let slot = (profile == suitcase_suit::Profile::Riot09).then_some(0x1000 * (i as u64 + 1));
+        b = b.image(suitcase_suit::Image::from_bytes(*uri, data, slot));
+    }
+    suitcase_suit::Envelope::sign(profile, &b.build().unwrap(), key)
+        .unwrap()
+        .encode()
+}
+
+#[tokio::test]
+async fn uploaded_manifests_must_describe_the_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, key) = state(dir.path());
+    let app = app(st.clone());
+    let d37 = suitcase_suit::Profile::Draft37;
+    // A digest of nothing uploaded: 400 naming the digest.
+    let env = envelope(d37, 1, &[("coap://h/x/a.bin", b"other bytes")], &key);
+    let (s, v) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"x"),
+            ("manifest", Some("m"), &env),
+            ("a.bin", Some("a.bin"), b"firmware"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    let digest = suitcase_store::Sha256::of(b"other bytes").to_hex();
+    assert!(v["error"].as_str().unwrap().contains(&digest), "{v}");
+    // Right digest, wrong size: the builder's size is replaced by hand-editing the parameters.
+    let mut m = suitcase_suit::Envelope::decode(&envelope(d37, 1, &[("coap://h/x/a.bin", b"firmware")], &key))
+        .unwrap()
+        .manifest()
+        .clone();
+    fn bump(s: &mut suitcase_suit::manifest::CommandSequence) {
+        for c in &mut s.0 {
+            match &mut c.arg {
+                suitcase_suit::manifest::CommandArg::Params(p) => {
+                    p.set(14, suitcase_suit::manifest::ParamValue::Uint(9))
+                }
+                suitcase_suit::manifest::CommandArg::Sequence(inner) => bump(inner),
+                _ => {}
+            }
+        }
+    }
+    bump(m.common.shared_sequence.as_mut().unwrap());
+    let bad_size = suitcase_suit::Envelope::sign(d37, &m, &key).unwrap().encode();
+    let (s, v) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"x"),
+            ("manifest", Some("m"), &bad_size),
+            ("a.bin", Some("a.bin"), b"firmware"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("is 9 bytes"), "{v}");
+    assert!(st.store.publish_ids().is_empty());
+    // Matching: accepted; a later manifest may describe a file stored by an earlier publish.
+    let env = envelope(d37, 1, &[("coap://h/x/a.bin", b"firmware")], &key);
+    let (s, v) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"x"),
+            ("manifest", Some("m"), &env),
+            ("a.bin", Some("a.bin"), b"firmware"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let env = envelope(
+        d37,
+        2,
+        &[("coap://h/x/a.bin", b"firmware"), ("coap://h/x/b.bin", b"more")],
+        &key,
+    );
+    let (s, v) = post(
+        app.clone(),
+        &[
+            ("publish_id", None, b"x"),
+            ("manifest", Some("m2"), &env),
+            ("b.bin", Some("b.bin"), b"more"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    // RIOT profile (riot.suit.<seq>.bin part): a slot that matches nothing is refused.
+    let riot = suitcase_suit::Profile::Riot09;
+    let env = envelope(
+        riot,
+        5,
+        &[("coap://h/r/slot0.bin", b"slot0"), ("coap://h/r/slot1.bin", b"slotX")],
+        &key,
+    );
+    let (s, v) = post(
+        app,
+        &[
+            ("publish_id", None, b"r"),
+            ("riot.suit.5.bin", Some("s"), &env),
+            ("slot0.bin", Some("a"), b"slot0"),
+            ("slot1.bin", Some("b"), b"slot1"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    // RIOT's two slots are try-each alternatives of one component: each must match a file.
+    let slot_x = suitcase_store::Sha256::of(b"slotX").to_hex();
+    assert!(v["error"].as_str().unwrap().contains(&slot_x), "{v}");
+}
+
+#[tokio::test]
+async fn trusted_keys_refuse_manifests_signed_by_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut st, _) = state(dir.path());
+    let trusted = SigningKey::generate(Algorithm::Es256);
+    let stranger = SigningKey::generate(Algorithm::Ed25519);
+    let mut config = (*st.config).clone();
+    config.trusted_keys = vec![trusted.verifying_key()];
+    st.config = Arc::new(config);
+    let app = app(st.clone());
+    let d37 = suitcase_suit::Profile::Draft37;
+    for (key, status) in [(&stranger, StatusCode::FORBIDDEN), (&trusted, StatusCode::OK)] {
+        let env = envelope(d37, 1, &[("coap://h/x/a.bin", b"firmware")], key);
+        let (s, v) = post(
+            app.clone(),
+            &[
+                ("publish_id", None, b"x"),
+                ("manifest", Some("m"), &env),
+                ("a.bin", Some("a.bin"), b"firmware"),
+            ],
+        )
+        .await;
+        assert_eq!(s, status, "{v}");
+    }
+    // Publishes without a manifest are still signed by the server.
+    let (s, v) = post(
+        app,
+        &[("publish_id", None, b"y"), ("a.bin", Some("a.bin"), b"firmware")],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
 }

@@ -15,6 +15,9 @@ pub struct ListArgs {
     /// Print the server's JSON.
     #[arg(long)]
     json: bool,
+    /// Publisher token, sent as a bearer token (default: the local token file, see `publish`).
+    #[arg(long, env = "SUITCASE_TOKEN")]
+    token: Option<String>,
 }
 
 pub fn run(args: ListArgs) -> anyhow::Result<ExitCode> {
@@ -28,7 +31,12 @@ async fn list(args: ListArgs) -> anyhow::Result<ExitCode> {
         Some(id) => format!("{base}/api/v1/publish-ids/{id}"),
         None => format!("{base}/api/v1/publish-ids"),
     };
-    let body = crate::client::send(reqwest::Client::new().get(&url), &url, None).await?;
+    let body = crate::client::send(
+        reqwest::Client::new().get(&url),
+        &url,
+        crate::client::token(args.token.as_deref(), &args.server).as_deref(),
+    )
+    .await?;
     if args.json {
         println!("{body}");
         return Ok(ExitCode::SUCCESS);

@@ -7,11 +7,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Args;
-use suitcase_coap::notify::{notify_all, NotifyConfig, Outcome};
+use std::sync::Arc;
+
+use suitcase_coap::notify::Outcome;
 use suitcase_http::{DeviceNotice, Notifier};
 
-/// Sends triggers over CoAP.
-pub struct CoapNotifier(pub NotifyConfig);
+/// Sends triggers over CoAP: one shared socket per address family, a global bound on the
+/// triggers in flight (further ones wait their turn).
+pub struct CoapNotifier(pub Arc<suitcase_coap::notify::Notifier>);
 
 impl Notifier for CoapNotifier {
     fn notify(
@@ -19,9 +22,10 @@ impl Notifier for CoapNotifier {
         devices: Vec<String>,
         manifest_url: String,
     ) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>> {
-        let config = self.0.clone();
+        let notifier = self.0.clone();
         Box::pin(async move {
-            notify_all(&devices, &manifest_url, &config)
+            notifier
+                .notify_all(&devices, &manifest_url)
                 .await
                 .into_iter()
                 .map(|r| {
@@ -60,7 +64,7 @@ pub struct NotifyArgs {
     /// The publish-id.
     #[arg(long)]
     publish_id: String,
-    /// Which version: latest, a version number, a manifest sequence number, or a semver.
+    /// Which version: latest, a manifest sequence number, a version number, or a semver.
     #[arg(long, default_value = "latest")]
     version: String,
     /// Devices: [2001:db8::1], [fe80::1%tap0]:5683, 10.0.0.7, coap://host/custom/path …
@@ -69,16 +73,17 @@ pub struct NotifyArgs {
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
-    /// Publisher token, sent as a bearer token.
+    /// Publisher token, sent as a bearer token (default: the local token file, see `publish`).
     #[arg(long, env = "SUITCASE_TOKEN")]
     token: Option<String>,
 }
 
 pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let token = crate::client::token(args.token.as_deref(), &args.server);
     runtime.block_on(request(
         &args.server,
-        args.token.as_deref(),
+        token.as_deref(),
         &args.publish_id,
         &args.version,
         &args.devices,

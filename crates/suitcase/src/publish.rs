@@ -35,7 +35,9 @@ pub struct PublishArgs {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
-    /// Publisher token (`suitcase token create NAME`), sent as a bearer token.
+    /// Publisher token (`suitcase token create NAME`), sent as a bearer token. Default, for a
+    /// server on this host: the token the server wrote to
+    /// $SUITCASE_DATA/local-publisher.token or ./suitcase-data/local-publisher.token.
     #[arg(long, env = "SUITCASE_TOKEN")]
     token: Option<String>,
 }
@@ -81,6 +83,7 @@ pub fn run(args: PublishArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
+    let token = crate::client::token(args.token.as_deref(), &args.server);
     let mut form = reqwest::multipart::Form::new().text("publish_id", args.publish_id.clone());
     if let Some(v) = &args.version {
         form = form.text("version", v.clone());
@@ -99,7 +102,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     }
     let url = format!("{}/publish", args.server.trim_end_matches('/'));
     let req = reqwest::Client::new().post(&url).multipart(form);
-    let body = crate::client::send(req, &url, args.token.as_deref()).await;
+    let body = crate::client::send(req, &url, token.as_deref()).await;
     bar.finish_and_clear();
     let body = body?;
     let v: serde_json::Value = serde_json::from_str(&body).context("server answer is not JSON")?;
@@ -117,7 +120,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         .map_or_else(|| "latest".to_string(), |n| n.to_string());
     crate::notify::request(
         &args.server,
-        args.token.as_deref(),
+        token.as_deref(),
         &args.publish_id,
         &version,
         &args.notify,

@@ -44,6 +44,9 @@ pub struct ServeArgs {
     /// Notify: retransmissions before a device counts as timed out (MAX_RETRANSMIT).
     #[arg(long, default_value_t = 4)]
     notify_max_retransmit: u32,
+    /// Notify: triggers in flight at once across all requests; further ones wait their turn.
+    #[arg(long, default_value_t = suitcase_coap::notify::DEFAULT_MAX_IN_FLIGHT)]
+    notify_max_in_flight: usize,
     /// TLS certificate chain (PEM) for HTTPS; needs --tls-key.
     #[arg(long, env = "SUITCASE_TLS_CERT", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -66,6 +69,21 @@ pub struct ServeArgs {
     /// 3.6 and Zephyr's LwM2M pull cannot answer Echo. See README "Exposure".
     #[arg(long, env = "SUITCASE_AMPLIFICATION_LIMIT", default_value_t = 0)]
     amplification_limit: u8,
+    /// A public key (PEM, Ed25519 or P-256) uploaded manifests must be signed with; repeat for
+    /// several. Without it, an uploaded manifest is accepted when it decodes and describes the
+    /// uploaded or stored files, whoever signed it.
+    #[arg(long = "trust", value_name = "KEY.pub")]
+    trust: Vec<PathBuf>,
+    /// HTTP connections served at once; further peers wait in the listen backlog.
+    #[arg(long, default_value_t = 1024)]
+    max_connections: usize,
+    /// HTTP: longest wait for a request's headers (also the keep-alive idle time and the TLS
+    /// handshake time) and the longest pause inside a request body, in seconds.
+    #[arg(long, default_value_t = 30)]
+    http_timeout_secs: u64,
+    /// HTTP: slowest average upload rate accepted after the first --http-timeout-secs, in KiB/s.
+    #[arg(long, default_value_t = 8)]
+    min_upload_rate_kib: u64,
 }
 
 impl ServeArgs {
@@ -124,6 +142,14 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     );
     store.set_cache_budget(args.cache_mib.saturating_mul(1024 * 1024));
     let key = load_or_create_key(&args.data, args.key.as_deref())?;
+    let trusted_keys = args
+        .trust
+        .iter()
+        .map(|p| {
+            let pem = std::fs::read_to_string(p).with_context(|| format!("reading --trust {}", p.display()))?;
+            suitcase_suit::VerifyingKey::from_any_pem(&pem).with_context(|| format!("--trust {}", p.display()))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
 
     let cancel = CancellationToken::new();
     let coap_socket = driver::bind(args.coap).with_context(|| format!("binding CoAP to {}", args.coap))?;
@@ -132,7 +158,23 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         std::net::TcpListener::bind(args.http).with_context(|| format!("binding HTTP to {}", args.http))?;
     http_listener.set_nonblocking(true)?;
     let http_addr = http_listener.local_addr()?;
+    raise_fd_limit(args.max_connections);
     let tokens = Arc::new(suitcase_http::auth::Tokens::new(args.data.join("tokens.json")));
+    let local_token = args.data.join(suitcase_http::auth::LOCAL_TOKEN_FILE);
+    match tokens.create_local_publisher(&local_token) {
+        Ok(Some(name)) => tracing::info!(
+            token_file = %local_token.display(),
+            "no publisher token existed: created publisher token {name:?}; the CLI on this host reads it from the token file"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::error!(error = %e, "could not create the local publisher token"),
+    }
+    if local_token.exists() {
+        tracing::info!(token_file = %local_token.display(), "local publisher token file");
+    }
+    tokens
+        .watch(std::time::Duration::from_millis(500))
+        .context("starting the token file watcher")?;
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -163,25 +205,23 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             max_body_bytes: args.max_upload_mib.saturating_mul(1024 * 1024),
             public_http_url: args.http_url.clone(),
             tls: args.tls_cert.is_some(),
+            trusted_keys,
         }),
         tokens: tokens.clone(),
-        notifier: Some(Arc::new(crate::notify::CoapNotifier(
-            suitcase_coap::notify::NotifyConfig {
-                ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
-                max_retransmit: args.notify_max_retransmit,
-                ..Default::default()
-            },
-        ))),
+        notifier: Some(Arc::new(crate::notify::CoapNotifier(Arc::new(
+            suitcase_coap::notify::Notifier::new(
+                suitcase_coap::notify::NotifyConfig {
+                    ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
+                    max_retransmit: args.notify_max_retransmit,
+                    ..Default::default()
+                },
+                args.notify_max_in_flight,
+            ),
+        )))),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
     let scheme = if args.tls_cert.is_some() { "HTTPS" } else { "HTTP" };
     tracing::info!("listening for {scheme} on {http_addr}");
-    if !tokens.any(suitcase_http::auth::Role::Publisher) {
-        tracing::warn!(
-            tokens = %tokens.path().display(),
-            "no publisher token: publishing, notify and remove are open to localhost only (create one with `suitcase token create NAME`)"
-        );
-    }
     if args.coap_url.is_none() {
         tracing::info!(
             "manifest URLs use the host publishers connect to; set --coap-url if devices reach this server elsewhere"
@@ -194,18 +234,24 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         tracing::info!("shutting down");
         shutdown.cancel();
     });
+    let limits = suitcase_http::Limits {
+        max_connections: args.max_connections.max(1),
+        timeout: std::time::Duration::from_secs(args.http_timeout_secs.max(1)),
+        min_body_rate: args.min_upload_rate_kib.saturating_mul(1024),
+    };
     let http = {
         let cancel = cancel.clone();
         async move {
             match (&args.tls_cert, &args.tls_key) {
                 (Some(cert), Some(key)) => {
-                    suitcase_http::serve_tls(http_listener, state, cert, key, cancel.cancelled_owned())
+                    suitcase_http::serve_tls(http_listener, state, limits, cert, key, cancel.cancelled_owned())
                         .await
                         .context("HTTPS server")
                 }
                 _ => suitcase_http::serve(
                     tokio::net::TcpListener::from_std(http_listener)?,
                     state,
+                    limits,
                     cancel.cancelled_owned(),
                 )
                 .await
@@ -254,6 +300,28 @@ async fn supervise(
             tracing::error!(error = %why, "the CoAP server failed; stopping HTTP too");
             bail!("the CoAP server failed: {why}")
         }
+    }
+}
+
+/// Raise the soft limit on open files to the hard limit, and warn when the HTTP connection
+/// cap does not fit under it (a connection is one descriptor; the store, the CoAP and notify
+/// sockets need a few more).
+fn raise_fd_limit(max_connections: usize) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let soft = if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        hard
+    } else {
+        soft
+    };
+    if (max_connections as u64).saturating_add(64) > soft {
+        tracing::warn!(
+            open_files = soft,
+            max_connections,
+            "--max-connections is close to or above the open-file limit; lower it or raise the limit"
+        );
     }
 }
 

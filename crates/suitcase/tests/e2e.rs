@@ -19,7 +19,7 @@ fn publish_then_download_with_coap_client_at_several_block_sizes() {
     let fw = dir.path().join("firmware.bin");
     std::fs::write(&fw, &image).unwrap();
 
-    let out = suitcase(&[
+    let out = server.cli(&[
         "publish",
         "--server",
         &server.http(),
@@ -35,7 +35,7 @@ fn publish_then_download_with_coap_client_at_several_block_sizes() {
         std::thread::sleep(std::time::Duration::from_millis(20));
         server.log().iter().any(|l| {
             l.contains("action=\"publish\"")
-                && l.contains("who=local@")
+                && l.contains("who=token:local@")
                 && l.contains(&digest)
                 && l.contains("size=1048576")
         })
@@ -97,7 +97,7 @@ fn a_second_publish_moves_latest_and_keeps_the_old_version() {
     let (a, b) = (random_bytes(5000, 1), random_bytes(7000, 2));
     let f = dir.path().join("app.bin");
     std::fs::write(&f, &a).unwrap();
-    suitcase(&[
+    server.cli(&[
         "publish",
         "--server",
         &server.http(),
@@ -107,7 +107,7 @@ fn a_second_publish_moves_latest_and_keeps_the_old_version() {
         f.to_str().unwrap(),
     ]);
     std::fs::write(&f, &b).unwrap();
-    suitcase(&[
+    server.cli(&[
         "publish",
         "--server",
         &server.http(),

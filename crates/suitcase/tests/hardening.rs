@@ -14,7 +14,7 @@ use suitcase_bench::coap;
 use support::*;
 
 fn publish(server: &TestServer, id: &str, file: &std::path::Path) {
-    let out = suitcase(&[
+    server.cli(&[
         "publish",
         "--quiet",
         "--server",
@@ -24,7 +24,6 @@ fn publish(server: &TestServer, id: &str, file: &std::path::Path) {
         "--publish",
         file.to_str().unwrap(),
     ]);
-    let _ = out;
 }
 
 fn client() -> UdpSocket {

@@ -61,11 +61,18 @@ fn https_tokens_and_esp_update() {
         &data,
         &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()],
     );
+    // No publisher token existed: the server made one, wrote it to a file only its owner can
+    // read, and logs where the file is, never the token.
+    let local = server.token();
     let said = (0..50).any(|_| {
         std::thread::sleep(std::time::Duration::from_millis(20));
-        server.log().iter().any(|l| l.contains("open to localhost only"))
+        server.log().iter().any(|l| l.contains("local-publisher.token"))
     });
-    assert!(said, "the log says publishing is open to localhost only");
+    assert!(said, "the log names the local token file");
+    assert!(
+        !server.log().iter().any(|l| l.contains(&local)),
+        "the token is never logged"
+    );
     let base = format!("https://[::1]:{}", server.http_port);
     let ca = cert.to_str().unwrap();
 
@@ -75,7 +82,7 @@ fn https_tokens_and_esp_update() {
     let (s, _, _) = curl(&[&format!("http://[::1]:{}/healthz", server.http_port)]);
     assert_ne!(s, 200);
 
-    // Publisher token: required once it exists.
+    // Publisher token: always required, from loopback too.
     let token = suitcase(&["token", "create", "ci", "--data", data.to_str().unwrap()])
         .trim()
         .to_string();
@@ -98,6 +105,24 @@ fn https_tokens_and_esp_update() {
     ]);
     assert_eq!(s, 401, "{}", String::from_utf8_lossy(&b));
     let auth = format!("Authorization: Bearer {token}");
+    // Made by another process: in force once the server's watcher read the file (a guarded
+    // request with that token then gets past the guard to the handler's 422).
+    wait_for_status(
+        &[
+            "--cacert",
+            ca,
+            "-X",
+            "POST",
+            "-H",
+            &auth,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            "{}",
+            &format!("{base}/remove"),
+        ],
+        422,
+    );
     let (s, _, b) = curl(&[
         "--cacert",
         ca,
@@ -138,11 +163,12 @@ fn https_tokens_and_esp_update() {
     let v: serde_json::Value = serde_json::from_slice(&b).unwrap();
     assert_eq!(v[0]["version"], "2.1.0");
 
-    // Device tokens close downloads to everyone else.
+    // Device tokens close downloads to everyone else (once the server's token watcher has
+    // read the file another process changed: within about half a second).
     let dev = suitcase(&["token", "create", "lamps", "--device", "--data", data.to_str().unwrap()])
         .trim()
         .to_string();
-    assert_eq!(curl(&["--cacert", ca, "-H", "x-ESP32-version: 1.0", &fw]).0, 403);
+    wait_for_status(&["--cacert", ca, "-H", "x-ESP32-version: 1.0", &fw], 403);
     let dev_auth = format!("Authorization: token {dev}");
     assert_eq!(
         curl(&["--cacert", ca, "-H", "x-ESP32-version: 1.0", "-H", &dev_auth, &fw]).0,
@@ -158,8 +184,25 @@ fn https_tokens_and_esp_update() {
         "--data",
         data.to_str().unwrap(),
     ]);
-    assert_eq!(
-        curl(&["--cacert", ca, "-H", "x-ESP32-version: 1.0", "-H", &dev_auth, &fw]).0,
-        403
+    wait_for_status(
+        &["--cacert", ca, "-H", "x-ESP32-version: 1.0", "-H", &dev_auth, &fw],
+        403,
     );
+}
+
+/// Repeat a curl call until it answers `status` (the server re-reads tokens.json in the
+/// background), for at most 10 s.
+fn wait_for_status(args: &[&str], status: u16) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let (s, _, b) = curl(args);
+        if s == status {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still {s} instead of {status}: {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
 }

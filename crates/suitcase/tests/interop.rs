@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn publish(server: &TestServer, id: &str, path: &std::path::Path) {
-    suitcase(&[
+    server.cli(&[
         "publish",
         "--server",
         &server.http(),

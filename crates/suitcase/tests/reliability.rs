@@ -20,6 +20,7 @@ type Acked = Arc<Mutex<Vec<(String, u64, String, Sha256)>>>;
 
 fn publisher(
     http: String,
+    token: String,
     id: String,
     dir: std::path::PathBuf,
     seed: u64,
@@ -36,6 +37,7 @@ fn publisher(
             let path = dir.join(&name);
             std::fs::write(&path, &data).unwrap();
             let out = Command::new(bin())
+                .env("SUITCASE_TOKEN", &token)
                 .args([
                     "publish",
                     "--quiet",
@@ -98,6 +100,7 @@ fn sigkill_during_publishes_loses_nothing_acknowledged() {
                 std::fs::create_dir_all(&d).unwrap();
                 publisher(
                     server.http(),
+                    server.token(),
                     format!("crash/{w}"),
                     d,
                     round * 10 + w,
@@ -143,21 +146,21 @@ fn sigterm_stops_cleanly() {
     let image = random_bytes(64 << 20, 3);
     std::fs::write(&f, &image).unwrap();
     let http = server.http();
+    let mut cmd = server.command();
     let upload = std::thread::spawn(move || {
-        Command::new(bin())
-            .args([
-                "publish",
-                "--quiet",
-                "--json",
-                "--server",
-                &http,
-                "--publish-id",
-                "term",
-                "--publish",
-            ])
-            .arg(&f)
-            .output()
-            .unwrap()
+        cmd.args([
+            "publish",
+            "--quiet",
+            "--json",
+            "--server",
+            &http,
+            "--publish-id",
+            "term",
+            "--publish",
+        ])
+        .arg(&f)
+        .output()
+        .unwrap()
     });
     std::thread::sleep(Duration::from_millis(150));
     let (status, log) = server.terminate(Duration::from_secs(20));
@@ -208,7 +211,8 @@ impl Drop for Tmpfs {
 }
 
 fn publish_status(server: &TestServer, id: &str, file: &Path) -> (bool, String) {
-    let out = Command::new(bin())
+    let out = server
+        .command()
         .args([
             "publish",
             "--quiet",

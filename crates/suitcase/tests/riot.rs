@@ -140,7 +140,7 @@ fn riot_build_publish_notify_and_device_update() {
         "-o",
         &signed,
     ]);
-    let out = suitcase(&[
+    let out = server.cli(&[
         "publish",
         "--server",
         &server.http(),
@@ -157,7 +157,7 @@ fn riot_build_publish_notify_and_device_update() {
 
     // Notify the device; it answers 2.01.
     let (dev, triggered) = device();
-    let out = suitcase(&[
+    let out = server.cli(&[
         "notify",
         "--server",
         &server.http(),
@@ -208,7 +208,8 @@ fn riot_build_publish_notify_and_device_update() {
 
     // A device that is not there: timeout reported, exit status 1.
     let silent = UdpSocket::bind("[::1]:0").unwrap();
-    let out = Command::new(bin())
+    let out = server
+        .command()
         .args([
             "notify",
             "--server",

@@ -111,6 +111,35 @@ impl TestServer {
         (code, self.log())
     }
 
+    /// The `local` publisher token the server wrote into its data directory at start.
+    pub fn token(&self) -> String {
+        let file = self.data.join("local-publisher.token");
+        std::fs::read_to_string(&file)
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()))
+            .trim()
+            .to_string()
+    }
+
+    /// `suitcase` as run on the server's host: SUITCASE_TOKEN is the local publisher token.
+    pub fn command(&self) -> Command {
+        let mut c = Command::new(bin());
+        c.env("SUITCASE_TOKEN", self.token());
+        c
+    }
+
+    /// Run `suitcase ARGS…` with the local publisher token, returning stdout; panics with
+    /// stderr on failure.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().expect("run suitcase");
+        assert!(
+            out.status.success(),
+            "suitcase {args:?} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     pub fn log(&self) -> Vec<String> {
         self.log.lock().unwrap().clone()
     }
