@@ -10,35 +10,17 @@ use suitcase_store::{FileEntry, Version};
 
 use crate::{ApiError, AppState};
 
-/// `GET /files/<publish-id>/<file>` and `/files/<publish-id>/v/<n>/<file>`.
+/// `GET /files/<path>`: every path CoAP serves (`<id>/<file>`, `<id>/v/<n>/<file>`,
+/// `<id>/manifest`), resolved by the store's one resolver so both protocols agree.
 pub(crate) async fn files(
     State(st): State<AppState>,
     headers: HeaderMap,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
-    let segments: Vec<&str> = path.split('/').collect();
-    for split in (1..segments.len()).rev() {
-        let id = segments[..split].join("/");
-        let Some(latest) = st.store.latest(&id) else { continue };
-        let rest = &segments[split..];
-        let (version, name) = match rest {
-            ["v", n, name] => match n.parse().ok().and_then(|n| st.store.version(&id, n)) {
-                Some(v) => (v, *name),
-                None => continue,
-            },
-            [name] => (latest, *name),
-            _ => continue,
-        };
-        let entry = match name {
-            "manifest" => version.manifest.as_ref().map(|m| &m.file),
-            n => version.file(n),
-        };
-        if let Some(entry) = entry {
-            let data = read(&st, entry).await?;
-            return Ok(serve(&headers, data, entry, "application/octet-stream"));
-        }
-    }
-    Err(ApiError::not_found(format!("no file at {path:?}")))
+    let found = suitcase_store::paths::resolve_path(st.store.as_ref(), &path)
+        .ok_or_else(|| ApiError::not_found(format!("no file at {path:?}")))?;
+    let data = read(&st, &found.entry).await?;
+    Ok(serve(&headers, data, &found.entry, "application/octet-stream"))
 }
 
 /// Read a stored file off the async workers: a cache miss reads the whole file and checks

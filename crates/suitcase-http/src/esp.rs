@@ -272,13 +272,10 @@ pub(crate) async fn image_file(
         }
     };
     suitcase_store::validate_publish_id(&id)?;
-    let versions = st.store.versions(&id);
-    let (v, entry) = versions
-        .iter()
-        .rev()
-        .find_map(|v| v.file(&name).map(|e| (v, e)))
+    // `/images/<id>/<file>` is `<id>/<file>` of the one resolver: the newest version holding it.
+    let found = suitcase_store::paths::resolve_path(st.store.as_ref(), &format!("{id}/{name}"))
         .ok_or_else(|| ApiError::not_found(format!("no image {path:?}")))?;
-    let _ = v;
+    let entry = &found.entry;
     let data = crate::download::read(&st, entry).await?;
     Ok(serve(&headers, data, entry, "application/octet-stream"))
 }
