@@ -3,6 +3,7 @@
 #
 #   crates/suitcase-bench/scripts/compare.sh                  # ROUNDS=3, NS="1 10 100 1000"
 #   ROUNDS=1 NS="10000" SERVERS=suitcase crates/suitcase-bench/scripts/compare.sh
+#   BASE_BIN=/path/to/older/suitcase SERVERS="suitcase suitcase-base" ...   # A/B of two builds
 #
 # Each trial starts a fresh server pinned to core 0, loads the same 1 MiB image into it,
 # and runs `loadgen` pinned to core 1: N devices, each its own UDP socket, CON GETs with
@@ -45,12 +46,16 @@ wait_coap() { # port
 
 start_server() { # name port -> sets PID and URIPATH
   case $1 in
-    suitcase)
+    suitcase|suitcase-base)
+      local exe="$BIN/suitcase"
+      [ "$1" = suitcase-base ] && exe=${BASE_BIN:?BASE_BIN names the build to compare with}
       rm -rf "$work/data"
-      taskset -c 0 "$BIN/suitcase" serve --data "$work/data" --coap "[::1]:$2" --http "[::1]:$(($2 + 1))" 2>"$work/suitcase.log" &
+      taskset -c 0 "$exe" serve --data "$work/data" --coap "[::1]:$2" --http "[::1]:$(($2 + 1))" 2>"$work/suitcase.log" &
       PID=$!
       wait_coap "$2"
-      taskset -c 1 "$BIN/suitcase" publish --server "http://[::1]:$(($2 + 1))" --publish-id bench --publish "$work/fw.bin" >/dev/null
+      # The CLI finds the server's local publisher token through SUITCASE_DATA.
+      SUITCASE_DATA="$work/data" taskset -c 1 "$BIN/suitcase" publish --server "http://[::1]:$(($2 + 1))" \
+        --publish-id bench --publish "$work/fw.bin" >/dev/null
       URIPATH=bench/fw.bin ;;
     libcoap)
       taskset -c 0 coap-server-notls -A ::1 -p "$2" -d 10 >/dev/null 2>&1 &
@@ -98,14 +103,14 @@ for r in rows:
     by.setdefault((r["server"], int(r["n"])), []).append(r)
 def med(k, key):
     return statistics.median(float(x[key]) for x in by[k])
-print("\n| N | server | blocks/s median (min–max) | images/s | p95 ms | retx | errors | server CPU s | peak RSS MB | vs libcoap | vs aiocoap |")
-print("|---|---|---|---|---|---|---|---|---|---|---|")
+print("\n| N | server | blocks/s median (min–max) | images/s | p95 ms | retx | errors | server CPU s | peak RSS MB | vs base | vs libcoap | vs aiocoap |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|")
 for n in sorted({k[1] for k in by}):
-    for s in ["suitcase", "libcoap", "aiocoap"]:
+    for s in ["suitcase", "suitcase-base", "libcoap", "aiocoap"]:
         k = (s, n)
         if k not in by: continue
         b = [float(x["blocks_per_s"]) for x in by[k]]
-        ratio = lambda other: f'{med(k, "blocks_per_s") / med((other, n), "blocks_per_s"):.1f}×' if (other, n) in by and med((other, n), "blocks_per_s") > 0 else "–"
-        print(f'| {n} | {s} | {statistics.median(b):,.0f} ({min(b):,.0f}–{max(b):,.0f}) | {med(k, "images_per_s"):.1f} | {med(k, "p95_ms"):.0f} | {sum(int(x["retransmissions"]) for x in by[k])} | {sum(int(x["errors"]) for x in by[k])} | {med(k, "server_cpu_s"):.2f} | {max(float(x["peak_rss_kb"]) for x in by[k]) / 1024:.1f} | {ratio("libcoap")} | {ratio("aiocoap")} |')
+        ratio = lambda other: f'{med(k, "blocks_per_s") / med((other, n), "blocks_per_s"):.2f}×' if (other, n) in by and med((other, n), "blocks_per_s") > 0 else "–"
+        print(f'| {n} | {s} | {statistics.median(b):,.0f} ({min(b):,.0f}–{max(b):,.0f}) | {med(k, "images_per_s"):.1f} | {med(k, "p95_ms"):.0f} | {sum(int(x["retransmissions"]) for x in by[k])} | {sum(int(x["errors"]) for x in by[k])} | {med(k, "server_cpu_s"):.2f} | {max(float(x["peak_rss_kb"]) for x in by[k]) / 1024:.1f} | {ratio("suitcase-base")} | {ratio("libcoap")} | {ratio("aiocoap")} |')
 print(f"\nraw results: {sys.argv[1]}")
 PY

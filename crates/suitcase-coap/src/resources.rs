@@ -17,7 +17,7 @@ use crate::server::{content_format, Body, RangeSource, Resource, Resources};
 #[derive(Clone)]
 struct Resolution {
     generation: u64,
-    file: Option<FileEntry>,
+    file: Option<Arc<FileEntry>>,
 }
 
 /// Resolves CoAP paths against a [`Store`].
@@ -132,7 +132,7 @@ impl Resources for StoreResources {
         let file = match self.resolved.get(&key) {
             Some(r) if r.generation == generation => r.file,
             _ => {
-                let file = paths::resolve(self.store.as_ref(), segments).map(|l| l.entry);
+                let file = paths::resolve(self.store.as_ref(), segments).map(|l| Arc::new(l.entry));
                 self.resolved.insert(
                     key,
                     Resolution {
@@ -143,7 +143,7 @@ impl Resources for StoreResources {
                 file
             }
         };
-        self.file(&file?)
+        self.file(file.as_deref()?)
     }
 }
 
