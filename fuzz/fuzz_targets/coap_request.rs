@@ -26,6 +26,7 @@ fuzz_target!(|data: &[u8]| {
                 body: Bytes::from(vec![7u8; len]).into(),
                 etag: [1; 8],
                 content_format: 42,
+                default_szx: None,
             },
         );
     }

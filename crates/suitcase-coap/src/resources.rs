@@ -17,7 +17,7 @@ use crate::server::{content_format, Body, RangeSource, Resource, Resources};
 #[derive(Clone)]
 struct Resolution {
     generation: u64,
-    file: Option<Arc<FileEntry>>,
+    file: Option<Arc<(FileEntry, Option<u16>)>>,
 }
 
 /// Resolves CoAP paths against a [`Store`].
@@ -67,7 +67,7 @@ impl StoreResources {
         }
     }
 
-    fn file(&self, entry: &FileEntry) -> Option<Resource> {
+    fn file(&self, entry: &FileEntry, block_size: Option<u16>) -> Option<Resource> {
         match self.store.blob(entry) {
             Ok(blob) => Some(Resource {
                 body: match blob {
@@ -76,6 +76,7 @@ impl StoreResources {
                 },
                 etag: etag_of(&entry.sha256),
                 content_format: content_format::OCTET_STREAM,
+                default_szx: block_size.map(|b| (b.trailing_zeros().saturating_sub(4)) as u8),
             }),
             Err(e) => {
                 tracing::error!(file = %entry.name, error = %e, "stored file cannot be read");
@@ -107,6 +108,7 @@ impl StoreResources {
             etag: etag_of(&Sha256::of(&body)),
             body: Body::Memory(body),
             content_format: content_format::LINK_FORMAT,
+            default_szx: None,
         };
         *self.link_format.lock() = Some((generation, r.clone()));
         r
@@ -132,7 +134,8 @@ impl Resources for StoreResources {
         let file = match self.resolved.get(&key) {
             Some(r) if r.generation == generation => r.file,
             _ => {
-                let file = paths::resolve(self.store.as_ref(), segments).map(|l| Arc::new(l.entry));
+                let file =
+                    paths::resolve(self.store.as_ref(), segments).map(|l| Arc::new((l.entry, l.version.block_size)));
                 self.resolved.insert(
                     key,
                     Resolution {
@@ -143,7 +146,16 @@ impl Resources for StoreResources {
                 file
             }
         };
-        self.file(file.as_deref()?)
+        let (entry, block_size) = file.as_deref()?;
+        self.file(entry, *block_size)
+    }
+
+    fn resolve_etag(&self, segments: &[&str], etag: &[u8; 8]) -> Option<Resource> {
+        if let Some(r) = self.resolve(segments).filter(|r| r.etag == *etag) {
+            return Some(r);
+        }
+        let l = paths::resolve_with_prefix(self.store.as_ref(), segments, etag)?;
+        self.file(&l.entry, l.version.block_size)
     }
 }
 
@@ -167,6 +179,7 @@ mod tests {
                     }],
                     semver: None,
                     unique_semver: false,
+                    block_size: None,
                 },
                 Box::new(|_| Ok(None)),
             )

@@ -29,6 +29,7 @@ use crate::block::{decode_uint, BlockValue};
 use crate::message::{self, Code, MsgType, ParseError, Request, ResponseSpec};
 
 mod echo;
+mod transfers;
 
 /// CoAP content-format ids used here.
 pub mod content_format {
@@ -122,6 +123,9 @@ pub struct Resource {
     pub etag: [u8; 8],
     /// Content-Format.
     pub content_format: u16,
+    /// Block size exponent for requests without Block2, when this resource has its own
+    /// (chosen at publish time for the devices of a publish-id); else the server's.
+    pub default_szx: Option<u8>,
 }
 
 /// Where the server finds its resources.
@@ -135,6 +139,12 @@ pub trait Resources {
     /// A number that changes whenever any resource may have changed.
     fn generation(&self) -> u64 {
         0
+    }
+    /// The resource at `segments` as it was when its ETag was `etag`, if that
+    /// representation is still available (a download in progress of a path whose
+    /// representation changed since its first block). The default knows only the current one.
+    fn resolve_etag(&self, segments: &[&str], etag: &[u8; 8]) -> Option<Resource> {
+        self.resolve(segments).filter(|r| r.etag == *etag)
     }
 }
 
@@ -165,6 +175,9 @@ pub struct Config {
     pub amplification_limit: u8,
     /// Secret of the Echo values (random per process).
     pub echo_secret: [u8; 32],
+    /// Downloads in progress remembered (per peer and path) at most: their version is
+    /// pinned, and their completion logged.
+    pub max_transfers: usize,
     /// ACK_TIMEOUT for confirmable notifications.
     pub ack_timeout: Duration,
     /// MAX_RETRANSMIT for confirmable notifications.
@@ -185,6 +198,7 @@ impl Default for Config {
             observe_lifetime: Duration::from_secs(3600),
             amplification_limit: 0,
             echo_secret: [0; 32],
+            max_transfers: 100_000,
             ack_timeout: Duration::from_secs(2),
             max_retransmit: 4,
             change_poll: Duration::from_millis(500),
@@ -324,6 +338,7 @@ pub struct Server<R> {
     transmits: VecDeque<Transmit>,
     stats: Stats,
     echo: echo::EchoKeys,
+    transfers: transfers::Transfers,
 }
 
 /// What a request asks, read from its options.
@@ -373,6 +388,7 @@ impl<R: Resources> Server<R> {
         };
         let seen_generation = resources.generation();
         let echo = echo::EchoKeys::new(config.echo_secret, now);
+        let transfers = transfers::Transfers::new(now, config.exchange_lifetime, config.max_transfers);
         Server {
             next_liveness_check: now + liveness_interval(&config),
             config,
@@ -395,7 +411,13 @@ impl<R: Resources> Server<R> {
             transmits: VecDeque::new(),
             stats: Stats::default(),
             echo,
+            transfers,
         }
+    }
+
+    /// Downloads in progress remembered.
+    pub fn transfers_in_progress(&self) -> usize {
+        self.transfers.len()
     }
 
     /// The resources.
@@ -492,10 +514,10 @@ impl<R: Resources> Server<R> {
                 // The payload is read again from the resource; if it changed meanwhile, the
                 // request is answered afresh (a GET is safe to repeat).
                 let parsed = parse(req).ok()?;
-                let body = self
-                    .resources
-                    .resolve(&parsed.path)
-                    .filter(|r| Some(r.etag) == spec.etag)
+                self.transfers.duplicate(now, peer, &parsed.path.join("/"));
+                let body = spec
+                    .etag
+                    .and_then(|e| self.resources.resolve_etag(&parsed.path, &e))
                     .and_then(|r| r.body.slice(start, end));
                 match body {
                     Some(b) => spec.payload = b,
@@ -514,9 +536,16 @@ impl<R: Resources> Server<R> {
         let mid = req.mid;
         let con = req.ty == 0;
         let token = Token::new(req.token);
-        let (mut spec, mut observe, path) = match parse(req) {
-            Ok(p) => self.respond(&p),
-            Err(e) => (e, ObserveAction::None, None),
+        let parsed = parse(req);
+        // A later block of a download in progress: the version its first block came from.
+        let key = match &parsed {
+            Ok(p) if p.block2.is_some_and(|b| b.num > 0) => Some(p.path.join("/")),
+            _ => None,
+        };
+        let pin = key.as_deref().and_then(|k| self.transfers.pinned(peer, k));
+        let (mut spec, mut observe, path) = match &parsed {
+            Ok(p) => self.respond(p, pin),
+            Err(e) => (e.clone(), ObserveAction::None, None),
         };
         let (reply_type, reply_mid) = if con {
             (MsgType::Ack, mid)
@@ -555,6 +584,23 @@ impl<R: Resources> Server<R> {
                     self.deregister(&(peer, path));
                 }
                 ObserveAction::None => {}
+            }
+        }
+        if let (Code::CONTENT, Some(b), Some(etag), Ok(p)) = (spec.code, spec.block2, spec.etag, &parsed) {
+            let key = key.unwrap_or_else(|| p.path.join("/"));
+            if let Some(done) = self.transfers.served(now, peer, &key, etag, b.num, b.size(), b.more) {
+                if self.transfers.may_log(now) {
+                    tracing::info!(
+                        %peer,
+                        path = %key,
+                        blocks = done.blocks,
+                        block_size = done.block_size,
+                        bytes = spec.size2.unwrap_or_default(),
+                        duration_ms = now.saturating_duration_since(done.started).as_millis() as u64,
+                        duplicates = done.duplicates,
+                        "coap transfer complete"
+                    );
+                }
             }
         }
         let spec = if !con && suppressed(req, spec.code) {
@@ -622,9 +668,23 @@ impl<R: Resources> Server<R> {
         }
     }
 
-    fn respond(&self, p: &Parsed<'_>) -> (ResponseSpec, ObserveAction, Option<Arc<[String]>>) {
+    fn respond(&self, p: &Parsed<'_>, pin: Option<[u8; 8]>) -> (ResponseSpec, ObserveAction, Option<Arc<[String]>>) {
         let none = |spec| (spec, ObserveAction::None, None);
-        let Some(res) = self.resources.resolve(&p.path) else {
+        let res = match pin {
+            Some(etag) => match self.resources.resolve_etag(&p.path, &etag) {
+                Some(r) => Some(r),
+                // The version being downloaded is gone: fail this download rather than
+                // continue it with another version's bytes.
+                None => {
+                    return none(ResponseSpec::error(
+                        Code::NOT_FOUND,
+                        "the version being downloaded is no longer served; start again at block 0",
+                    ))
+                }
+            },
+            None => self.resources.resolve(&p.path),
+        };
+        let Some(res) = res else {
             // If-Match on a resource that does not exist fails (RFC 7252 §5.10.8.1).
             if !p.if_match.is_empty() {
                 return none(ResponseSpec::error(
@@ -710,10 +770,10 @@ impl<R: Resources> Server<R> {
                     szx,
                 })
             }
-            None if len > 1 << (self.config.default_szx + 4) => Some(BlockValue {
+            None if len > 1 << (res.default_szx.unwrap_or(self.config.default_szx).min(6) + 4) => Some(BlockValue {
                 num: 0,
                 more: false,
-                szx: self.config.default_szx,
+                szx: res.default_szx.unwrap_or(self.config.default_szx).min(6),
             }),
             None => None,
         };
@@ -821,6 +881,7 @@ impl<R: Resources> Server<R> {
     /// Check resources for change and retransmit notifications that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.rotate(now);
+        self.transfers.rotate(now);
         if !self.observers.is_empty() {
             let generation = self.resources.generation();
             if generation != self.seen_generation {

@@ -188,6 +188,7 @@ pub(crate) async fn put_image(
             // Checked again under the store's publish lock: concurrent uploads of one
             // version cannot both succeed (the check above only saves the compression).
             unique_semver: true,
+            block_size: None,
         };
         let v = store.publish(req, Box::new(|_| Ok(None)))?;
         Ok::<_, ApiError>((v, zsize))

@@ -209,6 +209,9 @@ pub struct VersionView {
     sequence_number: Option<u64>,
     manifest: Option<FileView>,
     files: Vec<FileView>,
+    /// CoAP block size for devices that send no Block2, when chosen at publish time.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    block_size: Option<u16>,
 }
 
 #[derive(Serialize)]
@@ -244,6 +247,7 @@ impl VersionView {
                 ..file(&m.file)
             }),
             files: v.files.iter().map(file).collect(),
+            block_size: v.block_size,
         }
     }
 }

@@ -26,6 +26,7 @@ pub(crate) async fn publish(
     let mut publish_id = None;
     let mut semver = None;
     let mut class = None;
+    let mut block_size = None;
     let mut manifest: Option<(String, Bytes)> = None;
     let mut files = Vec::new();
     while let Some(field) = multipart
@@ -53,6 +54,19 @@ pub(crate) async fn publish(
                 semver = Some(v);
             }
             "class" => class = Some(text()?),
+            // CoAP block size for this publish-id's devices that send no Block2 (e.g. 256
+            // for Zephyr coap_client fleets built with CONFIG_COAP_CLIENT_BLOCK_SIZE=256).
+            "block_size" => {
+                let t = text()?;
+                let n = t
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|n| suitcase_store::valid_block_size(*n))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("block_size {t:?}: a power of two from 16 to 1024"))
+                    })?;
+                block_size = Some(n);
+            }
             "manifest" => {
                 let stored = filename.unwrap_or_else(|| "manifest.suit".into());
                 manifest = Some((stored, data));
@@ -116,6 +130,7 @@ pub(crate) async fn publish(
         files,
         semver,
         unique_semver: false,
+        block_size,
     };
     let store = st.store.clone();
     let signer = st.signer.clone();

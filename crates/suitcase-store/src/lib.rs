@@ -86,6 +86,9 @@ pub struct Version {
     pub manifest: Option<ManifestEntry>,
     /// Firmware files.
     pub files: Vec<FileEntry>,
+    /// CoAP block size (bytes) for devices that do not ask for one, chosen at publish time
+    /// for the devices of this publish-id; `None`: the server's default.
+    pub block_size: Option<u16>,
 }
 
 impl Version {
@@ -143,7 +146,7 @@ pub struct Draft<'a> {
 pub type BuildManifest<'f> = dyn FnOnce(&Draft<'_>) -> Result<Option<NewManifest>, String> + 'f;
 
 /// What to publish.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct PublishRequest {
     /// The publish-id.
     pub publish_id: String,
@@ -155,6 +158,13 @@ pub struct PublishRequest {
     /// has the same semver; checked under the publish lock, so concurrent publishes of one
     /// semver cannot both succeed.
     pub unique_semver: bool,
+    /// CoAP block size for devices that do not ask for one (16..=1024, a power of two).
+    pub block_size: Option<u16>,
+}
+
+/// Is `n` a CoAP block size (16, 32, … 1024)?
+pub fn valid_block_size(n: u16) -> bool {
+    n.is_power_of_two() && (16..=1024).contains(&n)
 }
 
 /// Errors of the store.

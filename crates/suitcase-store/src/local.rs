@@ -143,6 +143,8 @@ struct VersionRecord {
     semver: Option<String>,
     manifest: Option<ManifestRecord>,
     files: Vec<FileRecord>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    block_size: Option<u16>,
 }
 
 impl VersionRecord {
@@ -166,6 +168,7 @@ impl VersionRecord {
                 server_built: m.server_built,
             }),
             files: v.files.iter().map(file).collect(),
+            block_size: v.block_size,
         }
     }
 
@@ -202,6 +205,9 @@ impl VersionRecord {
             None => None,
             Some(s) => Some(semver::Version::parse(&s).map_err(|e| corrupt(format!("semver {s:?}: {e}")))?),
         };
+        if let Some(b) = self.block_size.filter(|b| !crate::valid_block_size(*b)) {
+            return Err(corrupt(format!("block size {b}")));
+        }
         Ok(Version {
             publish_id: self.publish_id,
             seq: self.seq,
@@ -209,6 +215,7 @@ impl VersionRecord {
             semver,
             manifest,
             files,
+            block_size: self.block_size,
         })
     }
 }
@@ -512,6 +519,11 @@ impl Store for LocalStore {
         if req.files.is_empty() {
             return Err(StoreError::BadRequest("a publish needs at least one file".into()));
         }
+        if let Some(b) = req.block_size.filter(|b| !crate::valid_block_size(*b)) {
+            return Err(StoreError::BadRequest(format!(
+                "block size {b}: a power of two from 16 to 1024"
+            )));
+        }
         let mut entries = Vec::with_capacity(req.files.len());
         for f in &req.files {
             validate_file_name(&f.name)?;
@@ -593,6 +605,7 @@ impl Store for LocalStore {
             semver: req.semver,
             manifest,
             files: entries,
+            block_size: req.block_size,
         };
         self.commit_record(&version)?;
         let version = Arc::new(version);

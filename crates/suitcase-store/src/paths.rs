@@ -89,6 +89,28 @@ pub fn resolve(store: &dyn Store, segments: &[&str]) -> Option<Located> {
     None
 }
 
+/// The file `segments` named when its content's SHA-256 began with `prefix` (a download in
+/// progress of an alias whose newest version changed since): the version named by the path
+/// if it matches, else the newest older version whose file under that name matches.
+pub fn resolve_with_prefix(store: &dyn Store, segments: &[&str], prefix: &[u8]) -> Option<Located> {
+    let matches = |l: &Located| l.entry.sha256.0.starts_with(prefix);
+    if let Some(l) = resolve(store, segments).filter(matches) {
+        return Some(l);
+    }
+    // Only aliases (`<id>/<name>`, `<id>/manifest`) ever change; their id is all but the
+    // last segment.
+    let (name, id_segments) = segments.split_last()?;
+    if id_segments.is_empty() || !segments_ok(segments) || id_segments.contains(&"v") {
+        return None;
+    }
+    let id = id_segments.join("/");
+    store
+        .versions(&id)
+        .iter()
+        .rev()
+        .find_map(|v| in_version(v, name).filter(matches))
+}
+
 /// Resolve a `/`-separated path (HTTP routes).
 pub fn resolve_path(store: &dyn Store, path: &str) -> Option<Located> {
     let segments: Vec<&str> = path.split('/').collect();
@@ -114,6 +136,7 @@ mod tests {
                     .collect(),
                 semver: None,
                 unique_semver: false,
+                block_size: None,
             },
             Box::new(move |d| {
                 Ok(manifest.map(|n| NewManifest {
@@ -183,6 +206,7 @@ mod tests {
                     }],
                     semver: None,
                     unique_semver: false,
+                    block_size: None,
                 },
                 Box::new(|_| Ok(None)),
             )

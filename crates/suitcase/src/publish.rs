@@ -26,6 +26,11 @@ pub struct PublishArgs {
     /// Class of device (class-id = UUID5(vendor-id, class)); default: the publish-id.
     #[arg(long)]
     class: Option<String>,
+    /// CoAP block size (16..1024) for this publish-id's devices that send no Block2 on their
+    /// first request, e.g. 256 for Zephyr coap_client built with 256-byte blocks; default:
+    /// the server's --block-size.
+    #[arg(long)]
+    block_size: Option<u16>,
     /// Print the server's JSON answer instead of a summary.
     #[arg(long)]
     json: bool,
@@ -90,6 +95,9 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     }
     if let Some(c) = &args.class {
         form = form.text("class", c.clone());
+    }
+    if let Some(b) = args.block_size {
+        form = form.text("block_size", b.to_string());
     }
     let bar = progress_bar(args.quiet);
     for path in &args.files {

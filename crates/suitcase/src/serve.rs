@@ -35,8 +35,11 @@ pub struct ServeArgs {
     /// Vendor domain: vendor-id = UUID5(DNS, domain).
     #[arg(long, default_value = "suitcase.local")]
     vendor_domain: String,
-    /// Block size when a CoAP request carries no Block2 option (16..1024, a power of two).
-    #[arg(long, default_value_t = 256)]
+    /// Block size when a CoAP request carries no Block2 option (16..1024, a power of two),
+    /// unless the publish-id was published with its own (`publish --block-size`). 64: the
+    /// largest a Zephyr coap_client built for 64-byte blocks receives whole (its buffer is
+    /// 48 + block size bytes); clients that send Block2 get the size they ask for.
+    #[arg(long, default_value_t = 64)]
     block_size: u16,
     /// Notify: initial CoAP retransmission timeout (ACK_TIMEOUT) in milliseconds.
     #[arg(long, default_value_t = 2000)]

@@ -31,6 +31,7 @@ impl Fixed {
                 body: Bytes::from(body).into(),
                 etag,
                 content_format: 42,
+                default_szx: None,
             },
         );
         self.1.set(self.1.get() + 1);

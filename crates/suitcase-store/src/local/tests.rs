@@ -15,6 +15,7 @@ fn req(id: &str, files: &[(&str, &[u8])]) -> PublishRequest {
             .collect(),
         semver: None,
         unique_semver: false,
+        block_size: None,
     }
 }
 

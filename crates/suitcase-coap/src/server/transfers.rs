@@ -1,0 +1,204 @@
+//! Block-wise downloads in progress, per peer and path: which version a peer is getting (so
+//! a publish in the middle of a download of a latest alias cannot splice two versions into
+//! one image, for clients that ignore the ETag), and what to log when a download completes.
+//!
+//! Bounded like the deduplication table: two generations, rotated every EXCHANGE_LIFETIME or
+//! when `max` entries are reached, so an abandoned download is forgotten after one to two
+//! lifetimes and no number of peers grows the table past `2 × max` entries.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// One download in progress.
+#[derive(Clone, Debug)]
+pub(super) struct Transfer {
+    /// The representation being downloaded (its ETag).
+    pub etag: [u8; 8],
+    /// First block served.
+    pub started: Instant,
+    /// Blocks served (first transmissions).
+    pub blocks: u32,
+    /// Duplicated requests answered from the deduplication table.
+    pub duplicates: u32,
+    /// Block size of the last block served.
+    pub block_size: usize,
+}
+
+type Key = (SocketAddr, Box<str>);
+
+pub(super) struct Transfers {
+    current: HashMap<Key, Transfer>,
+    previous: HashMap<Key, Transfer>,
+    rotated: Instant,
+    lifetime: Duration,
+    max: usize,
+    /// Completion log lines left in this second (log flooding is a denial of service too).
+    log_budget: u32,
+    log_window: Instant,
+    suppressed: u64,
+}
+
+/// Completion lines logged per second at most; the rest are counted and summarised.
+const LOGS_PER_SECOND: u32 = 200;
+
+impl Transfers {
+    pub(super) fn new(now: Instant, lifetime: Duration, max: usize) -> Self {
+        Transfers {
+            current: HashMap::new(),
+            previous: HashMap::new(),
+            rotated: now,
+            lifetime,
+            max: max.max(1),
+            log_budget: LOGS_PER_SECOND,
+            log_window: now,
+            suppressed: 0,
+        }
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.current.len() + self.previous.len()
+    }
+
+    pub(super) fn rotate(&mut self, now: Instant) {
+        if now.saturating_duration_since(self.rotated) >= self.lifetime || self.current.len() >= self.max {
+            self.previous = std::mem::take(&mut self.current);
+            self.rotated = now;
+        }
+    }
+
+    pub(super) fn next_rotation(&self) -> Option<Instant> {
+        (self.len() > 0).then_some(self.rotated + self.lifetime)
+    }
+
+    /// The ETag a peer's download of `path` is pinned to.
+    pub(super) fn pinned(&self, peer: SocketAddr, path: &str) -> Option<[u8; 8]> {
+        let key = (peer, Box::<str>::from(path));
+        self.current
+            .get(&key)
+            .or_else(|| self.previous.get(&key))
+            .map(|t| t.etag)
+    }
+
+    fn entry(&mut self, now: Instant, peer: SocketAddr, path: &str) -> Option<&mut Transfer> {
+        self.rotate(now);
+        let key: Key = (peer, path.into());
+        if !self.current.contains_key(&key) {
+            let moved = self.previous.remove(&key)?;
+            self.current.insert(key.clone(), moved);
+        }
+        self.current.get_mut(&key)
+    }
+
+    /// A duplicated request of `path` from `peer` was answered again.
+    pub(super) fn duplicate(&mut self, now: Instant, peer: SocketAddr, path: &str) {
+        if let Some(t) = self.entry(now, peer, path) {
+            t.duplicates = t.duplicates.saturating_add(1);
+        }
+    }
+
+    /// Block `num` (of `block_size` bytes, `more` following) of the representation `etag` was
+    /// served; returns the finished transfer after its last block.
+    pub(super) fn served(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        path: &str,
+        etag: [u8; 8],
+        num: u32,
+        block_size: usize,
+        more: bool,
+    ) -> Option<Transfer> {
+        let restart = num == 0 || self.entry(now, peer, path).is_none_or(|t| t.etag != etag);
+        if restart {
+            self.rotate(now);
+            self.current.insert(
+                (peer, path.into()),
+                Transfer {
+                    etag,
+                    started: now,
+                    blocks: 0,
+                    duplicates: 0,
+                    block_size,
+                },
+            );
+        }
+        let t = self.entry(now, peer, path)?;
+        t.blocks = t.blocks.saturating_add(1);
+        t.block_size = block_size;
+        if more {
+            return None;
+        }
+        let key: Key = (peer, path.into());
+        self.current.remove(&key)
+    }
+
+    /// Whether a completion line may be logged now (at most [`LOGS_PER_SECOND`]).
+    pub(super) fn may_log(&mut self, now: Instant) -> bool {
+        if now.saturating_duration_since(self.log_window) >= Duration::from_secs(1) {
+            if self.suppressed > 0 {
+                tracing::info!(
+                    suppressed = self.suppressed,
+                    "coap transfer lines suppressed in the last second"
+                );
+            }
+            self.log_window = now;
+            self.log_budget = LOGS_PER_SECOND;
+            self.suppressed = 0;
+        }
+        if self.log_budget == 0 {
+            self.suppressed += 1;
+            return false;
+        }
+        self.log_budget -= 1;
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_download_is_pinned_until_its_last_block_and_forgotten_when_abandoned() {
+        let t0 = Instant::now();
+        let mut t = Transfers::new(t0, Duration::from_secs(10), 100);
+        let p: SocketAddr = "[::1]:1".parse().unwrap();
+        assert!(t.served(t0, p, "a/f", [1; 8], 0, 64, true).is_none());
+        assert_eq!(t.pinned(p, "a/f"), Some([1; 8]));
+        assert_eq!(t.pinned(p, "a/g"), None);
+        t.duplicate(t0, p, "a/f");
+        assert!(t.served(t0, p, "a/f", [1; 8], 1, 64, true).is_none());
+        let done = t.served(t0, p, "a/f", [1; 8], 2, 64, false).unwrap();
+        assert_eq!((done.blocks, done.duplicates, done.block_size), (3, 1, 64));
+        assert_eq!(t.pinned(p, "a/f"), None, "finished");
+        // Abandoned after block 0: gone after two lifetimes.
+        t.served(t0, p, "a/f", [2; 8], 0, 64, true);
+        t.rotate(t0 + Duration::from_secs(11));
+        assert_eq!(t.pinned(p, "a/f"), Some([2; 8]));
+        t.rotate(t0 + Duration::from_secs(22));
+        assert_eq!(t.pinned(p, "a/f"), None);
+        assert_eq!(t.len(), 0);
+    }
+
+    #[test]
+    fn the_table_is_bounded() {
+        let t0 = Instant::now();
+        let mut t = Transfers::new(t0, Duration::from_secs(1000), 50);
+        for port in 0..1000u16 {
+            let p: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+            t.served(t0, p, "a/f", [1; 8], 0, 64, true);
+        }
+        assert!(t.len() <= 100, "{}", t.len());
+    }
+
+    #[test]
+    fn completion_lines_are_rate_limited() {
+        let t0 = Instant::now();
+        let mut t = Transfers::new(t0, Duration::from_secs(10), 10);
+        let allowed = (0..1000).filter(|_| t.may_log(t0)).count();
+        assert_eq!(allowed, LOGS_PER_SECOND as usize);
+        assert!(t.may_log(t0 + Duration::from_secs(1)));
+    }
+}
