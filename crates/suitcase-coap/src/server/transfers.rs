@@ -67,10 +67,6 @@ impl Transfers {
         }
     }
 
-    pub(super) fn next_rotation(&self) -> Option<Instant> {
-        (self.len() > 0).then_some(self.rotated + self.lifetime)
-    }
-
     /// The ETag a peer's download of `path` is pinned to.
     pub(super) fn pinned(&self, peer: SocketAddr, path: &str) -> Option<[u8; 8]> {
         let key = (peer, Box::<str>::from(path));

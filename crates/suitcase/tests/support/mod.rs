@@ -8,6 +8,8 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod netns;
+
 /// The binary under test; `SUITCASE_TEST_BIN` points the tests at another build (to check
 /// that a regression test fails against the code before its fix).
 pub fn bin() -> String {
@@ -21,6 +23,7 @@ pub struct TestServer {
     pub http_port: u16,
     pub data: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    netns: Option<String>,
 }
 
 fn port_after(line: &str, marker: &str) -> Option<u16> {
@@ -29,13 +32,35 @@ fn port_after(line: &str, marker: &str) -> Option<u16> {
     addr.rsplit(':').next()?.parse().ok()
 }
 
+/// `suitcase`, run inside network namespace `netns` when given.
+fn base_command(netns: Option<&str>) -> Command {
+    match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns]).arg(bin());
+            c
+        }
+        None => Command::new(bin()),
+    }
+}
+
 impl TestServer {
     pub fn start(data: &Path, extra: &[&str]) -> TestServer {
-        let mut child = Command::new(bin())
+        Self::launch(None, data, "[::1]:0", extra)
+    }
+
+    /// A server inside network namespace `netns` (see `netns::Netns`), CoAP on `coap`; its
+    /// `cli` runs there too, so it reaches the server's loopback HTTP port.
+    pub fn start_in(netns: &str, data: &Path, coap: &str, extra: &[&str]) -> TestServer {
+        Self::launch(Some(netns), data, coap, extra)
+    }
+
+    fn launch(netns: Option<&str>, data: &Path, coap: &str, extra: &[&str]) -> TestServer {
+        let mut child = base_command(netns)
             .arg("serve")
             .arg("--data")
             .arg(data)
-            .args(["--coap", "[::1]:0", "--http", "[::1]:0"])
+            .args(["--coap", coap, "--http", "[::1]:0"])
             .args(extra)
             .env("SUITCASE_LOG", "info")
             .stdout(Stdio::null())
@@ -68,6 +93,7 @@ impl TestServer {
             http_port: http.unwrap(),
             data: data.to_path_buf(),
             log,
+            netns: netns.map(str::to_string),
         }
     }
 
@@ -122,7 +148,7 @@ impl TestServer {
 
     /// `suitcase` as run on the server's host: SUITCASE_TOKEN is the local publisher token.
     pub fn command(&self) -> Command {
-        let mut c = Command::new(bin());
+        let mut c = base_command(self.netns.as_deref());
         c.env("SUITCASE_TOKEN", self.token());
         c
     }
