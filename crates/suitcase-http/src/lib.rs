@@ -26,7 +26,7 @@ use serde::Serialize;
 use suitcase_store::{Store, Version};
 
 pub use error::ApiError;
-pub use notify::{DeviceNotice, Notifier};
+pub use notify::{DeviceNotice, Notifier, NotifyOptions, TriggerNul};
 pub use server::{BodyTimeout, GuardedBody, Limits};
 pub use signer::Signer;
 

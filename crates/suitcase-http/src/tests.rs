@@ -9,15 +9,16 @@ use tower::ServiceExt;
 
 /// A notifier that records what it was asked and answers 2.01 for every device.
 #[derive(Default)]
-struct Recorder(std::sync::Mutex<Vec<(Vec<String>, String)>>);
+struct Recorder(std::sync::Mutex<Vec<(Vec<String>, String, NotifyOptions)>>);
 
 impl Notifier for Recorder {
     fn notify(
         &self,
         devices: Vec<String>,
         url: String,
+        options: NotifyOptions,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<DeviceNotice>> + Send>> {
-        self.0.lock().unwrap().push((devices.clone(), url));
+        self.0.lock().unwrap().push((devices.clone(), url, options));
         Box::pin(async move {
             devices
                 .into_iter()

@@ -124,6 +124,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         &args.publish_id,
         &version,
         &args.notify,
+        None,
         args.json,
     )
     .await

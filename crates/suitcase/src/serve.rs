@@ -44,6 +44,11 @@ pub struct ServeArgs {
     /// Notify: retransmissions before a device counts as timed out (MAX_RETRANSMIT).
     #[arg(long, default_value_t = 4)]
     notify_max_retransmit: u32,
+    /// Notify: whether the manifest URL sent to a device is followed by one NUL byte: never,
+    /// suit-trigger (for the path /suit/trigger, RIOT's contract) or always. Stock RIOT since
+    /// 2025.01 reads the URL with strlen() and fails without it ("error getting manifest").
+    #[arg(long, default_value = "suit-trigger", value_parser = ["never", "suit-trigger", "always"])]
+    trigger_nul: String,
     /// Notify: triggers in flight at once across all requests; further ones wait their turn.
     #[arg(long, default_value_t = suitcase_coap::notify::DEFAULT_MAX_IN_FLIGHT)]
     notify_max_in_flight: usize,
@@ -213,6 +218,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
                 suitcase_coap::notify::NotifyConfig {
                     ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
                     max_retransmit: args.notify_max_retransmit,
+                    trigger_nul: args.trigger_nul.parse().map_err(anyhow::Error::msg)?,
                     ..Default::default()
                 },
                 args.notify_max_in_flight,
