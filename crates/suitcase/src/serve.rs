@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Vendor domain: vendor-id = UUID5(DNS, domain).
     #[arg(long, default_value = "suitcase.local")]
     vendor_domain: String,
+    /// Vendor domain of the riot09 manifests the server builds (RIOT's SUIT_VENDOR; a RIOT
+    /// device checks vendor-id = UUID5(DNS, this)).
+    #[arg(long, default_value = suitcase_http::RIOT_VENDOR_DOMAIN)]
+    riot_vendor_domain: String,
     /// Block size when a CoAP request carries no Block2 option (16..1024, a power of two).
     #[arg(long, default_value_t = 256)]
     block_size: u16,
@@ -203,7 +207,9 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
 
     let state = AppState {
         store,
-        signer: Arc::new(Signer::new(key, args.vendor_domain.clone())),
+        signer: Arc::new(
+            Signer::new(key, args.vendor_domain.clone()).with_riot_vendor_domain(args.riot_vendor_domain.clone()),
+        ),
         config: Arc::new(suitcase_http::Config {
             coap_base_url: args.coap_url.clone(),
             coap_port: coap_addr.port(),
