@@ -719,9 +719,15 @@ mod tests {
         with_nul.push(0);
         assert_eq!(trigger_payload(url, &path("[::1]"), d), with_nul);
         assert_eq!(trigger_payload(url, &path("coap://[::1]/suit/trigger"), d), with_nul);
-        assert_eq!(trigger_payload(url, &path("coap://[::1]/other/path"), d), url.as_bytes());
+        assert_eq!(
+            trigger_payload(url, &path("coap://[::1]/other/path"), d),
+            url.as_bytes()
+        );
         assert_eq!(trigger_payload(url, &path("[::1]"), TriggerNul::Never), url.as_bytes());
-        assert_eq!(trigger_payload(url, &path("coap://[::1]/x"), TriggerNul::Always), with_nul);
+        assert_eq!(
+            trigger_payload(url, &path("coap://[::1]/x"), TriggerNul::Always),
+            with_nul
+        );
         for n in [TriggerNul::Never, TriggerNul::SuitTrigger, TriggerNul::Always] {
             assert_eq!(n.name().parse::<TriggerNul>(), Ok(n));
         }

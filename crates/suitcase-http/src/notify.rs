@@ -92,6 +92,10 @@ struct NotifyForm {
 pub struct NotifyView {
     publish_id: String,
     manifest_url: String,
+    /// The sequence number of the manifest the devices were sent: a device installs it
+    /// only when it is greater than its running image's (RIOT refuses others after
+    /// answering the trigger with 2.01, so `ok` means "trigger accepted", not "installed").
+    sequence_number: Option<u64>,
     results: Vec<DeviceNotice>,
 }
 
@@ -223,6 +227,7 @@ pub(crate) async fn notify(
     Ok(Json(NotifyView {
         publish_id: id,
         manifest_url: url,
+        sequence_number: version.manifest.as_ref().and_then(|m| m.sequence_number),
         results,
     }))
 }

@@ -67,7 +67,8 @@ pub(crate) async fn publish(
             "vendor_domain" => build.vendor_domain = Some(text()?).filter(|d| !d.is_empty()),
             "component" => {
                 let t = text()?;
-                let c = suitcase_suit::builder::parse_component(&t).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                let c =
+                    suitcase_suit::builder::parse_component(&t).map_err(|e| ApiError::bad_request(e.to_string()))?;
                 build.component = Some(c);
             }
             "manifest" => {

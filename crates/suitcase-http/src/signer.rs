@@ -249,7 +249,9 @@ mod tests {
             sha256: Sha256::of(b"a"),
             size: 1,
         }];
-        let m = signer.build(&draft(Some(5), &files), "coap://[::1]:5683", &riot()).unwrap();
+        let m = signer
+            .build(&draft(Some(5), &files), "coap://[::1]:5683", &riot())
+            .unwrap();
         assert_eq!(m.name, "riot.suit.1700000000.bin");
         assert!(m.data.len() <= RIOT_MAX_MANIFEST);
         let env = Envelope::decode(&m.data).unwrap();
@@ -289,7 +291,8 @@ mod tests {
             size: 1,
         }];
         let ed = Signer::new(SigningKey::generate(suitcase_suit::Algorithm::Ed25519), "example.org");
-        let err = |signer: &Signer, max, base: &str, files| signer.build(&draft(max, files), base, &riot()).unwrap_err();
+        let err =
+            |signer: &Signer, max, base: &str, files| signer.build(&draft(max, files), base, &riot()).unwrap_err();
         // A 64-bit sequence number.
         let e = err(&ed, Some(u64::from(u32::MAX)), "coap://[::1]", &files);
         assert!(e.contains("32-bit"), "{e}");

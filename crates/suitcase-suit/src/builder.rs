@@ -330,8 +330,11 @@ mod tests {
 
     fn one(profile: Profile, component: Option<ComponentId>) -> Result<Vec<u8>> {
         let vendor = vendor_id("riot-os.org");
-        let mut b = ManifestBuilder::new(profile, 7, vendor, class_id(&vendor, "native64"))
-            .image(Image::from_bytes("coap://[::1]/a", b"abc", None));
+        let mut b = ManifestBuilder::new(profile, 7, vendor, class_id(&vendor, "native64")).image(Image::from_bytes(
+            "coap://[::1]/a",
+            b"abc",
+            None,
+        ));
         if let Some(c) = component {
             b = b.component(c);
         }

@@ -171,7 +171,11 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
             let vendor = builder::vendor_id(&a.vendor_domain);
             let class = builder::class_id(&vendor, &a.class);
             if profile == Profile::Riot09 && a.seq > u64::from(u32::MAX) {
-                bail!("--seq {}: RIOT's sequence number is 32-bit (at most {})", a.seq, u32::MAX);
+                bail!(
+                    "--seq {}: RIOT's sequence number is 32-bit (at most {})",
+                    a.seq,
+                    u32::MAX
+                );
             }
             let mut b = ManifestBuilder::new(profile, a.seq, vendor, class);
             if let Some(c) = &a.component {

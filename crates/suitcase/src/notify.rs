@@ -131,9 +131,10 @@ pub async fn request(
     let v: serde_json::Value = serde_json::from_str(&body).context("server answer is not JSON")?;
     if !json {
         println!(
-            "notified {} with {}",
+            "notified {} with {} (sequence number {})",
             v["publish_id"].as_str().unwrap_or("?"),
-            v["manifest_url"].as_str().unwrap_or("?")
+            v["manifest_url"].as_str().unwrap_or("?"),
+            v["sequence_number"]
         );
     }
     let mut all_ok = true;
@@ -151,6 +152,13 @@ pub async fn request(
                 r["message"].as_str().map(|m| format!("  {m}")).unwrap_or_default()
             );
         }
+    }
+    if !json && all_ok {
+        // A trigger's 2.01 says the device will fetch the manifest; it installs it only if the
+        // sequence number is above its running image's (RIOT logs `seq_nr <= running image`).
+        println!(
+            "ok: the devices accepted the trigger; each installs only a sequence number above its running image's"
+        );
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

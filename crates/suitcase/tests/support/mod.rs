@@ -17,6 +17,8 @@ pub fn bin() -> String {
 /// A running server; killed on drop, its log printed if the test failed.
 pub struct TestServer {
     child: Child,
+    /// How clients reach it: `[::1]`, or an address in its network namespace.
+    pub host: String,
     pub coap_port: u16,
     pub http_port: u16,
     pub data: PathBuf,
@@ -31,11 +33,24 @@ fn port_after(line: &str, marker: &str) -> Option<u16> {
 
 impl TestServer {
     pub fn start(data: &Path, extra: &[&str]) -> TestServer {
-        let mut child = Command::new(bin())
+        Self::start_command(Command::new(bin()), "[::1]", data, extra)
+    }
+
+    /// Start the server inside the network namespace `ns` (`ip netns exec`), listening on
+    /// `[::]` and reached at `host` (an address of the namespace, e.g. `[fd00:dead:beef::1]`).
+    pub fn start_in_netns(ns: &str, host: &str, data: &Path, extra: &[&str]) -> TestServer {
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", ns]).arg(bin());
+        Self::start_command(cmd, host, data, extra)
+    }
+
+    fn start_command(mut cmd: Command, host: &str, data: &Path, extra: &[&str]) -> TestServer {
+        let bind = |port: &str| format!("{}:{port}", if host == "[::1]" { "[::1]" } else { "[::]" });
+        let mut child = cmd
             .arg("serve")
             .arg("--data")
             .arg(data)
-            .args(["--coap", "[::1]:0", "--http", "[::1]:0"])
+            .args(["--coap", &bind("0"), "--http", &bind("0")])
             .args(extra)
             .env("SUITCASE_LOG", "info")
             .stdout(Stdio::null())
@@ -64,6 +79,7 @@ impl TestServer {
         }
         TestServer {
             child,
+            host: host.to_string(),
             coap_port: coap.unwrap(),
             http_port: http.unwrap(),
             data: data.to_path_buf(),
@@ -87,11 +103,11 @@ impl TestServer {
     }
 
     pub fn http(&self) -> String {
-        format!("http://[::1]:{}", self.http_port)
+        format!("http://{}:{}", self.host, self.http_port)
     }
 
     pub fn coap(&self, path: &str) -> String {
-        format!("coap://[::1]:{}/{path}", self.coap_port)
+        format!("coap://{}:{}/{path}", self.host, self.coap_port)
     }
 
     /// Send SIGTERM and wait up to `limit` for the exit; returns (exit code, log).
