@@ -7,6 +7,11 @@
 //! message id) for ACK/RST and (peer, token) for separate responses, with a global bound on
 //! the exchanges in flight across all callers (more wait their turn). So a notify of any
 //! number of devices costs the process two file descriptors, not one per device.
+//!
+//! The payload is the URL, followed by one NUL byte when [`TriggerNul`] says so (by default
+//! for the path `suit/trigger`): every RIOT since 2025.01 measures the URL with `strlen()` on
+//! its packet buffer, so without the NUL it picks up stale bytes after the URL and fails
+//! with `error getting manifest`; a NUL after the URL is harmless to it.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -27,6 +32,71 @@ pub struct NotifyConfig {
     pub max_retransmit: u32,
     /// How long to wait for a separate response after an empty ACK.
     pub separate_timeout: Duration,
+    /// Whether the payload ends in a NUL byte (see [`TriggerNul`]).
+    pub trigger_nul: TriggerNul,
+}
+
+/// When a trigger's payload (the manifest URL) is followed by one NUL byte.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TriggerNul {
+    /// Never: the payload is exactly the URL.
+    Never,
+    /// For the path `suit/trigger` (RIOT's contract): stock RIOT since 2025.01 reads the
+    /// payload with `strlen()` and needs it. The default.
+    #[default]
+    SuitTrigger,
+    /// For every path.
+    Always,
+}
+
+impl TriggerNul {
+    /// The names, as on the command line.
+    pub const NAMES: &'static str = "never, suit-trigger or always";
+
+    /// Whether a trigger to `path` gets the NUL.
+    pub fn applies(self, path: &[String]) -> bool {
+        match self {
+            TriggerNul::Never => false,
+            TriggerNul::SuitTrigger => path.len() == 2 && path[0] == "suit" && path[1] == "trigger",
+            TriggerNul::Always => true,
+        }
+    }
+
+    /// The name, as on the command line.
+    pub fn name(self) -> &'static str {
+        match self {
+            TriggerNul::Never => "never",
+            TriggerNul::SuitTrigger => "suit-trigger",
+            TriggerNul::Always => "always",
+        }
+    }
+}
+
+impl std::str::FromStr for TriggerNul {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "never" => Ok(TriggerNul::Never),
+            "suit-trigger" => Ok(TriggerNul::SuitTrigger),
+            "always" => Ok(TriggerNul::Always),
+            other => Err(format!("trigger NUL {other:?}: {}", TriggerNul::NAMES)),
+        }
+    }
+}
+
+impl std::fmt::Display for TriggerNul {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// The payload of a trigger of `url` to `path`: the URL, and one NUL when `nul` applies.
+pub fn trigger_payload(url: &str, path: &[String], nul: TriggerNul) -> Vec<u8> {
+    let mut p = url.as_bytes().to_vec();
+    if nul.applies(path) {
+        p.push(0);
+    }
+    p
 }
 
 impl Default for NotifyConfig {
@@ -36,6 +106,7 @@ impl Default for NotifyConfig {
             ack_random_factor: 1.5,
             max_retransmit: 4,
             separate_timeout: Duration::from_secs(30),
+            trigger_nul: TriggerNul::default(),
         }
     }
 }
@@ -464,8 +535,13 @@ impl Notifier {
         Ok(e)
     }
 
-    /// Notify one device (waits for a slot first).
+    /// Notify one device (waits for a slot first); the NUL as configured.
     pub async fn notify(&self, device: &str, payload: &str) -> NotifyResult {
+        self.notify_with(device, payload, self.config.trigger_nul).await
+    }
+
+    /// Notify one device, with or without the NUL after the URL as `nul` says.
+    pub async fn notify_with(&self, device: &str, payload: &str, nul: TriggerNul) -> NotifyResult {
         let mut result = NotifyResult {
             device: device.to_string(),
             address: None,
@@ -478,7 +554,7 @@ impl Notifier {
             return result;
         };
         let start = Instant::now();
-        result.outcome = self.run(device, payload, &mut result).await;
+        result.outcome = self.run(device, payload, nul, &mut result).await;
         result.elapsed = start.elapsed();
         tracing::info!(
             target: "suitcase::audit",
@@ -491,7 +567,13 @@ impl Notifier {
         result
     }
 
-    async fn run(&self, device: &str, payload: &str, result: &mut NotifyResult) -> Result<Outcome, String> {
+    async fn run(
+        &self,
+        device: &str,
+        url: &str,
+        nul: TriggerNul,
+        result: &mut NotifyResult,
+    ) -> Result<Outcome, String> {
         let target = Target::parse(device).map_err(|e| e.to_string())?;
         let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
@@ -504,12 +586,13 @@ impl Notifier {
         let seed = random_seed(addr);
         let path: Vec<&str> = target.path.iter().map(String::as_str).collect();
         let jitter = (seed >> 11) as f64 / (1u64 << 53) as f64;
+        let payload = trigger_payload(url, &target.path, nul);
         let mut ex = Exchange::new(
             self.config.clone(),
             route.mid,
             route.token.to_vec(),
             &path,
-            payload.as_bytes(),
+            &payload,
             Instant::now(),
             jitter,
         );
@@ -537,10 +620,22 @@ impl Notifier {
 
     /// Notify every device concurrently (within the bound); results in the order given.
     pub async fn notify_all(self: &Arc<Self>, devices: &[String], payload: &str) -> Vec<NotifyResult> {
+        self.notify_all_with(devices, payload, None).await
+    }
+
+    /// [`Notifier::notify_all`], with the NUL after the URL as `nul` says (`None`: as
+    /// configured).
+    pub async fn notify_all_with(
+        self: &Arc<Self>,
+        devices: &[String],
+        payload: &str,
+        nul: Option<TriggerNul>,
+    ) -> Vec<NotifyResult> {
+        let nul = nul.unwrap_or(self.config.trigger_nul);
         let mut set = tokio::task::JoinSet::new();
         for (i, d) in devices.iter().enumerate() {
             let (this, d, payload) = (self.clone(), d.clone(), payload.to_string());
-            set.spawn(async move { (i, this.notify(&d, &payload).await) });
+            set.spawn(async move { (i, this.notify_with(&d, &payload, nul).await) });
         }
         let mut out: Vec<Option<NotifyResult>> = vec![None; devices.len()];
         while let Some(r) = set.join_next().await {
@@ -613,6 +708,30 @@ mod tests {
         for bad in ["", "[::1", "[::1]x", "h:port", "http://x", "a b"] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn the_trigger_payload_ends_in_one_nul_for_suit_trigger_by_default() {
+        let path = |s: &str| Target::parse(s).unwrap().path;
+        let url = "coap://[2001:db8::1]/fw/a/riot.suit.latest.bin";
+        let d = TriggerNul::default();
+        let mut with_nul = url.as_bytes().to_vec();
+        with_nul.push(0);
+        assert_eq!(trigger_payload(url, &path("[::1]"), d), with_nul);
+        assert_eq!(trigger_payload(url, &path("coap://[::1]/suit/trigger"), d), with_nul);
+        assert_eq!(
+            trigger_payload(url, &path("coap://[::1]/other/path"), d),
+            url.as_bytes()
+        );
+        assert_eq!(trigger_payload(url, &path("[::1]"), TriggerNul::Never), url.as_bytes());
+        assert_eq!(
+            trigger_payload(url, &path("coap://[::1]/x"), TriggerNul::Always),
+            with_nul
+        );
+        for n in [TriggerNul::Never, TriggerNul::SuitTrigger, TriggerNul::Always] {
+            assert_eq!(n.name().parse::<TriggerNul>(), Ok(n));
+        }
+        assert!("sometimes".parse::<TriggerNul>().is_err());
     }
 
     fn reply(ty: MessageType, code: MessageClass, mid: u16, token: &[u8]) -> Vec<u8> {

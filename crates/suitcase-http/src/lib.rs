@@ -26,9 +26,9 @@ use serde::Serialize;
 use suitcase_store::{Store, Version};
 
 pub use error::ApiError;
-pub use notify::{DeviceNotice, Notifier};
+pub use notify::{DeviceNotice, Notifier, NotifyOptions, TriggerNul};
 pub use server::{BodyTimeout, GuardedBody, Limits};
-pub use signer::Signer;
+pub use signer::{BuildRequest, Signer, RIOT_MAX_MANIFEST, RIOT_MAX_URL, RIOT_VENDOR_DOMAIN};
 
 /// Settings of the HTTP API.
 #[derive(Clone, Debug)]

@@ -32,6 +32,41 @@ pub struct DeviceNotice {
     pub message: Option<String>,
 }
 
+/// When the trigger's payload (the manifest URL) is followed by one NUL byte. Stock RIOT
+/// (2025.01 and later) reads the payload with `strlen()` and needs it; see the binary's
+/// `--trigger-nul`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TriggerNul {
+    /// Never.
+    Never,
+    /// For the path `suit/trigger` (RIOT's contract).
+    SuitTrigger,
+    /// For every path.
+    Always,
+}
+
+impl std::str::FromStr for TriggerNul {
+    type Err = ApiError;
+    fn from_str(s: &str) -> Result<Self, ApiError> {
+        match s.trim() {
+            "never" => Ok(TriggerNul::Never),
+            "suit-trigger" => Ok(TriggerNul::SuitTrigger),
+            "always" => Ok(TriggerNul::Always),
+            other => Err(ApiError::bad_request(format!(
+                "trigger_nul {other:?}: never, suit-trigger or always"
+            ))),
+        }
+    }
+}
+
+/// What a `/notify` request asks beyond the devices and the URL.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct NotifyOptions {
+    /// The NUL after the URL; `None`: the server's setting.
+    pub trigger_nul: Option<TriggerNul>,
+}
+
 /// Sends the trigger to devices (implemented over CoAP by the binary).
 pub trait Notifier: Send + Sync + 'static {
     /// POST `manifest_url` to each device's trigger resource.
@@ -39,6 +74,7 @@ pub trait Notifier: Send + Sync + 'static {
         &self,
         devices: Vec<String>,
         manifest_url: String,
+        options: NotifyOptions,
     ) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>>;
 }
 
@@ -47,6 +83,8 @@ struct NotifyForm {
     publish_id: Option<String>,
     urls: Option<String>,
     version: Option<String>,
+    /// `never`, `suit-trigger` or `always` (see [`TriggerNul`]).
+    trigger_nul: Option<String>,
 }
 
 /// The answer of `/notify`.
@@ -54,6 +92,10 @@ struct NotifyForm {
 pub struct NotifyView {
     publish_id: String,
     manifest_url: String,
+    /// The sequence number of the manifest the devices were sent: a device installs it
+    /// only when it is greater than its running image's (RIOT refuses others after
+    /// answering the trigger with 2.01, so `ok` means "trigger accepted", not "installed").
+    sequence_number: Option<u64>,
     results: Vec<DeviceNotice>,
 }
 
@@ -87,6 +129,7 @@ async fn read_form(req: Request) -> Result<NotifyForm, ApiError> {
             "publish_id" => f.publish_id = Some(text),
             "urls" => f.urls = Some(text),
             "version" => f.version = Some(text),
+            "trigger_nul" => f.trigger_nul = Some(text),
             _ => {}
         }
     }
@@ -160,6 +203,14 @@ pub(crate) async fn notify(
     if devices.len() > 1000 {
         return Err(ApiError::bad_request("at most 1000 devices per request"));
     }
+    let options = NotifyOptions {
+        trigger_nul: form
+            .trigger_nul
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+            .map(str::parse)
+            .transpose()?,
+    };
     let version = find_version(&st, &id, form.version.as_deref())?;
     let latest = st.store.latest(&id).is_some_and(|l| l.seq == version.seq);
     let base = st.coap_base(&headers);
@@ -172,10 +223,11 @@ pub(crate) async fn notify(
         )
     })?;
     tracing::info!(target: "suitcase::audit", action = "notify", who = %who, publish_id = %id, version = version.seq, url = %url, devices = devices.len());
-    let results = notifier.notify(devices, url.clone()).await;
+    let results = notifier.notify(devices, url.clone(), options).await;
     Ok(Json(NotifyView {
         publish_id: id,
         manifest_url: url,
+        sequence_number: version.manifest.as_ref().and_then(|m| m.sequence_number),
         results,
     }))
 }

@@ -1,6 +1,8 @@
 //! `POST /publish`: multipart with `publish_id`, optional `version` (semver), optional
 //! `class` (class-id source, default the publish-id), optional `manifest` (a signed envelope),
-//! and one part per firmware file. As in ota-server, a file part's *field name* is the
+//! and one part per firmware file. Without a manifest the server builds one; the optional
+//! fields `profile` (`draft37`, or `riot09` for RIOT devices), `vendor_domain` and
+//! `component` (a RIOT storage: `ram,0`, `/nvm0/SLOT0.txt`) shape it. As in ota-server, a file part's *field name* is the
 //! stored name; generic field names (`file`, `files`, `image`) use the part's filename.
 
 use axum::extract::{Multipart, State};
@@ -27,6 +29,8 @@ pub(crate) async fn publish(
     let mut semver = None;
     let mut class = None;
     let mut block_size = None;
+    let mut build = crate::BuildRequest::default();
+    let mut build_fields = Vec::new();
     let mut manifest: Option<(String, Bytes)> = None;
     let mut files = Vec::new();
     while let Some(field) = multipart
@@ -45,6 +49,9 @@ pub(crate) async fn publish(
                 .map(|s| s.trim().to_string())
                 .map_err(|_| ApiError::bad_request(format!("field {name:?} is not UTF-8")))
         };
+        if matches!(name.as_str(), "profile" | "vendor_domain" | "component") {
+            build_fields.push(name.clone());
+        }
         match name.as_str() {
             "publish_id" => publish_id = Some(text()?),
             "version" => {
@@ -66,6 +73,17 @@ pub(crate) async fn publish(
                         ApiError::bad_request(format!("block_size {t:?}: a power of two from 16 to 1024"))
                     })?;
                 block_size = Some(n);
+            }
+            "profile" => {
+                let t = text()?;
+                build.profile = t.parse().map_err(|e| ApiError::bad_request(format!("profile: {e}")))?;
+            }
+            "vendor_domain" => build.vendor_domain = Some(text()?).filter(|d| !d.is_empty()),
+            "component" => {
+                let t = text()?;
+                let c =
+                    suitcase_suit::builder::parse_component(&t).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                build.component = Some(c);
             }
             "manifest" => {
                 let stored = filename.unwrap_or_else(|| "manifest.suit".into());
@@ -122,8 +140,19 @@ pub(crate) async fn publish(
             ))
         }
     };
+    if provided.is_some() && !build_fields.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "{} shape the manifest the server builds; this publish brings its own manifest",
+            build_fields.join(", ")
+        )));
+    }
+    if provided.is_none() {
+        if let Some(why) = st.signer.refuses(build.profile) {
+            return Err(ApiError::bad_request(why));
+        }
+    }
     let coap_base = st.coap_base(&headers);
-    let class = class.unwrap_or_else(|| publish_id.clone());
+    build.class = class;
     let audit: Vec<(String, usize)> = files.iter().map(|f| (f.name.clone(), f.data.len())).collect();
     let req = PublishRequest {
         publish_id: publish_id.clone(),
@@ -159,7 +188,7 @@ pub(crate) async fn publish(
             req,
             Box::new(move |draft: &Draft<'_>| match provided {
                 Some(m) => Ok(Some(m)),
-                None => signer.build(draft, &base, &class).map(Some),
+                None => signer.build(draft, &base, &build).map(Some),
             }),
         )?)
     })

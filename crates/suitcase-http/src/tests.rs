@@ -9,15 +9,16 @@ use tower::ServiceExt;
 
 /// A notifier that records what it was asked and answers 2.01 for every device.
 #[derive(Default)]
-struct Recorder(std::sync::Mutex<Vec<(Vec<String>, String)>>);
+struct Recorder(std::sync::Mutex<Vec<(Vec<String>, String, NotifyOptions)>>);
 
 impl Notifier for Recorder {
     fn notify(
         &self,
         devices: Vec<String>,
         url: String,
+        options: NotifyOptions,
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Vec<DeviceNotice>> + Send>> {
-        self.0.lock().unwrap().push((devices.clone(), url));
+        self.0.lock().unwrap().push((devices.clone(), url, options));
         Box::pin(async move {
             devices
                 .into_iter()
@@ -829,4 +830,128 @@ async fn trusted_keys_refuse_manifests_signed_by_others() {
     )
     .await;
     assert_eq!(s, StatusCode::OK, "{v}");
+}
+
+#[tokio::test]
+async fn the_server_builds_riot09_manifests_and_notify_takes_trigger_nul() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, key) = state(dir.path());
+    let recorder = Arc::new(Recorder::default());
+    let st = AppState {
+        notifier: Some(recorder.clone()),
+        ..st
+    };
+    let router = app(st.clone());
+    let (s, v) = post(
+        router.clone(),
+        &[
+            ("publish_id", None, b"fw/suit_update/native64"),
+            ("profile", None, b"riot09"),
+            ("component", None, b"ram,0"),
+            ("image.bin", Some("image.bin"), b"ram image"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let seq = v["sequence_number"].as_u64().unwrap();
+    assert!(seq <= u64::from(u32::MAX));
+    assert_eq!(v["manifest"]["name"], format!("riot.suit.{seq}.bin"));
+    let m = st.store.latest("fw/suit_update/native64").unwrap();
+    let bytes = st.store.read(&m.manifest.as_ref().unwrap().file.sha256).unwrap();
+    assert!(bytes.len() <= RIOT_MAX_MANIFEST);
+    let env = suitcase_suit::Envelope::decode(&bytes).unwrap();
+    assert_eq!(env.profile(), suitcase_suit::Profile::Riot09);
+    let verified = env.verify(&key.verifying_key()).unwrap();
+    assert_eq!(
+        verified.manifest().common.components[0].0,
+        [b"ram".to_vec(), b"0".to_vec()]
+    );
+    // RIOT's vendor domain and, by default, the publish-id's last segment as the class.
+    let vendor = suitcase_suit::builder::vendor_id(RIOT_VENDOR_DOMAIN);
+    let class = suitcase_suit::builder::class_id(&vendor, "native64");
+    let params = verified.manifest().component_parameters();
+    assert_eq!(
+        params[0].1.get(1),
+        Some(&suitcase_suit::manifest::ParamValue::Bytes(vendor.to_vec()))
+    );
+    assert_eq!(
+        params[0].1.get(2),
+        Some(&suitcase_suit::manifest::ParamValue::Bytes(class.to_vec()))
+    );
+
+    // notify: the server's setting unless the request says otherwise.
+    for (field, want) in [
+        (None, None),
+        (Some("never"), Some(TriggerNul::Never)),
+        (Some("always"), Some(TriggerNul::Always)),
+    ] {
+        let mut parts: Vec<Part<'_>> = vec![("publish_id", None, b"fw/suit_update/native64"), ("urls", None, b"d")];
+        if let Some(f) = field {
+            parts.push(("trigger_nul", None, f.as_bytes()));
+        }
+        let (ct, body) = multipart(&parts);
+        let req = Request::post("/notify")
+            .header("content-type", ct)
+            .body(Body::from(body))
+            .unwrap();
+        let (s, v) = send(router.clone(), req).await;
+        assert_eq!(s, StatusCode::OK, "{v}");
+        assert_eq!(v["sequence_number"].as_u64(), Some(seq));
+        let last = recorder.0.lock().unwrap().last().cloned().unwrap();
+        assert!(
+            last.1.ends_with("/fw/suit_update/native64/riot.suit.latest.bin"),
+            "{}",
+            last.1
+        );
+        assert_eq!(last.2.trigger_nul, want, "{field:?}");
+    }
+    let req = Request::post("/notify")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(Body::from(
+            "publish_id=fw%2Fsuit_update%2Fnative64&urls=d&trigger_nul=sometimes",
+        ))
+        .unwrap();
+    let (s, v) = send(router.clone(), req).await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+
+    // What RIOT cannot take is refused with a reason.
+    let (s, v) = post(
+        router.clone(),
+        &[
+            ("publish_id", None, b"fw/x/native64"),
+            ("profile", None, b"riot09"),
+            ("a.bin", Some("a.bin"), b"a"),
+            ("b.bin", Some("b.bin"), b"b"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::UNPROCESSABLE_ENTITY, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("one image"), "{v}");
+    let (s, v) = post(
+        router.clone(),
+        &[
+            ("publish_id", None, b"fw/x/native64"),
+            ("profile", None, b"riot09"),
+            ("manifest", Some("m.suit"), &bytes),
+            ("image.bin", Some("image.bin"), b"ram image"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("brings its own manifest"), "{v}");
+    let p256 = AppState {
+        signer: Arc::new(Signer::new(SigningKey::generate(Algorithm::Es256), "example.org")),
+        ..st.clone()
+    };
+    let (s, v) = post(
+        app(p256),
+        &[
+            ("publish_id", None, b"fw/x/native64"),
+            ("profile", None, b"riot09"),
+            ("a.bin", Some("a.bin"), b"a"),
+        ],
+    )
+    .await;
+    assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("Ed25519"), "{v}");
 }

@@ -1,8 +1,11 @@
 //! Build a manifest from image facts (digest, size, URI, optional slot/offset).
 //!
 //! Shapes follow the draft's templates (§7, Examples 1, 3, 5) and, for [`Profile::Riot09`],
-//! what RIOT's `gen_manifest.py` + suit-tool emit: one component `[h'00']` and a try-each over
-//! component offsets so one manifest serves both riotboot slots.
+//! what RIOT's `gen_manifest.py` + suit-tool emit: one component (`[h'00']`, riotboot flash, by
+//! default) and a try-each over component offsets so one manifest serves both riotboot slots.
+//! [`ManifestBuilder::component`] names another storage: RIOT's `suit_storage` backends take
+//! the elements of the id joined with their separator, `["ram", "0"]` for the RAM region
+//! `.ram.0`, `["/nvm0/SLOT0.txt"]` for a VFS file.
 
 use alloc::string::String;
 use alloc::vec;
@@ -27,6 +30,33 @@ pub fn vendor_id(domain: &str) -> [u8; 16] {
 /// class-id = UUID5(vendor-id, class), as RIOT computes it from the board name.
 pub fn class_id(vendor: &[u8; 16], class: &str) -> [u8; 16] {
     *uuid::Uuid::new_v5(&uuid::Uuid::from_bytes(*vendor), class.as_bytes()).as_bytes()
+}
+
+/// A component id as a user writes it: elements separated by `,` (`ram,0`,
+/// `/nvm0/SLOT0.txt`), or a RIOT RAM location as `lsstorage` prints it (`.ram.0`, elements
+/// after each `.`); an element `h'HEX'` is raw bytes (`h'00'`, riotboot flash, the default).
+pub fn parse_component(s: &str) -> Result<ComponentId> {
+    let s = s.trim();
+    let bad = |why: &str| Error::Build(alloc::format!("component {s:?}: {why}"));
+    let elements: Vec<&str> = match s.strip_prefix('.') {
+        Some(rest) => rest.split('.').collect(),
+        None => s.split(',').collect(),
+    };
+    let mut id = Vec::new();
+    for e in elements {
+        let bytes = match e.strip_prefix("h'").and_then(|h| h.strip_suffix('\'')) {
+            Some(h) => hex::decode(h).map_err(|_| bad("h'...' must hold hex digits"))?,
+            None => e.as_bytes().to_vec(),
+        };
+        if bytes.is_empty() {
+            return Err(bad("an element is empty"));
+        }
+        if bytes.len() > 64 {
+            return Err(bad("an element is longer than 64 bytes"));
+        }
+        id.push(bytes);
+    }
+    Ok(ComponentId(id))
 }
 
 /// One image a manifest describes.
@@ -64,6 +94,7 @@ pub struct ManifestBuilder {
     class_id: [u8; 16],
     images: Vec<Image>,
     reference_uri: Option<String>,
+    component: Option<ComponentId>,
 }
 
 impl ManifestBuilder {
@@ -76,7 +107,17 @@ impl ManifestBuilder {
             class_id,
             images: Vec::new(),
             reference_uri: None,
+            component: None,
         }
+    }
+
+    /// The id of the one component the images install into (default `[h'00']`, RIOT's
+    /// riotboot flash slots). RIOT storage names: `["ram", "0"]` (`.ram.0`),
+    /// `["/nvm0/SLOT0.txt"]` (a VFS file). Only for manifests of one component (one image,
+    /// or slot/offset alternatives).
+    pub fn component(mut self, id: ComponentId) -> Self {
+        self.component = Some(id);
+        self
     }
 
     /// Add an image.
@@ -116,8 +157,19 @@ impl ManifestBuilder {
         if slotted != 0 && slotted != self.images.len() {
             return Err(Error::Build("either every image has a slot/offset or none has".into()));
         }
+        if let Some(c) = &self.component {
+            if c.0.is_empty() || c.0.iter().any(Vec::is_empty) {
+                return Err(Error::Build(
+                    "a component id needs at least one element and no empty element".into(),
+                ));
+            }
+        }
         let (common, install, validate) = if slotted > 0 || self.images.len() == 1 {
             self.one_component()
+        } else if self.component.is_some() {
+            return Err(Error::Build(
+                "a component id names one component: give several images only as slot alternatives".into(),
+            ));
         } else if self.profile == Profile::Riot09 {
             return Err(Error::Build(
                 "RIOT supports one component: give several images only as slot alternatives".into(),
@@ -140,7 +192,7 @@ impl ManifestBuilder {
         })
     }
 
-    /// One component `[h'00']`; several images are try-each alternatives keyed on the slot.
+    /// One component (`[h'00']` unless set); several images are try-each alternatives keyed on the slot.
     fn one_component(&self) -> (Common, CommandSequence, CommandSequence) {
         let riot = self.profile == Profile::Riot09;
         let mut shared = CommandSequence::default();
@@ -220,7 +272,7 @@ impl ManifestBuilder {
         let mut validate = CommandSequence::default();
         validate.push(cmd::IMAGE_MATCH, CommandArg::Policy(policy::ALL));
         let common = Common {
-            components: vec![ComponentId(vec![vec![0]])],
+            components: vec![self.component.clone().unwrap_or_else(|| ComponentId(vec![vec![0]]))],
             shared_sequence: Some(shared),
             other: Vec::new(),
         };
@@ -268,4 +320,86 @@ fn uri_param(uri: &str) -> Parameters {
     let mut p = Parameters::default();
     p.set(param::URI, ParamValue::Text(uri.into()));
     p
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::Envelope;
+
+    fn one(profile: Profile, component: Option<ComponentId>) -> Result<Vec<u8>> {
+        let vendor = vendor_id("riot-os.org");
+        let mut b = ManifestBuilder::new(profile, 7, vendor, class_id(&vendor, "native64")).image(Image::from_bytes(
+            "coap://[::1]/a",
+            b"abc",
+            None,
+        ));
+        if let Some(c) = component {
+            b = b.component(c);
+        }
+        let m = b.build()?;
+        Ok(Envelope::unsigned(profile, &m)?.manifest_bytes().to_vec())
+    }
+
+    /// The decoded component ids, and whether `want` (common key 2, the components) is in
+    /// the encoded manifest byte for byte.
+    fn has(profile: Profile, m: &[u8], want: &[u8]) -> Vec<Vec<Vec<u8>>> {
+        assert!(
+            m.windows(want.len()).any(|w| w == want),
+            "{profile}: {} lacks {}",
+            hex::encode(m),
+            hex::encode(want)
+        );
+        let decoded = Manifest::decode(profile, m).unwrap();
+        decoded.common.components.iter().map(|c| c.0.clone()).collect()
+    }
+
+    #[test]
+    fn the_component_id_is_encoded_as_an_array_of_bstrs() {
+        // Default: riotboot flash, [h'00'].
+        for profile in [Profile::Riot09, Profile::Draft37] {
+            // common: {2: [[h'00']], ...}
+            let m = one(profile, None).unwrap();
+            assert_eq!(has(profile, &m, &[0x02, 0x81, 0x81, 0x41, 0x00]), [vec![vec![0u8]]]);
+
+            // RAM region .ram.0: [h'72616d', h'30'].
+            let ram = ComponentId(vec![b"ram".to_vec(), b"0".to_vec()]);
+            let m = one(profile, Some(ram)).unwrap();
+            let want = [0x02, 0x81, 0x82, 0x43, b'r', b'a', b'm', 0x41, b'0'];
+            assert_eq!(has(profile, &m, &want), [vec![b"ram".to_vec(), b"0".to_vec()]]);
+
+            // A VFS file: one element, the path.
+            let vfs = ComponentId(vec![b"/nvm0/SLOT0.txt".to_vec()]);
+            let m = one(profile, Some(vfs)).unwrap();
+            let mut want = vec![0x02, 0x81, 0x81, 0x4f];
+            want.extend_from_slice(b"/nvm0/SLOT0.txt");
+            assert_eq!(has(profile, &m, &want), [vec![b"/nvm0/SLOT0.txt".to_vec()]]);
+        }
+    }
+
+    #[test]
+    fn component_ids_as_users_write_them() {
+        let p = |s: &str| parse_component(s).map(|c| c.0);
+        assert_eq!(p("ram,0").unwrap(), [b"ram".to_vec(), b"0".to_vec()]);
+        assert_eq!(p(".ram.0").unwrap(), [b"ram".to_vec(), b"0".to_vec()]);
+        assert_eq!(p("/nvm0/SLOT0.txt").unwrap(), [b"/nvm0/SLOT0.txt".to_vec()]);
+        assert_eq!(p("h'00'").unwrap(), [vec![0u8]]);
+        assert!(p("").is_err());
+        assert!(p("ram,").is_err());
+        assert!(p("h'0g'").is_err());
+    }
+
+    #[test]
+    fn a_component_id_must_be_usable() {
+        assert!(one(Profile::Riot09, Some(ComponentId(vec![]))).is_err());
+        assert!(one(Profile::Riot09, Some(ComponentId(vec![vec![]]))).is_err());
+        let vendor = vendor_id("x");
+        let two = ManifestBuilder::new(Profile::Draft37, 1, vendor, vendor)
+            .image(Image::from_bytes("coap://[::1]/a", b"a", None))
+            .image(Image::from_bytes("coap://[::1]/b", b"b", None))
+            .component(ComponentId(vec![b"ram".to_vec()]));
+        let err = two.build().unwrap_err().to_string();
+        assert!(err.contains("one component"), "{err}");
+    }
 }

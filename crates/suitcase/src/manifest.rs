@@ -77,6 +77,11 @@ pub struct CreateArgs {
     /// decimal or 0x hex). Several slotted images become try-each alternatives.
     #[arg(long = "image", required = true)]
     images: Vec<String>,
+    /// The storage the image goes to (one component), as RIOT names it: ram,0 (or .ram.0)
+    /// for a RAM region, /nvm0/SLOT0.txt for a VFS file, h'00' (the default) for riotboot
+    /// flash slots. Elements are separated by ','; h'HEX' is raw bytes.
+    #[arg(long)]
+    component: Option<String>,
     /// Sign with this private key.
     #[arg(long)]
     key: Option<PathBuf>,
@@ -165,14 +170,35 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
             let profile: Profile = a.profile.parse()?;
             let vendor = builder::vendor_id(&a.vendor_domain);
             let class = builder::class_id(&vendor, &a.class);
+            if profile == Profile::Riot09 && a.seq > u64::from(u32::MAX) {
+                bail!(
+                    "--seq {}: RIOT's sequence number is 32-bit (at most {})",
+                    a.seq,
+                    u32::MAX
+                );
+            }
             let mut b = ManifestBuilder::new(profile, a.seq, vendor, class);
+            if let Some(c) = &a.component {
+                b = b.component(builder::parse_component(c)?);
+            }
             for spec in &a.images {
                 b = b.image(parse_image(spec)?);
             }
             let manifest = b.build()?;
             let mut env = Envelope::unsigned(profile, &manifest)?;
             if let Some(k) = &a.key {
-                env = env.add_signature(&read_key(k)?)?;
+                let key = read_key(k)?;
+                if profile == Profile::Riot09 && key.algorithm() != Algorithm::Ed25519 {
+                    bail!("--key {}: RIOT verifies Ed25519 signatures only", k.display());
+                }
+                env = env.add_signature(&key)?;
+            }
+            if profile == Profile::Riot09 && env.encode().len() > suitcase_http::RIOT_MAX_MANIFEST {
+                eprintln!(
+                    "warning: the manifest is {} bytes; RIOT fetches at most {} (SUIT_MANIFEST_BUFSIZE)",
+                    env.encode().len(),
+                    suitcase_http::RIOT_MAX_MANIFEST
+                );
             }
             std::fs::write(&a.out, env.encode()).with_context(|| format!("writing {}", a.out.display()))?;
             Ok(ExitCode::SUCCESS)

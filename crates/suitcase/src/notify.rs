@@ -10,7 +10,7 @@ use clap::Args;
 use std::sync::Arc;
 
 use suitcase_coap::notify::Outcome;
-use suitcase_http::{DeviceNotice, Notifier};
+use suitcase_http::{DeviceNotice, Notifier, NotifyOptions, TriggerNul};
 
 /// Sends triggers over CoAP: one shared socket per address family, a global bound on the
 /// triggers in flight (further ones wait their turn).
@@ -21,11 +21,17 @@ impl Notifier for CoapNotifier {
         &self,
         devices: Vec<String>,
         manifest_url: String,
+        options: NotifyOptions,
     ) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>> {
         let notifier = self.0.clone();
+        let nul = options.trigger_nul.map(|n| match n {
+            TriggerNul::Never => suitcase_coap::notify::TriggerNul::Never,
+            TriggerNul::SuitTrigger => suitcase_coap::notify::TriggerNul::SuitTrigger,
+            TriggerNul::Always => suitcase_coap::notify::TriggerNul::Always,
+        });
         Box::pin(async move {
             notifier
-                .notify_all(&devices, &manifest_url)
+                .notify_all_with(&devices, &manifest_url, nul)
                 .await
                 .into_iter()
                 .map(|r| {
@@ -76,6 +82,10 @@ pub struct NotifyArgs {
     /// Publisher token, sent as a bearer token (default: the local token file, see `publish`).
     #[arg(long, env = "SUITCASE_TOKEN")]
     token: Option<String>,
+    /// Whether the URL sent is followed by one NUL byte: never, suit-trigger or always.
+    /// Default: the server's --trigger-nul (suit-trigger: stock RIOT needs the NUL).
+    #[arg(long, value_parser = ["never", "suit-trigger", "always"])]
+    trigger_nul: Option<String>,
 }
 
 pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
@@ -87,6 +97,7 @@ pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
         &args.publish_id,
         &args.version,
         &args.devices,
+        args.trigger_nul.as_deref(),
         args.json,
     ))
 }
@@ -99,15 +110,20 @@ pub async fn request(
     publish_id: &str,
     version: &str,
     devices: &[String],
+    trigger_nul: Option<&str>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let url = format!("{}/notify", server.trim_end_matches('/'));
     let urls = devices.join(",");
-    let req = reqwest::Client::new().post(&url).form(&[
+    let mut fields = vec![
         ("publish_id", publish_id),
         ("urls", urls.as_str()),
         ("version", version),
-    ]);
+    ];
+    if let Some(n) = trigger_nul {
+        fields.push(("trigger_nul", n));
+    }
+    let req = reqwest::Client::new().post(&url).form(&fields);
     let body = crate::client::send(req, &url, token).await?;
     if json {
         println!("{body}");
@@ -115,9 +131,10 @@ pub async fn request(
     let v: serde_json::Value = serde_json::from_str(&body).context("server answer is not JSON")?;
     if !json {
         println!(
-            "notified {} with {}",
+            "notified {} with {} (sequence number {})",
             v["publish_id"].as_str().unwrap_or("?"),
-            v["manifest_url"].as_str().unwrap_or("?")
+            v["manifest_url"].as_str().unwrap_or("?"),
+            v["sequence_number"]
         );
     }
     let mut all_ok = true;
@@ -135,6 +152,13 @@ pub async fn request(
                 r["message"].as_str().map(|m| format!("  {m}")).unwrap_or_default()
             );
         }
+    }
+    if !json && all_ok {
+        // A trigger's 2.01 says the device will fetch the manifest; it installs it only if the
+        // sequence number is above its running image's (RIOT logs `seq_nr <= running image`).
+        println!(
+            "ok: the devices accepted the trigger; each installs only a sequence number above its running image's"
+        );
     }
     Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }

@@ -23,7 +23,8 @@ pub struct PublishArgs {
     /// Semantic version of this release.
     #[arg(long)]
     version: Option<String>,
-    /// Class of device (class-id = UUID5(vendor-id, class)); default: the publish-id.
+    /// Class of device (class-id = UUID5(vendor-id, class)); default: the publish-id (riot09:
+    /// its last segment, the board of RIOT's fw/<app>/<board>).
     #[arg(long)]
     class: Option<String>,
     /// CoAP block size (16..1024) for this publish-id's devices that send no Block2 on their
@@ -31,6 +32,18 @@ pub struct PublishArgs {
     /// the server's --block-size.
     #[arg(long)]
     block_size: Option<u16>,
+    /// The manifest the server builds: draft37 (default) or riot09 (what RIOT devices parse;
+    /// one file, signed with the server's Ed25519 key, served as riot.suit.<seq>.bin).
+    #[arg(long, conflicts_with = "manifest")]
+    profile: Option<String>,
+    /// Vendor domain of the manifest the server builds (vendor-id = UUID5(DNS, domain));
+    /// default: the server's (--vendor-domain, or --riot-vendor-domain for riot09).
+    #[arg(long, conflicts_with = "manifest")]
+    vendor_domain: Option<String>,
+    /// The storage the image goes to, as RIOT names it: ram,0 (or .ram.0) for a RAM region,
+    /// /nvm0/SLOT0.txt for a VFS file; default h'00', riotboot flash.
+    #[arg(long, conflicts_with = "manifest")]
+    component: Option<String>,
     /// Print the server's JSON answer instead of a summary.
     #[arg(long)]
     json: bool,
@@ -99,6 +112,15 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = args.block_size {
         form = form.text("block_size", b.to_string());
     }
+    for (field, value) in [
+        ("profile", &args.profile),
+        ("vendor_domain", &args.vendor_domain),
+        ("component", &args.component),
+    ] {
+        if let Some(v) = value {
+            form = form.text(field, v.clone());
+        }
+    }
     let bar = progress_bar(args.quiet);
     for path in &args.files {
         let (name, part) = file_part(path, &bar)?;
@@ -132,6 +154,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         &args.publish_id,
         &version,
         &args.notify,
+        None,
         args.json,
     )
     .await

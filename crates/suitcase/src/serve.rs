@@ -35,6 +35,10 @@ pub struct ServeArgs {
     /// Vendor domain: vendor-id = UUID5(DNS, domain).
     #[arg(long, default_value = "suitcase.local")]
     vendor_domain: String,
+    /// Vendor domain of the riot09 manifests the server builds (RIOT's SUIT_VENDOR; a RIOT
+    /// device checks vendor-id = UUID5(DNS, this)).
+    #[arg(long, default_value = suitcase_http::RIOT_VENDOR_DOMAIN)]
+    riot_vendor_domain: String,
     /// Block size when a CoAP request carries no Block2 option (16..1024, a power of two),
     /// unless the publish-id was published with its own (`publish --block-size`). 64: the
     /// largest a Zephyr coap_client built for 64-byte blocks receives whole (its buffer is
@@ -47,6 +51,11 @@ pub struct ServeArgs {
     /// Notify: retransmissions before a device counts as timed out (MAX_RETRANSMIT).
     #[arg(long, default_value_t = 4)]
     notify_max_retransmit: u32,
+    /// Notify: whether the manifest URL sent to a device is followed by one NUL byte: never,
+    /// suit-trigger (for the path /suit/trigger, RIOT's contract) or always. Stock RIOT since
+    /// 2025.01 reads the URL with strlen() and fails without it ("error getting manifest").
+    #[arg(long, default_value = "suit-trigger", value_parser = ["never", "suit-trigger", "always"])]
+    trigger_nul: String,
     /// Notify: triggers in flight at once across all requests; further ones wait their turn.
     #[arg(long, default_value_t = suitcase_coap::notify::DEFAULT_MAX_IN_FLIGHT)]
     notify_max_in_flight: usize,
@@ -201,7 +210,9 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
 
     let state = AppState {
         store,
-        signer: Arc::new(Signer::new(key, args.vendor_domain.clone())),
+        signer: Arc::new(
+            Signer::new(key, args.vendor_domain.clone()).with_riot_vendor_domain(args.riot_vendor_domain.clone()),
+        ),
         config: Arc::new(suitcase_http::Config {
             coap_base_url: args.coap_url.clone(),
             coap_port: coap_addr.port(),
@@ -216,6 +227,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
                 suitcase_coap::notify::NotifyConfig {
                     ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
                     max_retransmit: args.notify_max_retransmit,
+                    trigger_nul: args.trigger_nul.parse().map_err(anyhow::Error::msg)?,
                     ..Default::default()
                 },
                 args.notify_max_in_flight,

@@ -166,9 +166,24 @@ fn riot_build_publish_notify_and_device_update() {
         &format!("[::1]:{}", dev.port()),
     ]);
     assert!(out.contains(" ok ") && out.contains("2.01"), "{out}");
-    let url = triggered.recv_timeout(Duration::from_secs(10)).unwrap();
-    assert_eq!(url, format!("{root}/riot.suit.latest.bin"));
-    assert!(url.len() <= 128, "RIOT's CONFIG_SOCK_URLPATH_MAXLEN");
+    let payload = triggered.recv_timeout(Duration::from_secs(10)).unwrap();
+    // Stock RIOT reads the URL with strlen(): by default the URL ends in one NUL byte.
+    assert_eq!(payload, format!("{root}/riot.suit.latest.bin\0"));
+    let url = payload.trim_end_matches('\0').to_string();
+    assert!(payload.len() < 128, "RIOT's CONFIG_SOCK_URLPATH_MAXLEN, NUL included");
+    // Without it when asked.
+    let out = server.cli(&[
+        "notify",
+        "--server",
+        &server.http(),
+        "--publish-id",
+        "fw/suit_update/native",
+        "--trigger-nul",
+        "never",
+        &format!("[::1]:{}", dev.port()),
+    ]);
+    assert!(out.contains(" ok "), "{out}");
+    assert_eq!(triggered.recv_timeout(Duration::from_secs(10)).unwrap(), url);
 
     // The device's update: manifest (≤ 640 bytes), signature, then the inactive slot.
     let manifest = fetch_like_riot(&url);

@@ -19,17 +19,14 @@ pub fn bin() -> String {
 /// A running server; killed on drop, its log printed if the test failed.
 pub struct TestServer {
     child: Child,
+    /// How clients reach it: `[::1]`, or an address in its network namespace.
+    pub host: String,
     pub coap_port: u16,
     pub http_port: u16,
     pub data: PathBuf,
     log: Arc<Mutex<Vec<String>>>,
+    /// The network namespace it runs in, if any (its CLI runs there too).
     netns: Option<String>,
-}
-
-fn port_after(line: &str, marker: &str) -> Option<u16> {
-    let rest = &line[line.find(marker)? + marker.len()..];
-    let addr = rest.split_whitespace().next()?;
-    addr.rsplit(':').next()?.parse().ok()
 }
 
 /// `suitcase`, run inside network namespace `netns` when given.
@@ -44,23 +41,35 @@ fn base_command(netns: Option<&str>) -> Command {
     }
 }
 
+fn port_after(line: &str, marker: &str) -> Option<u16> {
+    let rest = &line[line.find(marker)? + marker.len()..];
+    let addr = rest.split_whitespace().next()?;
+    addr.rsplit(':').next()?.parse().ok()
+}
+
 impl TestServer {
     pub fn start(data: &Path, extra: &[&str]) -> TestServer {
-        Self::launch(None, data, "[::1]:0", extra)
+        Self::launch(None, "[::1]", ("[::1]:0", "[::1]:0"), data, extra)
     }
 
-    /// A server inside network namespace `netns` (see `netns::Netns`), CoAP on `coap`; its
-    /// `cli` runs there too, so it reaches the server's loopback HTTP port.
-    pub fn start_in(netns: &str, data: &Path, coap: &str, extra: &[&str]) -> TestServer {
-        Self::launch(Some(netns), data, coap, extra)
+    /// Start the server inside the network namespace `ns` (`ip netns exec`), listening on
+    /// `[::]` and reached at `host` (an address of the namespace, e.g. `[fd00:dead:beef::1]`).
+    pub fn start_in_netns(ns: &str, host: &str, data: &Path, extra: &[&str]) -> TestServer {
+        Self::launch(Some(ns), host, ("[::]:0", "[::]:0"), data, extra)
     }
 
-    fn launch(netns: Option<&str>, data: &Path, coap: &str, extra: &[&str]) -> TestServer {
+    /// A server inside network namespace `ns` with CoAP on `coap` (devices that only talk to
+    /// port 5683) and HTTP on the namespace's loopback, which its `cli` reaches.
+    pub fn start_in(ns: &str, data: &Path, coap: &str, extra: &[&str]) -> TestServer {
+        Self::launch(Some(ns), "[::1]", (coap, "[::1]:0"), data, extra)
+    }
+
+    fn launch(netns: Option<&str>, host: &str, (coap, http): (&str, &str), data: &Path, extra: &[&str]) -> TestServer {
         let mut child = base_command(netns)
             .arg("serve")
             .arg("--data")
             .arg(data)
-            .args(["--coap", coap, "--http", "[::1]:0"])
+            .args(["--coap", coap, "--http", http])
             .args(extra)
             .env("SUITCASE_LOG", "info")
             .stdout(Stdio::null())
@@ -89,6 +98,7 @@ impl TestServer {
         }
         TestServer {
             child,
+            host: host.to_string(),
             coap_port: coap.unwrap(),
             http_port: http.unwrap(),
             data: data.to_path_buf(),
@@ -113,11 +123,11 @@ impl TestServer {
     }
 
     pub fn http(&self) -> String {
-        format!("http://[::1]:{}", self.http_port)
+        format!("http://{}:{}", self.host, self.http_port)
     }
 
     pub fn coap(&self, path: &str) -> String {
-        format!("coap://[::1]:{}/{path}", self.coap_port)
+        format!("coap://{}:{}/{path}", self.host, self.coap_port)
     }
 
     /// Send SIGTERM and wait up to `limit` for the exit; returns (exit code, log).
