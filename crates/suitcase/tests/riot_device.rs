@@ -477,6 +477,16 @@ fn a_real_riot_device_installs_what_suitcase_publishes_and_refuses_replays() {
     // With it (the default), the update goes through.
     assert_eq!(trigger(&dev, &ns, &server, "latest"), Ok(seq_a));
     assert_same("/nvm0/SLOT0.txt", &dev.vfs_file("/nvm0/SLOT0.txt"), &vfs_a);
+    // The server logged the device's downloads: the manifest and the image, in RIOT's
+    // 64-byte blocks (3,000 bytes: 47 blocks).
+    let log = server.log();
+    assert!(
+        log.iter().any(|l| l.contains("coap transfer complete")
+            && l.contains("path=fw/suit_update/native64/")
+            && l.contains("blocks=47")
+            && l.contains("block_size=64")),
+        "no transfer line for the image: {log:#?}"
+    );
 
     // 2. A RAM region (.ram.0 holds 2048 bytes): a higher sequence number.
     let ram = random_bytes(2048, 2);
