@@ -588,7 +588,7 @@ impl<R: Resources> Server<R> {
         }
         if let (Code::CONTENT, Some(b), Some(etag), Ok(p)) = (spec.code, spec.block2, spec.etag, &parsed) {
             let key = key.unwrap_or_else(|| p.path.join("/"));
-            if let Some(done) = self.transfers.served(now, peer, &key, etag, b.num, b.size(), b.more) {
+            if let Some(done) = self.transfers.served(now, peer, &key, etag, b) {
                 if self.transfers.may_log(now) {
                     tracing::info!(
                         %peer,

@@ -10,6 +10,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use crate::block::BlockValue;
+
 /// One download in progress.
 #[derive(Clone, Debug)]
 pub(super) struct Transfer {
@@ -93,18 +95,17 @@ impl Transfers {
         }
     }
 
-    /// Block `num` (of `block_size` bytes, `more` following) of the representation `etag` was
-    /// served; returns the finished transfer after its last block.
+    /// `block` of the representation `etag` was served; returns the finished transfer after
+    /// its last block.
     pub(super) fn served(
         &mut self,
         now: Instant,
         peer: SocketAddr,
         path: &str,
         etag: [u8; 8],
-        num: u32,
-        block_size: usize,
-        more: bool,
+        block: BlockValue,
     ) -> Option<Transfer> {
+        let (num, block_size, more) = (block.num, block.size(), block.more);
         let restart = num == 0 || self.entry(now, peer, path).is_none_or(|t| t.etag != etag);
         if restart {
             self.rotate(now);
@@ -156,21 +157,29 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn blk(num: u32, size: usize, more: bool) -> BlockValue {
+        BlockValue {
+            num,
+            more,
+            szx: (size.trailing_zeros() - 4) as u8,
+        }
+    }
+
     #[test]
     fn a_download_is_pinned_until_its_last_block_and_forgotten_when_abandoned() {
         let t0 = Instant::now();
         let mut t = Transfers::new(t0, Duration::from_secs(10), 100);
         let p: SocketAddr = "[::1]:1".parse().unwrap();
-        assert!(t.served(t0, p, "a/f", [1; 8], 0, 64, true).is_none());
+        assert!(t.served(t0, p, "a/f", [1; 8], blk(0, 64, true)).is_none());
         assert_eq!(t.pinned(p, "a/f"), Some([1; 8]));
         assert_eq!(t.pinned(p, "a/g"), None);
         t.duplicate(t0, p, "a/f");
-        assert!(t.served(t0, p, "a/f", [1; 8], 1, 64, true).is_none());
-        let done = t.served(t0, p, "a/f", [1; 8], 2, 64, false).unwrap();
+        assert!(t.served(t0, p, "a/f", [1; 8], blk(1, 64, true)).is_none());
+        let done = t.served(t0, p, "a/f", [1; 8], blk(2, 64, false)).unwrap();
         assert_eq!((done.blocks, done.duplicates, done.block_size), (3, 1, 64));
         assert_eq!(t.pinned(p, "a/f"), None, "finished");
         // Abandoned after block 0: gone after two lifetimes.
-        t.served(t0, p, "a/f", [2; 8], 0, 64, true);
+        t.served(t0, p, "a/f", [2; 8], blk(0, 64, true));
         t.rotate(t0 + Duration::from_secs(11));
         assert_eq!(t.pinned(p, "a/f"), Some([2; 8]));
         t.rotate(t0 + Duration::from_secs(22));
@@ -184,7 +193,7 @@ mod tests {
         let mut t = Transfers::new(t0, Duration::from_secs(1000), 50);
         for port in 0..1000u16 {
             let p: SocketAddr = format!("[::1]:{port}").parse().unwrap();
-            t.served(t0, p, "a/f", [1; 8], 0, 64, true);
+            t.served(t0, p, "a/f", [1; 8], blk(0, 64, true));
         }
         assert!(t.len() <= 100, "{}", t.len());
     }
