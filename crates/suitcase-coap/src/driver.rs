@@ -7,7 +7,10 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{Resources, Server};
+use crate::server::{Resources, Server, TransferDone};
+
+/// Where the driver sends completed downloads.
+pub type Events = tokio::sync::broadcast::Sender<TransferDone>;
 
 /// Socket buffer size asked for, so bursts from thousands of devices are not dropped.
 pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
@@ -52,7 +55,12 @@ pub const MAX_DATAGRAM: usize = 1500;
 /// event, not one per datagram, and a flood cannot starve Observe retransmissions or
 /// shutdown; on Linux the datagrams come in and the replies go out in batches of up to 32
 /// per system call.
-pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel: CancellationToken) -> io::Result<()> {
+pub async fn run<R: Resources>(
+    socket: UdpSocket,
+    mut server: Server<R>,
+    cancel: CancellationToken,
+    events: Option<Events>,
+) -> io::Result<()> {
     #[cfg(target_os = "linux")]
     let mut batch = crate::batch::Batch::default();
     #[cfg(not(target_os = "linux"))]
@@ -68,6 +76,13 @@ pub async fn run<R: Resources>(socket: UdpSocket, mut server: Server<R>, cancel:
         }
         while let Some(t) = server.poll_transmit() {
             send(&socket, &t.data, t.peer).await;
+        }
+        // Completed downloads to whoever listens; never waits (a lagging receiver loses
+        // the oldest, as broadcast channels do).
+        while let Some(d) = server.poll_transfer_done() {
+            if let Some(tx) = &events {
+                let _ = tx.send(d);
+            }
         }
         let deadline = server
             .poll_timeout()
@@ -155,12 +170,13 @@ pub fn spawn_thread<R: Resources + Send + 'static>(
     socket: std::net::UdpSocket,
     server: Server<R>,
     cancel: CancellationToken,
+    events: Option<Events>,
 ) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
     std::thread::Builder::new().name("coap".into()).spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
             let socket = UdpSocket::from_std(socket)?;
-            run(socket, server, cancel).await
+            run(socket, server, cancel, events).await
         })
     })
 }

@@ -12,4 +12,4 @@ pub mod resources;
 pub mod server;
 
 pub use resources::StoreResources;
-pub use server::{Body, Config, RangeSource, Resource, Resources, Server, Stats, Transmit};
+pub use server::{Body, Config, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit};

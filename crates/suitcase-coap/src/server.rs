@@ -215,6 +215,28 @@ pub struct Transmit {
     pub data: Vec<u8>,
 }
 
+/// A download that completed: its last block (or its whole body) was served. For the
+/// device-facing parts of the server (notify's watch, fleet state), never needed to serve.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TransferDone {
+    /// Who downloaded.
+    pub peer: SocketAddr,
+    /// The Uri-Path, segments joined with `/`.
+    pub path: String,
+    /// The representation's ETag.
+    pub etag: [u8; 8],
+    /// Blocks served (1 for a reply that carried the whole body).
+    pub blocks: u32,
+    /// Its size in bytes.
+    pub bytes: u64,
+    /// From the first block to the last.
+    pub duration: Duration,
+}
+
+/// Completed transfers kept for [`Server::poll_transfer_done`] at most; older ones are
+/// dropped (and counted) when nobody collects them.
+const MAX_DONE: usize = 1024;
+
 /// Counters for logs and benchmarks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -232,6 +254,8 @@ pub struct Stats {
     pub echo_challenges: u64,
     /// Observe registrations refused (table or per-peer limit).
     pub observers_refused: u64,
+    /// Completed-transfer events dropped because nobody collected them.
+    pub transfer_events_dropped: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -339,6 +363,7 @@ pub struct Server<R> {
     stats: Stats,
     echo: echo::EchoKeys,
     transfers: transfers::Transfers,
+    done: VecDeque<TransferDone>,
 }
 
 /// What a request asks, read from its options.
@@ -412,7 +437,22 @@ impl<R: Resources> Server<R> {
             stats: Stats::default(),
             echo,
             transfers,
+            done: VecDeque::new(),
         }
+    }
+
+    /// The next completed download, if any (bounded queue: collect them, or the oldest are
+    /// dropped).
+    pub fn poll_transfer_done(&mut self) -> Option<TransferDone> {
+        self.done.pop_front()
+    }
+
+    fn push_done(&mut self, d: TransferDone) {
+        if self.done.len() >= MAX_DONE {
+            self.done.pop_front();
+            self.stats.transfer_events_dropped += 1;
+        }
+        self.done.push_back(d);
     }
 
     /// Downloads in progress remembered.
@@ -589,19 +629,39 @@ impl<R: Resources> Server<R> {
         if let (Code::CONTENT, Some(b), Some(etag), Ok(p)) = (spec.code, spec.block2, spec.etag, &parsed) {
             let key = key.unwrap_or_else(|| p.path.join("/"));
             if let Some(done) = self.transfers.served(now, peer, &key, etag, b) {
+                let bytes = u64::from(spec.size2.unwrap_or_default());
+                let duration = now.saturating_duration_since(done.started);
                 if self.transfers.may_log(now) {
                     tracing::info!(
                         %peer,
                         path = %key,
                         blocks = done.blocks,
                         block_size = done.block_size,
-                        bytes = spec.size2.unwrap_or_default(),
-                        duration_ms = now.saturating_duration_since(done.started).as_millis() as u64,
+                        bytes,
+                        duration_ms = duration.as_millis() as u64,
                         duplicates = done.duplicates,
                         "coap transfer complete"
                     );
                 }
+                self.push_done(TransferDone {
+                    peer,
+                    path: key,
+                    etag,
+                    blocks: done.blocks,
+                    bytes,
+                    duration,
+                });
             }
+        } else if let (Code::CONTENT, None, Some(etag), Ok(p)) = (spec.code, spec.block2, spec.etag, &parsed) {
+            // The whole body in one reply: a (one-block) transfer too.
+            self.push_done(TransferDone {
+                peer,
+                path: p.path.join("/"),
+                etag,
+                blocks: 1,
+                bytes: spec.payload.len() as u64,
+                duration: Duration::ZERO,
+            });
         }
         let spec = if !con && suppressed(req, spec.code) {
             None

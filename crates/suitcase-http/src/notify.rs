@@ -30,6 +30,15 @@ pub struct DeviceNotice {
     pub elapsed_ms: u64,
     /// Detail for errors.
     pub message: Option<String>,
+    /// With a watch: what the device downloaded from this server after the trigger
+    /// (`downloaded`: the manifest and an image; `refused`: the manifest only, so the device
+    /// turned it down, e.g. its sequence number was not above the running image's;
+    /// `nothing`: no download at all).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub download: Option<String>,
+    /// The files the device downloaded completely during the watch (paths).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub fetched: Vec<String>,
 }
 
 /// When the trigger's payload (the manifest URL) is followed by one NUL byte. Stock RIOT
@@ -65,7 +74,12 @@ impl std::str::FromStr for TriggerNul {
 pub struct NotifyOptions {
     /// The NUL after the URL; `None`: the server's setting.
     pub trigger_nul: Option<TriggerNul>,
+    /// After a device accepted the trigger, watch up to this long what it downloads.
+    pub watch: Option<std::time::Duration>,
 }
+
+/// The longest watch a `/notify` may ask for.
+pub const MAX_WATCH_SECS: u64 = 120;
 
 /// Sends the trigger to devices (implemented over CoAP by the binary).
 pub trait Notifier: Send + Sync + 'static {
@@ -85,6 +99,7 @@ struct NotifyForm {
     version: Option<String>,
     /// `never`, `suit-trigger` or `always` (see [`TriggerNul`]).
     trigger_nul: Option<String>,
+    watch: Option<String>,
 }
 
 /// The answer of `/notify`.
@@ -130,6 +145,7 @@ async fn read_form(req: Request) -> Result<NotifyForm, ApiError> {
             "urls" => f.urls = Some(text),
             "version" => f.version = Some(text),
             "trigger_nul" => f.trigger_nul = Some(text),
+            "watch" => f.watch = Some(text),
             _ => {}
         }
     }
@@ -210,6 +226,16 @@ pub(crate) async fn notify(
             .filter(|t| !t.trim().is_empty())
             .map(str::parse)
             .transpose()?,
+        watch: match form.watch.as_deref().map(str::trim).filter(|w| !w.is_empty()) {
+            None => None,
+            Some(w) => Some(
+                w.parse::<u64>()
+                    .ok()
+                    .filter(|s| *s <= MAX_WATCH_SECS)
+                    .map(std::time::Duration::from_secs)
+                    .ok_or_else(|| ApiError::bad_request(format!("watch {w:?}: seconds, 0 to {MAX_WATCH_SECS}")))?,
+            ),
+        },
     };
     let version = find_version(&st, &id, form.version.as_deref())?;
     let latest = st.store.latest(&id).is_some_and(|l| l.seq == version.seq);

@@ -30,6 +30,8 @@ impl Notifier for Recorder {
                     transmissions: 1,
                     elapsed_ms: 0,
                     message: None,
+                    download: None,
+                    fetched: Vec::new(),
                 })
                 .collect()
         })

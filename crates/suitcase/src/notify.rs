@@ -10,11 +10,18 @@ use clap::Args;
 use std::sync::Arc;
 
 use suitcase_coap::notify::Outcome;
+use suitcase_coap::TransferDone;
 use suitcase_http::{DeviceNotice, Notifier, NotifyOptions, TriggerNul};
 
 /// Sends triggers over CoAP: one shared socket per address family, a global bound on the
-/// triggers in flight (further ones wait their turn).
-pub struct CoapNotifier(pub Arc<suitcase_coap::notify::Notifier>);
+/// triggers in flight (further ones wait their turn). With a watch, it then follows what each
+/// device downloads from this server's CoAP side (completed transfers from its address).
+pub struct CoapNotifier {
+    /// The trigger client.
+    pub client: Arc<suitcase_coap::notify::Notifier>,
+    /// Completed CoAP downloads, from the CoAP thread.
+    pub transfers: tokio::sync::broadcast::Sender<TransferDone>,
+}
 
 impl Notifier for CoapNotifier {
     fn notify(
@@ -23,14 +30,16 @@ impl Notifier for CoapNotifier {
         manifest_url: String,
         options: NotifyOptions,
     ) -> Pin<Box<dyn Future<Output = Vec<DeviceNotice>> + Send>> {
-        let notifier = self.0.clone();
+        let notifier = self.client.clone();
+        // Subscribed before the first trigger goes out, so no download is missed.
+        let mut transfers = self.transfers.subscribe();
         let nul = options.trigger_nul.map(|n| match n {
             TriggerNul::Never => suitcase_coap::notify::TriggerNul::Never,
             TriggerNul::SuitTrigger => suitcase_coap::notify::TriggerNul::SuitTrigger,
             TriggerNul::Always => suitcase_coap::notify::TriggerNul::Always,
         });
         Box::pin(async move {
-            notifier
+            let mut notices: Vec<DeviceNotice> = notifier
                 .notify_all_with(&devices, &manifest_url, nul)
                 .await
                 .into_iter()
@@ -55,10 +64,85 @@ impl Notifier for CoapNotifier {
                         transmissions: r.transmissions,
                         elapsed_ms: r.elapsed.as_millis() as u64,
                         message,
+                        download: None,
+                        fetched: Vec::new(),
                     }
                 })
-                .collect()
+                .collect();
+            if let Some(watch) = options.watch.filter(|w| !w.is_zero()) {
+                follow_downloads(&mut notices, &manifest_url, &mut transfers, watch).await;
+            }
+            notices
         })
+    }
+}
+
+/// The Uri-Path of a `coap://host[:port]/path` URL.
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    rest.split_once('/').map_or("", |(_, p)| p)
+}
+
+/// Watch completed downloads from the devices that accepted the trigger, until each has
+/// fetched the manifest and an image, or `watch` passes: then say what each one did.
+async fn follow_downloads(
+    notices: &mut [DeviceNotice],
+    manifest_url: &str,
+    transfers: &mut tokio::sync::broadcast::Receiver<TransferDone>,
+    watch: std::time::Duration,
+) {
+    let manifest = url_path(manifest_url).to_string();
+    let ip_of = |n: &DeviceNotice| {
+        n.address
+            .as_deref()
+            .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
+            .map(|a| a.ip())
+    };
+    let watched: Vec<usize> = (0..notices.len())
+        .filter(|i| notices[*i].result == "ok" && ip_of(&notices[*i]).is_some())
+        .collect();
+    let done = |n: &DeviceNotice| n.fetched.iter().any(|p| *p == manifest) && n.fetched.iter().any(|p| *p != manifest);
+    let deadline = tokio::time::Instant::now() + watch;
+    while !watched.iter().all(|i| done(&notices[*i])) {
+        let event = match tokio::time::timeout_at(deadline, transfers.recv()).await {
+            Err(_) => break,
+            Ok(Ok(e)) => e,
+            Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(n))) => {
+                tracing::warn!(missed = n, "notify watch missed completed transfers (a busy server)");
+                continue;
+            }
+            Ok(Err(_)) => break,
+        };
+        for i in &watched {
+            if ip_of(&notices[*i]) == Some(event.peer.ip()) && !notices[*i].fetched.contains(&event.path) {
+                notices[*i].fetched.push(event.path.clone());
+            }
+        }
+    }
+    for i in watched {
+        let n = &mut notices[i];
+        let got_manifest = n.fetched.iter().any(|p| *p == manifest);
+        let got_other = n.fetched.iter().any(|p| *p != manifest);
+        n.download = Some(
+            match (got_manifest, got_other) {
+                (true, true) => "downloaded",
+                (true, false) => "refused",
+                (false, true) => "downloaded-other",
+                (false, false) => "nothing",
+            }
+            .to_string(),
+        );
+        if !got_other {
+            let what = if got_manifest {
+                format!(
+                    "fetched the manifest but no image within {} s: the device refused it (e.g. a sequence number not above its running image's, or a signature it does not trust)",
+                    watch.as_secs()
+                )
+            } else {
+                format!("fetched nothing from this server within {} s", watch.as_secs())
+            };
+            n.message = Some(what);
+        }
     }
 }
 
@@ -86,6 +170,11 @@ pub struct NotifyArgs {
     /// Default: the server's --trigger-nul (suit-trigger: stock RIOT needs the NUL).
     #[arg(long, value_parser = ["never", "suit-trigger", "always"])]
     trigger_nul: Option<String>,
+    /// After the trigger, watch up to SECS seconds what each device downloads: `downloaded`
+    /// (the manifest and an image), `refused` (the manifest only: the device turned it down)
+    /// or `nothing`. 0 (the default) does not wait.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    watch: u64,
 }
 
 pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
@@ -98,6 +187,7 @@ pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
         &args.version,
         &args.devices,
         args.trigger_nul.as_deref(),
+        args.watch,
         args.json,
     ))
 }
@@ -111,6 +201,7 @@ pub async fn request(
     version: &str,
     devices: &[String],
     trigger_nul: Option<&str>,
+    watch: u64,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let url = format!("{}/notify", server.trim_end_matches('/'));
@@ -122,6 +213,10 @@ pub async fn request(
     ];
     if let Some(n) = trigger_nul {
         fields.push(("trigger_nul", n));
+    }
+    let watch = watch.to_string();
+    if watch != "0" {
+        fields.push(("watch", &watch));
     }
     let req = reqwest::Client::new().post(&url).form(&fields);
     let body = crate::client::send(req, &url, token).await?;
@@ -140,15 +235,19 @@ pub async fn request(
     let mut all_ok = true;
     for r in v["results"].as_array().into_iter().flatten() {
         let result = r["result"].as_str().unwrap_or("?");
-        all_ok &= result == "ok";
+        all_ok &= result == "ok" && r["download"].as_str().is_none_or(|d| d == "downloaded");
         if !json {
             println!(
-                "{:<28} {:<11} {:<5} {} transmission(s) {} ms{}",
+                "{:<28} {:<11} {:<5} {} transmission(s) {} ms{}{}",
                 r["device"].as_str().unwrap_or("?"),
                 result,
                 r["code"].as_str().unwrap_or("-"),
                 r["transmissions"],
                 r["elapsed_ms"],
+                r["download"]
+                    .as_str()
+                    .map(|d| format!("  download: {d}"))
+                    .unwrap_or_default(),
                 r["message"].as_str().map(|m| format!("  {m}")).unwrap_or_default()
             );
         }

@@ -155,6 +155,7 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
         &version,
         &args.notify,
         None,
+        0,
         args.json,
     )
     .await

@@ -206,7 +206,10 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         std::time::Instant::now(),
         seed,
     );
-    let coap_thread = driver::spawn_thread(coap_socket, coap, cancel.clone()).context("starting the CoAP thread")?;
+    // Completed CoAP downloads, for notify's watch (bounded; lagging listeners lose the oldest).
+    let (transfers, _) = tokio::sync::broadcast::channel(1024);
+    let coap_thread = driver::spawn_thread(coap_socket, coap, cancel.clone(), Some(transfers.clone()))
+        .context("starting the CoAP thread")?;
 
     let state = AppState {
         store,
@@ -222,8 +225,8 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             trusted_keys,
         }),
         tokens: tokens.clone(),
-        notifier: Some(Arc::new(crate::notify::CoapNotifier(Arc::new(
-            suitcase_coap::notify::Notifier::new(
+        notifier: Some(Arc::new(crate::notify::CoapNotifier {
+            client: Arc::new(suitcase_coap::notify::Notifier::new(
                 suitcase_coap::notify::NotifyConfig {
                     ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
                     max_retransmit: args.notify_max_retransmit,
@@ -231,8 +234,9 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
                     ..Default::default()
                 },
                 args.notify_max_in_flight,
-            ),
-        )))),
+            )),
+            transfers: transfers.clone(),
+        })),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
     let scheme = if args.tls_cert.is_some() { "HTTPS" } else { "HTTP" };

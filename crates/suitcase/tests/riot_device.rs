@@ -323,13 +323,17 @@ fn publish_riot09(ns: &Netns, server: &TestServer, file: &Path, component: &str)
 
 /// `suitcase notify` the device of `version`; the sequence number sent. The device must
 /// answer the trigger with 2.01, whether it will install the manifest or not.
-fn notify(ns: &Netns, server: &TestServer, version: &str) -> u64 {
-    let (ok, out) = cli(
+/// Notify the device of `version`, watching what it downloads: (sequence number sent, what
+/// suitcase saw the device download: `downloaded` or `refused`).
+fn notify(ns: &Netns, server: &TestServer, version: &str) -> (u64, String) {
+    let (_, out) = cli(
         ns,
         server,
         &[
             "notify",
             "--json",
+            "--watch",
+            "5",
             "--server",
             &server.http(),
             "--publish-id",
@@ -341,7 +345,6 @@ fn notify(ns: &Netns, server: &TestServer, version: &str) -> u64 {
     );
     let v: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{out}: {e}"));
     let r = &v["results"][0];
-    assert!(ok, "notify: {v}");
     assert_eq!(
         (r["result"].as_str(), r["code"].as_str()),
         (Some("ok"), Some("2.01")),
@@ -349,7 +352,10 @@ fn notify(ns: &Netns, server: &TestServer, version: &str) -> u64 {
     );
     let url = v["manifest_url"].as_str().unwrap();
     assert!(url.len() < 128, "RIOT's URL buffer: {url}");
-    v["sequence_number"].as_u64().unwrap()
+    (
+        v["sequence_number"].as_u64().unwrap(),
+        r["download"].as_str().unwrap_or("-").to_string(),
+    )
 }
 
 /// The installed bytes are the published ones (lengths and digests in the message).
@@ -379,10 +385,17 @@ const FAILURES: [&str; 4] = [
 /// refused as not newer than the running image; anything else fails the test.
 fn trigger(dev: &Device, ns: &Netns, server: &TestServer, version: &str) -> Result<u64, u64> {
     let mark = dev.mark();
-    let seq = notify(ns, server, version);
+    let (seq, download) = notify(ns, server, version);
     let mut needles = vec![SUCCESS, REFUSED];
     needles.extend(FAILURES);
     let (which, end) = dev.wait_for(mark, &needles, Duration::from_secs(60));
+    // What suitcase reports agrees with the device: it fetched manifest and image, or only
+    // the manifest.
+    let expected = if which == 0 { "downloaded" } else { "refused" };
+    assert_eq!(
+        download, expected,
+        "suitcase's notify report for {version} (sequence number {seq})"
+    );
     match which {
         0 => Ok(seq),
         1 => {
