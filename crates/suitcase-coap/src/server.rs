@@ -554,7 +554,7 @@ impl<R: Resources> Server<R> {
                 // The payload is read again from the resource; if it changed meanwhile, the
                 // request is answered afresh (a GET is safe to repeat).
                 let parsed = parse(req).ok()?;
-                self.transfers.duplicate(now, peer, &parsed.path.join("/"));
+                self.transfers.duplicate(now, peer, &parsed.path);
                 let body = spec
                     .etag
                     .and_then(|e| self.resources.resolve_etag(&parsed.path, &e))
@@ -578,11 +578,10 @@ impl<R: Resources> Server<R> {
         let token = Token::new(req.token);
         let parsed = parse(req);
         // A later block of a download in progress: the version its first block came from.
-        let key = match &parsed {
-            Ok(p) if p.block2.is_some_and(|b| b.num > 0) => Some(p.path.join("/")),
+        let pin = match &parsed {
+            Ok(p) if p.block2.is_some_and(|b| b.num > 0) => self.transfers.pinned(peer, &p.path),
             _ => None,
         };
-        let pin = key.as_deref().and_then(|k| self.transfers.pinned(peer, k));
         let (mut spec, mut observe, path) = match &parsed {
             Ok(p) => self.respond(p, pin),
             Err(e) => (e.clone(), ObserveAction::None, None),
@@ -627,14 +626,13 @@ impl<R: Resources> Server<R> {
             }
         }
         if let (Code::CONTENT, Some(b), Some(etag), Ok(p)) = (spec.code, spec.block2, spec.etag, &parsed) {
-            let key = key.unwrap_or_else(|| p.path.join("/"));
-            if let Some(done) = self.transfers.served(now, peer, &key, etag, b) {
+            if let Some(done) = self.transfers.served(now, peer, &p.path, etag, b) {
                 let bytes = u64::from(spec.size2.unwrap_or_default());
                 let duration = now.saturating_duration_since(done.started);
                 if self.transfers.may_log(now) {
                     tracing::info!(
                         %peer,
-                        path = %key,
+                        path = %done.path,
                         blocks = done.blocks,
                         block_size = done.block_size,
                         bytes,
@@ -645,7 +643,7 @@ impl<R: Resources> Server<R> {
                 }
                 self.push_done(TransferDone {
                     peer,
-                    path: key,
+                    path: done.path,
                     etag,
                     blocks: done.blocks,
                     bytes,

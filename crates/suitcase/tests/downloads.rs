@@ -12,18 +12,7 @@ use suitcase_bench::coap;
 use support::*;
 
 fn publish(server: &TestServer, id: &str, file: &std::path::Path, extra: &[&str]) {
-    let mut args = vec![
-        "publish",
-        "--quiet",
-        "--server",
-        &*Box::leak(server.http().into_boxed_str()),
-        "--publish-id",
-        id,
-        "--publish",
-        file.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    server.cli(&args);
+    server.publish(id, file, extra);
 }
 
 struct Client {

@@ -14,16 +14,7 @@ use suitcase_bench::coap;
 use support::*;
 
 fn publish(server: &TestServer, id: &str, file: &std::path::Path) {
-    server.cli(&[
-        "publish",
-        "--quiet",
-        "--server",
-        &server.http(),
-        "--publish-id",
-        id,
-        "--publish",
-        file.to_str().unwrap(),
-    ]);
+    server.publish(id, file, &[]);
 }
 
 fn client() -> UdpSocket {

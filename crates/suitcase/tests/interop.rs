@@ -13,19 +13,7 @@ use std::time::{Duration, Instant};
 use support::*;
 
 fn publish(server: &TestServer, id: &str, path: &std::path::Path, extra: &[&str]) {
-    let http = server.http();
-    let mut args = vec![
-        "publish",
-        "--server",
-        &http,
-        "--publish-id",
-        id,
-        "--quiet",
-        "--publish",
-        path.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    server.cli(&args);
+    server.publish(id, path, extra);
 }
 
 #[test]

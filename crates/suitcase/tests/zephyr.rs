@@ -71,12 +71,7 @@ impl Bench {
     fn publish(&self, id: &str, data: &[u8], extra: &[&str]) {
         let f = self.dir.join("app.bin");
         std::fs::write(&f, data).unwrap();
-        let http = self.server.http();
-        let mut args = vec!["publish", "--quiet", "--server", &http, "--publish-id", id, "--publish"];
-        let f = f.to_str().unwrap().to_string();
-        args.push(&f);
-        args.extend_from_slice(extra);
-        self.server.cli(&args);
+        self.server.publish(id, &f, extra);
     }
 
     /// Start a Zephyr app; its stdout lines come through the receiver.

@@ -15,6 +15,8 @@ use crate::block::BlockValue;
 /// One download in progress.
 #[derive(Clone, Debug)]
 pub(super) struct Transfer {
+    /// The path, segments joined with `/` (written once, at the first block).
+    pub path: String,
     /// The representation being downloaded (its ETag).
     pub etag: [u8; 8],
     /// First block served.
@@ -27,11 +29,36 @@ pub(super) struct Transfer {
     pub block_size: usize,
 }
 
-type Key = (SocketAddr, Box<str>);
+/// A peer and a hash of the path's segments: looked up on every block without allocating.
+/// Two paths of one peer with the same 64-bit hash are told apart by the stored path.
+type Key = (SocketAddr, u64);
+
+/// foldhash (randomly seeded per table): the table is on the path of every block, and
+/// SipHash cost a measurable share of it.
+type Hasher = foldhash::fast::RandomState;
+
+fn same_path(t: &Transfer, segments: &[&str]) -> bool {
+    let mut rest = t.path.as_str();
+    for (i, s) in segments.iter().enumerate() {
+        if i > 0 {
+            match rest.strip_prefix('/') {
+                Some(r) => rest = r,
+                None => return false,
+            }
+        }
+        match rest.strip_prefix(s) {
+            Some(r) => rest = r,
+            None => return false,
+        }
+    }
+    rest.is_empty()
+}
 
 pub(super) struct Transfers {
-    current: HashMap<Key, Transfer>,
-    previous: HashMap<Key, Transfer>,
+    current: HashMap<Key, Transfer, Hasher>,
+    previous: HashMap<Key, Transfer, Hasher>,
+    /// Hashes paths into keys.
+    paths: Hasher,
     rotated: Instant,
     lifetime: Duration,
     max: usize,
@@ -47,8 +74,9 @@ const LOGS_PER_SECOND: u32 = 200;
 impl Transfers {
     pub(super) fn new(now: Instant, lifetime: Duration, max: usize) -> Self {
         Transfers {
-            current: HashMap::new(),
-            previous: HashMap::new(),
+            current: HashMap::default(),
+            previous: HashMap::default(),
+            paths: Hasher::default(),
             rotated: now,
             lifetime,
             max: max.max(1),
@@ -56,6 +84,18 @@ impl Transfers {
             log_window: now,
             suppressed: 0,
         }
+    }
+
+    /// The path's key: a hash of its segments (each followed by a separator byte, so
+    /// `["a", "b/c"]` and `["a/b", "c"]` differ).
+    fn path_hash(&self, segments: &[&str]) -> u64 {
+        use std::hash::{BuildHasher as _, Hasher as _};
+        let mut h = self.paths.build_hasher();
+        for s in segments {
+            h.write(s.as_bytes());
+            h.write_u8(0xff);
+        }
+        h.finish()
     }
 
     pub(super) fn len(&self) -> usize {
@@ -70,26 +110,27 @@ impl Transfers {
     }
 
     /// The ETag a peer's download of `path` is pinned to.
-    pub(super) fn pinned(&self, peer: SocketAddr, path: &str) -> Option<[u8; 8]> {
-        let key = (peer, Box::<str>::from(path));
+    pub(super) fn pinned(&self, peer: SocketAddr, path: &[&str]) -> Option<[u8; 8]> {
+        let key = (peer, self.path_hash(path));
         self.current
             .get(&key)
             .or_else(|| self.previous.get(&key))
+            .filter(|t| same_path(t, path))
             .map(|t| t.etag)
     }
 
-    fn entry(&mut self, now: Instant, peer: SocketAddr, path: &str) -> Option<&mut Transfer> {
+    fn entry(&mut self, now: Instant, peer: SocketAddr, path: &[&str]) -> Option<&mut Transfer> {
         self.rotate(now);
-        let key: Key = (peer, path.into());
+        let key: Key = (peer, self.path_hash(path));
         if !self.current.contains_key(&key) {
             let moved = self.previous.remove(&key)?;
-            self.current.insert(key.clone(), moved);
+            self.current.insert(key, moved);
         }
-        self.current.get_mut(&key)
+        self.current.get_mut(&key).filter(|t| same_path(t, path))
     }
 
     /// A duplicated request of `path` from `peer` was answered again.
-    pub(super) fn duplicate(&mut self, now: Instant, peer: SocketAddr, path: &str) {
+    pub(super) fn duplicate(&mut self, now: Instant, peer: SocketAddr, path: &[&str]) {
         if let Some(t) = self.entry(now, peer, path) {
             t.duplicates = t.duplicates.saturating_add(1);
         }
@@ -101,32 +142,38 @@ impl Transfers {
         &mut self,
         now: Instant,
         peer: SocketAddr,
-        path: &str,
+        path: &[&str],
         etag: [u8; 8],
         block: BlockValue,
     ) -> Option<Transfer> {
-        let (num, block_size, more) = (block.num, block.size(), block.more);
-        let restart = num == 0 || self.entry(now, peer, path).is_none_or(|t| t.etag != etag);
-        if restart {
-            self.rotate(now);
-            self.current.insert(
-                (peer, path.into()),
-                Transfer {
-                    etag,
-                    started: now,
-                    blocks: 0,
-                    duplicates: 0,
-                    block_size,
-                },
-            );
+        self.rotate(now);
+        let key = (peer, self.path_hash(path));
+        if let Some(moved) = self.previous.remove(&key) {
+            self.current.insert(key, moved);
         }
-        let t = self.entry(now, peer, path)?;
-        t.blocks = t.blocks.saturating_add(1);
-        t.block_size = block_size;
-        if more {
+        let same = |t: &Transfer| block.num != 0 && t.etag == etag && same_path(t, path);
+        match self.current.get_mut(&key) {
+            Some(t) if same(t) => {
+                t.blocks = t.blocks.saturating_add(1);
+                t.block_size = block.size();
+            }
+            _ => {
+                self.current.insert(
+                    key,
+                    Transfer {
+                        path: path.join("/"),
+                        etag,
+                        started: now,
+                        blocks: 1,
+                        duplicates: 0,
+                        block_size: block.size(),
+                    },
+                );
+            }
+        }
+        if block.more {
             return None;
         }
-        let key: Key = (peer, path.into());
         self.current.remove(&key)
     }
 
@@ -170,20 +217,24 @@ mod tests {
         let t0 = Instant::now();
         let mut t = Transfers::new(t0, Duration::from_secs(10), 100);
         let p: SocketAddr = "[::1]:1".parse().unwrap();
-        assert!(t.served(t0, p, "a/f", [1; 8], blk(0, 64, true)).is_none());
-        assert_eq!(t.pinned(p, "a/f"), Some([1; 8]));
-        assert_eq!(t.pinned(p, "a/g"), None);
-        t.duplicate(t0, p, "a/f");
-        assert!(t.served(t0, p, "a/f", [1; 8], blk(1, 64, true)).is_none());
-        let done = t.served(t0, p, "a/f", [1; 8], blk(2, 64, false)).unwrap();
+        assert!(t.served(t0, p, &["a", "f"][..], [1; 8], blk(0, 64, true)).is_none());
+        assert_eq!(t.pinned(p, &["a", "f"][..]), Some([1; 8]));
+        assert_eq!(t.pinned(p, &["a", "g"][..]), None);
+        t.duplicate(t0, p, &["a", "f"][..]);
+        assert!(t.served(t0, p, &["a", "f"][..], [1; 8], blk(1, 64, true)).is_none());
+        let done = t.served(t0, p, &["a", "f"][..], [1; 8], blk(2, 64, false)).unwrap();
         assert_eq!((done.blocks, done.duplicates, done.block_size), (3, 1, 64));
-        assert_eq!(t.pinned(p, "a/f"), None, "finished");
+        assert_eq!(done.path, "a/f");
+        assert_eq!(t.pinned(p, &["a", "f"][..]), None, "finished");
+        // A segment holding '/' is another path, though it joins the same.
+        t.served(t0, p, &["a", "f"][..], [1; 8], blk(0, 64, true));
+        assert_eq!(t.pinned(p, &["a/f"][..]), None);
         // Abandoned after block 0: gone after two lifetimes.
-        t.served(t0, p, "a/f", [2; 8], blk(0, 64, true));
+        t.served(t0, p, &["a", "f"][..], [2; 8], blk(0, 64, true));
         t.rotate(t0 + Duration::from_secs(11));
-        assert_eq!(t.pinned(p, "a/f"), Some([2; 8]));
+        assert_eq!(t.pinned(p, &["a", "f"][..]), Some([2; 8]));
         t.rotate(t0 + Duration::from_secs(22));
-        assert_eq!(t.pinned(p, "a/f"), None);
+        assert_eq!(t.pinned(p, &["a", "f"][..]), None);
         assert_eq!(t.len(), 0);
     }
 
@@ -193,7 +244,7 @@ mod tests {
         let mut t = Transfers::new(t0, Duration::from_secs(1000), 50);
         for port in 0..1000u16 {
             let p: SocketAddr = format!("[::1]:{port}").parse().unwrap();
-            t.served(t0, p, "a/f", [1; 8], blk(0, 64, true));
+            t.served(t0, p, &["a", "f"][..], [1; 8], blk(0, 64, true));
         }
         assert!(t.len() <= 100, "{}", t.len());
     }

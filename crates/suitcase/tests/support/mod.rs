@@ -166,14 +166,25 @@ impl TestServer {
     /// Run `suitcase ARGS…` with the local publisher token, returning stdout; panics with
     /// stderr on failure.
     pub fn cli(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().expect("run suitcase");
-        assert!(
-            out.status.success(),
-            "suitcase {args:?} failed: {}\n{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        checked(self.command(), args)
+    }
+
+    /// `suitcase publish --quiet` of `file` under `id` (plus `extra` flags); stdout.
+    pub fn publish(&self, id: &str, file: &Path, extra: &[&str]) -> String {
+        let http = self.http();
+        let file = file.to_str().expect("a UTF-8 path");
+        let mut args = vec![
+            "publish",
+            "--quiet",
+            "--server",
+            &http,
+            "--publish-id",
+            id,
+            "--publish",
+            file,
+        ];
+        args.extend_from_slice(extra);
+        self.cli(&args)
     }
 
     pub fn log(&self) -> Vec<String> {
@@ -239,7 +250,12 @@ pub fn coap_get(uri: &str, block: Option<u32>, out: &Path) -> Vec<u8> {
 
 /// Run `suitcase ARGS…`, returning stdout; panics with stderr on failure.
 pub fn suitcase(args: &[&str]) -> String {
-    let out = Command::new(bin()).args(args).output().expect("run suitcase");
+    checked(Command::new(bin()), args)
+}
+
+/// Run `cmd ARGS…`, returning stdout; panics with stdout and stderr on failure.
+fn checked(mut cmd: Command, args: &[&str]) -> String {
+    let out = cmd.args(args).output().expect("run suitcase");
     assert!(
         out.status.success(),
         "suitcase {args:?} failed: {}\n{}",

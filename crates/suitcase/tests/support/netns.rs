@@ -84,19 +84,38 @@ impl Netns {
     }
 
     /// A command that runs `program` inside the namespace.
-    pub fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
         let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.name, program]);
+        c.args(["netns", "exec", &self.name]).arg(program);
         c
+    }
+
+    fn pids(&self) -> Vec<String> {
+        Command::new("ip")
+            .args(["netns", "pids", &self.name])
+            .output()
+            .map(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .split_whitespace()
+                    .map(String::from)
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 }
 
 impl Drop for Netns {
+    /// Every process in the namespace is killed with SIGKILL (devices fork helpers, so
+    /// until none is left, for 10 s at most), then the namespace is deleted.
     fn drop(&mut self) {
-        if let Ok(out) = Command::new("ip").args(["netns", "pids", &self.name]).output() {
-            for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
-                let _ = Command::new("kill").args(["-9", pid]).status();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() || std::time::Instant::now() > deadline {
+                break;
             }
+            let _ = Command::new("kill").arg("-9").args(&pids).output();
+            std::thread::sleep(std::time::Duration::from_millis(50));
         }
         let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
     }
