@@ -101,7 +101,7 @@ async fn follow_downloads(
     let watched: Vec<usize> = (0..notices.len())
         .filter(|i| notices[*i].result == "ok" && ip_of(&notices[*i]).is_some())
         .collect();
-    let done = |n: &DeviceNotice| n.fetched.iter().any(|p| *p == manifest) && n.fetched.iter().any(|p| *p != manifest);
+    let done = |n: &DeviceNotice| n.fetched.contains(&manifest) && n.fetched.iter().any(|p| *p != manifest);
     let deadline = tokio::time::Instant::now() + watch;
     while !watched.iter().all(|i| done(&notices[*i])) {
         let event = match tokio::time::timeout_at(deadline, transfers.recv()).await {
@@ -121,7 +121,7 @@ async fn follow_downloads(
     }
     for i in watched {
         let n = &mut notices[i];
-        let got_manifest = n.fetched.iter().any(|p| *p == manifest);
+        let got_manifest = n.fetched.contains(&manifest);
         let got_other = n.fetched.iter().any(|p| *p != manifest);
         n.download = Some(
             match (got_manifest, got_other) {
@@ -183,27 +183,41 @@ pub fn run(args: NotifyArgs) -> anyhow::Result<ExitCode> {
     runtime.block_on(request(
         &args.server,
         token.as_deref(),
-        &args.publish_id,
-        &args.version,
-        &args.devices,
-        args.trigger_nul.as_deref(),
-        args.watch,
+        &Notice {
+            publish_id: &args.publish_id,
+            version: &args.version,
+            devices: &args.devices,
+            trigger_nul: args.trigger_nul.as_deref(),
+            watch: args.watch,
+        },
         args.json,
     ))
 }
 
+/// What to ask the server to notify.
+pub struct Notice<'a> {
+    /// The publish-id.
+    pub publish_id: &'a str,
+    /// Which version.
+    pub version: &'a str,
+    /// The devices.
+    pub devices: &'a [String],
+    /// `never`, `suit-trigger`, `always`; `None`: the server's setting.
+    pub trigger_nul: Option<&'a str>,
+    /// Seconds to follow the devices' downloads (0: do not).
+    pub watch: u64,
+}
+
 /// Ask the server to notify `devices`; prints one line per device. Exit status 1 unless
 /// every device answered 2.xx.
-pub async fn request(
-    server: &str,
-    token: Option<&str>,
-    publish_id: &str,
-    version: &str,
-    devices: &[String],
-    trigger_nul: Option<&str>,
-    watch: u64,
-    json: bool,
-) -> anyhow::Result<ExitCode> {
+pub async fn request(server: &str, token: Option<&str>, notice: &Notice<'_>, json: bool) -> anyhow::Result<ExitCode> {
+    let Notice {
+        publish_id,
+        version,
+        devices,
+        trigger_nul,
+        watch,
+    } = *notice;
     let url = format!("{}/notify", server.trim_end_matches('/'));
     let urls = devices.join(",");
     let mut fields = vec![

@@ -151,11 +151,13 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     crate::notify::request(
         &args.server,
         token.as_deref(),
-        &args.publish_id,
-        &version,
-        &args.notify,
-        None,
-        0,
+        &crate::notify::Notice {
+            publish_id: &args.publish_id,
+            version: &version,
+            devices: &args.notify,
+            trigger_nul: None,
+            watch: 0,
+        },
         args.json,
     )
     .await
