@@ -163,7 +163,8 @@ pub struct Config {
     pub max_peers: usize,
     /// Observers at most; a registration beyond it is served without Observe.
     pub max_observers: usize,
-    /// Observations one peer (address and port) may hold at most.
+    /// Observations one host may hold at most, over all its ports: an IPv4 address, or an
+    /// IPv6 /64 (one host can take a whole /64).
     pub max_observers_per_peer: usize,
     /// An observer not heard from (registration or acknowledged notification) for this long
     /// is sent a confirmable notification; if it never acknowledges it, it is removed
@@ -350,7 +351,7 @@ pub struct Server<R> {
     dedup: Dedup,
     observers: HashMap<ObsKey, Observer>,
     /// Observations per peer.
-    observers_of: HashMap<SocketAddr, usize>,
+    observers_of: HashMap<HostKey, usize>,
     /// (peer, MID of a pending notification) → observer.
     pending_mids: HashMap<(SocketAddr, u16), Arc<[String]>>,
     /// Retransmission deadlines (lazily cleaned).
@@ -591,19 +592,32 @@ impl<R: Resources> Server<R> {
         } else {
             (MsgType::Non, self.mid())
         };
-        if self.config.amplification_limit > 0 && spec.code.class() == 2 && !self.verified(peer) {
+        if self.config.amplification_limit > 0 && !self.verified(peer) {
             let echoed = parse(req).ok().and_then(|p| p.echo);
             if echoed.is_some_and(|e| self.echo.check(now, peer, e)) {
                 self.mark_verified(peer);
             } else {
-                message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
                 let limit = size.saturating_mul(usize::from(self.config.amplification_limit));
-                if self.out.len() > limit {
+                message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
+                if self.out.len() > limit && spec.code.class() != 2 {
+                    // An error's diagnostic text is a courtesy an unverified address goes without.
+                    spec.payload = Bytes::new();
+                    message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
+                }
+                // An observation would send notifications to the address on every change: it
+                // must be proven first, like any reply over the limit.
+                let registering = matches!(observe, ObserveAction::Register { .. });
+                if self.out.len() > limit || registering {
                     self.stats.echo_challenges += 1;
                     tracing::debug!(%peer, reply = self.out.len(), request = size, "unverified address: 4.01 with Echo");
                     spec = ResponseSpec::error(Code::UNAUTHORIZED, "");
                     spec.echo = Some(self.echo.value(now, peer));
                     observe = ObserveAction::None;
+                    message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
+                    if self.out.len() > limit {
+                        // Even the challenge is over the limit for so small a request: nothing.
+                        return None;
+                    }
                 }
             }
         }
@@ -886,14 +900,14 @@ impl<R: Resources> Server<R> {
             );
             return false;
         }
-        let of_peer = self.observers_of.get(&peer).copied().unwrap_or(0);
+        let of_peer = self.observers_of.get(&host_key(peer)).copied().unwrap_or(0);
         if of_peer >= self.config.max_observers_per_peer {
             self.stats.observers_refused += 1;
             tracing::debug!(%peer, observations = of_peer, "per-peer observe limit reached, serving without Observe");
             return false;
         }
         tracing::debug!(peer = %key.0, path = %key.1.join("/"), "observer registered");
-        *self.observers_of.entry(peer).or_default() += 1;
+        *self.observers_of.entry(host_key(peer)).or_default() += 1;
         self.observers.insert(
             key,
             Observer {
@@ -913,10 +927,11 @@ impl<R: Resources> Server<R> {
             if let Some(p) = o.pending {
                 self.pending_mids.remove(&(key.0, p.mid));
             }
-            if let Some(n) = self.observers_of.get_mut(&key.0) {
+            let host = host_key(key.0);
+            if let Some(n) = self.observers_of.get_mut(&host) {
                 *n -= 1;
                 if *n == 0 {
-                    self.observers_of.remove(&key.0);
+                    self.observers_of.remove(&host);
                 }
             }
         }
@@ -1087,6 +1102,20 @@ impl<R: Resources> Server<R> {
             (self.next_change_poll, Some(self.next_liveness_check))
         };
         [timer, Some(dedup), change, liveness].into_iter().flatten().min()
+    }
+}
+
+/// Who counts as one host for the per-host Observe limit: an IPv4 address (IPv4-mapped
+/// IPv6 included) or an IPv6 /64 prefix.
+type HostKey = std::net::IpAddr;
+
+fn host_key(peer: SocketAddr) -> HostKey {
+    match peer.ip().to_canonical() {
+        std::net::IpAddr::V6(a) => {
+            let s = a.segments();
+            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+        }
+        v4 => v4,
     }
 }
 

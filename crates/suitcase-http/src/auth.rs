@@ -120,8 +120,11 @@ pub struct Tokens {
     path: PathBuf,
     /// (SHA-256 of the file's content, `None` when absent or unreadable; what it says).
     snapshot: RwLock<(Option<[u8; 32]>, Snapshot)>,
-    /// Serialises this process's read-modify-write of the file.
+    /// Serialises this process's read-modify-write of the file, and refreshes with it (a
+    /// refresh must never put back what a revoke just replaced).
     writing: Mutex<()>,
+    /// The file existed once: its disappearance later is damage, not "no tokens".
+    existed: std::sync::atomic::AtomicBool,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -139,6 +142,7 @@ impl Tokens {
             path: path.into(),
             snapshot: RwLock::new((None, Snapshot::Entries(Arc::default()))),
             writing: Mutex::new(()),
+            existed: std::sync::atomic::AtomicBool::new(false),
         };
         t.refresh();
         t
@@ -169,9 +173,20 @@ impl Tokens {
 
     /// Re-read the file; replace the snapshot if its content changed.
     pub fn refresh(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let (hash, snap) = match self.read_raw() {
+            Ok(None) if self.existed.load(std::sync::atomic::Ordering::Relaxed) => {
+                // A server's token file (it writes one at start) that vanished: fail closed
+                // rather than open downloads and publishing to everyone.
+                self.set_unreadable(&TokenError::Io(
+                    self.path.display().to_string(),
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "the token file was removed"),
+                ));
+                return;
+            }
             Ok(None) => (None, Snapshot::Entries(Arc::default())),
             Ok(Some(bytes)) => {
+                self.existed.store(true, std::sync::atomic::Ordering::Relaxed);
                 let hash: [u8; 32] = Sha256::digest(&bytes).into();
                 if self.snapshot.read().is_ok_and(|s| s.0 == Some(hash)) {
                     return;
@@ -254,6 +269,7 @@ impl Tokens {
             std::fs::rename(&tmp, &self.path)
         };
         write().map_err(|e| TokenError::Io(p, e))?;
+        self.existed.store(true, std::sync::atomic::Ordering::Relaxed);
         // This process's own change is in force at once, not at the next refresh.
         if let Ok(mut s) = self.snapshot.write() {
             *s = (
@@ -542,5 +558,19 @@ mod tests {
             assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
         }
         assert_eq!(t.create_local_publisher(&file).unwrap(), None, "only when none exists");
+    }
+
+    #[test]
+    fn a_token_file_removed_while_serving_refuses_everyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        let tok = t.create("ci", Role::Publisher).unwrap();
+        t.refresh();
+        assert_eq!(t.check(&tok, &[Role::Publisher]).as_deref(), Some("ci"));
+        std::fs::remove_file(t.path()).unwrap();
+        t.refresh();
+        // Before: "no file" meant "no tokens", which opened device downloads to everyone.
+        assert!(matches!(t.snapshot(), Snapshot::Unreadable));
+        assert_eq!(t.check(&tok, &[Role::Publisher]), None);
     }
 }

@@ -5,8 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use bytes::Bytes;
-use suitcase_store::{FileEntry, Version};
+use suitcase_store::{Blob, FileEntry, Version};
 
 use crate::{ApiError, AppState};
 
@@ -23,13 +22,45 @@ pub(crate) async fn files(
     Ok(serve(&headers, data, &found.entry, "application/octet-stream"))
 }
 
-/// Read a stored file off the async workers: a cache miss reads the whole file and checks
-/// its SHA-256, which must not stall the runtime.
-pub(crate) async fn read(st: &AppState, entry: &FileEntry) -> Result<Bytes, ApiError> {
-    let (store, digest) = (st.store.clone(), entry.sha256);
-    Ok(tokio::task::spawn_blocking(move || store.read(&digest))
+/// A stored file for serving, fetched off the async workers (a cache miss of a small file
+/// reads it whole and checks its SHA-256; a large file is only opened).
+pub(crate) async fn read(st: &AppState, entry: &FileEntry) -> Result<Blob, ApiError> {
+    let (store, entry) = (st.store.clone(), entry.clone());
+    Ok(tokio::task::spawn_blocking(move || store.blob(&entry))
         .await
         .map_err(ApiError::internal)??)
+}
+
+/// Bytes read from a file per chunk of a streamed body.
+const CHUNK: u64 = 64 * 1024;
+
+/// The body of bytes `start..end` of `blob`: a slice of a memory blob, or a stream of
+/// positional reads (one chunk at a time, off the async workers) of a large file, so a
+/// download never holds more than a chunk of it in memory.
+fn body(blob: Blob, start: u64, end: u64) -> Body {
+    match blob {
+        Blob::Memory(b) => Body::from(b.slice(start as usize..end as usize)),
+        file => Body::from_stream(futures_util::stream::unfold(
+            (file, start),
+            move |(file, pos)| async move {
+                if pos >= end {
+                    return None;
+                }
+                let n = CHUNK.min(end - pos);
+                let f = file.clone();
+                let chunk = tokio::task::spawn_blocking(move || f.range(pos, pos + n)).await;
+                let item = match chunk {
+                    Ok(Ok(bytes)) if bytes.len() as u64 == n => Ok(bytes),
+                    Ok(Ok(_)) => Err(std::io::Error::other("the stored file is shorter than recorded")),
+                    Ok(Err(e)) => Err(std::io::Error::other(e.to_string())),
+                    Err(e) => Err(std::io::Error::other(e.to_string())),
+                };
+                // After an error the stream ends (the client sees a short body).
+                let next = if item.is_ok() { pos + n } else { end };
+                Some((item, (file, next)))
+            },
+        )),
+    }
 }
 
 /// The strong entity tag of a stored file.
@@ -83,9 +114,9 @@ fn range(headers: &HeaderMap, len: u64) -> Option<Result<(u64, u64), ()>> {
 }
 
 /// Serve `data` with ETag, conditional and range handling.
-pub(crate) fn serve(headers: &HeaderMap, data: Bytes, entry: &FileEntry, content_type: &'static str) -> Response {
+pub(crate) fn serve(headers: &HeaderMap, data: Blob, entry: &FileEntry, content_type: &'static str) -> Response {
     let tag = etag(entry);
-    let len = data.len() as u64;
+    let len = data.len();
     let mut builder = Response::builder()
         .header(header::ETAG, &tag)
         .header(header::ACCEPT_RANGES, "bytes")
@@ -104,7 +135,7 @@ pub(crate) fn serve(headers: &HeaderMap, data: Bytes, entry: &FileEntry, content
                 .status(StatusCode::PARTIAL_CONTENT)
                 .header(header::CONTENT_RANGE, format!("bytes {start}-{}/{len}", end - 1))
                 .header(header::CONTENT_LENGTH, end - start)
-                .body(Body::from(data.slice(start as usize..end as usize)))
+                .body(body(data, start, end))
                 .unwrap_or_default()
         }
         Some(_) => {
@@ -115,7 +146,7 @@ pub(crate) fn serve(headers: &HeaderMap, data: Bytes, entry: &FileEntry, content
                 .unwrap_or_default()
         }
     }
-    builder.body(Body::from(data)).unwrap_or_default()
+    builder.body(body(data, 0, len)).unwrap_or_default()
 }
 
 /// The newest version's first firmware file (what an HTTP-updating device gets).
@@ -178,12 +209,50 @@ mod tests {
         };
         let mut h = HeaderMap::new();
         h.insert(header::RANGE, HeaderValue::from_static("bytes=-5"));
-        let r = serve(&h, Bytes::new(), &entry, "application/octet-stream");
+        let r = serve(
+            &h,
+            Blob::Memory(bytes::Bytes::new()),
+            &entry,
+            "application/octet-stream",
+        );
         assert_eq!(r.status(), StatusCode::RANGE_NOT_SATISFIABLE);
         assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes */0");
         h.insert(header::RANGE, HeaderValue::from_static("bytes=0-0"));
-        let r = serve(&h, Bytes::from_static(b"abc"), &entry, "application/octet-stream");
+        let r = serve(
+            &h,
+            Blob::Memory(bytes::Bytes::from_static(b"abc")),
+            &entry,
+            "application/octet-stream",
+        );
         assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT);
         assert_eq!(r.headers()[header::CONTENT_RANGE], "bytes 0-0/3");
+    }
+
+    #[tokio::test]
+    async fn large_files_stream_in_chunks_whole_and_ranged() {
+        use http_body_util::BodyExt as _;
+        let data: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("f");
+        std::fs::write(&p, &data).unwrap();
+        let blob = || Blob::File {
+            file: std::sync::Arc::new(std::fs::File::open(&p).unwrap()),
+            len: data.len() as u64,
+        };
+        let entry = FileEntry {
+            name: "f".into(),
+            sha256: suitcase_store::Sha256::of(&data),
+            size: data.len() as u64,
+        };
+        let whole = serve(&HeaderMap::new(), blob(), &entry, "application/octet-stream");
+        assert_eq!(whole.status(), StatusCode::OK);
+        let got = whole.into_body().collect().await.unwrap().to_bytes();
+        assert!(got == data[..], "{} bytes", got.len());
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, HeaderValue::from_static("bytes=70000-200001"));
+        let part = serve(&h, blob(), &entry, "application/octet-stream");
+        assert_eq!(part.status(), StatusCode::PARTIAL_CONTENT);
+        let got = part.into_body().collect().await.unwrap().to_bytes();
+        assert!(got == data[70000..200002]);
     }
 }

@@ -77,16 +77,24 @@ pub(crate) async fn firmware(
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
     let entry = main_file(&v).ok_or_else(|| ApiError::not_found("version has no file"))?;
-    // Reading (a cache miss hashes the whole file) and the MD5 run off the async workers.
-    let (store, digest) = (st.store.clone(), entry.sha256);
-    let (data, md5) = tokio::task::spawn_blocking(move || {
-        store
-            .read(&digest)
-            .map(|data| (hex::encode(md5::Md5::digest(&data)), data))
+    // Reading and the MD5 run off the async workers; a large file is hashed chunk by chunk.
+    let (store, file) = (st.store.clone(), entry.clone());
+    let (data, md5) = tokio::task::spawn_blocking(move || -> Result<_, suitcase_store::StoreError> {
+        let blob = store.blob(&file)?;
+        let mut h = md5::Md5::new();
+        let mut pos = 0;
+        while pos < blob.len() {
+            let chunk = blob.range(pos, pos + (1 << 20))?;
+            if chunk.is_empty() {
+                break;
+            }
+            pos += chunk.len() as u64;
+            h.update(&chunk);
+        }
+        Ok((blob, hex::encode(h.finalize())))
     })
     .await
-    .map_err(ApiError::internal)?
-    .map(|(md5, data)| (data, md5))?;
+    .map_err(ApiError::internal)??;
     tracing::info!(target: "suitcase::audit", action = "esp-download", firmware = %name, device_version = %current, latest = %latest, mac, size = data.len());
     let r = serve(&headers, data, entry, "application/octet-stream");
     Ok(with_header(r, "x-MD5", &md5))

@@ -32,7 +32,7 @@ pub(crate) fn described(manifest: &Manifest, profile: Profile) -> Result<Vec<Des
     seqs.extend(manifest.load.as_ref());
     seqs.extend(manifest.invoke.as_ref());
     for s in seqs {
-        walk(s, n, &mut vec![0], &mut found, &mut sizes);
+        walk(s, n, &mut vec![0], &mut found, &mut sizes)?;
     }
     let mut out = Vec::new();
     for (component, d, size) in found {
@@ -60,18 +60,37 @@ pub(crate) fn described(manifest: &Manifest, profile: Profile) -> Result<Vec<Des
     Ok(out)
 }
 
+/// (component, digest) pairs and sizes a manifest may set before it is refused: far more
+/// than any real manifest, and a bound on the work an upload can ask for.
+const MAX_DESCRIBED: usize = 4096;
+
 fn walk<'a>(
     s: &'a CommandSequence,
     n: usize,
     current: &mut Vec<usize>,
     found: &mut Vec<(usize, &'a suitcase_suit::SuitDigest, Option<u64>)>,
     sizes: &mut HashMap<usize, Vec<u64>>,
-) {
+) -> Result<(), String> {
     for c in &s.0 {
+        if found.len() + sizes.len() > MAX_DESCRIBED {
+            return Err(format!(
+                "the manifest sets more than {MAX_DESCRIBED} image digests and sizes: refused"
+            ));
+        }
         match &c.arg {
-            CommandArg::Index(ComponentIndex::One(i)) => *current = vec![*i as usize],
+            CommandArg::Index(ComponentIndex::One(i)) => *current = vec![usize::try_from(*i).unwrap_or(usize::MAX)],
             CommandArg::Index(ComponentIndex::All) => *current = (0..n).collect(),
-            CommandArg::Index(ComponentIndex::Many(v)) => *current = v.iter().map(|i| *i as usize).collect(),
+            CommandArg::Index(ComponentIndex::Many(v)) => {
+                // Indices past the component list name nothing; each counts once.
+                let mut idx: Vec<usize> = v
+                    .iter()
+                    .filter_map(|i| usize::try_from(*i).ok())
+                    .filter(|i| *i < n)
+                    .collect();
+                idx.sort_unstable();
+                idx.dedup();
+                *current = idx;
+            }
             CommandArg::Params(p) => {
                 let size = match p.get(param::IMAGE_SIZE) {
                     Some(ParamValue::Uint(s)) => Some(*s),
@@ -85,20 +104,28 @@ fn walk<'a>(
                         }
                     }
                     if let Some(ParamValue::Digest(d)) = p.get(param::IMAGE_DIGEST) {
-                        found.push((*idx, d, size));
+                        if !found.iter().any(|(c, fd, fs)| c == idx && *fd == d && *fs == size) {
+                            found.push((*idx, d, size));
+                        }
+                    }
+                    if found.len() + sizes.len() > MAX_DESCRIBED {
+                        return Err(format!(
+                            "the manifest sets more than {MAX_DESCRIBED} image digests and sizes: refused"
+                        ));
                     }
                 }
             }
-            CommandArg::Sequence(inner) => walk(inner, n, current, found, sizes),
+            CommandArg::Sequence(inner) => walk(inner, n, current, found, sizes)?,
             CommandArg::TryEach { alternatives, .. } => {
                 for a in alternatives {
                     let mut cur = current.clone();
-                    walk(a, n, &mut cur, found, sizes);
+                    walk(a, n, &mut cur, found, sizes)?;
                 }
             }
             _ => {}
         }
     }
+    Ok(())
 }
 
 /// Check `described` against the available files (digest → size); a clear message naming

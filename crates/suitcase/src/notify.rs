@@ -92,11 +92,12 @@ async fn follow_downloads(
     watch: std::time::Duration,
 ) {
     let manifest = url_path(manifest_url).to_string();
+    // Canonical on both sides: a dual-stack socket sees IPv4 devices as ::ffff:a.b.c.d.
     let ip_of = |n: &DeviceNotice| {
         n.address
             .as_deref()
             .and_then(|a| a.parse::<std::net::SocketAddr>().ok())
-            .map(|a| a.ip())
+            .map(|a| a.ip().to_canonical())
     };
     let watched: Vec<usize> = (0..notices.len())
         .filter(|i| notices[*i].result == "ok" && ip_of(&notices[*i]).is_some())
@@ -114,7 +115,8 @@ async fn follow_downloads(
             Ok(Err(_)) => break,
         };
         for i in &watched {
-            if ip_of(&notices[*i]) == Some(event.peer.ip()) && !notices[*i].fetched.contains(&event.path) {
+            if ip_of(&notices[*i]) == Some(event.peer.ip().to_canonical()) && !notices[*i].fetched.contains(&event.path)
+            {
                 notices[*i].fetched.push(event.path.clone());
             }
         }

@@ -228,7 +228,8 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         notifier: Some(Arc::new(crate::notify::CoapNotifier {
             client: Arc::new(suitcase_coap::notify::Notifier::new(
                 suitcase_coap::notify::NotifyConfig {
-                    ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms),
+                    // Clamped: retransmission back-off doubles it four times (no overflow).
+                    ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms.clamp(1, 600_000)),
                     max_retransmit: args.notify_max_retransmit,
                     trigger_nul: args.trigger_nul.parse().map_err(anyhow::Error::msg)?,
                     ..Default::default()
@@ -255,7 +256,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     });
     let limits = suitcase_http::Limits {
         max_connections: args.max_connections.max(1),
-        timeout: std::time::Duration::from_secs(args.http_timeout_secs.max(1)),
+        timeout: std::time::Duration::from_secs(args.http_timeout_secs.clamp(1, 86_400)),
         min_body_rate: args.min_upload_rate_kib.saturating_mul(1024),
     };
     let http = {

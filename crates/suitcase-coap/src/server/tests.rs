@@ -599,8 +599,25 @@ fn one_peer_cannot_fill_the_observe_table() {
         roundtrip(&mut s, &observe_get(200 + i, b"u", "fw/0/manifest", 0, None));
     }
     assert_eq!(s.observer_count(), 8);
-    // Another peer has its own allowance.
-    let other: SocketAddr = "[::1]:6001".parse().unwrap();
+    // Other ports of the same host share its allowance (IPv6: the /64).
+    for (i, other) in ["[::1]:6001", "[::0.0.0.1]:6002"].iter().enumerate() {
+        let other: SocketAddr = other.parse().unwrap();
+        let r = s
+            .handle_datagram(
+                Instant::now(),
+                other,
+                &observe_get(1 + i as u16, b"o", "fw/0/manifest", 0, None),
+            )
+            .unwrap()
+            .to_vec();
+        assert!(Packet::from_bytes(&r)
+            .unwrap()
+            .get_first_option(CoapOption::Observe)
+            .is_none());
+    }
+    assert_eq!(s.observer_count(), 8);
+    // Another host has its own.
+    let other: SocketAddr = "[2001:db8:1::5]:6001".parse().unwrap();
     assert!(s
         .handle_datagram(Instant::now(), other, &observe_get(1, b"o", "fw/0/manifest", 0, None))
         .is_some());
@@ -717,4 +734,24 @@ fn unverified_addresses_get_echo_instead_of_amplified_replies() {
         Packet::from_bytes(&out).unwrap().header.code,
         MessageClass::Response(ResponseType::Unauthorized)
     );
+    // Errors are held to the limit too: a tiny request drawing a diagnostic gets it without.
+    let tiny = [0x40, 0x02, 0x77, 0x01]; // CON POST, no options: 4.05 with a diagnostic
+    let out = s.handle_datagram(Instant::now(), other, &tiny).unwrap().to_vec();
+    assert!(out.len() <= 3 * tiny.len(), "{} bytes", out.len());
+    assert_eq!(out[1], 0x85, "4.05");
+    // An observation needs a verified address: even a small reply to a registration is
+    // challenged, and nothing is registered.
+    let obs = s
+        .handle_datagram(
+            Instant::now(),
+            other,
+            &observe_get(9, b"o", "fw/app/board/manifest", 0, Some(vec![0x00])),
+        )
+        .unwrap()
+        .to_vec();
+    assert_eq!(
+        Packet::from_bytes(&obs).unwrap().header.code,
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+    assert_eq!(s.observer_count(), 0);
 }
