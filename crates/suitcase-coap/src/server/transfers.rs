@@ -2,9 +2,11 @@
 //! a publish in the middle of a download of a latest alias cannot splice two versions into
 //! one image, for clients that ignore the ETag), and what to log when a download completes.
 //!
-//! Bounded like the deduplication table: two generations, rotated every EXCHANGE_LIFETIME or
-//! when `max` entries are reached, so an abandoned download is forgotten after one to two
-//! lifetimes and no number of peers grows the table past `2 × max` entries.
+//! Bounded: two generations rotated every EXCHANGE_LIFETIME, so an abandoned download is
+//! forgotten after one to two lifetimes; a full generation (`max` entries) admits no new
+//! download until the next rotation, so a flood of new downloads (spoofed sources included)
+//! cannot evict the pins of downloads in progress, and the table never holds more than
+//! `2 × max` entries. Downloads started while it is full are served unpinned (and not logged).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -66,6 +68,8 @@ pub(super) struct Transfers {
     log_budget: u32,
     log_window: Instant,
     suppressed: u64,
+    /// Downloads not tracked because the table was full.
+    pub untracked: u64,
 }
 
 /// Completion lines logged per second at most; the rest are counted and summarised.
@@ -83,6 +87,7 @@ impl Transfers {
             log_budget: LOGS_PER_SECOND,
             log_window: now,
             suppressed: 0,
+            untracked: 0,
         }
     }
 
@@ -103,7 +108,7 @@ impl Transfers {
     }
 
     pub(super) fn rotate(&mut self, now: Instant) {
-        if now.saturating_duration_since(self.rotated) >= self.lifetime || self.current.len() >= self.max {
+        if now.saturating_duration_since(self.rotated) >= self.lifetime {
             self.previous = std::mem::take(&mut self.current);
             self.rotated = now;
         }
@@ -152,12 +157,31 @@ impl Transfers {
             self.current.insert(key, moved);
         }
         let same = |t: &Transfer| block.num != 0 && t.etag == etag && same_path(t, path);
+        let full = self.current.len() >= self.max;
         match self.current.get_mut(&key) {
             Some(t) if same(t) => {
                 t.blocks = t.blocks.saturating_add(1);
                 t.block_size = block.size();
             }
-            _ => {
+            Some(_) => {
+                // The same key restarts: replace in place (no new entry).
+                self.current.insert(
+                    key,
+                    Transfer {
+                        path: path.join("/"),
+                        etag,
+                        started: now,
+                        blocks: 1,
+                        duplicates: 0,
+                        block_size: block.size(),
+                    },
+                );
+            }
+            None if full => {
+                self.untracked += 1;
+                return None;
+            }
+            None => {
                 self.current.insert(
                     key,
                     Transfer {
@@ -239,14 +263,19 @@ mod tests {
     }
 
     #[test]
-    fn the_table_is_bounded() {
+    fn the_table_is_bounded_and_a_flood_cannot_evict_a_pin() {
         let t0 = Instant::now();
         let mut t = Transfers::new(t0, Duration::from_secs(1000), 50);
+        let device: SocketAddr = "[2001:db8::7]:5683".parse().unwrap();
+        t.served(t0, device, &["a", "f"][..], [7; 8], blk(0, 64, true));
         for port in 0..1000u16 {
             let p: SocketAddr = format!("[::1]:{port}").parse().unwrap();
             t.served(t0, p, &["a", "f"][..], [1; 8], blk(0, 64, true));
         }
         assert!(t.len() <= 100, "{}", t.len());
+        assert_eq!(t.untracked, 951);
+        assert_eq!(t.pinned(device, &["a", "f"][..]), Some([7; 8]), "the device's pin survived the flood");
+        assert!(t.served(t0, device, &["a", "f"][..], [7; 8], blk(1, 64, false)).is_some());
     }
 
     #[test]
