@@ -99,14 +99,9 @@ pub struct ServeArgs {
 }
 
 impl ServeArgs {
-    pub fn default_args() -> Self {
-        use clap::FromArgMatches as _;
-        let cmd = <ServeArgs as clap::Args>::augment_args(clap::Command::new("serve"));
-        let matches = cmd.get_matches_from(["serve"]);
-        match ServeArgs::from_arg_matches(&matches) {
-            Ok(a) => a,
-            Err(e) => e.exit(),
-        }
+    /// The store directory.
+    pub fn data_dir(&self) -> &Path {
+        &self.data
     }
 }
 

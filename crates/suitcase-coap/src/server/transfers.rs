@@ -274,8 +274,14 @@ mod tests {
         }
         assert!(t.len() <= 100, "{}", t.len());
         assert_eq!(t.untracked, 951);
-        assert_eq!(t.pinned(device, &["a", "f"][..]), Some([7; 8]), "the device's pin survived the flood");
-        assert!(t.served(t0, device, &["a", "f"][..], [7; 8], blk(1, 64, false)).is_some());
+        assert_eq!(
+            t.pinned(device, &["a", "f"][..]),
+            Some([7; 8]),
+            "the device's pin survived the flood"
+        );
+        assert!(t
+            .served(t0, device, &["a", "f"][..], [7; 8], blk(1, 64, false))
+            .is_some());
     }
 
     #[test]
