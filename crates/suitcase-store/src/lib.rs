@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use blob::Blob;
-pub use id::{validate_file_name, validate_publish_id, MAX_FILE_NAME_LEN, MAX_PUBLISH_ID_LEN};
+pub use id::{validate_file_name, validate_publish_id, MAX_FILE_NAME_LEN, MAX_PUBLISH_ID_LEN, RESERVED_SEGMENTS};
 pub use local::LocalStore;
 
 /// A SHA-256 digest.
