@@ -100,6 +100,7 @@ pub struct ServeArgs {
 
 impl ServeArgs {
     /// The store directory.
+    #[cfg(test)]
     pub fn data_dir(&self) -> &Path {
         &self.data
     }
