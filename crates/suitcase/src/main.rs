@@ -1,7 +1,8 @@
 //! `suitcase`: the command line. Parses arguments, installs the log subscriber, and calls the
 //! libraries; the work happens in `serve.rs`, `publish.rs` and `manifest.rs`.
 
-#![allow(clippy::print_stdout)] // a command-line tool prints its results
+#![allow(clippy::print_stdout)]
+// a command-line tool prints its results
 // The doc comments of this crate are clap's --help texts, written for a terminal: `[::1]`
 // there is an address, not an intra-doc link.
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
