@@ -41,7 +41,7 @@ pub enum Error {
     ManifestDigestMismatch,
     /// A severed member does not match the digest the manifest holds for it.
     #[error("severed member {0} does not match its digest in the manifest")]
-    SeveredDigestMismatch(u64),
+    SeveredDigestMismatch(i64),
     /// No authentication block verified with the given key.
     #[error("signature verification failed: {0}")]
     BadSignature(String),

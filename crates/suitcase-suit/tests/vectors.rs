@@ -82,12 +82,21 @@ fn example2_severed_members_are_checked() {
 }
 
 /// Flip one byte at `at` and expect verification to fail (decode may fail first, also fine,
-/// but never a panic and never success).
+/// but never a panic). The one way a flipped envelope may still verify: the flip turned a
+/// severed member into an envelope extension no digest covers (its key changed), which the
+/// signature says nothing about; the authenticated manifest is then the original's.
 fn assert_tamper_fails(bytes: &[u8], at: usize, key: &VerifyingKey) {
     let mut t = bytes.to_vec();
     t[at] ^= 0x01;
     if let Ok(env) = Envelope::decode(&t) {
-        assert!(env.verify(key).is_err(), "tampered byte {at} still verifies");
+        if let Ok(v) = env.verify(key) {
+            let original = Envelope::decode(bytes).unwrap();
+            assert!(
+                !env.unauthenticated_extensions().is_empty()
+                    && v.envelope().manifest_bytes() == original.manifest_bytes(),
+                "tampered byte {at} still verifies"
+            );
+        }
     }
 }
 
@@ -262,4 +271,77 @@ fn libcsuit_mac0_examples_verify_with_their_hmac_key() {
             }
         }
     }
+}
+
+/// libcsuit's update-management Example U2: an envelope-level extension (key 14,
+/// suit-coswid, severed: the manifest holds its digest) next to the wrapper and manifest,
+/// signed ES256 with the draft's key (libcsuit's `testfiles/key/trust_anchor_secp256r1_pub.pem`).
+#[test]
+fn libcsuit_expu2_with_a_severed_coswid_verifies() {
+    let key = example_key();
+    let bytes = read("libcsuit/suit_manifest_expU2.suit");
+    let env = Envelope::decode(&bytes).unwrap_or_else(|e| panic!("expU2: {e}"));
+    assert_eq!(env.manifest().sequence_number, 0);
+    env.verify(&key).unwrap_or_else(|e| panic!("expU2: {e}"));
+    assert_eq!(env.encode(), bytes, "re-encoded byte for byte");
+    assert_eq!(
+        env.extensions().iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [14],
+        "suit-coswid is kept"
+    );
+    // The manifest's image digest is the one of libcsuit's raw_image.bin.
+    let image = read("libcsuit/raw_image.bin");
+    let params = env.manifest().component_parameters();
+    match params[0].1.get(3) {
+        Some(ParamValue::Digest(d)) => assert_eq!(
+            d.bytes,
+            suitcase_suit::SuitDigest::sha256(Profile::Draft37, &image).bytes
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A changed coswid no longer matches the digest the manifest signs.
+    let (k, v) = env.extensions()[0].clone();
+    let pos = bytes.windows(v.len()).position(|w| w == &v[..]).unwrap();
+    let mut t = bytes.clone();
+    t[pos + v.len() - 1] ^= 1;
+    let err = Envelope::decode(&t).unwrap().verify(&key).unwrap_err();
+    assert!(matches!(err, Error::SeveredDigestMismatch(14)), "{k}: {err}");
+    // Every single byte flipped: never verifies, never panics.
+    for at in 0..bytes.len() {
+        assert_tamper_fails(&bytes, at, &key);
+    }
+}
+
+#[test]
+fn envelope_extensions_are_kept_verbatim_in_canonical_order() {
+    // {2: auth, 3: manifest, 1: h'01', 99: [1, 2], -1: "x", "#p": h'00'} of a built manifest,
+    // written in canonical order: 1, 2, 3, 99, -1, "#p".
+    let key = SigningKey::generate(Algorithm::Ed25519);
+    let m = ManifestBuilder::new(Profile::Draft37, 9, [1; 16], [2; 16])
+        .image(Image::from_bytes("coap://h/f", b"x", None))
+        .build()
+        .unwrap();
+    let signed = Envelope::sign(Profile::Draft37, &m, &key).unwrap().encode();
+    // Re-assemble the map with extra members (signed is d8 6b a2 ...).
+    assert_eq!(&signed[..3], &[0xd8, 0x6b, 0xa2]);
+    let mut bytes = vec![0xd8, 0x6b, 0xa6, 0x01, 0x41, 0x01];
+    bytes.extend_from_slice(&signed[3..]);
+    bytes.extend_from_slice(&[
+        0x18, 0x63, 0x82, 0x01, 0x02, 0x20, 0x61, b'x', 0x62, b'#', b'p', 0x41, 0x00,
+    ]);
+    let env = Envelope::decode(&bytes).unwrap();
+    env.verify(&key.verifying_key()).unwrap();
+    assert_eq!(env.encode(), bytes);
+    assert_eq!(
+        env.extensions().iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [1, 99, -1]
+    );
+    // A duplicate extension key is refused.
+    let mut dup = bytes.clone();
+    dup[2] = 0xa7;
+    dup.extend_from_slice(&[0x01, 0x41, 0x02]);
+    assert!(
+        matches!(Envelope::decode(&dup), Err(Error::Duplicate { .. })),
+        "duplicate"
+    );
 }
