@@ -181,10 +181,21 @@ fn keys_round_trip_through_pem() {
         let pem = key.to_pkcs8_pem().unwrap();
         let back = SigningKey::from_pkcs8_pem(&pem).unwrap();
         assert_eq!(back.verifying_key(), key.verifying_key());
+        if alg == Algorithm::Ed25519 {
+            // PKCS#8 v1 (RFC 5208: version 0, no public key inside), 48 bytes of DER: the form
+            // OpenSSL 3.0, pyca/cryptography and RIOT's suit-tool read. v2 starts `MFECAQEw`.
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            assert!(body.starts_with("MC4CAQAwBQYDK2VwBCIEI") && body.len() == 64, "{pem}");
+        }
         let pubpem = key.verifying_key().to_public_key_pem().unwrap();
         assert_eq!(VerifyingKey::from_public_key_pem(&pubpem).unwrap(), key.verifying_key());
         assert_eq!(VerifyingKey::from_any_pem(&pem).unwrap(), key.verifying_key());
     }
+    // v2 (RFC 5958, with the public key) is still read: what earlier suitcase versions wrote.
+    let v2 = "-----BEGIN PRIVATE KEY-----\nMFECAQEwBQYDK2VwBCIEIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f\ngSEAA6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\n-----END PRIVATE KEY-----\n";
+    let key = SigningKey::from_pkcs8_pem(v2).unwrap();
+    assert_eq!(key.algorithm(), Algorithm::Ed25519);
+    assert!(key.to_pkcs8_pem().unwrap().contains("MC4CAQAw"));
 }
 
 #[test]

@@ -69,3 +69,41 @@ fn keygen_create_sign_verify_inspect() {
         .unwrap();
     assert!(!out.status.success());
 }
+
+/// Keys from `suitcase keygen` (and the server's own, written by the same code) are read by
+/// OpenSSL and pyca/cryptography: Ed25519 in PKCS#8 v1, which both accept (v2, with the public
+/// key inside, made OpenSSL 3.0 say `unsupported` and cryptography `extra data`).
+#[test]
+fn generated_keys_are_read_by_openssl_and_pyca_cryptography() {
+    let dir = tempfile::tempdir().unwrap();
+    let python = Command::new("python3")
+        .args(["-c", "import cryptography"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !python {
+        println!("skipping the pyca/cryptography check: python3 cannot import cryptography");
+    }
+    for alg in ["ed25519", "es256"] {
+        let key = dir.path().join(format!("{alg}.pem"));
+        let key = key.to_str().unwrap();
+        suitcase(&["keygen", "--alg", alg, "--out", key]);
+        let out = Command::new("openssl")
+            .args(["pkey", "-in", key, "-noout"])
+            .output()
+            .expect("openssl is installed by .ci/run");
+        assert!(out.status.success(), "openssl refuses the {alg} key: {out:?}");
+        let public = dir.path().join(format!("{alg}.pub.pem"));
+        let out = Command::new("openssl")
+            .args(["pkey", "-pubin", "-in", public.to_str().unwrap(), "-noout"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "openssl refuses the {alg} public key: {out:?}");
+        if python {
+            let script = "import sys\n\
+                from cryptography.hazmat.primitives.serialization import load_pem_private_key\n\
+                load_pem_private_key(open(sys.argv[1], 'rb').read(), password=None)";
+            let out = Command::new("python3").args(["-c", script, key]).output().unwrap();
+            assert!(out.status.success(), "cryptography refuses the {alg} key: {out:?}");
+        }
+    }
+}
