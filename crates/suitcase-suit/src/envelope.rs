@@ -242,6 +242,9 @@ impl Envelope {
         if self.auth_blocks.is_empty() {
             return Err(Error::Unsigned);
         }
+        if self.auth_blocks.iter().all(|b| is_mac(b)) {
+            return Err(Error::MacNotSignature);
+        }
         let payload = claimed.to_cbor();
         let mut last = Error::Unsigned;
         let mut ok = false;
@@ -363,6 +366,9 @@ impl Envelope {
     /// An envelope of `profile` around `manifest` with no signature yet (draft37: the
     /// authentication wrapper holds only the digest, as the draft's unsigned examples).
     pub fn unsigned(profile: Profile, manifest: &Manifest) -> Result<Self> {
+        if profile == Profile::Riot09 && manifest.sequence_number > u64::from(u32::MAX) {
+            return Err(crate::builder::riot_sequence_number(manifest.sequence_number));
+        }
         let manifest_bytes = manifest.encode(profile);
         // Re-check what will be signed (the draft's TOCTOU rule): it must decode back.
         let decoded = Manifest::decode(profile, &manifest_bytes)?;
@@ -389,6 +395,9 @@ impl Envelope {
     /// draft37: `[bstr(digest), *bstr(COSE_Sign1 detached)]`, tag 107.
     /// riot09: `[*bstr(COSE_Sign1 with the digest attached)]`, no tag.
     pub fn add_signature(mut self, key: &SigningKey) -> Result<Self> {
+        if self.profile == Profile::Riot09 && self.manifest.sequence_number > u64::from(u32::MAX) {
+            return Err(crate::builder::riot_sequence_number(self.manifest.sequence_number));
+        }
         let digest = self.manifest_digest();
         if let Some(claimed) = &self.auth_digest {
             if claimed.bytes != digest.bytes && !self.auth_blocks.is_empty() {
@@ -432,6 +441,12 @@ impl Envelope {
         env.severed = severed;
         Ok(env)
     }
+}
+
+/// Is this authentication block a COSE_Mac0 (tag 17) or COSE_Mac (tag 97)?
+fn is_mac(block: &[u8]) -> bool {
+    let mut d = Dec::new(block);
+    matches!(d.tag("COSE tag"), Ok(17 | 97))
 }
 
 /// Is `item` a CBOR array (a severed member's SUIT_Digest, as opposed to a present bstr)?

@@ -45,6 +45,10 @@ pub enum Error {
     /// No authentication block verified with the given key.
     #[error("signature verification failed: {0}")]
     BadSignature(String),
+    /// Every authentication block is a COSE_Mac0/COSE_Mac (a shared-key MAC) and a
+    /// signature key was given: verify with the shared key instead.
+    #[error("the envelope is authenticated with a MAC (COSE_Mac0, shared HMAC key), not a signature")]
+    MacNotSignature,
     /// The envelope has no COSE authentication block.
     #[error("the envelope is not signed")]
     Unsigned,
