@@ -81,7 +81,7 @@ fn generated_keys_are_read_by_openssl_and_pyca_cryptography() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !python {
-        println!("skipping the pyca/cryptography check: python3 cannot import cryptography");
+        eprintln!("skipping the pyca/cryptography check: python3 cannot import cryptography");
     }
     for alg in ["ed25519", "es256"] {
         let key = dir.path().join(format!("{alg}.pem"));
