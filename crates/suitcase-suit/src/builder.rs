@@ -150,6 +150,9 @@ impl ManifestBuilder {
         if self.images.is_empty() {
             return Err(Error::Build("a manifest needs at least one image".into()));
         }
+        if self.profile == Profile::Riot09 && self.sequence_number > u64::from(u32::MAX) {
+            return Err(riot_sequence_number(self.sequence_number));
+        }
         if self.profile == Profile::Riot09 && self.reference_uri.is_some() {
             return Err(Error::Build("RIOT's draft-09 parser rejects reference-uri".into()));
         }
@@ -304,9 +307,7 @@ impl ManifestBuilder {
                 .push(cmd::SET_COMPONENT_INDEX, idx)
                 .push(cmd::IMAGE_MATCH, CommandArg::Policy(policy::ALL));
         }
-        let components = (0..self.images.len())
-            .map(|i| ComponentId(vec![vec![i as u8]]))
-            .collect();
+        let components = (0..self.images.len()).map(index_component_id).collect();
         let common = Common {
             components,
             shared_sequence: Some(shared),
@@ -314,6 +315,23 @@ impl ManifestBuilder {
         };
         (common, install, validate)
     }
+}
+
+/// The component id of image `i` in a manifest of several: `[h'<i>']`, the index's
+/// big-endian bytes without leading zeros (`h'00'`, `h'01'` as the draft's Example 5, `h'0100'`
+/// for the 257th), so ids stay distinct past 256 images.
+fn index_component_id(i: usize) -> ComponentId {
+    let be = (i as u64).to_be_bytes();
+    let first = be.iter().position(|b| *b != 0).unwrap_or(be.len() - 1);
+    ComponentId(vec![be[first..].to_vec()])
+}
+
+/// RIOT keeps the sequence number in a `uint32_t` and refuses a larger one.
+pub(crate) fn riot_sequence_number(seq: u64) -> Error {
+    Error::Build(alloc::format!(
+        "sequence number {seq}: RIOT's is 32-bit (at most {}), so riot09 cannot carry it",
+        u32::MAX
+    ))
 }
 
 fn uri_param(uri: &str) -> Parameters {
@@ -388,6 +406,57 @@ mod tests {
         assert!(p("").is_err());
         assert!(p("ram,").is_err());
         assert!(p("h'0g'").is_err());
+    }
+
+    #[test]
+    fn component_ids_stay_distinct_past_256_images() {
+        let vendor = vendor_id("x");
+        let mut b = ManifestBuilder::new(Profile::Draft37, 1, vendor, vendor);
+        for i in 0..300u32 {
+            b = b.image(Image::from_bytes(
+                alloc::format!("coap://h/{i}"),
+                &i.to_be_bytes(),
+                None,
+            ));
+        }
+        let m = b.build().unwrap();
+        let ids = &m.common.components;
+        assert_eq!(ids.len(), 300);
+        let mut sorted = ids.clone();
+        sorted.sort();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 300, "component ids repeat");
+        assert_eq!(ids[0].0, [vec![0u8]]);
+        assert_eq!(ids[1].0, [vec![1u8]]);
+        assert_eq!(ids[255].0, [vec![255u8]]);
+        assert_eq!(ids[256].0, [vec![1u8, 0]]);
+        assert_eq!(ids[299].0, [vec![1u8, 43]]);
+        let bytes = m.encode(Profile::Draft37);
+        assert_eq!(Manifest::decode(Profile::Draft37, &bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn riot09_refuses_a_sequence_number_past_32_bits() {
+        let vendor = vendor_id("riot-os.org");
+        let b = |seq| {
+            ManifestBuilder::new(Profile::Riot09, seq, vendor, vendor)
+                .image(Image::from_bytes("coap://h/a", b"a", None))
+                .build()
+        };
+        b(u64::from(u32::MAX)).unwrap();
+        let err = b(1 << 32).unwrap_err().to_string();
+        assert!(err.contains("32-bit"), "{err}");
+        // draft37 takes any uint.
+        ManifestBuilder::new(Profile::Draft37, u64::MAX, vendor, vendor)
+            .image(Image::from_bytes("coap://h/a", b"a", None))
+            .build()
+            .unwrap();
+        // Neither can a riot09 envelope be made or signed around such a manifest.
+        let mut m = b(1).unwrap();
+        m.sequence_number = 1 << 32;
+        assert!(Envelope::unsigned(Profile::Riot09, &m).is_err());
+        let key = crate::SigningKey::generate(crate::Algorithm::Ed25519);
+        assert!(Envelope::sign(Profile::Riot09, &m, &key).is_err());
     }
 
     #[test]

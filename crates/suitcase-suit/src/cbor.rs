@@ -154,6 +154,13 @@ pub(crate) fn int_key_bytes(k: i64) -> Vec<u8> {
     e.finish()
 }
 
+/// The deterministic encoding of an unsigned key.
+pub(crate) fn uint_key_bytes(k: u64) -> Vec<u8> {
+    let mut e = Enc::new();
+    e.uint(k);
+    e.finish()
+}
+
 /// The deterministic encoding of a text key (for canonical ordering of text map keys).
 pub(crate) fn text_key_bytes(k: &str) -> Vec<u8> {
     let mut e = Enc::new();

@@ -114,11 +114,19 @@ impl SigningKey {
             .map_err(|e| Error::Key(format!("not an Ed25519 or P-256 private key (PKCS#8 or SEC1 PEM): {e}")))
     }
 
-    /// Serialise as PKCS#8 PEM.
+    /// Serialise as PKCS#8 PEM. Ed25519 keys are written in the v1 form (RFC 5208 /
+    /// RFC 8410 §7: version 0, no public key inside), which OpenSSL 3.0, pyca/cryptography
+    /// and RIOT's suit-tool read; ed25519-dalek would write v2 (RFC 5958, with the public
+    /// key), which they refuse. Both forms are read.
     pub fn to_pkcs8_pem(&self) -> Result<String> {
         let le = Default::default();
         let pem = match self {
-            SigningKey::Ed25519(k) => k.to_pkcs8_pem(le).map_err(key_err)?,
+            SigningKey::Ed25519(k) => ed25519_dalek::pkcs8::KeypairBytes {
+                secret_key: k.to_bytes(),
+                public_key: None,
+            }
+            .to_pkcs8_pem(le)
+            .map_err(key_err)?,
             SigningKey::Es256(k) => k.to_pkcs8_pem(le).map_err(key_err)?,
         };
         Ok(pem.to_string())

@@ -6,7 +6,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use minicbor::data::Type;
 
-use crate::cbor::{bstr_item, Dec, Enc};
+use crate::cbor::{bstr_item, int_key_bytes, Dec, Enc};
 use crate::cose::{sign1_payload, SigningKey, VerifyingKey};
 use crate::error::{Error, Result};
 use crate::manifest::{Manifest, Severable, SuitDigest};
@@ -28,6 +28,10 @@ pub struct Envelope {
     severed: Vec<(u64, Vec<u8>)>,
     /// Integrated payloads: (text key, bytes).
     integrated: Vec<(String, Vec<u8>)>,
+    /// Other integer-keyed members (`$$SUIT_Envelope_Extensions`, severable-member
+    /// extensions such as suit-coswid): (key, the value's CBOR item verbatim), in canonical
+    /// key order. draft37 only; riot09 refuses them as RIOT does.
+    extensions: Vec<(i64, Vec<u8>)>,
 }
 
 /// An envelope whose manifest digest and signature checked out against a trusted key.
@@ -80,7 +84,8 @@ impl Envelope {
         let mut manifest_bytes: Option<&[u8]> = None;
         let mut severed: Vec<(u64, Vec<u8>)> = Vec::new();
         let mut integrated: Vec<(String, Vec<u8>)> = Vec::new();
-        let mut seen_int: Vec<u64> = Vec::new();
+        let mut extensions: Vec<(i64, Vec<u8>)> = Vec::new();
+        let mut seen_int: Vec<i64> = Vec::new();
         for _ in 0..n {
             if d.datatype()? == Type::String && profile == Profile::Draft37 {
                 let k = d.text("integrated payload key")?.to_string();
@@ -93,7 +98,7 @@ impl Envelope {
                 integrated.push((k, d.bytes("integrated payload")?.to_vec()));
                 continue;
             }
-            let key = d.uint("envelope key")?;
+            let key = d.int("envelope key")?;
             if seen_int.contains(&key) {
                 return Err(Error::Duplicate {
                     structure: "envelope",
@@ -104,7 +109,13 @@ impl Envelope {
             match key {
                 2 => auth = Some(d.bytes("authentication wrapper")?),
                 3 => manifest_bytes = Some(d.bytes("manifest")?),
-                k if profile.severable_envelope_key(k) => severed.push((k, d.bytes("severed member")?.to_vec())),
+                k if u64::try_from(k).is_ok_and(|k| profile.severable_envelope_key(k)) => {
+                    severed.push((k.unsigned_abs(), d.bytes("severed member")?.to_vec()))
+                }
+                // draft-37 allows `$$SUIT_Envelope_Extensions` and severable-member
+                // extensions (suit-coswid, 14): kept verbatim. RIOT's envelope handler table
+                // holds only 2 and 3 and refuses anything else, and so does riot09.
+                k if profile == Profile::Draft37 => extensions.push((k, d.raw("envelope extension")?.to_vec())),
                 k => {
                     return Err(Error::UnknownKey {
                         structure: "envelope",
@@ -114,6 +125,8 @@ impl Envelope {
             }
         }
         d.expect_end("envelope")?;
+        // Kept in canonical order, the order `encode` writes them in.
+        extensions.sort_by_key(|(k, _)| int_key_bytes(*k));
         let auth = auth.ok_or(Error::Missing("authentication wrapper"))?;
         let manifest_bytes = manifest_bytes.ok_or(Error::Missing("manifest"))?;
 
@@ -152,6 +165,7 @@ impl Envelope {
             manifest,
             severed,
             integrated,
+            extensions,
         })
     }
 
@@ -185,6 +199,25 @@ impl Envelope {
         &self.severed
     }
 
+    /// Envelope members beyond the wrapper, the manifest, the core severable members and
+    /// integrated payloads: (key, the value's CBOR item verbatim), in canonical order. One
+    /// whose key the manifest holds a SUIT_Digest for (a severed extension member, such as
+    /// suit-coswid) is checked by `verify`; any other is not covered by the signature.
+    pub fn extensions(&self) -> &[(i64, Vec<u8>)] {
+        &self.extensions
+    }
+
+    /// Keys of the extension members no digest in the manifest covers: the signature says
+    /// nothing about them (a device that does not know them ignores them; one that does must
+    /// authenticate them by other means, as trust-domains' delegation chains are).
+    pub fn unauthenticated_extensions(&self) -> Vec<i64> {
+        self.extensions
+            .iter()
+            .map(|(k, _)| *k)
+            .filter(|k| !self.manifest.other.iter().any(|(mk, v)| mk == k && is_array(&v.0)))
+            .collect()
+    }
+
     /// Integrated payloads.
     pub fn integrated_payloads(&self) -> &[(String, Vec<u8>)] {
         &self.integrated
@@ -208,6 +241,9 @@ impl Envelope {
         }
         if self.auth_blocks.is_empty() {
             return Err(Error::Unsigned);
+        }
+        if self.auth_blocks.iter().all(|b| is_mac(b)) {
+            return Err(Error::MacNotSignature);
         }
         let payload = claimed.to_cbor();
         let mut last = Error::Unsigned;
@@ -258,9 +294,23 @@ impl Envelope {
                 Some(ManifestMember::Text) => digest_of(&self.manifest.text),
                 _ => None,
             };
-            let expected = expected.ok_or(Error::SeveredDigestMismatch(*key))?;
+            let mismatch = || Error::SeveredDigestMismatch(i64::try_from(*key).unwrap_or(i64::MAX));
+            let expected = expected.ok_or_else(mismatch)?;
             if !expected.matches(self.profile, &bstr_item(content))? {
-                return Err(Error::SeveredDigestMismatch(*key));
+                return Err(mismatch());
+            }
+        }
+        // Severed extension members: the manifest holds `key: SUIT_Digest` (a bare array),
+        // the envelope the bstr under the same key. The digest covers the bstr item with its
+        // header, which is exactly the verbatim item kept.
+        for (key, item) in &self.extensions {
+            let Some((_, member)) = self.manifest.other.iter().find(|(k, v)| k == key && is_array(&v.0)) else {
+                continue;
+            };
+            let mismatch = || Error::SeveredDigestMismatch(*key);
+            let expected = SuitDigest::from_cbor(&member.0).map_err(|_| mismatch())?;
+            if Dec::new(item).datatype()? != Type::Bytes || !expected.matches(self.profile, item)? {
+                return Err(mismatch());
             }
         }
         Ok(())
@@ -287,16 +337,22 @@ impl Envelope {
                 e.tag(tag);
             }
         }
-        e.map(2 + self.severed.len() + self.integrated.len());
-        e.uint(2);
-        e.bytes(&auth.finish());
-        e.uint(3);
-        e.bytes(&self.manifest_bytes);
-        let mut severed = self.severed.clone();
-        severed.sort_by_key(|(k, _)| *k);
-        for (k, v) in &severed {
-            e.uint(*k);
-            e.bytes(v);
+        e.map(2 + self.severed.len() + self.extensions.len() + self.integrated.len());
+        // Integer keys in canonical (bytewise) order: 2, 3, the severed members and the
+        // extensions interleaved by key.
+        let mut members: Vec<(Vec<u8>, Vec<u8>)> = Vec::new();
+        members.push((int_key_bytes(2), bstr_item(&auth.finish())));
+        members.push((int_key_bytes(3), bstr_item(&self.manifest_bytes)));
+        for (k, v) in &self.severed {
+            members.push((crate::cbor::uint_key_bytes(*k), bstr_item(v)));
+        }
+        for (k, v) in &self.extensions {
+            members.push((int_key_bytes(*k), v.clone()));
+        }
+        members.sort();
+        for (k, v) in &members {
+            e.raw(k);
+            e.raw(v);
         }
         let mut integrated = self.integrated.clone();
         integrated.sort_by_key(|(k, _)| crate::cbor::text_key_bytes(k));
@@ -310,6 +366,9 @@ impl Envelope {
     /// An envelope of `profile` around `manifest` with no signature yet (draft37: the
     /// authentication wrapper holds only the digest, as the draft's unsigned examples).
     pub fn unsigned(profile: Profile, manifest: &Manifest) -> Result<Self> {
+        if profile == Profile::Riot09 && manifest.sequence_number > u64::from(u32::MAX) {
+            return Err(crate::builder::riot_sequence_number(manifest.sequence_number));
+        }
         let manifest_bytes = manifest.encode(profile);
         // Re-check what will be signed (the draft's TOCTOU rule): it must decode back.
         let decoded = Manifest::decode(profile, &manifest_bytes)?;
@@ -327,6 +386,7 @@ impl Envelope {
             manifest: decoded,
             severed: Vec::new(),
             integrated: Vec::new(),
+            extensions: Vec::new(),
         })
     }
 
@@ -335,6 +395,9 @@ impl Envelope {
     /// draft37: `[bstr(digest), *bstr(COSE_Sign1 detached)]`, tag 107.
     /// riot09: `[*bstr(COSE_Sign1 with the digest attached)]`, no tag.
     pub fn add_signature(mut self, key: &SigningKey) -> Result<Self> {
+        if self.profile == Profile::Riot09 && self.manifest.sequence_number > u64::from(u32::MAX) {
+            return Err(crate::builder::riot_sequence_number(self.manifest.sequence_number));
+        }
         let digest = self.manifest_digest();
         if let Some(claimed) = &self.auth_digest {
             if claimed.bytes != digest.bytes && !self.auth_blocks.is_empty() {
@@ -378,6 +441,17 @@ impl Envelope {
         env.severed = severed;
         Ok(env)
     }
+}
+
+/// Is this authentication block a COSE_Mac0 (tag 17) or COSE_Mac (tag 97)?
+fn is_mac(block: &[u8]) -> bool {
+    let mut d = Dec::new(block);
+    matches!(d.tag("COSE tag"), Ok(17 | 97))
+}
+
+/// Is `item` a CBOR array (a severed member's SUIT_Digest, as opposed to a present bstr)?
+fn is_array(item: &[u8]) -> bool {
+    Dec::new(item).datatype().ok() == Some(Type::Array)
 }
 
 fn digest_of<T>(s: &Option<Severable<T>>) -> Option<&SuitDigest> {

@@ -41,10 +41,14 @@ pub enum Error {
     ManifestDigestMismatch,
     /// A severed member does not match the digest the manifest holds for it.
     #[error("severed member {0} does not match its digest in the manifest")]
-    SeveredDigestMismatch(u64),
+    SeveredDigestMismatch(i64),
     /// No authentication block verified with the given key.
     #[error("signature verification failed: {0}")]
     BadSignature(String),
+    /// Every authentication block is a COSE_Mac0/COSE_Mac (a shared-key MAC) and a
+    /// signature key was given: verify with the shared key instead.
+    #[error("the envelope is authenticated with a MAC (COSE_Mac0, shared HMAC key), not a signature")]
+    MacNotSignature,
     /// The envelope has no COSE authentication block.
     #[error("the envelope is not signed")]
     Unsigned,

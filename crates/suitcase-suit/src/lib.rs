@@ -37,5 +37,5 @@ pub use builder::{Image, ManifestBuilder};
 pub use cose::{Algorithm, MacKey, SigningKey, VerifyingKey};
 pub use envelope::{Envelope, VerifiedEnvelope};
 pub use error::{Error, Result};
-pub use manifest::{Manifest, SuitDigest};
+pub use manifest::{ComponentView, Manifest, SuitDigest};
 pub use profile::Profile;

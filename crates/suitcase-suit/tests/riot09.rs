@@ -91,3 +91,18 @@ fn the_golden_manifest_has_riots_wire_shape() {
     // Image digests use draft-09's algorithm id 2 (SHA-256).
     assert!(text.contains("{3: << [2, h'"), "{text}");
 }
+
+/// RIOT's envelope handler table holds only the wrapper (2) and the manifest (3) and refuses
+/// any other key, so the riot09 profile refuses envelope extensions that draft37 keeps.
+#[test]
+fn riot09_refuses_envelope_members_riot_has_no_handler_for() {
+    let bytes = std::fs::read(dir().join("riot09/riot.suit.1700000000.bin")).unwrap();
+    assert_eq!(bytes[0], 0xa2, "an untagged map of two");
+    let mut extended = bytes.clone();
+    extended[0] = 0xa3;
+    extended.extend_from_slice(&[0x0e, 0x41, 0x00]); // 14: h'00'
+    let err = Envelope::decode_with(Profile::Riot09, &extended).unwrap_err();
+    assert!(err.to_string().contains("unknown key 14 in envelope"), "{err}");
+    assert!(Envelope::decode(&extended).is_err());
+    Envelope::decode_with(Profile::Riot09, &bytes).unwrap();
+}

@@ -82,12 +82,21 @@ fn example2_severed_members_are_checked() {
 }
 
 /// Flip one byte at `at` and expect verification to fail (decode may fail first, also fine,
-/// but never a panic and never success).
+/// but never a panic). The one way a flipped envelope may still verify: the flip turned a
+/// severed member into an envelope extension no digest covers (its key changed), which the
+/// signature says nothing about; the authenticated manifest is then the original's.
 fn assert_tamper_fails(bytes: &[u8], at: usize, key: &VerifyingKey) {
     let mut t = bytes.to_vec();
     t[at] ^= 0x01;
     if let Ok(env) = Envelope::decode(&t) {
-        assert!(env.verify(key).is_err(), "tampered byte {at} still verifies");
+        if let Ok(v) = env.verify(key) {
+            let original = Envelope::decode(bytes).unwrap();
+            assert!(
+                !env.unauthenticated_extensions().is_empty()
+                    && v.envelope().manifest_bytes() == original.manifest_bytes(),
+                "tampered byte {at} still verifies"
+            );
+        }
     }
 }
 
@@ -172,10 +181,21 @@ fn keys_round_trip_through_pem() {
         let pem = key.to_pkcs8_pem().unwrap();
         let back = SigningKey::from_pkcs8_pem(&pem).unwrap();
         assert_eq!(back.verifying_key(), key.verifying_key());
+        if alg == Algorithm::Ed25519 {
+            // PKCS#8 v1 (RFC 5208: version 0, no public key inside), 48 bytes of DER: the form
+            // OpenSSL 3.0, pyca/cryptography and RIOT's suit-tool read. v2 starts `MFECAQEw`.
+            let body: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+            assert!(body.starts_with("MC4CAQAwBQYDK2VwBCIEI") && body.len() == 64, "{pem}");
+        }
         let pubpem = key.verifying_key().to_public_key_pem().unwrap();
         assert_eq!(VerifyingKey::from_public_key_pem(&pubpem).unwrap(), key.verifying_key());
         assert_eq!(VerifyingKey::from_any_pem(&pem).unwrap(), key.verifying_key());
     }
+    // v2 (RFC 5958, with the public key) is still read: what earlier suitcase versions wrote.
+    let v2 = "-----BEGIN PRIVATE KEY-----\nMFECAQEwBQYDK2VwBCIEIAABAgMEBQYHCAkKCwwNDg8QERITFBUWFxgZGhscHR4f\ngSEAA6EHv/POEL4dcN0Y50vAmWfk1jCbpQ1fHdyGZBJVMbg=\n-----END PRIVATE KEY-----\n";
+    let key = SigningKey::from_pkcs8_pem(v2).unwrap();
+    assert_eq!(key.algorithm(), Algorithm::Ed25519);
+    assert!(key.to_pkcs8_pem().unwrap().contains("MC4CAQAw"));
 }
 
 #[test]
@@ -253,7 +273,10 @@ fn libcsuit_mac0_examples_verify_with_their_hmac_key() {
             env.verify_mac(&suitcase_suit::MacKey::new(&[b'b'; 32])),
             Err(Error::BadSignature(_))
         ));
-        assert!(env.verify(&example_key()).is_err(), "a MAC is not a signature");
+        assert!(
+            matches!(env.verify(&example_key()), Err(Error::MacNotSignature)),
+            "a MAC is not a signature"
+        );
         for at in 0..bytes.len() {
             let mut t = bytes.clone();
             t[at] ^= 0x01;
@@ -262,4 +285,77 @@ fn libcsuit_mac0_examples_verify_with_their_hmac_key() {
             }
         }
     }
+}
+
+/// libcsuit's update-management Example U2: an envelope-level extension (key 14,
+/// suit-coswid, severed: the manifest holds its digest) next to the wrapper and manifest,
+/// signed ES256 with the draft's key (libcsuit's `testfiles/key/trust_anchor_secp256r1_pub.pem`).
+#[test]
+fn libcsuit_expu2_with_a_severed_coswid_verifies() {
+    let key = example_key();
+    let bytes = read("libcsuit/suit_manifest_expU2.suit");
+    let env = Envelope::decode(&bytes).unwrap_or_else(|e| panic!("expU2: {e}"));
+    assert_eq!(env.manifest().sequence_number, 0);
+    env.verify(&key).unwrap_or_else(|e| panic!("expU2: {e}"));
+    assert_eq!(env.encode(), bytes, "re-encoded byte for byte");
+    assert_eq!(
+        env.extensions().iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [14],
+        "suit-coswid is kept"
+    );
+    // The manifest's image digest is the one of libcsuit's raw_image.bin.
+    let image = read("libcsuit/raw_image.bin");
+    let params = env.manifest().component_parameters();
+    match params[0].1.get(3) {
+        Some(ParamValue::Digest(d)) => assert_eq!(
+            d.bytes,
+            suitcase_suit::SuitDigest::sha256(Profile::Draft37, &image).bytes
+        ),
+        other => panic!("{other:?}"),
+    }
+    // A changed coswid no longer matches the digest the manifest signs.
+    let (k, v) = env.extensions()[0].clone();
+    let pos = bytes.windows(v.len()).position(|w| w == &v[..]).unwrap();
+    let mut t = bytes.clone();
+    t[pos + v.len() - 1] ^= 1;
+    let err = Envelope::decode(&t).unwrap().verify(&key).unwrap_err();
+    assert!(matches!(err, Error::SeveredDigestMismatch(14)), "{k}: {err}");
+    // Every single byte flipped: never verifies, never panics.
+    for at in 0..bytes.len() {
+        assert_tamper_fails(&bytes, at, &key);
+    }
+}
+
+#[test]
+fn envelope_extensions_are_kept_verbatim_in_canonical_order() {
+    // {2: auth, 3: manifest, 1: h'01', 99: [1, 2], -1: "x", "#p": h'00'} of a built manifest,
+    // written in canonical order: 1, 2, 3, 99, -1, "#p".
+    let key = SigningKey::generate(Algorithm::Ed25519);
+    let m = ManifestBuilder::new(Profile::Draft37, 9, [1; 16], [2; 16])
+        .image(Image::from_bytes("coap://h/f", b"x", None))
+        .build()
+        .unwrap();
+    let signed = Envelope::sign(Profile::Draft37, &m, &key).unwrap().encode();
+    // Re-assemble the map with extra members (signed is d8 6b a2 ...).
+    assert_eq!(&signed[..3], &[0xd8, 0x6b, 0xa2]);
+    let mut bytes = vec![0xd8, 0x6b, 0xa6, 0x01, 0x41, 0x01];
+    bytes.extend_from_slice(&signed[3..]);
+    bytes.extend_from_slice(&[
+        0x18, 0x63, 0x82, 0x01, 0x02, 0x20, 0x61, b'x', 0x62, b'#', b'p', 0x41, 0x00,
+    ]);
+    let env = Envelope::decode(&bytes).unwrap();
+    env.verify(&key.verifying_key()).unwrap();
+    assert_eq!(env.encode(), bytes);
+    assert_eq!(
+        env.extensions().iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        [1, 99, -1]
+    );
+    // A duplicate extension key is refused.
+    let mut dup = bytes.clone();
+    dup[2] = 0xa7;
+    dup.extend_from_slice(&[0x01, 0x41, 0x02]);
+    assert!(
+        matches!(Envelope::decode(&dup), Err(Error::Duplicate { .. })),
+        "duplicate"
+    );
 }

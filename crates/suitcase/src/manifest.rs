@@ -51,7 +51,7 @@ pub enum ManifestCommand {
         /// Print JSON.
         #[arg(long)]
         json: bool,
-        /// Also verify with this key.
+        /// Also verify with this key; exit 1 (after the report) if the signature is invalid.
         #[arg(long)]
         key: Option<PathBuf>,
         /// Envelope.
@@ -227,6 +227,10 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
                     );
                     Ok(ExitCode::SUCCESS)
                 }
+                Err(e @ suitcase_suit::Error::MacNotSignature) => {
+                    println!("FAILED: {e}: verify it with --hmac-key FILE (the shared secret)");
+                    Ok(ExitCode::from(1))
+                }
                 Err(e) => {
                     println!("FAILED: {e}");
                     Ok(ExitCode::from(1))
@@ -235,11 +239,14 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
         }
         ManifestCommand::Inspect { json, key, input } => {
             let env = read_envelope(&input)?;
-            let signature = match key {
-                None => "not checked".to_string(),
+            let (signature, valid) = match key {
+                None => ("not checked".to_string(), true),
                 Some(k) => match env.verify(&read_public(&k)?) {
-                    Ok(_) => "verified".to_string(),
-                    Err(e) => format!("invalid: {e}"),
+                    Ok(_) => ("verified".to_string(), true),
+                    Err(e @ suitcase_suit::Error::MacNotSignature) => {
+                        (format!("invalid: {e} (use manifest verify --hmac-key)"), false)
+                    }
+                    Err(e) => (format!("invalid: {e}"), false),
                 },
             };
             let report = inspect(&env, &signature);
@@ -248,7 +255,8 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
             } else {
                 print_report(&report);
             }
-            Ok(ExitCode::SUCCESS)
+            // With --key, the exit status says whether the signature checked out.
+            Ok(if valid { ExitCode::SUCCESS } else { ExitCode::from(1) })
         }
     }
 }
@@ -256,10 +264,24 @@ pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
 fn inspect(env: &Envelope, signature: &str) -> serde_json::Value {
     let m = env.manifest();
     let profile = env.profile();
+    let params_json = |params: &suitcase_suit::manifest::Parameters,
+                       fields: &mut serde_json::Map<String, serde_json::Value>| {
+        for (k, v) in &params.0 {
+            let value = match v {
+                ParamValue::Uint(u) => json!(u),
+                ParamValue::Bytes(b) => json!(hex::encode(b)),
+                ParamValue::Text(t) => json!(t),
+                ParamValue::Bool(b) => json!(b),
+                ParamValue::Digest(d) => json!({"algorithm": d.algorithm, "digest": hex::encode(&d.bytes)}),
+                ParamValue::Raw(r) => json!({"cbor": hex::encode(&r.0)}),
+            };
+            fields.insert(profile.parameter_name(*k).to_string(), value);
+        }
+    };
     let components: Vec<serde_json::Value> = m
-        .component_parameters()
+        .component_views()
         .into_iter()
-        .map(|(i, params)| {
+        .map(|(i, view)| {
             let id = m
                 .common
                 .components
@@ -268,16 +290,19 @@ fn inspect(env: &Envelope, signature: &str) -> serde_json::Value {
             let mut fields = serde_json::Map::new();
             fields.insert("index".into(), json!(i));
             fields.insert("id".into(), json!(id));
-            for (k, v) in &params.0 {
-                let value = match v {
-                    ParamValue::Uint(u) => json!(u),
-                    ParamValue::Bytes(b) => json!(hex::encode(b)),
-                    ParamValue::Text(t) => json!(t),
-                    ParamValue::Bool(b) => json!(b),
-                    ParamValue::Digest(d) => json!({"algorithm": d.algorithm, "digest": hex::encode(&d.bytes)}),
-                    ParamValue::Raw(r) => json!({"cbor": hex::encode(&r.0)}),
-                };
-                fields.insert(profile.parameter_name(*k).to_string(), value);
+            params_json(&view.parameters, &mut fields);
+            if !view.alternatives.is_empty() {
+                // try-each: each alternative (slot) on its own, never merged.
+                let alternatives: Vec<serde_json::Value> = view
+                    .alternatives
+                    .iter()
+                    .map(|alt| {
+                        let mut f = serde_json::Map::new();
+                        params_json(alt, &mut f);
+                        serde_json::Value::Object(f)
+                    })
+                    .collect();
+                fields.insert("alternatives".into(), json!(alternatives));
             }
             serde_json::Value::Object(fields)
         })
@@ -288,6 +313,7 @@ fn inspect(env: &Envelope, signature: &str) -> serde_json::Value {
         (s.is_some(), matches!(s, Some(Severable::Severed(_))))
     };
     let (pf, pfs) = sev(&m.payload_fetch);
+    let unauthenticated = env.unauthenticated_extensions();
     let (ins, inss) = sev(&m.install);
     json!({
         "profile": profile.name(),
@@ -310,6 +336,11 @@ fn inspect(env: &Envelope, signature: &str) -> serde_json::Value {
             severable("text", m.text.is_some(), matches!(m.text, Some(Severable::Severed(_)))),
         ],
         "severed_members_carried": env.severed_members().iter().map(|(k, _)| *k).collect::<Vec<_>>(),
+        "envelope_extensions": env.extensions().iter().map(|(k, v)| json!({
+            "key": k,
+            "size": v.len(),
+            "authenticated": !unauthenticated.contains(k),
+        })).collect::<Vec<_>>(),
         "integrated_payloads": env.integrated_payloads().iter().map(|(k, v)| json!({"key": k, "size": v.len()})).collect::<Vec<_>>(),
     })
 }
@@ -327,10 +358,20 @@ fn print_report(r: &serde_json::Value) {
         println!("component {}", c["index"]);
         if let Some(obj) = c.as_object() {
             for (k, v) in obj {
-                if k != "index" {
+                if k != "index" && k != "alternatives" {
                     println!("  {k:<18} {v}");
                 }
             }
         }
+        for (j, alt) in c["alternatives"].as_array().into_iter().flatten().enumerate() {
+            println!("  alternative {j} (try-each)");
+            for (k, v) in alt.as_object().into_iter().flatten() {
+                println!("    {k:<16} {v}");
+            }
+        }
+    }
+    let ext = r["envelope_extensions"].as_array().map_or(0, Vec::len);
+    if ext > 0 {
+        println!("extensions       {}", r["envelope_extensions"]);
     }
 }
