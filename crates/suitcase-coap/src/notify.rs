@@ -663,7 +663,13 @@ pub async fn notify(device: &str, payload: &str, config: &NotifyConfig) -> Notif
     Notifier::new(config.clone(), 1).notify(device, payload).await
 }
 
+/// Message IDs and tokens must not be guessable by an off-path attacker (RFC 7252 §5.3.1):
+/// from the operating system's random source, or, if that fails, a per-process random hash.
 fn random_seed(addr: SocketAddr) -> u64 {
+    let mut b = [0u8; 8];
+    if getrandom::fill(&mut b).is_ok() {
+        return u64::from_be_bytes(b);
+    }
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write(addr.to_string().as_bytes());

@@ -9,11 +9,59 @@ use serde_json::json;
 use suitcase_suit::manifest::{ParamValue, Severable};
 use suitcase_suit::{builder, Algorithm, Envelope, Image, ManifestBuilder, Profile, SigningKey, VerifyingKey};
 
+/// A signature algorithm on the command line.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum AlgArg {
+    /// Ed25519 (what RIOT verifies).
+    #[value(alias = "eddsa")]
+    Ed25519,
+    /// ECDSA P-256 with SHA-256.
+    #[value(alias = "esp256", alias = "p256")]
+    Es256,
+}
+
+impl From<AlgArg> for Algorithm {
+    fn from(a: AlgArg) -> Self {
+        match a {
+            AlgArg::Ed25519 => Algorithm::Ed25519,
+            AlgArg::Es256 => Algorithm::Es256,
+        }
+    }
+}
+
+/// A manifest profile on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ProfileArg {
+    /// draft-ietf-suit-manifest-37 (tag 107).
+    Draft37,
+    /// RIOT's draft-09 profile.
+    Riot09,
+}
+
+impl ProfileArg {
+    /// The name the server's `profile` field takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProfileArg::Draft37 => "draft37",
+            ProfileArg::Riot09 => "riot09",
+        }
+    }
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(p: ProfileArg) -> Self {
+        match p {
+            ProfileArg::Draft37 => Profile::Draft37,
+            ProfileArg::Riot09 => Profile::Riot09,
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct KeygenArgs {
     /// Algorithm: ed25519 (RIOT) or es256 (P-256).
-    #[arg(long, default_value = "ed25519")]
-    alg: String,
+    #[arg(long, value_enum, default_value_t = AlgArg::Ed25519)]
+    alg: AlgArg,
     /// Where to write the private key; the public key goes to <out without .pem>.pub.pem.
     #[arg(long, short)]
     out: PathBuf,
@@ -62,8 +110,8 @@ pub enum ManifestCommand {
 #[derive(Args)]
 pub struct CreateArgs {
     /// draft37 (IETF, tag 107) or riot09 (what RIOT devices parse).
-    #[arg(long, default_value = "draft37")]
-    profile: String,
+    #[arg(long, value_enum, default_value_t = ProfileArg::Draft37)]
+    profile: ProfileArg,
     /// Sequence number (RIOT: the app version, usually `date +%s`).
     #[arg(long)]
     seq: u64,
@@ -117,7 +165,7 @@ fn write_private(path: &Path, data: &[u8]) -> anyhow::Result<()> {
 }
 
 pub fn keygen(args: KeygenArgs) -> anyhow::Result<ExitCode> {
-    let alg: Algorithm = args.alg.parse()?;
+    let alg = Algorithm::from(args.alg);
     let key = SigningKey::generate(alg);
     write_key_pair(&key, &args.out)?;
     eprintln!(
@@ -167,7 +215,7 @@ fn parse_image(spec: &str) -> anyhow::Result<Image> {
 pub fn run(cmd: ManifestCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         ManifestCommand::Create(a) => {
-            let profile: Profile = a.profile.parse()?;
+            let profile = Profile::from(a.profile);
             let vendor = builder::vendor_id(&a.vendor_domain);
             let class = builder::class_id(&vendor, &a.class);
             if profile == Profile::Riot09 && a.seq > u64::from(u32::MAX) {

@@ -34,8 +34,8 @@ pub struct PublishArgs {
     block_size: Option<u16>,
     /// The manifest the server builds: draft37 (default) or riot09 (what RIOT devices parse;
     /// one file, signed with the server's Ed25519 key, served as riot.suit.<seq>.bin).
-    #[arg(long, conflicts_with = "manifest")]
-    profile: Option<String>,
+    #[arg(long, value_enum, conflicts_with = "manifest")]
+    profile: Option<crate::manifest::ProfileArg>,
     /// Vendor domain of the manifest the server builds (vendor-id = UUID5(DNS, domain));
     /// default: the server's (--vendor-domain, or --riot-vendor-domain for riot09).
     #[arg(long, conflicts_with = "manifest")]
@@ -112,11 +112,10 @@ async fn publish(args: PublishArgs) -> anyhow::Result<ExitCode> {
     if let Some(b) = args.block_size {
         form = form.text("block_size", b.to_string());
     }
-    for (field, value) in [
-        ("profile", &args.profile),
-        ("vendor_domain", &args.vendor_domain),
-        ("component", &args.component),
-    ] {
+    if let Some(p) = args.profile {
+        form = form.text("profile", p.name());
+    }
+    for (field, value) in [("vendor_domain", &args.vendor_domain), ("component", &args.component)] {
         if let Some(v) = value {
             form = form.text(field, v.clone());
         }
