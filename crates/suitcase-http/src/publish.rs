@@ -25,6 +25,11 @@ pub(crate) async fn publish(
     mut multipart: Multipart,
 ) -> Result<Json<VersionView>, ApiError> {
     let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
+    tracing::info!(
+        who = %who,
+        bytes = ?headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()),
+        "publish upload started"
+    );
     let mut publish_id = None;
     let mut semver = None;
     let mut class = None;

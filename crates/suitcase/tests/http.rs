@@ -32,6 +32,12 @@ fn curl(args: &[&str]) -> (u16, String, Vec<u8>) {
 
 #[test]
 fn https_tokens_and_esp_update() {
+    if !require("curl", "--version", "Debian: apt-get install curl") {
+        return;
+    }
+    if !require("openssl", "version", "Debian: apt-get install openssl") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     let (cert, key) = (d.join("cert.pem"), d.join("key.pem"));

@@ -87,6 +87,9 @@ fn check_store(data: &Path, acked: &Acked) {
 
 #[test]
 fn sigkill_during_publishes_loses_nothing_acknowledged() {
+    if !require_coap_client() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let acked: Acked = Arc::default();
@@ -162,7 +165,16 @@ fn sigterm_stops_cleanly() {
         .output()
         .unwrap()
     });
-    std::thread::sleep(Duration::from_millis(150));
+    // SIGTERM once the upload is under way (the server logs its start), not after a guess.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !server.log().iter().any(|l| l.contains("publish upload started")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the upload never started: {:?}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     let (status, log) = server.terminate(Duration::from_secs(20));
     assert_eq!(status, Some(0), "exit status after SIGTERM; log: {log:?}");
     assert!(log.iter().any(|l| l.contains("shutting down")), "{log:?}");
@@ -230,6 +242,12 @@ fn publish_status(server: &TestServer, id: &str, file: &Path) -> (bool, String) 
 
 #[test]
 fn full_and_read_only_disks_refuse_publishes_and_keep_serving() {
+    if !require_root("mounting a tmpfs (disk-full and read-only stores)") {
+        return;
+    }
+    if !require_coap_client() {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     let fs = Tmpfs::mount(&dir.path().join("small"), "4m");
     let server = TestServer::start(&fs.0.join("data"), &[]);

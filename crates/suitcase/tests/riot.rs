@@ -97,6 +97,12 @@ fn http_get(url: &str) -> String {
 
 #[test]
 fn riot_build_publish_notify_and_device_update() {
+    if !require("curl", "--version", "Debian: apt-get install curl") {
+        return;
+    }
+    if !require("aiocoap-client", "--help", "pip install aiocoap") {
+        return;
+    }
     let dir = tempfile::tempdir().unwrap();
     // Short notify timeouts so the silent-device case ends quickly.
     let server = TestServer::start(

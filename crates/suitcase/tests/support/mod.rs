@@ -219,6 +219,53 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// Whether `program` runs here (`program ARG` starts at all).
+pub fn have(program: &str, arg: &str) -> bool {
+    Command::new(program)
+        .arg(arg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok()
+}
+
+/// Whether a test's external tool is here; if not, the test is skipped with a printed reason
+/// (a failure in CI, where `.ci/run` installs every tool: `netns::skip`).
+pub fn require(program: &str, arg: &str, install: &str) -> bool {
+    if have(program, arg) {
+        return true;
+    }
+    netns::skip(&format!("{program} is not installed ({install})"));
+    false
+}
+
+/// libcoap's coap-client is here (see [`require`]).
+pub fn require_coap_client() -> bool {
+    if ["coap-client", "coap-client-notls"].iter().any(|c| have(c, "-h")) {
+        return true;
+    }
+    netns::skip("libcoap's coap-client is not installed (Debian: apt-get install libcoap3-bin)");
+    false
+}
+
+/// Running as root (tmpfs mounts, network namespaces); see [`require`].
+pub fn require_root(why: &str) -> bool {
+    if netns::missing_prerequisite().is_none() {
+        return true;
+    }
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let root = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        == Some("0");
+    if root {
+        return true;
+    }
+    netns::skip(&format!("not root: {why}"));
+    false
+}
+
 /// libcoap's command-line client: `coap-client` or Debian's `coap-client-notls`.
 pub fn coap_client() -> &'static str {
     for c in ["coap-client", "coap-client-notls"] {
