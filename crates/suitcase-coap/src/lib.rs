@@ -1,16 +1,14 @@
-//! CoAP for suitcase: a sans-IO firmware server core ([`Server`]: datagram in, datagram out,
-//! RFC 7252 messaging + RFC 7959 Block2 with ETag and Size2, 20-bit block numbers) and a thin
-//! tokio UDP [`driver`]. The hot-path codec is our own (`message`); coap-lite is the notify
-//! client's codec and the tests' reference.
+//! CoAP for suitcase over UDP: the thin tokio [`driver`] (with Linux datagram batching) that
+//! runs `suitcase-coap-proto`'s sans-IO [`Server`], the store's files as CoAP
+//! [`resources`], and the tokio [`notify`] client for triggers. The protocol itself (codec,
+//! Block2, server core, trigger exchange) lives in `suitcase-coap-proto`, re-exported here.
 
 #[cfg(target_os = "linux")]
 pub mod batch;
-pub mod block;
 pub mod driver;
-pub mod message;
 pub mod notify;
 pub mod resources;
-pub mod server;
 
 pub use resources::StoreResources;
-pub use server::{Body, Config, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit};
+pub use suitcase_coap_proto::{block, message, server, trigger};
+pub use suitcase_coap_proto::{Body, Config, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit};
