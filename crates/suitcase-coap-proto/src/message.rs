@@ -25,33 +25,33 @@ pub struct Code(pub u8);
 
 impl Code {
     /// 2.05 Content.
-    pub const CONTENT: Code = Code(0x45);
+    pub const CONTENT: Code = Code(coap_numbers::code::CONTENT);
     /// 2.03 Valid.
-    pub const VALID: Code = Code(0x43);
+    pub const VALID: Code = Code(coap_numbers::code::VALID);
     /// 4.00 Bad Request.
-    pub const BAD_REQUEST: Code = Code(0x80);
+    pub const BAD_REQUEST: Code = Code(coap_numbers::code::BAD_REQUEST);
     /// 4.01 Unauthorized (with Echo: prove your address, RFC 9175).
-    pub const UNAUTHORIZED: Code = Code(0x81);
+    pub const UNAUTHORIZED: Code = Code(coap_numbers::code::UNAUTHORIZED);
     /// 4.02 Bad Option.
-    pub const BAD_OPTION: Code = Code(0x82);
+    pub const BAD_OPTION: Code = Code(coap_numbers::code::BAD_OPTION);
     /// 4.04 Not Found.
-    pub const NOT_FOUND: Code = Code(0x84);
+    pub const NOT_FOUND: Code = Code(coap_numbers::code::NOT_FOUND);
     /// 4.05 Method Not Allowed.
-    pub const METHOD_NOT_ALLOWED: Code = Code(0x85);
+    pub const METHOD_NOT_ALLOWED: Code = Code(coap_numbers::code::METHOD_NOT_ALLOWED);
     /// 4.06 Not Acceptable.
-    pub const NOT_ACCEPTABLE: Code = Code(0x86);
+    pub const NOT_ACCEPTABLE: Code = Code(coap_numbers::code::NOT_ACCEPTABLE);
     /// 4.12 Precondition Failed.
-    pub const PRECONDITION_FAILED: Code = Code(0x8c);
+    pub const PRECONDITION_FAILED: Code = Code(coap_numbers::code::PRECONDITION_FAILED);
     /// 4.13 Request Entity Too Large.
-    pub const REQUEST_ENTITY_TOO_LARGE: Code = Code(0x8d);
+    pub const REQUEST_ENTITY_TOO_LARGE: Code = Code(coap_numbers::code::REQUEST_ENTITY_TOO_LARGE);
     /// 4.15 Unsupported Content-Format.
-    pub const UNSUPPORTED_CONTENT_FORMAT: Code = Code(0x8f);
+    pub const UNSUPPORTED_CONTENT_FORMAT: Code = Code(coap_numbers::code::UNSUPPORTED_CONTENT_FORMAT);
     /// 5.00 Internal Server Error.
-    pub const INTERNAL_SERVER_ERROR: Code = Code(0xa0);
+    pub const INTERNAL_SERVER_ERROR: Code = Code(coap_numbers::code::INTERNAL_SERVER_ERROR);
     /// 5.03 Service Unavailable.
-    pub const SERVICE_UNAVAILABLE: Code = Code(0xa3);
+    pub const SERVICE_UNAVAILABLE: Code = Code(coap_numbers::code::SERVICE_UNAVAILABLE);
     /// 5.05 Proxying Not Supported.
-    pub const PROXYING_NOT_SUPPORTED: Code = Code(0xa5);
+    pub const PROXYING_NOT_SUPPORTED: Code = Code(coap_numbers::code::PROXYING_NOT_SUPPORTED);
 
     /// The class (2, 4, 5).
     pub fn class(self) -> u8 {

@@ -43,28 +43,9 @@ pub mod content_format {
     pub const CBOR: u16 = 60;
 }
 
-/// Option numbers (RFC 7252 §12.2, RFC 7959, RFC 7641, RFC 7967).
-mod opt {
-    pub const IF_MATCH: u16 = 1;
-    pub const URI_HOST: u16 = 3;
-    pub const ETAG: u16 = 4;
-    pub const IF_NONE_MATCH: u16 = 5;
-    pub const OBSERVE: u16 = 6;
-    pub const URI_PORT: u16 = 7;
-    pub const URI_PATH: u16 = 11;
-    pub const CONTENT_FORMAT: u16 = 12;
-    pub const URI_QUERY: u16 = 15;
-    pub const ACCEPT: u16 = 17;
-    pub const LOCATION_QUERY: u16 = 20;
-    pub const BLOCK2: u16 = 23;
-    pub const BLOCK1: u16 = 27;
-    pub const SIZE2: u16 = 28;
-    pub const PROXY_URI: u16 = 35;
-    pub const PROXY_SCHEME: u16 = 39;
-    pub const SIZE1: u16 = 60;
-    pub const ECHO: u16 = 252;
-    pub const NO_RESPONSE: u16 = 258;
-}
+/// Option numbers (RFC 7252 §12.2, RFC 7959, RFC 7641, RFC 7967, RFC 9175): the IANA
+/// registry as the coap-numbers crate carries it.
+use coap_numbers::option as opt;
 
 /// Reads ranges of a representation that is not held in memory (a large file).
 pub trait RangeSource: Send + Sync + std::fmt::Debug {
@@ -387,7 +368,7 @@ struct Parsed<'a> {
 fn repeatable(n: u16) -> bool {
     matches!(
         n,
-        opt::IF_MATCH | opt::ETAG | opt::URI_PATH | opt::URI_QUERY | opt::LOCATION_QUERY | 8
+        opt::IF_MATCH | opt::ETAG | opt::URI_PATH | opt::URI_QUERY | opt::LOCATION_PATH | opt::LOCATION_QUERY
     )
 }
 
