@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use suitcase_coap::notify::Target;
+use suitcase_coap::trigger::Target;
 use suitcase_http::esp::parse_version;
 use suitcase_store::{validate_file_name, validate_publish_id};
 

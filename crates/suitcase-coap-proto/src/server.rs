@@ -25,11 +25,16 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::block::{decode_uint, BlockValue};
+use crate::block::BlockValue;
 use crate::message::{self, Code, MsgType, ParseError, Request, ResponseSpec};
 
 mod echo;
+mod observe;
+mod options;
 mod transfers;
+
+use observe::{liveness_interval, HostKey};
+use options::{parse, suppressed, Parsed};
 
 /// CoAP content-format ids used here.
 pub mod content_format {
@@ -346,35 +351,6 @@ pub struct Server<R> {
     echo: echo::EchoKeys,
     transfers: transfers::Transfers,
     done: VecDeque<TransferDone>,
-}
-
-/// What a request asks, read from its options.
-struct Parsed<'a> {
-    path: Vec<&'a str>,
-    block2: Option<BlockValue>,
-    etags: Vec<&'a [u8]>,
-    accept: Option<u32>,
-    size2_requested: bool,
-    observe: Option<u32>,
-    if_match: Vec<&'a [u8]>,
-    if_none_match: bool,
-    echo: Option<&'a [u8]>,
-}
-
-/// Options that may appear once only (RFC 7252 §5.4.5, RFC 7959, RFC 7641, RFC 9175): a
-/// repetition is ignored and the first occurrence used. Devices in the field repeat Block2
-/// (Zephyr's coap_client sends `Block2=1/0/1024 Block2=0/0/1024`); the first occurrence is
-/// the one they mean, and answering 4.02 would stop their download.
-fn repeatable(n: u16) -> bool {
-    matches!(
-        n,
-        opt::IF_MATCH | opt::ETAG | opt::URI_PATH | opt::URI_QUERY | opt::LOCATION_PATH | opt::LOCATION_QUERY
-    )
-}
-
-/// Is the option number critical (odd, RFC 7252 §5.4.1)?
-fn critical(n: u16) -> bool {
-    n & 1 == 1
 }
 
 /// What a request asks of the observe registry.
@@ -855,83 +831,6 @@ impl<R: Resources> Server<R> {
         Ok(spec)
     }
 
-    fn register(
-        &mut self,
-        now: Instant,
-        peer: SocketAddr,
-        path: Arc<[String]>,
-        token: Token,
-        szx: Option<u8>,
-        etag: [u8; 8],
-    ) -> bool {
-        let key = (peer, path);
-        if let Some(o) = self.observers.get_mut(&key) {
-            // Re-registration (same peer and resource): replace the token.
-            o.token = token;
-            o.szx = szx;
-            o.etag = etag;
-            o.heard = now;
-            return true;
-        }
-        if self.observers.len() >= self.config.max_observers {
-            self.stats.observers_refused += 1;
-            tracing::warn!(
-                observers = self.observers.len(),
-                "observer limit reached, serving without Observe"
-            );
-            return false;
-        }
-        let of_peer = self.observers_of.get(&host_key(peer)).copied().unwrap_or(0);
-        if of_peer >= self.config.max_observers_per_peer {
-            self.stats.observers_refused += 1;
-            tracing::debug!(%peer, observations = of_peer, "per-peer observe limit reached, serving without Observe");
-            return false;
-        }
-        tracing::debug!(peer = %key.0, path = %key.1.join("/"), "observer registered");
-        *self.observers_of.entry(host_key(peer)).or_default() += 1;
-        self.observers.insert(
-            key,
-            Observer {
-                token,
-                szx,
-                etag,
-                pending: None,
-                heard: now,
-            },
-        );
-        true
-    }
-
-    fn deregister(&mut self, key: &ObsKey) {
-        if let Some(o) = self.observers.remove(key) {
-            tracing::debug!(peer = %key.0, path = %key.1.join("/"), "observer removed");
-            if let Some(p) = o.pending {
-                self.pending_mids.remove(&(key.0, p.mid));
-            }
-            let host = host_key(key.0);
-            if let Some(n) = self.observers_of.get_mut(&host) {
-                *n -= 1;
-                if *n == 0 {
-                    self.observers_of.remove(&host);
-                }
-            }
-        }
-    }
-
-    fn peer_answered(&mut self, now: Instant, peer: SocketAddr, mid: u16, reset: bool) {
-        let Some(path) = self.pending_mids.remove(&(peer, mid)) else {
-            return;
-        };
-        let key = (peer, path);
-        if reset {
-            // RST to a notification: the client lost interest (RFC 7641 §3.6).
-            self.deregister(&key);
-        } else if let Some(o) = self.observers.get_mut(&key) {
-            o.pending = None;
-            o.heard = now;
-        }
-    }
-
     /// Check resources for change and retransmit notifications that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.rotate(now);
@@ -980,94 +879,6 @@ impl<R: Resources> Server<R> {
         }
     }
 
-    /// Observers not heard from for `observe_lifetime` get a confirmable notification of
-    /// the current state; one that never acknowledges it is removed by the retransmission
-    /// timer.
-    fn check_liveness(&mut self, now: Instant) {
-        let stale: Vec<ObsKey> = self
-            .observers
-            .iter()
-            .filter(|(_, o)| {
-                o.pending.is_none() && now.saturating_duration_since(o.heard) >= self.config.observe_lifetime
-            })
-            .map(|(k, _)| k.clone())
-            .collect();
-        if !stale.is_empty() {
-            tracing::debug!(
-                observers = stale.len(),
-                "checking that silent observers are still there"
-            );
-        }
-        for key in stale {
-            self.notify(now, key, true);
-        }
-    }
-
-    fn notify_changed(&mut self, now: Instant) {
-        let keys: Vec<ObsKey> = self.observers.keys().cloned().collect();
-        for key in keys {
-            self.notify(now, key, false);
-        }
-    }
-
-    /// Send `key` a confirmable notification if its resource changed (or `always`).
-    fn notify(&mut self, now: Instant, key: ObsKey, always: bool) {
-        {
-            let segments: Vec<&str> = key.1.iter().map(String::as_str).collect();
-            let Some(res) = self.resources.resolve(&segments) else {
-                // The resource is gone (its versions were removed): a final 4.04 ends the
-                // observation (RFC 7641 §4.2).
-                if let Some(token) = self.observers.get(&key).map(|o| o.token) {
-                    let mut data = Vec::new();
-                    let spec = ResponseSpec::error(Code::NOT_FOUND, "removed");
-                    let mid = self.mid();
-                    message::encode(&mut data, MsgType::Non, mid, token.as_slice(), &spec);
-                    self.transmits.push_back(Transmit { peer: key.0, data });
-                }
-                self.deregister(&key);
-                return;
-            };
-            let Some(o) = self.observers.get(&key) else { return };
-            if o.etag == res.etag && !always {
-                return;
-            }
-            let block = o.szx.map(|szx| BlockValue {
-                num: 0,
-                more: false,
-                szx,
-            });
-            let Ok(mut spec) = self.content(&res, block, false) else {
-                return;
-            };
-            self.observe_seq = (self.observe_seq + 1) & 0x00ff_ffff;
-            spec.observe = Some(self.observe_seq);
-            let mid = self.mid();
-            let timeout = self.config.ack_timeout.mul_f64(self.random_factor());
-            let Some(o) = self.observers.get_mut(&key) else {
-                return;
-            };
-            let mut data = Vec::new();
-            message::encode(&mut data, MsgType::Con, mid, o.token.as_slice(), &spec);
-            o.etag = res.etag;
-            if let Some(old) = o.pending.take() {
-                self.pending_mids.remove(&(key.0, old.mid));
-            }
-            let due = now + timeout;
-            o.pending = Some(Pending {
-                mid,
-                attempts: 0,
-                timeout,
-                due,
-                data: data.clone(),
-            });
-            self.pending_mids.insert((key.0, mid), key.1.clone());
-            self.timers.push(Reverse((due, key.0, key.1.clone())));
-            self.stats.notifications += 1;
-            tracing::debug!(peer = %key.0, path = %key.1.join("/"), seq = self.observe_seq, "notification queued");
-            self.transmits.push_back(Transmit { peer: key.0, data });
-        }
-    }
-
     /// The next datagram the server wants to send on its own (notifications).
     pub fn poll_transmit(&mut self) -> Option<Transmit> {
         self.transmits.pop_front()
@@ -1083,106 +894,6 @@ impl<R: Resources> Server<R> {
             (self.next_change_poll, Some(self.next_liveness_check))
         };
         [timer, Some(dedup), change, liveness].into_iter().flatten().min()
-    }
-}
-
-/// Who counts as one host for the per-host Observe limit: an IPv4 address (IPv4-mapped
-/// IPv6 included) or an IPv6 /64 prefix.
-type HostKey = std::net::IpAddr;
-
-fn host_key(peer: SocketAddr) -> HostKey {
-    match peer.ip().to_canonical() {
-        std::net::IpAddr::V6(a) => {
-            let s = a.segments();
-            std::net::IpAddr::V6(std::net::Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
-}
-
-/// How often observers are checked for staleness.
-fn liveness_interval(config: &Config) -> Duration {
-    (config.observe_lifetime / 4).clamp(Duration::from_millis(10), Duration::from_secs(60))
-}
-
-/// Read the options of a request; an error reply when they cannot be served.
-fn parse<'a>(req: &Request<'a>) -> Result<Parsed<'a>, ResponseSpec> {
-    let mut p = Parsed {
-        path: Vec::new(),
-        block2: None,
-        etags: Vec::new(),
-        accept: None,
-        size2_requested: false,
-        observe: None,
-        if_match: Vec::new(),
-        if_none_match: false,
-        echo: None,
-    };
-    let mut last = None;
-    for (num, v) in req.options() {
-        // A repeated non-repeatable option: the first occurrence stands.
-        let repeated = last == Some(num) && !repeatable(num);
-        last = Some(num);
-        if repeated {
-            tracing::trace!(option = num, "repeated non-repeatable option ignored");
-            continue;
-        }
-        match num {
-            opt::URI_PATH => match std::str::from_utf8(v) {
-                Ok(s) => p.path.push(s),
-                Err(_) => return Err(ResponseSpec::error(Code::BAD_REQUEST, "Uri-Path is not UTF-8")),
-            },
-            opt::BLOCK2 => match BlockValue::decode(v) {
-                Some(b) if b.szx == 7 => {
-                    return Err(ResponseSpec::error(
-                        Code::BAD_OPTION,
-                        "Block2 SZX 7 (BERT) needs CoAP over TCP",
-                    ))
-                }
-                Some(b) => p.block2 = Some(b),
-                None => return Err(ResponseSpec::error(Code::BAD_OPTION, "Block2 longer than 3 bytes")),
-            },
-            opt::ETAG => p.etags.push(v),
-            opt::IF_MATCH => p.if_match.push(v),
-            opt::IF_NONE_MATCH => p.if_none_match = true,
-            opt::ACCEPT => p.accept = decode_uint(v),
-            opt::SIZE2 => p.size2_requested = true,
-            opt::OBSERVE => p.observe = decode_uint(v),
-            opt::ECHO => p.echo = Some(v),
-            opt::PROXY_URI | opt::PROXY_SCHEME => {
-                return Err(ResponseSpec::error(
-                    Code::PROXYING_NOT_SUPPORTED,
-                    "this server is no proxy",
-                ))
-            }
-            opt::BLOCK1 => {
-                return Err(ResponseSpec::error(
-                    Code::BAD_OPTION,
-                    "Block1 is not supported: this server only serves downloads",
-                ))
-            }
-            opt::URI_HOST | opt::URI_PORT | opt::CONTENT_FORMAT | opt::URI_QUERY | opt::SIZE1 | opt::NO_RESPONSE => {}
-            n if critical(n) => return Err(ResponseSpec::error(Code::BAD_OPTION, "unsupported critical option")),
-            _ => {}
-        }
-    }
-    if req.code != 1 {
-        return Err(ResponseSpec::error(Code::METHOD_NOT_ALLOWED, "only GET is served"));
-    }
-    Ok(p)
-}
-
-/// No-Response (RFC 7967) on a NON request: bit 2 suppresses 2.xx, bit 8 4.xx, bit 16 5.xx.
-fn suppressed(req: &Request<'_>, code: Code) -> bool {
-    let Some((_, v)) = req.options().find(|(n, _)| *n == opt::NO_RESPONSE) else {
-        return false;
-    };
-    let mask = decode_uint(v).unwrap_or(0);
-    match code.class() {
-        2 => mask & 2 != 0,
-        4 => mask & 8 != 0,
-        5 => mask & 16 != 0,
-        _ => false,
     }
 }
 

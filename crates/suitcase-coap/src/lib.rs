@@ -1,13 +1,13 @@
 //! CoAP for suitcase over UDP: the thin tokio [`driver`] (with Linux datagram batching) that
 //! runs `suitcase-coap-proto`'s sans-IO [`Server`], the store's files as CoAP
-//! [`resources`], and the tokio [`notify`] client for triggers. The protocol itself (codec,
+//! [`resources`], and the tokio [`trigger_client`] that sends triggers. The protocol itself (codec,
 //! Block2, server core, trigger exchange) lives in `suitcase-coap-proto`, re-exported here.
 
 #[cfg(target_os = "linux")]
 pub mod batch;
 pub mod driver;
-pub mod notify;
 pub mod resources;
+pub mod trigger_client;
 
 pub use resources::StoreResources;
 pub use suitcase_coap_proto::{block, message, server, trigger};

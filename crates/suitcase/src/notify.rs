@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Args;
 use std::sync::Arc;
 
-use suitcase_coap::notify::Outcome;
+use suitcase_coap::trigger::Outcome;
 use suitcase_coap::TransferDone;
 use suitcase_http::{DeviceNotice, Notifier, NotifyOptions, TriggerNul};
 
@@ -18,7 +18,7 @@ use suitcase_http::{DeviceNotice, Notifier, NotifyOptions, TriggerNul};
 /// device downloads from this server's CoAP side (completed transfers from its address).
 pub struct CoapNotifier {
     /// The trigger client.
-    pub client: Arc<suitcase_coap::notify::Notifier>,
+    pub client: Arc<suitcase_coap::trigger_client::TriggerClient>,
     /// Completed CoAP downloads, from the CoAP thread.
     pub transfers: tokio::sync::broadcast::Sender<TransferDone>,
 }
@@ -34,9 +34,9 @@ impl Notifier for CoapNotifier {
         // Subscribed before the first trigger goes out, so no download is missed.
         let mut transfers = self.transfers.subscribe();
         let nul = options.trigger_nul.map(|n| match n {
-            TriggerNul::Never => suitcase_coap::notify::TriggerNul::Never,
-            TriggerNul::SuitTrigger => suitcase_coap::notify::TriggerNul::SuitTrigger,
-            TriggerNul::Always => suitcase_coap::notify::TriggerNul::Always,
+            TriggerNul::Never => suitcase_coap::trigger::TriggerNul::Never,
+            TriggerNul::SuitTrigger => suitcase_coap::trigger::TriggerNul::SuitTrigger,
+            TriggerNul::Always => suitcase_coap::trigger::TriggerNul::Always,
         });
         Box::pin(async move {
             let mut notices: Vec<DeviceNotice> = notifier

@@ -57,7 +57,7 @@ pub struct ServeArgs {
     #[arg(long, default_value = "suit-trigger", value_parser = ["never", "suit-trigger", "always"])]
     trigger_nul: String,
     /// Notify: triggers in flight at once across all requests; further ones wait their turn.
-    #[arg(long, default_value_t = suitcase_coap::notify::DEFAULT_MAX_IN_FLIGHT)]
+    #[arg(long, default_value_t = suitcase_coap::trigger_client::DEFAULT_MAX_IN_FLIGHT)]
     notify_max_in_flight: usize,
     /// TLS certificate chain (PEM) for HTTPS; needs --tls-key.
     #[arg(long, env = "SUITCASE_TLS_CERT", requires = "tls_key")]
@@ -222,8 +222,8 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         }),
         tokens: tokens.clone(),
         notifier: Some(Arc::new(crate::notify::CoapNotifier {
-            client: Arc::new(suitcase_coap::notify::Notifier::new(
-                suitcase_coap::notify::NotifyConfig {
+            client: Arc::new(suitcase_coap::trigger_client::TriggerClient::new(
+                suitcase_coap::trigger::NotifyConfig {
                     // Clamped: retransmission back-off doubles it four times (no overflow).
                     ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms.clamp(1, 600_000)),
                     max_retransmit: args.notify_max_retransmit,

@@ -1,4 +1,4 @@
-//! The notify client over tokio: [`Notifier`] drives many trigger exchanges
+//! The trigger client over tokio: [`TriggerClient`] drives many trigger exchanges
 //! ([`Exchange`], sans-IO, from `suitcase-coap-proto`) from one shared UDP socket per address
 //! family, demultiplexing replies by (peer, message id) for ACK/RST and (peer, token) for
 //! separate responses, with a global bound on the exchanges in flight across all callers
@@ -28,7 +28,7 @@ pub struct NotifyResult {
     pub elapsed: Duration,
 }
 
-/// Exchanges in flight across every caller of one [`Notifier`], by default.
+/// Exchanges in flight across every caller of one [`TriggerClient`], by default.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
 /// Which exchange a reply belongs to.
@@ -150,14 +150,14 @@ impl Endpoint {
 /// The trigger sender: one UDP socket per address family, bound on first use and shared by
 /// every exchange, and at most `max_in_flight` exchanges at once across all callers (the
 /// others wait for a slot before their first transmission).
-pub struct Notifier {
+pub struct TriggerClient {
     config: NotifyConfig,
     permits: tokio::sync::Semaphore,
     endpoints: tokio::sync::Mutex<[Option<Arc<Endpoint>>; 2]>,
     receivers: Mutex<Vec<tokio::task::AbortHandle>>,
 }
 
-impl Drop for Notifier {
+impl Drop for TriggerClient {
     fn drop(&mut self) {
         if let Ok(r) = self.receivers.lock() {
             r.iter().for_each(tokio::task::AbortHandle::abort);
@@ -165,10 +165,10 @@ impl Drop for Notifier {
     }
 }
 
-impl Notifier {
+impl TriggerClient {
     /// A notifier with these retransmission settings and bound.
     pub fn new(config: NotifyConfig, max_in_flight: usize) -> Self {
-        Notifier {
+        TriggerClient {
             config,
             permits: tokio::sync::Semaphore::new(max_in_flight.max(1)),
             endpoints: tokio::sync::Mutex::new([None, None]),
@@ -279,7 +279,7 @@ impl Notifier {
         self.notify_all_with(devices, payload, None).await
     }
 
-    /// [`Notifier::notify_all`], with the NUL after the URL as `nul` says (`None`: as
+    /// [`TriggerClient::notify_all`], with the NUL after the URL as `nul` says (`None`: as
     /// configured).
     pub async fn notify_all_with(
         self: &Arc<Self>,
@@ -316,7 +316,7 @@ impl Notifier {
 
 /// Notify one device from a notifier of its own.
 pub async fn notify(device: &str, payload: &str, config: &NotifyConfig) -> NotifyResult {
-    Notifier::new(config.clone(), 1).notify(device, payload).await
+    TriggerClient::new(config.clone(), 1).notify(device, payload).await
 }
 
 /// Message IDs and tokens must not be guessable by an off-path attacker (RFC 7252 §5.3.1):
@@ -336,7 +336,7 @@ fn random_seed(addr: SocketAddr) -> u64 {
 /// Notify every device concurrently from a notifier of its own (bounded by
 /// [`DEFAULT_MAX_IN_FLIGHT`]); results in the order given.
 pub async fn notify_all(devices: &[String], payload: &str, config: &NotifyConfig) -> Vec<NotifyResult> {
-    Arc::new(Notifier::new(config.clone(), DEFAULT_MAX_IN_FLIGHT))
+    Arc::new(TriggerClient::new(config.clone(), DEFAULT_MAX_IN_FLIGHT))
         .notify_all(devices, payload)
         .await
 }
@@ -363,7 +363,7 @@ mod tests {
     async fn one_socket_demultiplexes_replies() {
         let device = tokio::net::UdpSocket::bind("[::1]:0").await.unwrap();
         let port = device.local_addr().unwrap().port();
-        let n = Arc::new(Notifier::new(NotifyConfig::default(), 8));
+        let n = Arc::new(TriggerClient::new(NotifyConfig::default(), 8));
         let devices = vec![format!("coap://[::1]:{port}/a"), format!("coap://[::1]:{port}/b")];
         let task = tokio::spawn({
             let n = n.clone();
