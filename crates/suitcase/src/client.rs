@@ -24,7 +24,7 @@ pub fn token(explicit: Option<&str>, server: &str) -> Option<String> {
         return None;
     }
     let data = std::env::var_os("SUITCASE_DATA").map_or_else(|| PathBuf::from("suitcase-data"), PathBuf::from);
-    let file = data.join(suitcase_http::auth::LOCAL_TOKEN_FILE);
+    let file = data.join(suitcase_auth::LOCAL_TOKEN_FILE);
     let text = std::fs::read_to_string(&file).ok()?;
     let t = text.trim();
     (!t.is_empty()).then(|| t.to_string())

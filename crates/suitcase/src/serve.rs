@@ -167,8 +167,8 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     http_listener.set_nonblocking(true)?;
     let http_addr = http_listener.local_addr()?;
     raise_fd_limit(args.max_connections);
-    let tokens = Arc::new(suitcase_http::auth::Tokens::new(args.data.join("tokens.json")));
-    let local_token = args.data.join(suitcase_http::auth::LOCAL_TOKEN_FILE);
+    let tokens = Arc::new(suitcase_auth::Tokens::new(args.data.join("tokens.json")));
+    let local_token = args.data.join(suitcase_auth::LOCAL_TOKEN_FILE);
     match tokens.create_local_publisher(&local_token) {
         Ok(Some(name)) => tracing::info!(
             token_file = %local_token.display(),

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::Subcommand;
-use suitcase_http::auth::{Role, Tokens};
+use suitcase_auth::{Role, Tokens};
 
 #[derive(Subcommand)]
 pub enum TokenCommand {

@@ -1,0 +1,488 @@
+//! suitcase's tokens, kept in a file: publisher tokens (guarding every mutation) and device
+//! tokens (guarding HTTP downloads once any exists), stored as SHA-256 hashes in
+//! `tokens.json` (mode 0600), compared digest to digest in constant time. Used by the HTTP
+//! server (`suitcase-http`'s guards) and by the CLI (`suitcase token`); nothing here is HTTP.
+//!
+//! Requests never touch the file: they read an in-memory snapshot that [`Tokens::watch`]
+//! refreshes from a background thread every 500 ms (so a change made by another process,
+//! e.g. `suitcase token create`, is seen within about half a second) and that this process's
+//! own [`Tokens::create`] and [`Tokens::revoke`] update at once. A change is recognised by the
+//! file's content (SHA-256), so a file replaced with one of the same length and mtime
+//! (`cp -p`, `rsync -t`) is noticed too.
+//!
+//! A token file that cannot be read or parsed, or that vanished while serving, refuses every
+//! guarded request, both roles, until it is fixed. There is no implicit trust in loopback
+//! peers: when no publisher token exists at start, the server creates one named `local` and
+//! writes it to `<data>/local-publisher.token` for the CLI.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest as _, Sha256};
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Publish, notify, remove.
+    Publisher,
+    /// Download over HTTP.
+    Device,
+}
+
+/// A stored token (its hash, never the token).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenEntry {
+    /// Name given at creation (appears in the audit log).
+    pub name: String,
+    /// What it may do.
+    pub role: Role,
+    /// Hex SHA-256 of the token.
+    pub sha256: String,
+    /// Unix time of creation.
+    pub created: u64,
+}
+
+/// Errors of the token file.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// File I/O.
+    #[error("{0}: {1}")]
+    Io(String, std::io::Error),
+    /// Not a token file.
+    #[error("{0}: {1}")]
+    Format(String, serde_json::Error),
+    /// A token of that name exists.
+    #[error("a token named {0:?} exists already")]
+    Exists(String),
+    /// Bad name.
+    #[error("token names are 1-64 characters of [A-Za-z0-9._@-]")]
+    BadName,
+    /// Larger than any token file.
+    #[error("{0}: larger than 1 MiB, not a token file")]
+    TooLarge(String),
+    /// A thread panicked while writing the file.
+    #[error("token file lock poisoned")]
+    Poisoned,
+}
+
+/// The file the server writes its `local` publisher token to, in its data directory.
+pub const LOCAL_TOKEN_FILE: &str = "local-publisher.token";
+
+/// A token file larger than this is refused as unreadable (it holds a few hashes).
+const MAX_FILE_BYTES: u64 = 1 << 20;
+
+/// What the server knows of the token file.
+#[derive(Clone, Debug)]
+pub enum Snapshot {
+    /// The entries (empty when the file does not exist).
+    Entries(Arc<Vec<TokenEntry>>),
+    /// The file exists but cannot be read or parsed: refuse everyone.
+    Unreadable,
+}
+
+impl Snapshot {
+    /// Whether any token of `role` exists (`None`: unreadable).
+    pub fn any(&self, role: Role) -> Option<bool> {
+        match self {
+            Snapshot::Entries(e) => Some(e.iter().any(|e| e.role == role)),
+            Snapshot::Unreadable => None,
+        }
+    }
+
+    /// The name of the token `presented` if it holds one of `roles`.
+    pub fn check(&self, presented: &str, roles: &[Role]) -> Option<String> {
+        let Snapshot::Entries(entries) = self else { return None };
+        let d = digest(presented);
+        let mut found = None;
+        // Compare with every entry (no early exit), digest to digest.
+        for e in entries.iter() {
+            let mut stored = [0u8; 32];
+            let ok = hex::decode_to_slice(&e.sha256, &mut stored).is_ok();
+            if ok && ct_eq(&stored, &d) && roles.contains(&e.role) {
+                found = Some(e.name.clone());
+            }
+        }
+        found
+    }
+}
+
+/// The token file of a server.
+pub struct Tokens {
+    path: PathBuf,
+    /// (SHA-256 of the file's content, `None` when absent or unreadable; what it says).
+    snapshot: RwLock<(Option<[u8; 32]>, Snapshot)>,
+    /// Serialises this process's read-modify-write of the file, and refreshes with it (a
+    /// refresh must never put back what a revoke just replaced).
+    writing: Mutex<()>,
+    /// The file existed once: its disappearance later is damage, not "no tokens".
+    existed: std::sync::atomic::AtomicBool,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.trim().as_bytes()).into()
+}
+
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    subtle::ConstantTimeEq::ct_eq(a, b).into()
+}
+
+impl Tokens {
+    /// Tokens kept at `path` (the file may not exist yet).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
+        let t = Tokens {
+            path: path.into(),
+            snapshot: RwLock::new((None, Snapshot::Entries(Arc::default()))),
+            writing: Mutex::new(()),
+            existed: std::sync::atomic::AtomicBool::new(false),
+        };
+        t.refresh();
+        t
+    }
+
+    /// Keep the snapshot current from a background thread, every `every`; the thread ends
+    /// when the last `Arc` of these tokens is dropped.
+    pub fn watch(self: &Arc<Self>, every: Duration) -> std::io::Result<std::thread::JoinHandle<()>> {
+        let weak: Weak<Self> = Arc::downgrade(self);
+        std::thread::Builder::new()
+            .name("suitcase-tokens".into())
+            .spawn(move || loop {
+                std::thread::sleep(every);
+                match weak.upgrade() {
+                    Some(t) => t.refresh(),
+                    None => return,
+                }
+            })
+    }
+
+    /// What requests are checked against.
+    pub fn snapshot(&self) -> Snapshot {
+        match self.snapshot.read() {
+            Ok(s) => s.1.clone(),
+            Err(_) => Snapshot::Unreadable,
+        }
+    }
+
+    /// Re-read the file; replace the snapshot if its content changed.
+    pub fn refresh(&self) {
+        let _writing = self.writing.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (hash, snap) = match self.read_raw() {
+            Ok(None) if self.existed.load(std::sync::atomic::Ordering::Relaxed) => {
+                // A server's token file (it writes one at start) that vanished: fail closed
+                // rather than open downloads and publishing to everyone.
+                self.set_unreadable(&TokenError::Io(
+                    self.path.display().to_string(),
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "the token file was removed"),
+                ));
+                return;
+            }
+            Ok(None) => (None, Snapshot::Entries(Arc::default())),
+            Ok(Some(bytes)) => {
+                self.existed.store(true, std::sync::atomic::Ordering::Relaxed);
+                let hash: [u8; 32] = Sha256::digest(&bytes).into();
+                if self.snapshot.read().is_ok_and(|s| s.0 == Some(hash)) {
+                    return;
+                }
+                match serde_json::from_slice::<Vec<TokenEntry>>(&bytes) {
+                    Ok(e) => (Some(hash), Snapshot::Entries(Arc::new(e))),
+                    Err(e) => {
+                        self.set_unreadable(&TokenError::Format(self.path.display().to_string(), e));
+                        return;
+                    }
+                }
+            }
+            Err(e) => {
+                self.set_unreadable(&e);
+                return;
+            }
+        };
+        if let Ok(mut s) = self.snapshot.write() {
+            if matches!(s.1, Snapshot::Unreadable) {
+                tracing::info!(tokens = %self.path.display(), "token file readable again");
+            }
+            *s = (hash, snap);
+        }
+    }
+
+    fn set_unreadable(&self, e: &TokenError) {
+        if let Ok(mut s) = self.snapshot.write() {
+            if !matches!(s.1, Snapshot::Unreadable) {
+                tracing::error!(error = %e, "token file unreadable; refusing every guarded request until it is fixed");
+            }
+            *s = (None, Snapshot::Unreadable);
+        }
+    }
+
+    /// The file's bytes (`None`: no file), at most [`MAX_FILE_BYTES`].
+    fn read_raw(&self) -> Result<Option<Vec<u8>>, TokenError> {
+        let p = || self.path.display().to_string();
+        let f = match std::fs::File::open(&self.path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(TokenError::Io(p(), e)),
+        };
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::Read::take(f, MAX_FILE_BYTES + 1), &mut bytes)
+            .map_err(|e| TokenError::Io(p(), e))?;
+        if bytes.len() as u64 > MAX_FILE_BYTES {
+            return Err(TokenError::TooLarge(p()));
+        }
+        Ok(Some(bytes))
+    }
+
+    /// The file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// All entries, fresh from disk.
+    pub fn list(&self) -> Result<Vec<TokenEntry>, TokenError> {
+        match self.read_raw()? {
+            Some(b) => serde_json::from_slice(&b).map_err(|e| TokenError::Format(self.path.display().to_string(), e)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    fn save(&self, entries: &[TokenEntry]) -> Result<(), TokenError> {
+        let p = self.path.display().to_string();
+        let json = serde_json::to_vec_pretty(entries).map_err(|e| TokenError::Format(p.clone(), e))?;
+        let tmp = self.path.with_extension("json.tmp");
+        let write = || -> std::io::Result<()> {
+            if let Some(dir) = self.path.parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            std::io::Write::write_all(&mut f, &json)?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, &self.path)
+        };
+        write().map_err(|e| TokenError::Io(p, e))?;
+        self.existed.store(true, std::sync::atomic::Ordering::Relaxed);
+        // This process's own change is in force at once, not at the next refresh.
+        if let Ok(mut s) = self.snapshot.write() {
+            *s = (
+                Some(Sha256::digest(&json).into()),
+                Snapshot::Entries(Arc::new(entries.to_vec())),
+            );
+        }
+        Ok(())
+    }
+
+    /// Create a token; returns it (shown once, only its hash is kept).
+    pub fn create(&self, name: &str, role: Role) -> Result<String, TokenError> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+        {
+            return Err(TokenError::BadName);
+        }
+        let _writing = self.writing.lock().map_err(|_| TokenError::Poisoned)?;
+        let mut entries = self.list()?;
+        if entries.iter().any(|e| e.name == name) {
+            return Err(TokenError::Exists(name.to_string()));
+        }
+        let mut raw = [0u8; 20];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
+        let token = hex::encode(raw);
+        let created = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        entries.push(TokenEntry {
+            name: name.to_string(),
+            role,
+            sha256: hex::encode(digest(&token)),
+            created,
+        });
+        self.save(&entries)?;
+        Ok(token)
+    }
+
+    /// Revoke by name; whether it existed.
+    pub fn revoke(&self, name: &str) -> Result<bool, TokenError> {
+        let _writing = self.writing.lock().map_err(|_| TokenError::Poisoned)?;
+        let mut entries = self.list()?;
+        let before = entries.len();
+        entries.retain(|e| e.name != name);
+        if entries.len() == before {
+            return Ok(false);
+        }
+        self.save(&entries)?;
+        Ok(true)
+    }
+
+    /// Whether any token of `role` exists (false when the file is unreadable).
+    pub fn any(&self, role: Role) -> bool {
+        self.snapshot().any(role).unwrap_or(false)
+    }
+
+    /// The name of the token `presented` if it holds one of `roles`.
+    pub fn check(&self, presented: &str, roles: &[Role]) -> Option<String> {
+        self.snapshot().check(presented, roles)
+    }
+
+    /// When no publisher token exists, create one named `local` (or `local-2` … if a device
+    /// token has that name) and write it to `token_file` (mode 0600); returns the name.
+    /// Never logs the token.
+    pub fn create_local_publisher(&self, token_file: &Path) -> Result<Option<String>, TokenError> {
+        let entries = self.list()?;
+        if entries.iter().any(|e| e.role == Role::Publisher) {
+            return Ok(None);
+        }
+        let name = (1..100)
+            .map(|i| {
+                if i == 1 {
+                    "local".to_string()
+                } else {
+                    format!("local-{i}")
+                }
+            })
+            .find(|n| !entries.iter().any(|e| &e.name == n))
+            .ok_or_else(|| TokenError::Exists("local".into()))?;
+        let token = self.create(&name, Role::Publisher)?;
+        let p = token_file.display().to_string();
+        let tmp = token_file.with_extension("token.tmp");
+        let write = || -> std::io::Result<()> {
+            let mut opts = std::fs::OpenOptions::new();
+            opts.write(true).create(true).truncate(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+            let mut f = opts.open(&tmp)?;
+            std::io::Write::write_all(&mut f, format!("{token}\n").as_bytes())?;
+            f.sync_all()?;
+            std::fs::rename(&tmp, token_file)
+        };
+        write().map_err(|e| TokenError::Io(p, e))?;
+        Ok(Some(name))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn create_check_revoke() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        assert!(!t.any(Role::Publisher));
+        let tok = t.create("ci", Role::Publisher).unwrap();
+        assert_eq!(tok.len(), 40);
+        assert!(matches!(t.create("ci", Role::Device), Err(TokenError::Exists(_))));
+        assert!(matches!(t.create("a b", Role::Device), Err(TokenError::BadName)));
+        assert_eq!(t.check(&tok, &[Role::Publisher]).as_deref(), Some("ci"));
+        assert_eq!(t.check(&tok, &[Role::Device]), None);
+        assert_eq!(t.check("0000", &[Role::Publisher]), None);
+        let raw = std::fs::read_to_string(t.path()).unwrap();
+        assert!(!raw.contains(&tok), "only the hash is stored");
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(t.path()).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert!(t.revoke("ci").unwrap());
+        assert_eq!(t.check(&tok, &[Role::Publisher]), None, "a revoke is in force at once");
+    }
+
+    #[test]
+    fn an_unreadable_file_refuses_both_roles() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        let tok = t.create("ci", Role::Publisher).unwrap();
+        let raw = std::fs::read(t.path()).unwrap();
+        std::fs::write(t.path(), &raw[..raw.len() / 2]).unwrap();
+        t.refresh();
+        let snap = t.snapshot();
+        assert!(matches!(snap, Snapshot::Unreadable));
+        assert_eq!(snap.any(Role::Device), None, "not \"no device token\": unknown");
+        assert_eq!(snap.check(&tok, &[Role::Publisher]), None);
+        std::fs::write(t.path(), &raw).unwrap();
+        t.refresh();
+        assert_eq!(t.check(&tok, &[Role::Publisher]).as_deref(), Some("ci"));
+    }
+
+    #[test]
+    fn a_replacement_with_the_same_length_and_mtime_is_noticed() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        let other = Tokens::new(dir.path().join("other.json"));
+        let old = t.create("aaaa", Role::Publisher).unwrap();
+        let new = other.create("bbbb", Role::Publisher).unwrap();
+        let (a, b) = (std::fs::read(t.path()).unwrap(), std::fs::read(other.path()).unwrap());
+        // Same length (same name length, created in the same second or not: pad the times).
+        let b = String::from_utf8(b).unwrap();
+        let a_created = serde_json::from_slice::<Vec<TokenEntry>>(&a).unwrap()[0].created;
+        let b = serde_json::from_str::<Vec<TokenEntry>>(&b).unwrap();
+        let b = serde_json::to_vec_pretty(&[TokenEntry {
+            created: a_created,
+            ..b[0].clone()
+        }])
+        .unwrap();
+        assert_eq!(a.len(), b.len());
+        let mtime = std::fs::metadata(t.path()).unwrap().modified().unwrap();
+        // `cp -p`: same inode, same length, mtime set back to the old one.
+        let f = std::fs::OpenOptions::new().write(true).open(t.path()).unwrap();
+        std::io::Write::write_all(&mut &f, &b).unwrap();
+        f.set_modified(mtime).unwrap();
+        drop(f);
+        assert_eq!(std::fs::metadata(t.path()).unwrap().modified().unwrap(), mtime);
+        t.refresh();
+        assert_eq!(t.check(&old, &[Role::Publisher]), None);
+        assert_eq!(t.check(&new, &[Role::Publisher]).as_deref(), Some("bbbb"));
+    }
+
+    #[test]
+    fn the_watcher_picks_up_another_process_s_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Arc::new(Tokens::new(dir.path().join("tokens.json")));
+        t.watch(Duration::from_millis(20)).unwrap();
+        // "Another process": a second handle on the same file.
+        let tok = Tokens::new(t.path()).create("ci", Role::Publisher).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while t.check(&tok, &[Role::Publisher]).is_none() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the watcher never saw the new token"
+            );
+            std::thread::yield_now();
+        }
+    }
+
+    #[test]
+    fn local_publisher_token_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        t.create("local", Role::Device).unwrap();
+        let file = dir.path().join(LOCAL_TOKEN_FILE);
+        assert_eq!(t.create_local_publisher(&file).unwrap().as_deref(), Some("local-2"));
+        let tok = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(t.check(tok.trim(), &[Role::Publisher]).as_deref(), Some("local-2"));
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::PermissionsExt;
+            assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+        }
+        assert_eq!(t.create_local_publisher(&file).unwrap(), None, "only when none exists");
+    }
+
+    #[test]
+    fn a_token_file_removed_while_serving_refuses_everyone() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        let tok = t.create("ci", Role::Publisher).unwrap();
+        t.refresh();
+        assert_eq!(t.check(&tok, &[Role::Publisher]).as_deref(), Some("ci"));
+        std::fs::remove_file(t.path()).unwrap();
+        t.refresh();
+        // Before: "no file" meant "no tokens", which opened device downloads to everyone.
+        assert!(matches!(t.snapshot(), Snapshot::Unreadable));
+        assert_eq!(t.check(&tok, &[Role::Publisher]), None);
+    }
+}
