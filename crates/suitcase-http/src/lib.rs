@@ -8,11 +8,9 @@ mod download;
 mod error;
 pub mod esp;
 mod html;
-mod images;
 mod notify;
 mod publish;
 mod server;
-mod signer;
 
 use std::sync::Arc;
 
@@ -28,7 +26,7 @@ use suitcase_store::{Store, Version};
 pub use error::ApiError;
 pub use notify::{DeviceNotice, Notifier, NotifyOptions, TriggerNul};
 pub use server::{BodyTimeout, GuardedBody, Limits};
-pub use signer::{BuildRequest, Signer, RIOT_MAX_MANIFEST, RIOT_MAX_URL, RIOT_VENDOR_DOMAIN};
+pub use suitcase_policy::{BuildRequest, Signer, RIOT_MAX_MANIFEST, RIOT_MAX_URL, RIOT_VENDOR_DOMAIN};
 
 /// Settings of the HTTP API.
 #[derive(Clone, Debug)]
@@ -171,7 +169,7 @@ async fn coap_url(State(st): State<AppState>, headers: HeaderMap, Path(id): Path
 }
 
 async fn public_key(State(st): State<AppState>) -> Result<impl IntoResponse, ApiError> {
-    let pem = st.signer.public_key_pem()?;
+    let pem = st.signer.public_key_pem().map_err(ApiError::internal)?;
     Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], pem))
 }
 

@@ -132,7 +132,7 @@ pub(crate) async fn publish(
                     )
                 })?;
             }
-            let described = crate::images::described(env.manifest(), env.profile())
+            let described = suitcase_policy::uploads::described(env.manifest(), env.profile())
                 .map_err(|e| ApiError::bad_request(format!("manifest {name:?}: {e}")))?;
             Some((
                 described,
@@ -184,7 +184,7 @@ pub(crate) async fn publish(
                     let d = suitcase_store::Sha256::of(&f.data).0;
                     known.insert(d, (f.name.clone(), f.data.len() as u64));
                 }
-                crate::images::check(&described, &known)
+                suitcase_policy::uploads::check(&described, &known)
                     .map_err(|e| ApiError::bad_request(format!("manifest {:?}: {e}", m.name)))?;
                 Some(m)
             }

@@ -4,8 +4,6 @@ use suitcase_store::{Draft, NewManifest};
 use suitcase_suit::manifest::ComponentId;
 use suitcase_suit::{builder, Algorithm, Envelope, Image, ManifestBuilder, Profile, SigningKey};
 
-use crate::ApiError;
-
 /// RIOT's `SUIT_MANIFEST_BUFSIZE`: the largest manifest a RIOT device fetches.
 pub const RIOT_MAX_MANIFEST: usize = 640;
 /// RIOT's `CONFIG_SOCK_URLPATH_MAXLEN` (128, set by `suit.inc.mk`) holds a URL and its NUL.
@@ -74,8 +72,8 @@ impl Signer {
     }
 
     /// The public key, PEM.
-    pub fn public_key_pem(&self) -> Result<String, ApiError> {
-        self.key.verifying_key().to_public_key_pem().map_err(ApiError::internal)
+    pub fn public_key_pem(&self) -> Result<String, suitcase_suit::Error> {
+        self.key.verifying_key().to_public_key_pem()
     }
 
     /// Build and sign the manifest of `draft`: one component per file (riot09: one image in

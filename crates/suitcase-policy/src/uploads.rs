@@ -9,7 +9,7 @@ use suitcase_suit::{Manifest, Profile};
 
 /// One image a manifest describes.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Described {
+pub struct Described {
     component: usize,
     digest: [u8; 32],
     /// The image-size set in the same parameter map, or the component's only size.
@@ -17,7 +17,7 @@ pub(crate) struct Described {
 }
 
 /// Every (component, digest, size) the manifest's present command sequences set.
-pub(crate) fn described(manifest: &Manifest, profile: Profile) -> Result<Vec<Described>, String> {
+pub fn described(manifest: &Manifest, profile: Profile) -> Result<Vec<Described>, String> {
     let mut found: Vec<(usize, &suitcase_suit::SuitDigest, Option<u64>)> = Vec::new();
     let mut sizes: HashMap<usize, Vec<u64>> = HashMap::new();
     let n = manifest.common.components.len().max(1);
@@ -130,7 +130,7 @@ fn walk<'a>(
 
 /// Check `described` against the available files (digest → size); a clear message naming
 /// the first mismatch otherwise.
-pub(crate) fn check(described: &[Described], files: &HashMap<[u8; 32], (String, u64)>) -> Result<(), String> {
+pub fn check(described: &[Described], files: &HashMap<[u8; 32], (String, u64)>) -> Result<(), String> {
     for d in described {
         match files.get(&d.digest) {
             None => {
