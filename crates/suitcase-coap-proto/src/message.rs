@@ -134,6 +134,11 @@ fn put_option(out: &mut Vec<u8>, last: &mut u16, number: u16, value: &[u8]) {
 /// Encode a message into `out` (cleared first).
 pub fn encode(out: &mut Vec<u8>, ty: MsgType, mid: u16, token: &[u8], spec: &ResponseSpec) {
     out.clear();
+    encode_append(out, ty, mid, token, spec);
+}
+
+/// Encode a message at the end of `out`.
+pub fn encode_append(out: &mut Vec<u8>, ty: MsgType, mid: u16, token: &[u8], spec: &ResponseSpec) {
     let tkl = token.len().min(8);
     out.push(0x40 | ((ty as u8) << 4) | tkl as u8);
     out.push(spec.code.0);

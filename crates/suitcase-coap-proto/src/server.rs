@@ -334,6 +334,8 @@ pub struct Server<R> {
     next_mid: u16,
     rng: u64,
     out: Vec<u8>,
+    /// Where this datagram's reply starts in `out` (the caller's buffer may hold others).
+    out_start: usize,
     dedup: Dedup,
     observers: HashMap<ObsKey, Observer>,
     /// Observations per peer.
@@ -379,6 +381,7 @@ impl<R: Resources> Server<R> {
             next_mid: seed as u16,
             rng: seed | 1,
             out: Vec::with_capacity(1300),
+            out_start: 0,
             dedup: Dedup {
                 current: HashMap::new(),
                 previous: HashMap::new(),
@@ -452,15 +455,54 @@ impl<R: Resources> Server<R> {
         1.0 + (r >> 11) as f64 / (1u64 << 53) as f64 * 0.5
     }
 
-    /// Handle one datagram from `peer`; returns the reply to send at once, if any.
+    /// Handle one datagram from `peer`; returns the reply to send at once, if any (in a
+    /// buffer of the server's, valid until the next call).
     pub fn handle_datagram(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Option<&[u8]> {
+        self.out.clear();
+        self.out_start = 0;
+        self.process(now, peer, datagram)?;
+        Some(&self.out)
+    }
+
+    /// Handle one datagram from `peer`, appending the reply, if any, to the caller's `buf`
+    /// (quinn's shape: the caller owns the buffers, so a batch of replies is encoded in place,
+    /// never copied). Whether a reply was appended.
+    pub fn handle_datagram_into(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8], buf: &mut Vec<u8>) -> bool {
+        std::mem::swap(&mut self.out, buf);
+        self.out_start = self.out.len();
+        let replied = self.process(now, peer, datagram).is_some();
+        if !replied {
+            self.out.truncate(self.out_start);
+        }
+        std::mem::swap(&mut self.out, buf);
+        replied
+    }
+
+    /// Write `spec` as the reply (replacing any reply written for this datagram so far).
+    fn put(&mut self, ty: MsgType, mid: u16, token: &[u8], spec: &ResponseSpec) {
+        self.out.truncate(self.out_start);
+        message::encode_append(&mut self.out, ty, mid, token, spec);
+    }
+
+    /// Write an empty message as the reply.
+    fn put_empty(&mut self, ty: MsgType, mid: u16) {
+        self.out.truncate(self.out_start);
+        self.out.extend_from_slice(&message::empty(ty, mid));
+    }
+
+    /// The length of the reply written for this datagram.
+    fn reply_len(&self) -> usize {
+        self.out.len() - self.out_start
+    }
+
+    fn process(&mut self, now: Instant, peer: SocketAddr, datagram: &[u8]) -> Option<()> {
         let req = match Request::parse(datagram) {
             Ok(r) => r,
             Err(ParseError::Malformed { ty: 0, mid }) => {
                 self.stats.malformed += 1;
                 tracing::debug!(%peer, "malformed confirmable message, answering RST");
-                self.out = message::empty(MsgType::Rst, mid);
-                return Some(&self.out);
+                self.put_empty(MsgType::Rst, mid);
+                return Some(());
             }
             Err(_) => {
                 self.stats.malformed += 1;
@@ -476,21 +518,21 @@ impl<R: Resources> Server<R> {
             }
             // CoAP ping: an empty CON is answered with RST (RFC 7252 §4.3).
             (0, 0) => {
-                self.out = message::empty(MsgType::Rst, req.mid);
-                Some(&self.out)
+                self.put_empty(MsgType::Rst, req.mid);
+                Some(())
             }
             (_, 0) => None,
             (_, 1..=31) => self.request(now, peer, &req, datagram.len()),
             // A response or reserved code sent to a server: reject CON, ignore NON.
             (0, _) => {
-                self.out = message::empty(MsgType::Rst, req.mid);
-                Some(&self.out)
+                self.put_empty(MsgType::Rst, req.mid);
+                Some(())
             }
             _ => None,
         }
     }
 
-    fn request(&mut self, now: Instant, peer: SocketAddr, req: &Request<'_>, size: usize) -> Option<&[u8]> {
+    fn request(&mut self, now: Instant, peer: SocketAddr, req: &Request<'_>, size: usize) -> Option<()> {
         let mid = req.mid;
         let con = req.ty == 0;
         self.rotate(now);
@@ -522,15 +564,15 @@ impl<R: Resources> Server<R> {
                     None => return self.fresh(now, peer, req, size),
                 }
             }
-            message::encode(&mut self.out, ex.reply_type, ex.reply_mid, ex.token.as_slice(), &spec);
-            return Some(&self.out);
+            self.put(ex.reply_type, ex.reply_mid, ex.token.as_slice(), &spec);
+            return Some(());
         }
         self.stats.requests += 1;
         self.fresh(now, peer, req, size)
     }
 
     /// Answer a request that is not a duplicate (or whose resource changed since).
-    fn fresh(&mut self, now: Instant, peer: SocketAddr, req: &Request<'_>, size: usize) -> Option<&[u8]> {
+    fn fresh(&mut self, now: Instant, peer: SocketAddr, req: &Request<'_>, size: usize) -> Option<()> {
         let mid = req.mid;
         let con = req.ty == 0;
         let token = Token::new(req.token);
@@ -555,23 +597,23 @@ impl<R: Resources> Server<R> {
                 self.mark_verified(peer);
             } else {
                 let limit = size.saturating_mul(usize::from(self.config.amplification_limit));
-                message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
-                if self.out.len() > limit && spec.code.class() != 2 {
+                self.put(reply_type, reply_mid, token.as_slice(), &spec);
+                if self.reply_len() > limit && spec.code.class() != 2 {
                     // An error's diagnostic text is a courtesy an unverified address goes without.
                     spec.payload = Bytes::new();
-                    message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
+                    self.put(reply_type, reply_mid, token.as_slice(), &spec);
                 }
                 // An observation would send notifications to the address on every change: it
                 // must be proven first, like any reply over the limit.
                 let registering = matches!(observe, ObserveAction::Register { .. });
-                if self.out.len() > limit || registering {
+                if self.reply_len() > limit || registering {
                     self.stats.echo_challenges += 1;
-                    tracing::debug!(%peer, reply = self.out.len(), request = size, "unverified address: 4.01 with Echo");
+                    tracing::debug!(%peer, reply = self.reply_len(), request = size, "unverified address: 4.01 with Echo");
                     spec = ResponseSpec::error(Code::UNAUTHORIZED, "");
                     spec.echo = Some(self.echo.value(now, peer));
                     observe = ObserveAction::None;
-                    message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
-                    if self.out.len() > limit {
+                    self.put(reply_type, reply_mid, token.as_slice(), &spec);
+                    if self.reply_len() > limit {
                         // Even the challenge is over the limit for so small a request: nothing.
                         return None;
                     }
@@ -656,8 +698,8 @@ impl<R: Resources> Server<R> {
         };
         self.recent(peer).put(ex);
         let spec = spec?;
-        message::encode(&mut self.out, reply_type, reply_mid, token.as_slice(), &spec);
-        Some(&self.out)
+        self.put(reply_type, reply_mid, token.as_slice(), &spec);
+        Some(())
     }
 
     /// The peer's deduplication entry, moved into the current generation.

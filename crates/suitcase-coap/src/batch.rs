@@ -57,11 +57,22 @@ pub struct Replies<'a> {
 }
 
 impl Replies<'_> {
-    /// Queue a reply (copied; the server's buffer is reused for the next request).
+    /// Queue a reply (copied).
     pub fn queue(&mut self, peer: SocketAddr, reply: &[u8]) {
         let start = self.out.len();
         self.out.extend_from_slice(reply);
         self.queued.push((peer, start, self.out.len()));
+    }
+
+    /// Queue the reply `write` appends to the batch's buffer in place (no copy); `write`
+    /// says whether it appended one.
+    pub fn queue_with(&mut self, peer: SocketAddr, write: impl FnOnce(&mut Vec<u8>) -> bool) {
+        let start = self.out.len();
+        if write(self.out) {
+            self.queued.push((peer, start, self.out.len()));
+        } else {
+            self.out.truncate(start);
+        }
     }
 }
 

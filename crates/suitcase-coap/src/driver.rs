@@ -120,9 +120,8 @@ pub async fn run<R: Resources>(
                 let now = Instant::now();
                 handled += batch.received.len().max(1);
                 batch.each_received(|peer, datagram, replies| {
-                    if let Some(reply) = server.handle_datagram(now, peer, datagram) {
-                        replies.queue(peer, reply);
-                    }
+                    // Encoded straight into the batch's send buffer.
+                    replies.queue_with(peer, |buf| server.handle_datagram_into(now, peer, datagram, buf));
                 });
                 for (peer, data) in batch.flush(fd) {
                     send(&socket, &data, peer).await;

@@ -755,3 +755,49 @@ fn unverified_addresses_get_echo_instead_of_amplified_replies() {
     );
     assert_eq!(s.observer_count(), 0);
 }
+
+#[test]
+fn replies_can_be_appended_to_a_buffer_of_the_callers() {
+    let mut s = server(3000);
+    let mut buf = b"earlier".to_vec();
+    let a = get(
+        MessageType::Confirmable,
+        1,
+        b"a",
+        "fw/app/board/img.bin",
+        Some(vec![0x06]),
+    );
+    assert!(s.handle_datagram_into(Instant::now(), peer(), &a, &mut buf));
+    let first = buf.len();
+    let b = get(
+        MessageType::Confirmable,
+        2,
+        b"b",
+        "fw/app/board/img.bin",
+        Some(vec![0x16]),
+    );
+    assert!(s.handle_datagram_into(Instant::now(), peer(), &b, &mut buf));
+    // A datagram without a reply appends nothing.
+    assert!(!s.handle_datagram_into(Instant::now(), peer(), &[0x60, 0, 0, 9], &mut buf));
+    assert_eq!(&buf[..7], b"earlier");
+    let r1 = Packet::from_bytes(&buf[7..first]).unwrap();
+    let r2 = Packet::from_bytes(&buf[first..]).unwrap();
+    assert_eq!((r1.get_token(), block2_of(&r1).unwrap().num), (&b"a"[..], 0));
+    assert_eq!((r2.get_token(), block2_of(&r2).unwrap().num), (&b"b"[..], 1));
+    // The same bytes as the server-owned path gives.
+    let mut t = server(3000);
+    assert_eq!(t.handle_datagram(Instant::now(), peer(), &a).unwrap(), &buf[7..first]);
+    // The amplification path rewrites its reply in place without touching what came before.
+    let cfg = Config {
+        amplification_limit: 3,
+        ..Config::default()
+    };
+    let mut u = server_with(cfg, 3000);
+    let mut buf = b"x".to_vec();
+    assert!(u.handle_datagram_into(Instant::now(), peer(), &a, &mut buf));
+    assert_eq!(buf[0], b'x');
+    assert_eq!(
+        Packet::from_bytes(&buf[1..]).unwrap().header.code,
+        MessageClass::Response(ResponseType::Unauthorized)
+    );
+}
