@@ -16,16 +16,19 @@ pub const MAX_NUM: u32 = (1 << 20) - 1;
 
 impl BlockValue {
     /// Block size in bytes.
+    #[inline]
     pub fn size(&self) -> usize {
         1usize << (self.szx as usize + 4)
     }
 
     /// Byte offset of this block.
+    #[inline]
     pub fn offset(&self) -> usize {
         self.num as usize * self.size()
     }
 
     /// Parse an option value; `None` when longer than 3 bytes.
+    #[inline]
     pub fn decode(value: &[u8]) -> Option<Self> {
         if value.len() > 3 {
             return None;
@@ -39,6 +42,7 @@ impl BlockValue {
     }
 
     /// Encode in the fewest bytes (0 bytes for the all-zero value).
+    #[inline]
     pub fn encode(&self) -> Vec<u8> {
         let v = (self.num.min(MAX_NUM) << 4) | (u32::from(self.more) << 3) | u32::from(self.szx & 0x7);
         uint_option(v)
@@ -46,6 +50,7 @@ impl BlockValue {
 }
 
 /// An unsigned option value in the fewest bytes (RFC 7252 §3.2 `uint`).
+#[inline]
 pub fn uint_option(v: u32) -> Vec<u8> {
     let bytes = v.to_be_bytes();
     let skip = bytes.iter().take_while(|b| **b == 0).count();
@@ -53,6 +58,7 @@ pub fn uint_option(v: u32) -> Vec<u8> {
 }
 
 /// Decode a `uint` option value (up to 4 bytes).
+#[inline]
 pub fn decode_uint(value: &[u8]) -> Option<u32> {
     if value.len() > 4 {
         return None;

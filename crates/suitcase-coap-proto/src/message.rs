@@ -54,6 +54,7 @@ impl Code {
     pub const PROXYING_NOT_SUPPORTED: Code = Code(coap_numbers::code::PROXYING_NOT_SUPPORTED);
 
     /// The class (2, 4, 5).
+    #[inline]
     pub fn class(self) -> u8 {
         self.0 >> 5
     }
@@ -107,6 +108,7 @@ impl ResponseSpec {
     }
 }
 
+#[inline]
 fn put_option(out: &mut Vec<u8>, last: &mut u16, number: u16, value: &[u8]) {
     let delta = number - *last;
     *last = number;
@@ -138,6 +140,7 @@ pub fn encode(out: &mut Vec<u8>, ty: MsgType, mid: u16, token: &[u8], spec: &Res
 }
 
 /// Encode a message at the end of `out`.
+#[inline]
 pub fn encode_append(out: &mut Vec<u8>, ty: MsgType, mid: u16, token: &[u8], spec: &ResponseSpec) {
     let tkl = token.len().min(8);
     out.push(0x40 | ((ty as u8) << 4) | tkl as u8);
@@ -259,6 +262,7 @@ pub struct Options<'a> {
     number: u16,
 }
 
+#[inline]
 fn read_ext(nibble: u8, d: &[u8], i: &mut usize) -> Option<usize> {
     Some(match nibble {
         13 => {
@@ -277,6 +281,7 @@ fn read_ext(nibble: u8, d: &[u8], i: &mut usize) -> Option<usize> {
 }
 
 /// Walk the option bytes; `Ok(end)` is where the options end (payload marker or end).
+#[inline]
 fn scan(d: &[u8]) -> Result<usize, ()> {
     let mut i = 0;
     let mut number = 0usize;
@@ -299,6 +304,7 @@ fn scan(d: &[u8]) -> Result<usize, ()> {
 
 impl<'a> Iterator for Options<'a> {
     type Item = (u16, &'a [u8]);
+    #[inline]
     fn next(&mut self) -> Option<Self::Item> {
         let d = self.rest;
         let b = *d.first()?;
@@ -316,6 +322,7 @@ impl<'a> Iterator for Options<'a> {
 impl<'a> Request<'a> {
     /// Parse and validate a datagram (RFC 7252 §3): version 1, TKL ≤ 8, well-formed options,
     /// no payload marker without payload, empty messages exactly 4 bytes.
+    #[inline]
     pub fn parse(d: &'a [u8]) -> Result<Self, ParseError> {
         if d.len() < 4 || d[0] >> 6 != 1 {
             return Err(ParseError::NoHeader);
@@ -343,6 +350,7 @@ impl<'a> Request<'a> {
     }
 
     /// The options, in order.
+    #[inline]
     pub fn options(&self) -> Options<'a> {
         Options {
             rest: self.options,
