@@ -81,6 +81,15 @@ pub struct ServeArgs {
     /// 3.6 and Zephyr's LwM2M pull cannot answer Echo. See README "Exposure".
     #[arg(long, env = "SUITCASE_AMPLIFICATION_LIMIT", default_value_t = 0)]
     amplification_limit: u8,
+    /// Announce this server on the local network with mDNS/DNS-SD as NAME (services
+    /// `_coap._udp` and `_http._tcp`, host NAME.local), so devices find it without
+    /// configuration. Off by default: an announcement tells everyone on the link where the
+    /// firmware is.
+    #[arg(long, value_name = "NAME", env = "SUITCASE_MDNS")]
+    mdns: Option<String>,
+    /// With --mdns, also announce on loopback interfaces (single-host setups, tests).
+    #[arg(long, requires = "mdns")]
+    mdns_loopback: bool,
     /// A public key (PEM, Ed25519 or P-256) uploaded manifests must be signed with; repeat for
     /// several. Without it, an uploaded manifest is accepted when it decodes and describes the
     /// uploaded or stored files, whoever signed it.
@@ -236,6 +245,11 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         })),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
+    // Kept until the server stops; dropping it withdraws the announcement.
+    let _mdns = match &args.mdns {
+        Some(name) => Some(announce(name, coap_addr.port(), http_addr.port(), args.mdns_loopback)?),
+        None => None,
+    };
     let scheme = if args.tls_cert.is_some() { "HTTPS" } else { "HTTP" };
     tracing::info!("listening for {scheme} on {http_addr}");
     if args.coap_url.is_none() {
@@ -339,6 +353,43 @@ fn raise_fd_limit(max_connections: usize) {
             "--max-connections is close to or above the open-file limit; lower it or raise the limit"
         );
     }
+}
+
+/// An mDNS/DNS-SD announcement; withdrawn (goodbye packets) when dropped.
+struct Announcement(mdns_sd::ServiceDaemon, Vec<String>);
+
+impl Drop for Announcement {
+    fn drop(&mut self) {
+        for name in &self.1 {
+            let _ = self.0.unregister(name);
+        }
+        let _ = self.0.shutdown();
+    }
+}
+
+/// Announce `_coap._udp` and `_http._tcp` as `name` on host `name.local`, with the addresses
+/// of every interface (loopback too with `loopback`).
+fn announce(name: &str, coap_port: u16, http_port: u16, loopback: bool) -> anyhow::Result<Announcement> {
+    if name.is_empty() || name.len() > 63 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') {
+        bail!("--mdns {name:?}: a host label of 1-63 letters, digits and '-'");
+    }
+    let daemon = mdns_sd::ServiceDaemon::new().context("starting mDNS")?;
+    if loopback {
+        daemon
+            .enable_interface(vec![mdns_sd::IfKind::LoopbackV4, mdns_sd::IfKind::LoopbackV6])
+            .context("mDNS on loopback")?;
+    }
+    let host = format!("{name}.local.");
+    let mut names = Vec::new();
+    for (ty, port) in [("_coap._udp.local.", coap_port), ("_http._tcp.local.", http_port)] {
+        let info = mdns_sd::ServiceInfo::new(ty, name, &host, "", port, &[("path", "/")][..])
+            .context("mDNS service")?
+            .enable_addr_auto();
+        names.push(info.get_fullname().to_string());
+        daemon.register(info).context("announcing over mDNS")?;
+    }
+    tracing::info!(name, host = %host, coap_port, http_port, "announced over mDNS/DNS-SD (_coap._udp, _http._tcp)");
+    Ok(Announcement(daemon, names))
 }
 
 async fn wait_for_signal() {
