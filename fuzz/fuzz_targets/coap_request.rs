@@ -2,35 +2,17 @@
 //! datagrams; every reply must itself be a well-formed CoAP message.
 #![no_main]
 
-use std::collections::HashMap;
 use std::time::Instant;
 
-use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use suitcase_coap::{Config, Resource, Resources, Server};
-
-struct Fixed(HashMap<String, Resource>);
-
-impl Resources for Fixed {
-    fn resolve(&self, segments: &[&str]) -> Option<Resource> {
-        self.0.get(&segments.join("/")).cloned()
-    }
-}
+use suitcase_coap::{Config, MapResources, Server};
 
 fuzz_target!(|data: &[u8]| {
-    let mut m = HashMap::new();
+    let m = MapResources::new();
     for (path, len) in [("a", 0usize), ("fw/b/img.bin", 5000), ("fw/b/manifest", 300)] {
-        m.insert(
-            path.to_string(),
-            Resource {
-                body: Bytes::from(vec![7u8; len]).into(),
-                etag: [1; 8],
-                content_format: 42,
-                default_szx: None,
-            },
-        );
+        m.set(path, vec![7u8; len], [1; 8]);
     }
-    let mut s = Server::new(Config::default(), Fixed(m), Instant::now(), 1);
+    let mut s = Server::new(Config::default(), m, Instant::now(), 1);
     let peer = "[::1]:5683".parse().expect("addr");
     // Twice: the second time exercises the duplicate path.
     for _ in 0..2 {

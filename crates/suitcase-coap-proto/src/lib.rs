@@ -8,8 +8,10 @@
 //! * [`trigger`]: the confirmable POST that tells a device to update, as a state machine.
 
 pub mod block;
+pub mod map;
 pub mod message;
 pub mod server;
 pub mod trigger;
 
+pub use map::MapResources;
 pub use server::{Body, Config, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit};

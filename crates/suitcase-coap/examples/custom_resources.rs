@@ -9,35 +9,11 @@
 
 #![allow(clippy::print_stdout)]
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
-use suitcase_coap::server::content_format;
-use suitcase_coap::{driver, Config, Resource, Resources, Server};
+use suitcase_coap::{driver, Config, MapResources, Server};
 use tokio_util::sync::CancellationToken;
-
-/// Fixed resources by path: the content's first 8 SHA-256 bytes would make a better ETag;
-/// here the length does.
-struct Fixed(HashMap<String, Resource>);
-
-impl Resources for Fixed {
-    fn resolve(&self, segments: &[&str]) -> Option<Resource> {
-        self.0.get(&segments.join("/")).cloned()
-    }
-}
-
-fn resource(body: Vec<u8>) -> Resource {
-    let mut etag = [0u8; 8];
-    etag.copy_from_slice(&(body.len() as u64).to_be_bytes());
-    Resource {
-        body: Bytes::from(body).into(),
-        etag,
-        content_format: content_format::OCTET_STREAM,
-        default_szx: None,
-    }
-}
 
 fn main() -> std::io::Result<()> {
     let addr: SocketAddr = std::env::args()
@@ -46,10 +22,16 @@ fn main() -> std::io::Result<()> {
         .unwrap_or("[::1]:5683")
         .parse()
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("address: {e}")))?;
-    let mut map = HashMap::new();
-    map.insert("hello".to_string(), resource(b"hello from suitcase-coap\n".repeat(20)));
-    map.insert("big".to_string(), resource((0..100_000u32).map(|i| i as u8).collect()));
-    let server = Server::new(Config::default(), Fixed(map), Instant::now(), 1);
+    // Resources of your own: any `Resources` implementation; here the crate's map, whose
+    // contents may change while it is served (observers are notified).
+    let resources = MapResources::new();
+    resources.set("hello", b"hello from suitcase-coap\n".repeat(20), *b"hello-01");
+    resources.set(
+        "big",
+        (0..100_000u32).map(|i| i as u8).collect::<Vec<u8>>(),
+        *b"big---01",
+    );
+    let server = Server::new(Config::default(), resources, Instant::now(), 1);
     let socket = driver::bind(addr)?;
     println!("serving coap://{} (hello, big); Ctrl-C stops", socket.local_addr()?);
     let cancel = CancellationToken::new();

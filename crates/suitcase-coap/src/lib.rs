@@ -10,5 +10,7 @@ pub mod resources;
 pub mod trigger_client;
 
 pub use resources::StoreResources;
-pub use suitcase_coap_proto::{block, message, server, trigger};
-pub use suitcase_coap_proto::{Body, Config, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit};
+pub use suitcase_coap_proto::{block, map, message, server, trigger};
+pub use suitcase_coap_proto::{
+    Body, Config, MapResources, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit,
+};

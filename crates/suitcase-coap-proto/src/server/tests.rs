@@ -1,42 +1,12 @@
 //! Request/response tables for the sans-IO server.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 use super::*;
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
-use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
-
 use crate::block::uint_option;
+use crate::map::MapResources;
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 
-#[derive(Default)]
-struct Fixed(RefCell<HashMap<String, Resource>>, Cell<u64>);
-
-impl Resources for Fixed {
-    fn resolve(&self, segments: &[&str]) -> Option<Resource> {
-        self.0.borrow().get(&segments.join("/")).cloned()
-    }
-    fn generation(&self) -> u64 {
-        self.1.get()
-    }
-}
-
-impl Fixed {
-    fn body(&self, path: &str) -> Bytes {
-        let b = &self.0.borrow()[path].body;
-        b.slice(0, b.len()).unwrap()
-    }
-    fn set(&self, path: &str, body: Vec<u8>, etag: [u8; 8]) {
-        self.0.borrow_mut().insert(
-            path.into(),
-            Resource {
-                body: Bytes::from(body).into(),
-                etag,
-                content_format: 42,
-                default_szx: None,
-            },
-        );
-        self.1.set(self.1.get() + 1);
-    }
-}
+/// The tables' resources (the crate's own map of resources, changeable while served).
+type Fixed = MapResources;
 
 fn h(s: &mut Server<Fixed>, d: &[u8]) -> Option<Vec<u8>> {
     s.handle_datagram(Instant::now(), peer(), d).map(|b| b.to_vec())
@@ -125,7 +95,7 @@ fn every_block_reassembles_the_body_at_every_size() {
     for len in [0usize, 1, 63, 64, 65, 1024, 3000, 70_000] {
         for szx in 0..=6u8 {
             let mut s = server(len);
-            let want = s.resources().body("fw/app/board/img.bin");
+            let want = s.resources().body("fw/app/board/img.bin").unwrap();
             let mut got = Vec::new();
             let mut num = 0u32;
             loop {
@@ -198,7 +168,7 @@ fn block_numbers_use_twenty_bits() {
         ),
     );
     assert_eq!(block2_of(&r).unwrap().num, 5000);
-    let body = s.resources().body("fw/app/board/img.bin");
+    let body = s.resources().body("fw/app/board/img.bin").unwrap();
     assert_eq!(r.payload, body[5000 * 1024..5001 * 1024]);
 }
 
@@ -691,7 +661,10 @@ fn a_repeated_block2_uses_the_first_occurrence() {
     let r = roundtrip(&mut s, &raw);
     assert_eq!(r.header.code, MessageClass::Response(ResponseType::Content));
     assert_eq!(block2_of(&r).unwrap().num, 1);
-    assert_eq!(r.payload, s.resources().body("fw/app/board/img.bin")[1024..2048]);
+    assert_eq!(
+        r.payload,
+        s.resources().body("fw/app/board/img.bin").unwrap()[1024..2048]
+    );
 }
 
 #[test]

@@ -1,0 +1,63 @@
+//! [`MapResources`]: resources held in a map by path, for embedding the server with content of
+//! your own (see `suitcase-coap`'s `custom_resources` example), for tests and for fuzzing.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::RwLock;
+
+use bytes::Bytes;
+
+use crate::server::{content_format, Resource, Resources};
+
+/// Resources by path (`a/b/c`), changeable while a server serves them: every change moves
+/// the generation, so observers are notified.
+#[derive(Default)]
+pub struct MapResources {
+    map: RwLock<HashMap<String, Resource>>,
+    generation: AtomicU64,
+}
+
+impl MapResources {
+    /// No resources.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Serve `body` at `path` (segments joined by `/`) as application/octet-stream with `etag`.
+    pub fn set(&self, path: &str, body: impl Into<Bytes>, etag: [u8; 8]) {
+        let r = Resource {
+            body: body.into().into(),
+            etag,
+            content_format: content_format::OCTET_STREAM,
+            default_szx: None,
+        };
+        if let Ok(mut m) = self.map.write() {
+            m.insert(path.to_string(), r);
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// Stop serving `path`.
+    pub fn remove(&self, path: &str) {
+        if let Ok(mut m) = self.map.write() {
+            m.remove(path);
+        }
+        self.generation.fetch_add(1, Ordering::Release);
+    }
+
+    /// The whole body at `path`, if any.
+    pub fn body(&self, path: &str) -> Option<Bytes> {
+        let m = self.map.read().ok()?;
+        let b = &m.get(path)?.body;
+        b.slice(0, b.len())
+    }
+}
+
+impl Resources for MapResources {
+    fn resolve(&self, segments: &[&str]) -> Option<Resource> {
+        self.map.read().ok()?.get(&segments.join("/")).cloned()
+    }
+    fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+}
