@@ -157,42 +157,27 @@ impl Transfers {
             self.current.insert(key, moved);
         }
         let same = |t: &Transfer| block.num != 0 && t.etag == etag && same_path(t, path);
-        let full = self.current.len() >= self.max;
         match self.current.get_mut(&key) {
             Some(t) if same(t) => {
                 t.blocks = t.blocks.saturating_add(1);
                 t.block_size = block.size();
             }
-            Some(_) => {
-                // The same key restarts: replace in place (no new entry).
-                self.current.insert(
-                    key,
-                    Transfer {
-                        path: path.join("/"),
-                        etag,
-                        started: now,
-                        blocks: 1,
-                        duplicates: 0,
-                        block_size: block.size(),
-                    },
-                );
-            }
-            None if full => {
-                self.untracked += 1;
-                return None;
-            }
-            None => {
-                self.current.insert(
-                    key,
-                    Transfer {
-                        path: path.join("/"),
-                        etag,
-                        started: now,
-                        blocks: 1,
-                        duplicates: 0,
-                        block_size: block.size(),
-                    },
-                );
+            // A new download, or the same key restarting (replaced in place, no new entry);
+            // a full generation admits no new key.
+            existing => {
+                if existing.is_none() && self.current.len() >= self.max {
+                    self.untracked += 1;
+                    return None;
+                }
+                let t = Transfer {
+                    path: path.join("/"),
+                    etag,
+                    started: now,
+                    blocks: 1,
+                    duplicates: 0,
+                    block_size: block.size(),
+                };
+                self.current.insert(key, t);
             }
         }
         if block.more {
