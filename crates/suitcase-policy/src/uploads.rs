@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use suitcase_suit::manifest::{param, CommandArg, CommandSequence, ComponentIndex, ParamValue, Severable};
+use suitcase_suit::manifest::{param, CommandArg, CommandSequence, ParamValue, Severable};
 use suitcase_suit::{Manifest, Profile};
 
 /// One image a manifest describes.
@@ -78,19 +78,8 @@ fn walk<'a>(
             ));
         }
         match &c.arg {
-            CommandArg::Index(ComponentIndex::One(i)) => *current = vec![usize::try_from(*i).unwrap_or(usize::MAX)],
-            CommandArg::Index(ComponentIndex::All) => *current = (0..n).collect(),
-            CommandArg::Index(ComponentIndex::Many(v)) => {
-                // Indices past the component list name nothing; each counts once.
-                let mut idx: Vec<usize> = v
-                    .iter()
-                    .filter_map(|i| usize::try_from(*i).ok())
-                    .filter(|i| *i < n)
-                    .collect();
-                idx.sort_unstable();
-                idx.dedup();
-                *current = idx;
-            }
+            // Indices past the component list name nothing; each counts once.
+            CommandArg::Index(i) => *current = i.indices(n),
             CommandArg::Params(p) => {
                 let size = match p.get(param::IMAGE_SIZE) {
                     Some(ParamValue::Uint(s)) => Some(*s),

@@ -207,6 +207,28 @@ pub enum ComponentIndex {
     Many(Vec<u64>),
 }
 
+impl ComponentIndex {
+    /// The components it selects among `n`: every one for `All`; a list's indices below `n`,
+    /// each once, in order; a single index as given (callers that index by it check its
+    /// range, so an out-of-range selection stays visible).
+    pub fn indices(&self, n: usize) -> Vec<usize> {
+        match self {
+            ComponentIndex::One(i) => alloc::vec![usize::try_from(*i).unwrap_or(usize::MAX)],
+            ComponentIndex::All => (0..n).collect(),
+            ComponentIndex::Many(v) => {
+                let mut idx: Vec<usize> = v
+                    .iter()
+                    .filter_map(|i| usize::try_from(*i).ok())
+                    .filter(|i| *i < n)
+                    .collect();
+                idx.sort_unstable();
+                idx.dedup();
+                idx
+            }
+        }
+    }
+}
+
 /// The argument of one command.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CommandArg {

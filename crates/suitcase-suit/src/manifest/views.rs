@@ -4,7 +4,7 @@
 
 use alloc::vec::Vec;
 
-use super::{cmd, param, CommandArg, CommandSequence, ComponentIndex, Manifest, Parameters, Severable};
+use super::{cmd, param, CommandArg, CommandSequence, Manifest, Parameters, Severable};
 
 /// What a manifest sets for one component: the parameters every path sets, and, when
 /// try-each offers alternatives (A/B slots), what each alternative sets on top.
@@ -49,9 +49,7 @@ fn apply(code: i64, p: &Parameters, target: &mut Parameters) {
 fn walk_views(s: &CommandSequence, out: &mut [ComponentView], current: &mut Vec<usize>) {
     for c in &s.0 {
         match &c.arg {
-            CommandArg::Index(ComponentIndex::One(i)) => *current = alloc::vec![*i as usize],
-            CommandArg::Index(ComponentIndex::All) => *current = (0..out.len()).collect(),
-            CommandArg::Index(ComponentIndex::Many(v)) => *current = v.iter().map(|i| *i as usize).collect(),
+            CommandArg::Index(i) => *current = i.indices(out.len()),
             CommandArg::Params(p) => {
                 for idx in current.iter() {
                     if let Some(view) = out.get_mut(*idx) {
@@ -109,9 +107,7 @@ fn walk_views(s: &CommandSequence, out: &mut [ComponentView], current: &mut Vec<
 pub(super) fn walk(s: &CommandSequence, out: &mut [Parameters], current: &mut Vec<usize>) {
     for c in &s.0 {
         match &c.arg {
-            CommandArg::Index(ComponentIndex::One(i)) => *current = alloc::vec![*i as usize],
-            CommandArg::Index(ComponentIndex::All) => *current = (0..out.len()).collect(),
-            CommandArg::Index(ComponentIndex::Many(v)) => *current = v.iter().map(|i| *i as usize).collect(),
+            CommandArg::Index(i) => *current = i.indices(out.len()),
             CommandArg::Params(p) => {
                 for idx in current.iter() {
                     if let Some(target) = out.get_mut(*idx) {
@@ -133,5 +129,18 @@ pub(super) fn walk(s: &CommandSequence, out: &mut [Parameters], current: &mut Ve
             }
             _ => {}
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::ComponentIndex;
+
+    #[test]
+    fn component_index_selections() {
+        assert_eq!(ComponentIndex::All.indices(3), [0, 1, 2]);
+        assert_eq!(ComponentIndex::Many(alloc::vec![2, 0, 2, 9]).indices(3), [0, 2]);
+        assert_eq!(ComponentIndex::One(7).indices(3), [7], "kept as given");
+        assert_eq!(ComponentIndex::One(u64::MAX).indices(3), [usize::MAX]);
     }
 }
