@@ -22,15 +22,7 @@ fn publish_then_download_with_coap_client_at_several_block_sizes() {
     let fw = dir.path().join("firmware.bin");
     std::fs::write(&fw, &image).unwrap();
 
-    let out = server.cli(&[
-        "publish",
-        "--server",
-        &server.http(),
-        "--publish-id",
-        "fw/demo/board",
-        "--publish",
-        fw.to_str().unwrap(),
-    ]);
+    let out = server.publish("fw/demo/board", &fw, &[]);
     assert!(out.contains("published fw/demo/board version 1"), "{out}");
     // The audit line says who published what (digest, size).
     let digest = suitcase_store::Sha256::of(&image).to_hex();
@@ -103,27 +95,9 @@ fn a_second_publish_moves_latest_and_keeps_the_old_version() {
     let (a, b) = (random_bytes(5000, 1), random_bytes(7000, 2));
     let f = dir.path().join("app.bin");
     std::fs::write(&f, &a).unwrap();
-    server.cli(&[
-        "publish",
-        "--server",
-        &server.http(),
-        "--publish-id",
-        "x",
-        "--publish",
-        f.to_str().unwrap(),
-    ]);
+    server.publish("x", &f, &[]);
     std::fs::write(&f, &b).unwrap();
-    server.cli(&[
-        "publish",
-        "--server",
-        &server.http(),
-        "--publish-id",
-        "x",
-        "--publish",
-        f.to_str().unwrap(),
-        "--version",
-        "1.2.0",
-    ]);
+    server.publish("x", &f, &["--version", "1.2.0"]);
     let got = dir.path().join("got");
     assert_eq!(coap_get(&server.coap("x/app.bin"), Some(256), &got), b);
     assert_eq!(coap_get(&server.coap("x/v/1/app.bin"), Some(256), &got), a);

@@ -133,36 +133,18 @@ fn mutations_need_the_token_even_from_loopback() {
     assert_eq!(curl(&["-H", &auth]), "200");
     // The CLI finds the file by itself in $SUITCASE_DATA (the README's flow uses
     // ./suitcase-data), with no --token and no SUITCASE_TOKEN.
-    let out = Command::new(bin())
+    let out = server
+        .publish_command("y", &f)
         .env_remove("SUITCASE_TOKEN")
         .env("SUITCASE_DATA", &server.data)
-        .args([
-            "publish",
-            "--quiet",
-            "--server",
-            &server.http(),
-            "--publish-id",
-            "y",
-            "--publish",
-        ])
-        .arg(&f)
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let out = Command::new(bin())
+    let out = server
+        .publish_command("z", &f)
         .env_remove("SUITCASE_TOKEN")
         .env_remove("SUITCASE_DATA")
         .current_dir(dir.path())
-        .args([
-            "publish",
-            "--quiet",
-            "--server",
-            &server.http(),
-            "--publish-id",
-            "z",
-            "--publish",
-        ])
-        .arg(&f)
         .output()
         .unwrap();
     assert!(!out.status.success(), "no token file in ./suitcase-data here");
@@ -178,16 +160,7 @@ fn notifying_a_thousand_silent_devices_costs_a_handful_of_fds() {
     );
     let f = dir.path().join("a.bin");
     std::fs::write(&f, b"firmware").unwrap();
-    server.cli(&[
-        "publish",
-        "--quiet",
-        "--server",
-        &server.http(),
-        "--publish-id",
-        "n",
-        "--publish",
-        f.to_str().unwrap(),
-    ]);
+    server.publish("n", &f, &[]);
     // 1,000 devices that never answer, behind 8 loopback sockets.
     let silent: Vec<std::net::UdpSocket> = (0..8).map(|_| std::net::UdpSocket::bind("[::1]:0").unwrap()).collect();
     let devices: Vec<String> = (0..1000)
@@ -203,16 +176,7 @@ fn notifying_a_thousand_silent_devices_costs_a_handful_of_fds() {
         max = max.max(open_fds(server.pid()));
         if !published {
             // A publish while the notify is in flight succeeds.
-            server.cli(&[
-                "publish",
-                "--quiet",
-                "--server",
-                &server.http(),
-                "--publish-id",
-                "p",
-                "--publish",
-                f.to_str().unwrap(),
-            ]);
+            server.publish("p", &f, &[]);
             published = true;
         }
         std::thread::yield_now();

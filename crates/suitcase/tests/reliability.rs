@@ -148,23 +148,9 @@ fn sigterm_stops_cleanly() {
     let f = dir.path().join("big.bin");
     let image = random_bytes(64 << 20, 3);
     std::fs::write(&f, &image).unwrap();
-    let http = server.http();
-    let mut cmd = server.command();
-    let upload = std::thread::spawn(move || {
-        cmd.args([
-            "publish",
-            "--quiet",
-            "--json",
-            "--server",
-            &http,
-            "--publish-id",
-            "term",
-            "--publish",
-        ])
-        .arg(&f)
-        .output()
-        .unwrap()
-    });
+    let mut cmd = server.publish_command("term", &f);
+    cmd.arg("--json");
+    let upload = std::thread::spawn(move || cmd.output().unwrap());
     // SIGTERM once the upload is under way (the server logs its start), not after a guess.
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     while !server.log().iter().any(|l| l.contains("publish upload started")) {
@@ -223,20 +209,7 @@ impl Drop for Tmpfs {
 }
 
 fn publish_status(server: &TestServer, id: &str, file: &Path) -> (bool, String) {
-    let out = server
-        .command()
-        .args([
-            "publish",
-            "--quiet",
-            "--server",
-            &server.http(),
-            "--publish-id",
-            id,
-            "--publish",
-        ])
-        .arg(file)
-        .output()
-        .unwrap();
+    let out = server.publish_command(id, file).output().unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

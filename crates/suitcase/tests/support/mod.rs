@@ -169,22 +169,26 @@ impl TestServer {
         checked(self.command(), args)
     }
 
-    /// `suitcase publish --quiet` of `file` under `id` (plus `extra` flags); stdout.
-    pub fn publish(&self, id: &str, file: &Path, extra: &[&str]) -> String {
-        let http = self.http();
-        let file = file.to_str().expect("a UTF-8 path");
-        let mut args = vec![
+    /// `suitcase publish --quiet --server … --publish-id ID --publish FILE`, as run on the
+    /// server's host (with its local token); more flags may be added.
+    pub fn publish_command(&self, id: &str, file: &Path) -> Command {
+        let mut c = self.command();
+        c.args([
             "publish",
             "--quiet",
             "--server",
-            &http,
+            &self.http(),
             "--publish-id",
             id,
             "--publish",
-            file,
-        ];
-        args.extend_from_slice(extra);
-        self.cli(&args)
+        ])
+        .arg(file);
+        c
+    }
+
+    /// [`TestServer::publish_command`] with `extra` flags, which must succeed; stdout.
+    pub fn publish(&self, id: &str, file: &Path, extra: &[&str]) -> String {
+        checked(self.publish_command(id, file), extra)
     }
 
     pub fn log(&self) -> Vec<String> {
