@@ -592,7 +592,7 @@ impl<R: Resources> Server<R> {
             (MsgType::Non, self.mid())
         };
         if self.config.amplification_limit > 0 && !self.verified(peer) {
-            let echoed = parse(req).ok().and_then(|p| p.echo);
+            let echoed = parsed.as_ref().ok().and_then(|p| p.echo);
             if echoed.is_some_and(|e| self.echo.check(now, peer, e)) {
                 self.mark_verified(peer);
             } else {
