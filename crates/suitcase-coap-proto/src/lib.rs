@@ -14,4 +14,6 @@ pub mod server;
 pub mod trigger;
 
 pub use map::MapResources;
-pub use server::{Body, Config, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit};
+pub use server::{
+    AppRequest, Body, BlockServed, Config, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit,
+};

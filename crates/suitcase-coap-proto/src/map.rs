@@ -14,6 +14,7 @@ use crate::server::{content_format, Resource, Resources};
 #[derive(Default)]
 pub struct MapResources {
     map: RwLock<HashMap<String, Resource>>,
+    posts: RwLock<std::collections::HashSet<String>>,
     generation: AtomicU64,
 }
 
@@ -37,6 +38,13 @@ impl MapResources {
         self.generation.fetch_add(1, Ordering::Release);
     }
 
+    /// Hand POSTs to `path` to the application ([`crate::Server::poll_request`]).
+    pub fn accept_posts(&self, path: &str) {
+        if let Ok(mut p) = self.posts.write() {
+            p.insert(path.to_string());
+        }
+    }
+
     /// Stop serving `path`.
     pub fn remove(&self, path: &str) {
         if let Ok(mut m) = self.map.write() {
@@ -56,6 +64,9 @@ impl MapResources {
 impl Resources for MapResources {
     fn resolve(&self, segments: &[&str]) -> Option<Resource> {
         self.map.read().ok()?.get(&segments.join("/")).cloned()
+    }
+    fn accepts_post(&self, segments: &[&str]) -> bool {
+        self.posts.read().is_ok_and(|p| p.contains(&segments.join("/")))
     }
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

@@ -24,6 +24,8 @@ pub enum MsgType {
 pub struct Code(pub u8);
 
 impl Code {
+    /// 2.04 Changed.
+    pub const CHANGED: Code = Code(coap_numbers::code::CHANGED);
     /// 2.05 Content.
     pub const CONTENT: Code = Code(coap_numbers::code::CONTENT);
     /// 2.03 Valid.

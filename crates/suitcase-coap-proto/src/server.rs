@@ -28,11 +28,13 @@ use bytes::Bytes;
 use crate::block::BlockValue;
 use crate::message::{self, Code, MsgType, ParseError, Request, ResponseSpec};
 
+mod app;
 mod echo;
 mod observe;
 mod options;
 mod transfers;
 
+pub use app::{AppRequest, BlockServed};
 use observe::{liveness_interval, HostKey};
 use options::{parse, suppressed, Parsed};
 
@@ -132,6 +134,12 @@ pub trait Resources {
     fn resolve_etag(&self, segments: &[&str], etag: &[u8; 8]) -> Option<Resource> {
         self.resolve(segments).filter(|r| r.etag == *etag)
     }
+    /// Whether a POST to `segments` goes to the application ([`Server::poll_request`]);
+    /// other POSTs are answered 4.05. (suitcase: device reports.)
+    fn accepts_post(&self, segments: &[&str]) -> bool {
+        let _ = segments;
+        false
+    }
 }
 
 /// Server settings.
@@ -171,6 +179,14 @@ pub struct Config {
     pub max_retransmit: u8,
     /// How often resources are checked for change while someone observes.
     pub change_poll: Duration,
+    /// Requests handed to the application and not answered yet, at most; beyond it a POST
+    /// is answered 5.03 at once.
+    pub max_pending_requests: usize,
+    /// How long the application has to answer a request; then the server answers 5.03.
+    pub app_timeout: Duration,
+    /// Block events ([`Server::take_blocks`]) buffered at most between two collections;
+    /// beyond it they are dropped and counted. 0 records none (tracking off).
+    pub max_block_events: usize,
 }
 
 impl Default for Config {
@@ -189,6 +205,9 @@ impl Default for Config {
             ack_timeout: Duration::from_secs(2),
             max_retransmit: 4,
             change_poll: Duration::from_millis(500),
+            max_pending_requests: 256,
+            app_timeout: Duration::from_secs(5),
+            max_block_events: 0,
         }
     }
 }
@@ -243,6 +262,12 @@ pub struct Stats {
     pub observers_refused: u64,
     /// Completed-transfer events dropped because nobody collected them.
     pub transfer_events_dropped: u64,
+    /// Block events dropped because nobody collected them in time.
+    pub block_events_dropped: u64,
+    /// POSTs answered 5.03 because the application had too many unanswered.
+    pub requests_refused: u64,
+    /// POSTs the application did not answer in time (answered 5.03 by the server).
+    pub requests_expired: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -289,6 +314,9 @@ struct Recent {
 impl Recent {
     fn find(&self, mid: u16) -> Option<&Exchange> {
         self.slots.iter().flatten().find(|e| e.mid == mid)
+    }
+    fn find_mut(&mut self, mid: u16) -> Option<&mut Exchange> {
+        self.slots.iter_mut().flatten().find(|e| e.mid == mid)
     }
     fn put(&mut self, e: Exchange) {
         self.slots[usize::from(self.next & 1)] = Some(e);
@@ -353,6 +381,8 @@ pub struct Server<R> {
     echo: echo::EchoKeys,
     transfers: transfers::Transfers,
     done: VecDeque<TransferDone>,
+    apps: app::Apps,
+    blocks: Vec<BlockServed>,
 }
 
 /// What a request asks of the observe registry.
@@ -399,7 +429,64 @@ impl<R: Resources> Server<R> {
             echo,
             transfers,
             done: VecDeque::new(),
+            apps: app::Apps::default(),
+            blocks: Vec::new(),
         }
+    }
+
+    /// The next request for the application (a POST the resources accept); answer it with
+    /// [`Server::answer`].
+    pub fn poll_request(&mut self) -> Option<AppRequest> {
+        self.apps.queue.pop_front()
+    }
+
+    /// Answer request `id` with `code` and a diagnostic (or empty) payload: the reply is
+    /// queued for [`Server::poll_transmit`] and remembered for the request's duplicates.
+    /// False when `id` is unknown or already expired (answered 5.03 by the server).
+    pub fn answer(&mut self, id: u64, code: Code, payload: Bytes) -> bool {
+        let Some(d) = self.apps.pending.remove(&id) else {
+            return false;
+        };
+        self.reply_deferred(d, code, payload);
+        true
+    }
+
+    fn reply_deferred(&mut self, d: app::Deferred, code: Code, mut payload: Bytes) {
+        if d.limit.is_some_and(|l| 4 + usize::from(d.token.len) + 8 + payload.len() > l) {
+            payload = Bytes::new();
+        }
+        let spec = ResponseSpec {
+            content_format: (!payload.is_empty()).then_some(content_format::TEXT),
+            payload,
+            ..ResponseSpec::error(code, "")
+        };
+        let recent = self
+            .dedup
+            .current
+            .get_mut(&d.peer)
+            .or_else(|| self.dedup.previous.get_mut(&d.peer));
+        if let Some(ex) = recent.and_then(|r| r.find_mut(d.mid)) {
+            ex.spec = Some(spec.clone());
+        }
+        let mut data = Vec::with_capacity(16 + spec.payload.len());
+        message::encode_append(&mut data, d.reply_type, d.reply_mid, d.token.as_slice(), &spec);
+        self.transmits.push_back(Transmit { peer: d.peer, data });
+    }
+
+    /// The blocks served since the last call (empty unless `max_block_events` > 0).
+    pub fn take_blocks(&mut self) -> Vec<BlockServed> {
+        std::mem::take(&mut self.blocks)
+    }
+
+    fn push_block(&mut self, b: BlockServed) {
+        if self.config.max_block_events == 0 {
+            return;
+        }
+        if self.blocks.len() >= self.config.max_block_events {
+            self.stats.block_events_dropped += 1;
+            return;
+        }
+        self.blocks.push(b);
     }
 
     /// The next completed download, if any (bounded queue: collect them, or the oldest are
@@ -577,6 +664,11 @@ impl<R: Resources> Server<R> {
         let con = req.ty == 0;
         let token = Token::new(req.token);
         let parsed = parse(req);
+        if let Ok(p) = &parsed {
+            if p.post {
+                return self.post(now, peer, req, size, p, token);
+            }
+        }
         // A later block of a download in progress: the version its first block came from.
         let pin = match &parsed {
             Ok(p) if p.block2.is_some_and(|b| b.num > 0) => self.transfers.pinned(peer, &p.path),
@@ -639,6 +731,14 @@ impl<R: Resources> Server<R> {
             }
         }
         if let (Code::CONTENT, Some(b), Some(etag), Ok(p)) = (spec.code, spec.block2, spec.etag, &parsed) {
+            if let Some((_, end)) = spec.range {
+                self.push_block(BlockServed {
+                    peer,
+                    etag,
+                    end: end as u64,
+                    size: u64::from(spec.size2.unwrap_or_default()),
+                });
+            }
             if let Some(done) = self.transfers.served(now, peer, &p.path, etag, b) {
                 let bytes = u64::from(spec.size2.unwrap_or_default());
                 let duration = now.saturating_duration_since(done.started);
@@ -665,6 +765,13 @@ impl<R: Resources> Server<R> {
             }
         } else if let (Code::CONTENT, None, Some(etag), Ok(p)) = (spec.code, spec.block2, spec.etag, &parsed) {
             // The whole body in one reply: a (one-block) transfer too.
+            let size = spec.payload.len() as u64;
+            self.push_block(BlockServed {
+                peer,
+                etag,
+                end: size,
+                size,
+            });
             self.push_done(TransferDone {
                 peer,
                 path: p.path.join("/"),
@@ -698,6 +805,76 @@ impl<R: Resources> Server<R> {
         };
         self.recent(peer).put(ex);
         let spec = spec?;
+        self.put(reply_type, reply_mid, token.as_slice(), &spec);
+        Some(())
+    }
+
+    /// A POST: handed to the application when the resources accept it (answered later by
+    /// [`Server::answer`]; its duplicates meanwhile get no reply), else answered now.
+    fn post(
+        &mut self,
+        now: Instant,
+        peer: SocketAddr,
+        req: &Request<'_>,
+        size: usize,
+        p: &Parsed<'_>,
+        token: Token,
+    ) -> Option<()> {
+        let con = req.ty == 0;
+        let (reply_type, reply_mid) = if con {
+            (MsgType::Ack, req.mid)
+        } else {
+            (MsgType::Non, self.mid())
+        };
+        let spec = if !self.resources.accepts_post(&p.path) {
+            let mut spec = ResponseSpec::error(Code::METHOD_NOT_ALLOWED, "POST is accepted on <publish-id>/report only");
+            if self.config.amplification_limit > 0 && !self.verified(peer) {
+                // An error's diagnostic text is a courtesy an unverified address goes without.
+                spec.payload = Bytes::new();
+            }
+            spec
+        } else if self.apps.full(self.config.max_pending_requests) {
+            self.stats.requests_refused += 1;
+            ResponseSpec::error(Code::SERVICE_UNAVAILABLE, "busy: try again later")
+        } else {
+            self.recent(peer).put(Exchange {
+                mid: req.mid,
+                reply_type,
+                reply_mid,
+                token,
+                spec: None,
+                range: None,
+            });
+            let request = AppRequest {
+                id: 0,
+                peer,
+                path: p.path.join("/"),
+                content_format: p.content_format,
+                payload: Bytes::copy_from_slice(req.payload),
+            };
+            let deferred = app::Deferred {
+                peer,
+                mid: req.mid,
+                token,
+                reply_type,
+                reply_mid,
+                limit: (self.config.amplification_limit > 0 && !self.verified(peer))
+                    .then(|| size.saturating_mul(usize::from(self.config.amplification_limit))),
+            };
+            self.apps.defer(now + self.config.app_timeout, deferred, request);
+            return None;
+        };
+        self.recent(peer).put(Exchange {
+            mid: req.mid,
+            reply_type,
+            reply_mid,
+            token,
+            spec: Some(spec.clone()),
+            range: None,
+        });
+        if !con && suppressed(req, spec.code) {
+            return None;
+        }
         self.put(reply_type, reply_mid, token.as_slice(), &spec);
         Some(())
     }
@@ -876,6 +1053,10 @@ impl<R: Resources> Server<R> {
     /// Check resources for change and retransmit notifications that are due.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.rotate(now);
+        while let Some(d) = self.apps.expired(now) {
+            self.stats.requests_expired += 1;
+            self.reply_deferred(d, Code::SERVICE_UNAVAILABLE, Bytes::from_static(b"not answered in time: try again"));
+        }
         self.transfers.rotate(now);
         if !self.observers.is_empty() {
             let generation = self.resources.generation();
@@ -935,7 +1116,10 @@ impl<R: Resources> Server<R> {
         } else {
             (self.next_change_poll, Some(self.next_liveness_check))
         };
-        [timer, Some(dedup), change, liveness].into_iter().flatten().min()
+        [timer, Some(dedup), change, liveness, self.apps.next_expiry()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 }
 

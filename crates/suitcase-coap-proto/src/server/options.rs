@@ -15,6 +15,9 @@ pub(super) struct Parsed<'a> {
     pub(super) if_match: Vec<&'a [u8]>,
     pub(super) if_none_match: bool,
     pub(super) echo: Option<&'a [u8]>,
+    /// The request is a POST (a report), not a GET.
+    pub(super) post: bool,
+    pub(super) content_format: Option<u16>,
 }
 
 /// Options that may appear once only (RFC 7252 §5.4.5, RFC 7959, RFC 7641, RFC 9175): a
@@ -45,6 +48,8 @@ pub(super) fn parse<'a>(req: &Request<'a>) -> Result<Parsed<'a>, ResponseSpec> {
         if_match: Vec::new(),
         if_none_match: false,
         echo: None,
+        post: req.code == 2,
+        content_format: None,
     };
     let mut last = None;
     for (num, v) in req.options() {
@@ -89,13 +94,17 @@ pub(super) fn parse<'a>(req: &Request<'a>) -> Result<Parsed<'a>, ResponseSpec> {
                     "Block1 is not supported: this server only serves downloads",
                 ))
             }
-            opt::URI_HOST | opt::URI_PORT | opt::CONTENT_FORMAT | opt::URI_QUERY | opt::SIZE1 | opt::NO_RESPONSE => {}
+            opt::CONTENT_FORMAT => p.content_format = decode_uint(v).and_then(|n| u16::try_from(n).ok()),
+            opt::URI_HOST | opt::URI_PORT | opt::URI_QUERY | opt::SIZE1 | opt::NO_RESPONSE => {}
             n if critical(n) => return Err(ResponseSpec::error(Code::BAD_OPTION, "unsupported critical option")),
             _ => {}
         }
     }
-    if req.code != 1 {
-        return Err(ResponseSpec::error(Code::METHOD_NOT_ALLOWED, "only GET is served"));
+    if req.code != 1 && req.code != 2 {
+        return Err(ResponseSpec::error(
+            Code::METHOD_NOT_ALLOWED,
+            "only GET (and POST of reports) is served",
+        ));
     }
     Ok(p)
 }

@@ -774,3 +774,97 @@ fn replies_can_be_appended_to_a_buffer_of_the_callers() {
         MessageClass::Response(ResponseType::Unauthorized)
     );
 }
+
+fn post(mid: u16, token: &[u8], path: &str, payload: &[u8]) -> Vec<u8> {
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(RequestType::Post);
+    p.header.message_id = mid;
+    p.set_token(token.to_vec());
+    for s in path.split('/') {
+        p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+    }
+    p.add_option(CoapOption::ContentFormat, vec![50]);
+    p.payload = payload.to_vec();
+    p.to_bytes().unwrap()
+}
+
+#[test]
+fn accepted_posts_are_answered_by_the_application_and_duplicates_get_the_same_answer() {
+    let mut s = server(10);
+    s.resources().accept_posts("fw/report");
+    // Not accepted: 4.05 at once.
+    let r = roundtrip(&mut s, &post(1, b"t", "fw/app/board/img.bin", b"{}"));
+    assert_eq!(r.header.code, MessageClass::Response(ResponseType::MethodNotAllowed));
+    // Accepted: no reply yet, one request for the application.
+    assert!(h(&mut s, &post(2, b"tk", "fw/report", b"{\"seq\":1}")).is_none());
+    let req = s.poll_request().unwrap();
+    assert_eq!((req.path.as_str(), req.content_format, &req.payload[..]), ("fw/report", Some(50), &b"{\"seq\":1}"[..]));
+    assert!(s.poll_request().is_none());
+    // A retransmission while it is pending: silence, and no second request.
+    assert!(h(&mut s, &post(2, b"tk", "fw/report", b"{\"seq\":1}")).is_none());
+    assert!(s.poll_request().is_none());
+    assert!(s.answer(req.id, Code::CHANGED, Bytes::new()));
+    assert!(!s.answer(req.id, Code::CHANGED, Bytes::new()), "answered once");
+    let t = s.poll_transmit().unwrap();
+    let p = Packet::from_bytes(&t.data).unwrap();
+    assert_eq!(p.header.get_type(), MessageType::Acknowledgement);
+    assert_eq!((p.header.message_id, p.get_token()), (2, &b"tk"[..]));
+    assert_eq!(p.header.code, MessageClass::Response(ResponseType::Changed));
+    // A later duplicate gets the same answer, without a new request.
+    let again = h(&mut s, &post(2, b"tk", "fw/report", b"{\"seq\":1}")).unwrap();
+    assert_eq!(again, t.data);
+    assert!(s.poll_request().is_none());
+}
+
+#[test]
+fn unanswered_posts_expire_with_5_03_and_the_pending_table_is_bounded() {
+    let config = Config {
+        max_pending_requests: 2,
+        app_timeout: Duration::from_secs(5),
+        ..Config::default()
+    };
+    let mut s = server_with(config, 10);
+    s.resources().accept_posts("fw/report");
+    let t0 = Instant::now();
+    for mid in 1..=2 {
+        assert!(s.handle_datagram(t0, peer(), &post(mid, b"", "fw/report", b"x")).is_none());
+    }
+    let full = s.handle_datagram(t0, peer(), &post(3, b"", "fw/report", b"x")).map(|b| b.to_vec()).unwrap();
+    let p = Packet::from_bytes(&full).unwrap();
+    assert_eq!(p.header.code, MessageClass::Response(ResponseType::ServiceUnavailable));
+    assert_eq!(s.stats().requests_refused, 1);
+    // Nobody collects or answers: both expire with 5.03, and are withdrawn from the queue.
+    assert!(s.poll_timeout().unwrap() <= t0 + Duration::from_secs(5));
+    s.handle_timeout(t0 + Duration::from_secs(6));
+    let mut codes = Vec::new();
+    while let Some(t) = s.poll_transmit() {
+        codes.push(Packet::from_bytes(&t.data).unwrap().header.code);
+    }
+    assert_eq!(codes, vec![MessageClass::Response(ResponseType::ServiceUnavailable); 2]);
+    assert!(s.poll_request().is_none());
+    assert_eq!(s.stats().requests_expired, 2);
+}
+
+#[test]
+fn served_blocks_are_recorded_only_when_tracking_is_on_and_bounded() {
+    let mut off = server(1000);
+    roundtrip(&mut off, &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(vec![0x02])));
+    assert!(off.take_blocks().is_empty());
+    let config = Config {
+        max_block_events: 3,
+        ..Config::default()
+    };
+    let mut s = server_with(config, 1000);
+    for num in 0..5u8 {
+        let block = vec![(num << 4) | 0x0a]; // 64-byte blocks (SZX 2), More set by the client is ignored
+        roundtrip(&mut s, &get(MessageType::Confirmable, u16::from(num) + 1, b"", "fw/app/board/img.bin", Some(block)));
+    }
+    let blocks = s.take_blocks();
+    assert_eq!(blocks.len(), 3);
+    assert_eq!(blocks[1], BlockServed { peer: peer(), etag: *b"12345678", end: 128, size: 1000 });
+    assert_eq!(s.stats().block_events_dropped, 2);
+    // The whole manifest in one reply counts as one block ending at its size.
+    roundtrip(&mut s, &get(MessageType::Confirmable, 9, b"", "fw/app/board/manifest", None));
+    assert_eq!(s.take_blocks(), vec![BlockServed { peer: peer(), etag: *b"manifst1", end: 100, size: 100 }]);
+}
