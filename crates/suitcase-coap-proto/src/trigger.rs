@@ -176,8 +176,21 @@ pub fn post_request(mid: u16, token: &[u8], path: &[&str], payload: &[u8]) -> Ve
     p.to_bytes_unlimited().unwrap_or_default()
 }
 
+/// Build a CON GET of the Uri-Path `path` (e.g. RIOT's `suit/slot/active`).
+pub fn get_request(mid: u16, token: &[u8], path: &[&str]) -> Vec<u8> {
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(RequestType::Get);
+    p.header.message_id = mid;
+    p.set_token(token.to_vec());
+    for seg in path {
+        p.add_option(CoapOption::UriPath, seg.as_bytes().to_vec());
+    }
+    p.to_bytes_unlimited().unwrap_or_default()
+}
+
 impl Exchange {
-    /// Start an exchange; `jitter` in [0, 1) picks the initial timeout within
+    /// Start a POST exchange; `jitter` in [0, 1) picks the initial timeout within
     /// [ACK_TIMEOUT, ACK_TIMEOUT × ACK_RANDOM_FACTOR].
     pub fn new(
         config: NotifyConfig,
@@ -189,6 +202,19 @@ impl Exchange {
         jitter: f64,
     ) -> Self {
         let request = post_request(mid, &token, path, payload);
+        Self::with_request(config, mid, token, request, now, jitter)
+    }
+
+    /// Start an exchange of a confirmable `request` already encoded with `mid` and `token`
+    /// (see [`post_request`], [`get_request`]).
+    pub fn with_request(
+        config: NotifyConfig,
+        mid: u16,
+        token: Vec<u8>,
+        request: Vec<u8>,
+        now: Instant,
+        jitter: f64,
+    ) -> Self {
         let timeout = config
             .ack_timeout
             .mul_f64(1.0 + (config.ack_random_factor - 1.0) * jitter.clamp(0.0, 1.0));

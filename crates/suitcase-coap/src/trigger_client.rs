@@ -28,6 +28,14 @@ pub struct NotifyResult {
     pub elapsed: Duration,
 }
 
+/// What an exchange sends.
+enum Method<'a> {
+    /// A trigger: the URL, and whether a NUL follows it.
+    Post(&'a str, TriggerNul),
+    /// A GET of this path.
+    Get(&'a [&'a str]),
+}
+
 /// Exchanges in flight across every caller of one [`TriggerClient`], by default.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
@@ -210,7 +218,7 @@ impl TriggerClient {
             return result;
         };
         let start = Instant::now();
-        result.outcome = self.run(device, payload, nul, &mut result).await;
+        result.outcome = self.run(device, Method::Post(payload, nul), &mut result).await;
         result.elapsed = start.elapsed();
         tracing::info!(
             target: "suitcase::audit",
@@ -223,13 +231,28 @@ impl TriggerClient {
         result
     }
 
-    async fn run(
-        &self,
-        device: &str,
-        url: &str,
-        nul: TriggerNul,
-        result: &mut NotifyResult,
-    ) -> Result<Outcome, String> {
+    /// GET `path` of the device at `device` (its address as for a trigger; its own path is
+    /// replaced by `path`), with the same retransmissions and bound as triggers. (RIOT's
+    /// `suit/slot/active` tells which slot it booted from.)
+    pub async fn get(&self, device: &str, path: &[&str]) -> NotifyResult {
+        let mut result = NotifyResult {
+            device: device.to_string(),
+            address: None,
+            outcome: Err(String::new()),
+            transmissions: 0,
+            elapsed: Duration::ZERO,
+        };
+        let Ok(_permit) = self.permits.acquire().await else {
+            result.outcome = Err("notifier closed".into());
+            return result;
+        };
+        let start = Instant::now();
+        result.outcome = self.run(device, Method::Get(path), &mut result).await;
+        result.elapsed = start.elapsed();
+        result
+    }
+
+    async fn run(&self, device: &str, method: Method<'_>, result: &mut NotifyResult) -> Result<Outcome, String> {
         let target = Target::parse(device).map_err(|e| e.to_string())?;
         let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
             .await
@@ -242,13 +265,15 @@ impl TriggerClient {
         let seed = random_seed(addr);
         let path: Vec<&str> = target.path.iter().map(String::as_str).collect();
         let jitter = (seed >> 11) as f64 / (1u64 << 53) as f64;
-        let payload = trigger_payload(url, &target.path, nul);
-        let mut ex = Exchange::new(
+        let request = match method {
+            Method::Post(url, nul) => post_request(route.mid, &route.token, &path, &trigger_payload(url, &target.path, nul)),
+            Method::Get(path) => get_request(route.mid, &route.token, path),
+        };
+        let mut ex = Exchange::with_request(
             self.config.clone(),
             route.mid,
             route.token.to_vec(),
-            &path,
-            &payload,
+            request,
             Instant::now(),
             jitter,
         );

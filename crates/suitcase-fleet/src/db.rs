@@ -1,0 +1,277 @@
+//! The database: one schema and one set of queries for SQLite and PostgreSQL through sqlx's
+//! `Any` driver (placeholders `$1`, types both read alike).
+
+use std::str::FromStr as _;
+use std::time::Duration;
+
+use sqlx::any::{AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Row as _};
+
+use crate::model::{groups_column, groups_from_column, Device, Filter, State};
+use crate::FleetError;
+
+/// Which database.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// SQLite (a file in the data directory).
+    Sqlite,
+    /// PostgreSQL.
+    Postgres,
+}
+
+/// The pool and its kind.
+#[derive(Clone)]
+pub(crate) struct Db {
+    pub(crate) pool: AnyPool,
+    pub(crate) backend: Backend,
+}
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+const COLUMNS: &str = "id, registered, coap, http_id, class, publish_id, groups, running_seq, running_semver, \
+    target_version, target_seq, target_semver, state, reason, bytes_done, bytes_total, peer, slot_before, \
+    first_seen, last_seen, state_at, report_at, report, created_at";
+
+fn db_err(e: sqlx::Error) -> FleetError {
+    FleetError::Database(e.to_string())
+}
+
+impl Db {
+    /// Connect (creating a SQLite file if needed) and migrate.
+    pub(crate) async fn open(url: &str) -> Result<Db, FleetError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Backend::Postgres
+        } else {
+            return Err(FleetError::Invalid(format!(
+                "database URL {:?}: sqlite:PATH or postgres://...",
+                redact(url)
+            )));
+        };
+        let options = AnyPoolOptions::new()
+            .max_connections(if backend == Backend::Sqlite { 4 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        // WAL: readers never wait for the writer; FULL: a commit is on disk
+                        // when it returns (nothing acknowledged is lost on power failure).
+                        sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
+                        sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    }
+                    Ok(())
+                })
+            });
+        let pool = options
+            .connect(url)
+            .await
+            .map_err(|e| FleetError::Database(format!("connecting to {}: {e}", redact(url))))?;
+        MIGRATOR
+            .run(&pool)
+            .await
+            .map_err(|e| FleetError::Database(format!("migrating: {e}")))?;
+        Ok(Db { pool, backend })
+    }
+
+    pub(crate) async fn load_all(&self) -> Result<Vec<Device>, FleetError> {
+        let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM devices"))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(device_of).collect()
+    }
+
+    pub(crate) async fn get(&self, id: &str) -> Result<Option<Device>, FleetError> {
+        let row = sqlx::query(&format!("SELECT {COLUMNS} FROM devices WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(device_of).transpose()
+    }
+
+    pub(crate) async fn list(&self, f: &Filter, limit: usize) -> Result<Vec<Device>, FleetError> {
+        let mut sql = format!("SELECT {COLUMNS} FROM devices WHERE 1 = 1");
+        let mut n = 0;
+        let mut next = || {
+            n += 1;
+            format!("${n}")
+        };
+        if f.group.is_some() {
+            sql += &format!(" AND groups LIKE {}", next());
+        }
+        if f.state.is_some() {
+            sql += &format!(" AND state = {}", next());
+        }
+        if f.publish_id.is_some() {
+            sql += &format!(" AND publish_id = {}", next());
+        }
+        sql += &format!(" ORDER BY id LIMIT {}", next());
+        let mut q = sqlx::query(&sql);
+        if let Some(g) = &f.group {
+            // Group names hold no LIKE wildcards ('%', '_' is literal enough: validated names
+            // may hold '_', which matches itself too).
+            q = q.bind(format!("%,{g},%"));
+        }
+        if let Some(s) = f.state {
+            q = q.bind(s.as_str());
+        }
+        if let Some(p) = &f.publish_id {
+            q = q.bind(p.clone());
+        }
+        q = q.bind(i64::try_from(limit).unwrap_or(i64::MAX));
+        let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
+        rows.iter()
+            .map(device_of)
+            .filter(|d| {
+                // '_' in a LIKE pattern matches any one character: check the group exactly.
+                d.as_ref()
+                    .map_or(true, |d| f.group.as_ref().is_none_or(|g| d.groups.contains(g)))
+            })
+            .collect()
+    }
+
+    pub(crate) async fn counts(&self) -> Result<Vec<(String, i64)>, FleetError> {
+        let rows = sqlx::query("SELECT state, COUNT(*) AS n FROM devices GROUP BY state ORDER BY state")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter()
+            .map(|r| Ok((r.try_get::<String, _>("state").map_err(db_err)?, r.try_get::<i64, _>("n").map_err(db_err)?)))
+            .collect()
+    }
+}
+
+/// A URL with its password hidden (for messages and logs).
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn opt_u64(r: &AnyRow, col: &str) -> Result<Option<u64>, FleetError> {
+    Ok(r.try_get::<Option<i64>, _>(col)
+        .map_err(db_err)?
+        .and_then(|v| u64::try_from(v).ok()))
+}
+
+fn device_of(r: &AnyRow) -> Result<Device, FleetError> {
+    let s = |c: &str| r.try_get::<Option<String>, _>(c).map_err(db_err);
+    let i = |c: &str| r.try_get::<Option<i64>, _>(c).map_err(db_err);
+    let state: String = r.try_get("state").map_err(db_err)?;
+    Ok(Device {
+        id: r.try_get("id").map_err(db_err)?,
+        registered: r.try_get::<i64, _>("registered").map_err(db_err)? != 0,
+        coap: s("coap")?,
+        http_id: s("http_id")?,
+        class: s("class")?,
+        publish_id: s("publish_id")?,
+        groups: groups_from_column(&r.try_get::<String, _>("groups").map_err(db_err)?),
+        running_seq: opt_u64(r, "running_seq")?,
+        running_semver: s("running_semver")?,
+        target_version: opt_u64(r, "target_version")?,
+        target_seq: opt_u64(r, "target_seq")?,
+        target_semver: s("target_semver")?,
+        state: State::from_str(&state).unwrap_or(State::Idle),
+        reason: s("reason")?,
+        bytes_done: opt_u64(r, "bytes_done")?.unwrap_or(0),
+        bytes_total: opt_u64(r, "bytes_total")?.unwrap_or(0),
+        peer: s("peer")?,
+        slot_before: s("slot_before")?,
+        first_seen: i("first_seen")?,
+        last_seen: i("last_seen")?,
+        state_at: i("state_at")?,
+        report_at: i("report_at")?,
+        report: s("report")?,
+        created_at: r.try_get("created_at").map_err(db_err)?,
+    })
+}
+
+fn i64_of(v: Option<u64>) -> Option<i64> {
+    v.and_then(|v| i64::try_from(v).ok())
+}
+
+/// Write whole device rows (insert or replace every column) in one transaction.
+pub(crate) async fn upsert_all(db: &Db, devices: &[&Device]) -> Result<(), FleetError> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.pool.begin().await.map_err(db_err)?;
+    for d in devices {
+        sqlx::query(
+            "INSERT INTO devices (id, registered, coap, http_id, class, publish_id, groups, running_seq, \
+             running_semver, target_version, target_seq, target_semver, state, reason, bytes_done, bytes_total, \
+             peer, slot_before, first_seen, last_seen, state_at, report_at, report, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20, \
+             $21, $22, $23, $24) \
+             ON CONFLICT (id) DO UPDATE SET registered = excluded.registered, coap = excluded.coap, \
+             http_id = excluded.http_id, class = excluded.class, publish_id = excluded.publish_id, \
+             groups = excluded.groups, running_seq = excluded.running_seq, running_semver = excluded.running_semver, \
+             target_version = excluded.target_version, target_seq = excluded.target_seq, \
+             target_semver = excluded.target_semver, state = excluded.state, reason = excluded.reason, \
+             bytes_done = excluded.bytes_done, bytes_total = excluded.bytes_total, peer = excluded.peer, \
+             slot_before = excluded.slot_before, first_seen = excluded.first_seen, last_seen = excluded.last_seen, \
+             state_at = excluded.state_at, report_at = excluded.report_at, report = excluded.report",
+        )
+        .bind(d.id.clone())
+        .bind(i64::from(d.registered))
+        .bind(d.coap.clone())
+        .bind(d.http_id.clone())
+        .bind(d.class.clone())
+        .bind(d.publish_id.clone())
+        .bind(groups_column(&d.groups))
+        .bind(i64_of(d.running_seq))
+        .bind(d.running_semver.clone())
+        .bind(i64_of(d.target_version))
+        .bind(i64_of(d.target_seq))
+        .bind(d.target_semver.clone())
+        .bind(d.state.as_str())
+        .bind(d.reason.clone())
+        .bind(i64_of(Some(d.bytes_done)).unwrap_or(0))
+        .bind(i64_of(Some(d.bytes_total)).unwrap_or(0))
+        .bind(d.peer.clone())
+        .bind(d.slot_before.clone())
+        .bind(d.first_seen)
+        .bind(d.last_seen)
+        .bind(d.state_at)
+        .bind(d.report_at)
+        .bind(d.report.clone())
+        .bind(d.created_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    tx.commit().await.map_err(db_err)
+}
+
+/// Delete a device; whether it existed.
+pub(crate) async fn delete(db: &Db, id: &str) -> Result<bool, FleetError> {
+    let r = sqlx::query("DELETE FROM devices WHERE id = $1")
+        .bind(id)
+        .execute(&db.pool)
+        .await
+        .map_err(db_err)?;
+    Ok(r.rows_affected() > 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact("sqlite:/x/fleet.db"), "sqlite:/x/fleet.db");
+    }
+}

@@ -1,0 +1,337 @@
+//! The device half of suitcase: an inventory of devices and the state of their updates,
+//! kept in SQLite (the default, a file in the data directory) or PostgreSQL.
+//!
+//! One task, the tracker, owns every change: it holds the devices in memory, applies what
+//! the servers saw (compact block events from the CoAP thread through a bounded channel,
+//! HTTP downloads, trigger acknowledgements) and what devices report, and writes the
+//! changed rows in batches. Publisher changes and reports are written before they are
+//! acknowledged; progress is written every `flush_interval`. Reads go to the database.
+
+mod db;
+pub mod model;
+pub mod report;
+mod tracker;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use suitcase_coap::BlockServed;
+use suitcase_store::Store;
+use tokio::sync::{mpsc, oneshot};
+
+pub use db::{redact, Backend};
+pub use model::{validate_id, Device, Filter, NewDevice, State};
+pub use report::{Report, ReportError};
+
+/// What went wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    /// Bad input (answered 400 / 4.00).
+    #[error("{0}")]
+    Invalid(String),
+    /// No such device.
+    #[error("no device {0:?}")]
+    NotFound(String),
+    /// The id is taken by a registered device.
+    #[error("device {0:?} exists")]
+    Exists(String),
+    /// Too many devices.
+    #[error("{0}")]
+    Full(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(String),
+    /// The tracker is gone (shutting down).
+    #[error("the fleet tracker has stopped")]
+    Stopped,
+}
+
+impl From<ReportError> for FleetError {
+    fn from(e: ReportError) -> Self {
+        FleetError::Invalid(e.to_string())
+    }
+}
+
+/// Settings.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// A device `downloaded` this long without a report (or a slot change) turns `failed`
+    /// with the reason `timeout`.
+    pub install_timeout: Duration,
+    /// How often progress is written.
+    pub flush_interval: Duration,
+    /// Devices recorded without being added (seen fetching a manifest) at most; past it
+    /// new peers are not recorded (counted).
+    pub max_unregistered: usize,
+    /// Devices at most in all.
+    pub max_devices: usize,
+    /// How often a device's `suit/slot/active` is read after its download.
+    pub slot_poll: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            install_timeout: Duration::from_secs(600),
+            flush_interval: Duration::from_millis(500),
+            max_unregistered: 10_000,
+            max_devices: 1_000_000,
+            slot_poll: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Counters (for logs, `/metrics` and benchmarks).
+#[derive(Debug, Default)]
+pub struct Counters {
+    /// Block events received from the CoAP server.
+    pub blocks: AtomicU64,
+    /// Block events the CoAP server dropped because the channel was full.
+    pub blocks_dropped: AtomicU64,
+    /// HTTP and notify events dropped because the channel was full.
+    pub events_dropped: AtomicU64,
+    /// Rows written.
+    pub rows_written: AtomicU64,
+    /// Write transactions.
+    pub transactions: AtomicU64,
+    /// Peers not recorded because of `max_unregistered`.
+    pub unrecorded: AtomicU64,
+}
+
+/// A snapshot of [`Counters`].
+#[derive(Clone, Copy, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct CountersView {
+    /// Block events received.
+    pub blocks: u64,
+    /// Block events dropped by the CoAP server (channel full).
+    pub blocks_dropped: u64,
+    /// Other events dropped.
+    pub events_dropped: u64,
+    /// Rows written.
+    pub rows_written: u64,
+    /// Write transactions.
+    pub transactions: u64,
+    /// Peers not recorded.
+    pub unrecorded: u64,
+}
+
+/// An HTTP download (or a part of one) served to a device.
+#[derive(Clone, Debug)]
+pub struct HttpServed {
+    /// Who.
+    pub peer: SocketAddr,
+    /// The identity it gave (ESP MAC, esp32FOTA `addr`, device token name).
+    pub identity: Option<String>,
+    /// The version it says it runs (ESP headers).
+    pub running_semver: Option<String>,
+    /// The representation (first 8 bytes of its SHA-256, as the CoAP ETag).
+    pub etag: [u8; 8],
+    /// Offset just past the bytes sent.
+    pub end: u64,
+    /// Its size.
+    pub size: u64,
+}
+
+/// Who a report comes from.
+#[derive(Clone, Debug)]
+pub enum Reporter {
+    /// A device by id (HTTP).
+    Id(String),
+    /// A CoAP peer, reporting under a publish-id.
+    Peer(SocketAddr, String),
+}
+
+pub(crate) enum Command {
+    Add {
+        devices: Vec<NewDevice>,
+        replace: bool,
+        reply: oneshot::Sender<Result<Vec<Device>, FleetError>>,
+    },
+    Remove {
+        id: String,
+        reply: oneshot::Sender<Result<bool, FleetError>>,
+    },
+    Report {
+        from: Reporter,
+        report: Report,
+        reply: oneshot::Sender<Result<Device, FleetError>>,
+    },
+    Notified {
+        target: String,
+        address: Option<SocketAddr>,
+        publish_id: String,
+        version: u64,
+    },
+    Http(HttpServed),
+    Slot {
+        id: String,
+        version: u64,
+        before: bool,
+        value: String,
+    },
+}
+
+/// The fleet: a handle to the tracker and the database. Cheap to clone.
+#[derive(Clone)]
+pub struct Fleet {
+    db: db::Db,
+    commands: mpsc::Sender<Command>,
+    blocks: mpsc::Sender<Vec<BlockServed>>,
+    counters: Arc<Counters>,
+}
+
+/// Commands and event batches queued for the tracker at most.
+const QUEUE: usize = 1024;
+
+/// Devices listed at most in one answer.
+pub const MAX_LIST: usize = 100_000;
+
+/// Reads a device's running slot (RIOT's `GET suit/slot/active`), for the tracker.
+pub trait SlotReader: Send + Sync + 'static {
+    /// The slot the device at `coap` (as registered) runs, or `None` when it cannot tell.
+    fn active_slot(&self, coap: String) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<String>> + Send>>;
+}
+
+impl Fleet {
+    /// Open the database at `url` (`sqlite:PATH` or `postgres://…`), migrate it, load the
+    /// devices and start the tracker on the current runtime. It stops when every `Fleet`
+    /// handle is dropped.
+    pub async fn open(
+        url: &str,
+        store: Arc<dyn Store>,
+        config: Config,
+        slots: Option<Arc<dyn SlotReader>>,
+    ) -> Result<Fleet, FleetError> {
+        let db = db::Db::open(url).await?;
+        let devices = db.load_all().await?;
+        let (commands, commands_rx) = mpsc::channel(QUEUE);
+        let (blocks, blocks_rx) = mpsc::channel(QUEUE);
+        let counters = Arc::new(Counters::default());
+        let tracker = tracker::Tracker::new(
+            db.clone(),
+            store,
+            config,
+            devices,
+            counters.clone(),
+            slots,
+            commands.downgrade(),
+        );
+        tokio::spawn(tracker.run(commands_rx, blocks_rx));
+        Ok(Fleet {
+            db,
+            commands,
+            blocks,
+            counters,
+        })
+    }
+
+    /// Which database.
+    pub fn backend(&self) -> Backend {
+        self.db.backend
+    }
+
+    /// Where the CoAP server sends its block events (bounded: it uses `try_send` and counts
+    /// what does not fit in [`Fleet::counters`]).
+    pub fn block_sink(&self) -> (mpsc::Sender<Vec<BlockServed>>, Arc<Counters>) {
+        (self.blocks.clone(), self.counters.clone())
+    }
+
+    /// The counters.
+    pub fn counters(&self) -> CountersView {
+        let c = &self.counters;
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        CountersView {
+            blocks: l(&c.blocks),
+            blocks_dropped: l(&c.blocks_dropped),
+            events_dropped: l(&c.events_dropped),
+            rows_written: l(&c.rows_written),
+            transactions: l(&c.transactions),
+            unrecorded: l(&c.unrecorded),
+        }
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, FleetError>>) -> Command) -> Result<T, FleetError> {
+        let (tx, rx) = oneshot::channel();
+        self.commands.send(make(tx)).await.map_err(|_| FleetError::Stopped)?;
+        rx.await.map_err(|_| FleetError::Stopped)?
+    }
+
+    /// Add devices (all or none). Without `replace`, an id a registered device holds is
+    /// refused; with it (an import), such devices are updated. A device only seen so far
+    /// is adopted either way (its state kept).
+    pub async fn add(&self, devices: Vec<NewDevice>, replace: bool) -> Result<Vec<Device>, FleetError> {
+        let devices = devices.into_iter().map(NewDevice::validate).collect::<Result<Vec<_>, _>>()?;
+        if devices.is_empty() {
+            return Err(FleetError::Invalid("no devices".into()));
+        }
+        let mut ids: Vec<&str> = devices.iter().map(|d| d.id.as_str()).collect();
+        ids.sort_unstable();
+        if let Some(w) = ids.windows(2).find(|w| w[0] == w[1]) {
+            return Err(FleetError::Invalid(format!("device {:?} given twice", w[0])));
+        }
+        self.ask(|reply| Command::Add {
+            devices,
+            replace,
+            reply,
+        })
+        .await
+    }
+
+    /// Remove a device; whether it existed.
+    pub async fn remove(&self, id: &str) -> Result<bool, FleetError> {
+        let id = id.to_string();
+        self.ask(|reply| Command::Remove { id, reply }).await
+    }
+
+    /// Record a report; the device as it is after it.
+    pub async fn report(&self, from: Reporter, report: Report) -> Result<Device, FleetError> {
+        self.ask(|reply| Command::Report { from, report, reply }).await
+    }
+
+    /// A device.
+    pub async fn get(&self, id: &str) -> Result<Option<Device>, FleetError> {
+        self.db.get(id).await
+    }
+
+    /// Devices matching `filter`, by id, at most `limit` ([`MAX_LIST`]).
+    pub async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<Device>, FleetError> {
+        self.db.list(filter, limit.min(MAX_LIST)).await
+    }
+
+    /// How many devices are in each state.
+    pub async fn counts(&self) -> Result<Vec<(String, i64)>, FleetError> {
+        self.db.counts().await
+    }
+
+    /// A device acknowledged a trigger for `publish_id` version `version` (never waits).
+    pub fn notified(&self, target: String, address: Option<SocketAddr>, publish_id: String, version: u64) {
+        self.event(Command::Notified {
+            target,
+            address,
+            publish_id,
+            version,
+        });
+    }
+
+    /// Bytes of a file were sent over HTTP (never waits).
+    pub fn http_served(&self, e: HttpServed) {
+        self.event(Command::Http(e));
+    }
+
+    fn event(&self, c: Command) {
+        if self.commands.try_send(c).is_err() {
+            self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Now, in Unix milliseconds.
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}

@@ -1,0 +1,742 @@
+//! The tracker: the one task that changes fleet state. See the crate documentation.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use suitcase_coap::BlockServed;
+use suitcase_store::Store;
+use tokio::sync::mpsc;
+
+use crate::db::{self, Db};
+use crate::model::{Device, NewDevice, State};
+use crate::report::Report;
+use crate::{now_ms, Command, Config, Counters, FleetError, HttpServed, Reporter, SlotReader};
+
+/// A stored file, by ETag.
+#[derive(Clone, Debug)]
+struct FileRef {
+    publish_id: String,
+    version: u64,
+    seq: Option<u64>,
+    semver: Option<String>,
+    manifest: bool,
+}
+
+/// The store's files by ETag, rebuilt when the store's generation moves.
+#[derive(Default)]
+struct Files {
+    generation: Option<u64>,
+    map: HashMap<[u8; 8], FileRef>,
+}
+
+impl Files {
+    fn refresh(&mut self, store: &dyn Store) {
+        let g = store.generation();
+        if self.generation == Some(g) {
+            return;
+        }
+        self.map.clear();
+        for id in store.publish_ids() {
+            // Oldest first: an ETag shared by several versions names the newest.
+            for v in store.versions(&id) {
+                let r = FileRef {
+                    publish_id: id.clone(),
+                    version: v.seq,
+                    seq: v.manifest.as_ref().and_then(|m| m.sequence_number),
+                    semver: v.semver.as_ref().map(ToString::to_string),
+                    manifest: false,
+                };
+                for f in &v.files {
+                    self.map.insert(etag(&f.sha256.0), r.clone());
+                }
+                if let Some(m) = &v.manifest {
+                    self.map.insert(etag(&m.file.sha256.0), FileRef { manifest: true, ..r });
+                }
+            }
+        }
+        self.generation = Some(g);
+    }
+}
+
+fn etag(sha: &[u8; 32]) -> [u8; 8] {
+    let mut e = [0u8; 8];
+    e.copy_from_slice(&sha[..8]);
+    e
+}
+
+/// IPv4-mapped IPv6 addresses (from a dual-stack socket) as IPv4.
+fn canonical(a: SocketAddr) -> SocketAddr {
+    SocketAddr::new(a.ip().to_canonical(), a.port())
+}
+
+/// The socket address of a registered CoAP target, when its host is an IP literal.
+fn target_addr(coap: &str) -> Option<SocketAddr> {
+    let t = suitcase_coap::trigger::Target::parse(coap).ok()?;
+    let host = t.host.split('%').next()?;
+    let ip: IpAddr = host.parse().ok()?;
+    Some(canonical(SocketAddr::new(ip, t.port)))
+}
+
+/// Downloads whose first block ended at most here count as starting over.
+const RESTART_BYTES: u64 = 1024;
+
+pub(crate) struct Tracker {
+    db: Db,
+    store: Arc<dyn Store>,
+    config: Config,
+    devices: HashMap<String, Device>,
+    by_addr: HashMap<SocketAddr, String>,
+    by_ip: HashMap<IpAddr, Vec<String>>,
+    by_http: HashMap<String, String>,
+    dirty: HashSet<String>,
+    /// Devices `downloaded`, waiting for a report, a slot change or the timeout.
+    awaiting: HashSet<String>,
+    files: Files,
+    counters: Arc<Counters>,
+    slots: Option<Arc<dyn SlotReader>>,
+    me: mpsc::WeakSender<Command>,
+    probes: HashMap<String, tokio::task::AbortHandle>,
+    unregistered: usize,
+}
+
+impl Tracker {
+    pub(crate) fn new(
+        db: Db,
+        store: Arc<dyn Store>,
+        config: Config,
+        devices: Vec<Device>,
+        counters: Arc<Counters>,
+        slots: Option<Arc<dyn SlotReader>>,
+        me: mpsc::WeakSender<Command>,
+    ) -> Self {
+        let mut t = Tracker {
+            db,
+            store,
+            config,
+            devices: HashMap::new(),
+            by_addr: HashMap::new(),
+            by_ip: HashMap::new(),
+            by_http: HashMap::new(),
+            dirty: HashSet::new(),
+            awaiting: HashSet::new(),
+            files: Files::default(),
+            counters,
+            slots,
+            me,
+            probes: HashMap::new(),
+            unregistered: 0,
+        };
+        for d in devices {
+            t.insert(d);
+        }
+        t
+    }
+
+    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut blocks: mpsc::Receiver<Vec<BlockServed>>) {
+        let mut tick = tokio::time::interval(self.config.flush_interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                c = commands.recv() => match c {
+                    Some(c) => self.command(c).await,
+                    None => break,
+                },
+                Some(batch) = blocks.recv() => self.blocks(&batch),
+                _ = tick.tick() => {
+                    self.expire(now_ms());
+                    if let Err(e) = self.flush().await {
+                        tracing::warn!(error = %e, "fleet: writing progress failed; retrying");
+                    }
+                }
+            }
+        }
+        if let Err(e) = self.flush().await {
+            tracing::warn!(error = %e, "fleet: the last progress could not be written");
+        }
+        for (_, p) in self.probes.drain() {
+            p.abort();
+        }
+    }
+
+    // ---- the in-memory inventory and its indexes ----
+
+    fn insert(&mut self, d: Device) {
+        let id = d.id.clone();
+        if !d.registered {
+            self.unregistered += 1;
+        }
+        if d.state == State::Downloaded {
+            self.awaiting.insert(id.clone());
+        }
+        self.devices.insert(id.clone(), d);
+        self.index(&id);
+    }
+
+    fn take(&mut self, id: &str) -> Option<Device> {
+        self.unindex(id);
+        let d = self.devices.remove(id)?;
+        if !d.registered {
+            self.unregistered = self.unregistered.saturating_sub(1);
+        }
+        self.awaiting.remove(id);
+        self.dirty.remove(id);
+        if let Some(p) = self.probes.remove(id) {
+            p.abort();
+        }
+        Some(d)
+    }
+
+    fn keys(d: &Device) -> Vec<SocketAddr> {
+        let mut keys: Vec<SocketAddr> = d.coap.as_deref().and_then(target_addr).into_iter().collect();
+        if let Some(p) = d.peer.as_deref().and_then(|p| p.parse().ok()) {
+            keys.push(canonical(p));
+        }
+        keys
+    }
+
+    fn index(&mut self, id: &str) {
+        let Some(d) = self.devices.get(id) else { return };
+        let keys = Self::keys(d);
+        let http = d.http_id.clone();
+        for k in keys {
+            self.by_addr.insert(k, id.to_string());
+            let v = self.by_ip.entry(k.ip()).or_default();
+            if !v.iter().any(|x| x == id) {
+                v.push(id.to_string());
+            }
+        }
+        if let Some(h) = http {
+            self.by_http.insert(h, id.to_string());
+        }
+    }
+
+    fn unindex(&mut self, id: &str) {
+        let Some(d) = self.devices.get(id) else { return };
+        for k in Self::keys(d) {
+            if self.by_addr.get(&k).is_some_and(|x| x == id) {
+                self.by_addr.remove(&k);
+            }
+            if let Some(v) = self.by_ip.get_mut(&k.ip()) {
+                v.retain(|x| x != id);
+                if v.is_empty() {
+                    self.by_ip.remove(&k.ip());
+                }
+            }
+        }
+        if let Some(h) = &d.http_id {
+            if self.by_http.get(h).is_some_and(|x| x == id) {
+                self.by_http.remove(h);
+            }
+        }
+    }
+
+    /// The device a peer is: its exact address, else the only device at its IP address.
+    fn lookup_peer(&self, peer: SocketAddr) -> Option<String> {
+        let peer = canonical(peer);
+        if let Some(id) = self.by_addr.get(&peer) {
+            return Some(id.clone());
+        }
+        match self.by_ip.get(&peer.ip()) {
+            Some(v) if v.len() == 1 => Some(v[0].clone()),
+            _ => None,
+        }
+    }
+
+    /// Record a device nobody added, if there is room.
+    fn unregistered(&mut self, id: String, publish_id: &str, now: i64) -> Option<String> {
+        if self.devices.contains_key(&id) {
+            return Some(id);
+        }
+        if self.unregistered >= self.config.max_unregistered || self.devices.len() >= self.config.max_devices {
+            if self.counters.unrecorded.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    max = self.config.max_unregistered,
+                    "fleet: too many unregistered devices; new peers are not recorded"
+                );
+            }
+            return None;
+        }
+        let mut d = Device::new(id.clone(), false, now);
+        d.publish_id = Some(publish_id.to_string());
+        tracing::info!(device = %id, publish_id, "fleet: recorded an unregistered device");
+        self.insert(d);
+        self.dirty.insert(id.clone());
+        Some(id)
+    }
+
+    /// The device was heard from at `peer`.
+    fn touch(&mut self, id: &str, peer: SocketAddr, now: i64) {
+        let peer = canonical(peer).to_string();
+        let changed = self.devices.get(id).is_some_and(|d| d.peer.as_deref() != Some(peer.as_str()));
+        if changed {
+            self.unindex(id);
+        }
+        if let Some(d) = self.devices.get_mut(id) {
+            d.last_seen = Some(now);
+            d.first_seen.get_or_insert(now);
+            d.peer = Some(peer);
+        }
+        if changed {
+            self.index(id);
+        }
+        self.dirty.insert(id.to_string());
+    }
+
+    fn set_state(&mut self, id: &str, state: State, now: i64) {
+        let Some(d) = self.devices.get_mut(id) else { return };
+        if d.state != state {
+            d.state = state;
+            d.state_at = Some(now);
+            tracing::debug!(device = %id, %state, "fleet: state");
+        }
+        if state == State::Downloaded {
+            self.awaiting.insert(id.to_string());
+        } else {
+            self.awaiting.remove(id);
+        }
+        if state != State::Downloaded {
+            if let Some(p) = self.probes.remove(id) {
+                p.abort();
+            }
+        }
+        self.dirty.insert(id.to_string());
+    }
+
+    fn set_target(&mut self, id: &str, f: &FileRef) {
+        if let Some(d) = self.devices.get_mut(id) {
+            d.publish_id.get_or_insert_with(|| f.publish_id.clone());
+            d.target_version = Some(f.version);
+            d.target_seq = f.seq;
+            d.target_semver = f.semver.clone();
+            d.bytes_done = 0;
+            d.bytes_total = 0;
+            d.reason = None;
+            d.slot_before = None;
+        }
+    }
+
+    // ---- what the servers saw ----
+
+    fn blocks(&mut self, batch: &[BlockServed]) {
+        self.counters.blocks.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        self.files.refresh(self.store.as_ref());
+        let now = now_ms();
+        for b in batch {
+            let Some(f) = self.files.map.get(&b.etag).cloned() else { continue };
+            let id = match self.lookup_peer(b.peer) {
+                Some(id) => id,
+                None if f.manifest && b.end <= RESTART_BYTES => {
+                    let ip = b.peer.ip().to_canonical();
+                    match self.unregistered(format!("coap-{ip}"), &f.publish_id, now) {
+                        Some(id) => id,
+                        None => continue,
+                    }
+                }
+                None => continue,
+            };
+            self.touch(&id, b.peer, now);
+            if f.manifest {
+                self.manifest_fetched(&id, &f, b.end, now);
+            } else {
+                self.image_served(&id, &f, b.end, b.size, now);
+            }
+        }
+    }
+
+    fn manifest_fetched(&mut self, id: &str, f: &FileRef, end: u64, now: i64) {
+        let Some(d) = self.devices.get(id) else { return };
+        if end > RESTART_BYTES {
+            return; // a later block of a manifest fetch: its first block counted
+        }
+        if let (Some(run), Some(seq)) = (d.running_seq, f.seq) {
+            if run >= seq && d.state.is_final() {
+                return; // it runs this version or newer: a check, not an update
+            }
+        }
+        let same = d.target_version == Some(f.version) && d.publish_id.as_deref() == Some(f.publish_id.as_str());
+        if same && matches!(d.state, State::Manifest | State::Downloading | State::Downloaded) {
+            return;
+        }
+        self.set_target(id, f);
+        self.set_state(id, State::Manifest, now);
+        self.read_slot_before(id, f.version);
+    }
+
+    fn image_served(&mut self, id: &str, f: &FileRef, end: u64, size: u64, now: i64) {
+        let Some(d) = self.devices.get(id) else { return };
+        let same = d.target_version == Some(f.version) && d.publish_id.as_deref().is_none_or(|p| p == f.publish_id);
+        let restart = end <= RESTART_BYTES && end < size;
+        let state = d.state;
+        if !same {
+            self.set_target(id, f);
+        } else if state == State::Installed || (state == State::Downloaded && !restart) {
+            return; // a late duplicate, or a re-read of an installed image
+        }
+        let Some(d) = self.devices.get_mut(id) else { return };
+        d.bytes_done = if d.state == State::Downloading && !restart {
+            d.bytes_done.max(end)
+        } else {
+            end
+        };
+        d.bytes_total = size;
+        let done = d.bytes_done >= size;
+        self.set_state(id, if done { State::Downloaded } else { State::Downloading }, now);
+        if done {
+            self.poll_slot_after(id, f.version);
+        }
+    }
+
+    fn http(&mut self, e: HttpServed) {
+        self.files.refresh(self.store.as_ref());
+        let now = now_ms();
+        let Some(f) = self.files.map.get(&e.etag).cloned() else { return };
+        let known = e
+            .identity
+            .as_ref()
+            .and_then(|i| self.by_http.get(i).cloned())
+            .or_else(|| self.lookup_peer(e.peer));
+        let id = match (known, &e.identity) {
+            (Some(id), _) => id,
+            (None, Some(identity)) if e.end <= RESTART_BYTES.max(64 * 1024) => {
+                let id = format!("http-{identity}");
+                if crate::model::validate_id(&id).is_err() {
+                    return;
+                }
+                let Some(id) = self.unregistered(id, &f.publish_id, now) else { return };
+                if let Some(d) = self.devices.get_mut(&id) {
+                    if d.http_id.is_none() && !self.by_http.contains_key(identity) {
+                        d.http_id = Some(identity.clone());
+                        self.by_http.insert(identity.clone(), id.clone());
+                    }
+                }
+                id
+            }
+            (None, _) => return,
+        };
+        self.touch(&id, e.peer, now);
+        if let (Some(v), Some(d)) = (e.running_semver, self.devices.get_mut(&id)) {
+            d.running_semver = Some(v);
+        }
+        if f.manifest {
+            self.manifest_fetched(&id, &f, 0, now);
+        } else {
+            self.image_served(&id, &f, e.end, e.size, now);
+        }
+    }
+
+    fn notified(&mut self, target: &str, address: Option<SocketAddr>, publish_id: &str, version: u64) {
+        let id = self
+            .devices
+            .values()
+            .find(|d| d.coap.as_deref() == Some(target))
+            .map(|d| d.id.clone())
+            .or_else(|| address.and_then(|a| self.lookup_peer(a)));
+        let Some(id) = id else { return };
+        let Some(v) = self.store.version(publish_id, version) else { return };
+        let f = FileRef {
+            publish_id: publish_id.to_string(),
+            version,
+            seq: v.manifest.as_ref().and_then(|m| m.sequence_number),
+            semver: v.semver.as_ref().map(ToString::to_string),
+            manifest: true,
+        };
+        self.set_target(&id, &f);
+        self.set_state(&id, State::Notified, now_ms());
+    }
+
+    /// Devices `downloaded` for longer than the install timeout fail.
+    fn expire(&mut self, now: i64) {
+        let limit = i64::try_from(self.config.install_timeout.as_millis()).unwrap_or(i64::MAX);
+        let late: Vec<String> = self
+            .awaiting
+            .iter()
+            .filter(|id| {
+                self.devices
+                    .get(*id)
+                    .is_some_and(|d| d.state_at.is_some_and(|t| now.saturating_sub(t) >= limit))
+            })
+            .cloned()
+            .collect();
+        for id in late {
+            if let Some(d) = self.devices.get_mut(&id) {
+                d.reason = Some("timeout".into());
+            }
+            tracing::info!(device = %id, "fleet: no report after the download: failed (timeout)");
+            self.set_state(&id, State::Failed, now);
+        }
+    }
+
+    // ---- RIOT's slot resource ----
+
+    fn spawn_probe(&mut self, id: &str, version: u64, before: bool) {
+        let (Some(reader), Some(me)) = (self.slots.clone(), self.me.upgrade()) else { return };
+        let Some(coap) = self.devices.get(id).and_then(|d| d.coap.clone()) else { return };
+        let before_value = self.devices.get(id).and_then(|d| d.slot_before.clone());
+        if !before && before_value.is_none() {
+            return; // the slot it ran before is unknown: a reading would tell nothing
+        }
+        let (poll, timeout) = (self.config.slot_poll, self.config.install_timeout);
+        let id_owned = id.to_string();
+        let task = tokio::spawn(async move {
+            let start = tokio::time::Instant::now();
+            loop {
+                if !before {
+                    tokio::time::sleep(poll).await;
+                }
+                let value = reader.active_slot(coap.clone()).await;
+                match value {
+                    Some(value) if before || Some(&value) != before_value.as_ref() => {
+                        let _ = me
+                            .send(Command::Slot {
+                                id: id_owned,
+                                version,
+                                before,
+                                value,
+                            })
+                            .await;
+                        return;
+                    }
+                    None if before => return,
+                    _ => {}
+                }
+                if start.elapsed() >= timeout {
+                    return;
+                }
+            }
+        });
+        if let Some(old) = self.probes.insert(id.to_string(), task.abort_handle()) {
+            old.abort();
+        }
+    }
+
+    fn read_slot_before(&mut self, id: &str, version: u64) {
+        self.spawn_probe(id, version, true);
+    }
+
+    fn poll_slot_after(&mut self, id: &str, version: u64) {
+        self.spawn_probe(id, version, false);
+    }
+
+    fn slot(&mut self, id: &str, version: u64, before: bool, value: String) {
+        let now = now_ms();
+        let Some(d) = self.devices.get_mut(id) else { return };
+        if d.target_version != Some(version) {
+            return;
+        }
+        if before {
+            d.slot_before = Some(value);
+            self.dirty.insert(id.to_string());
+            return;
+        }
+        if d.state != State::Downloaded || d.slot_before.as_ref() == Some(&value) {
+            return;
+        }
+        tracing::info!(device = %id, slot = %value, "fleet: the device runs from another slot: installed");
+        d.running_seq = d.target_seq;
+        d.running_semver = d.target_semver.clone();
+        d.reason = None;
+        self.probes.remove(id);
+        self.set_state(id, State::Installed, now);
+    }
+
+    // ---- commands ----
+
+    async fn command(&mut self, c: Command) {
+        match c {
+            Command::Add { devices, replace, reply } => {
+                let _ = reply.send(self.add(devices, replace).await);
+            }
+            Command::Remove { id, reply } => {
+                let r = db::delete(&self.db, &id).await;
+                if matches!(r, Ok(true)) {
+                    self.take(&id);
+                    tracing::info!(device = %id, "fleet: device removed");
+                }
+                let _ = reply.send(r);
+            }
+            Command::Report { from, report, reply } => {
+                let _ = reply.send(self.report(from, report).await);
+            }
+            Command::Notified {
+                target,
+                address,
+                publish_id,
+                version,
+            } => self.notified(&target, address, &publish_id, version),
+            Command::Http(e) => self.http(e),
+            Command::Slot {
+                id,
+                version,
+                before,
+                value,
+            } => {
+                self.slot(&id, version, before, value);
+                if !before {
+                    if let Err(e) = self.flush().await {
+                        tracing::warn!(error = %e, "fleet: writing an install failed; retrying");
+                    }
+                }
+            }
+        }
+    }
+
+    async fn add(&mut self, new: Vec<NewDevice>, replace: bool) -> Result<Vec<Device>, FleetError> {
+        if let Some(taken) = new
+            .iter()
+            .find(|n| !replace && self.devices.get(&n.id).is_some_and(|d| d.registered))
+        {
+            return Err(FleetError::Exists(taken.id.clone()));
+        }
+        let adding = new.iter().filter(|n| !self.devices.contains_key(&n.id)).count();
+        if self.devices.len() + adding > self.config.max_devices {
+            return Err(FleetError::Full(format!(
+                "at most {} devices (--max-devices)",
+                self.config.max_devices
+            )));
+        }
+        let now = now_ms();
+        let mut rows = Vec::with_capacity(new.len());
+        let mut merged = Vec::new();
+        for n in new {
+            let mut d = self
+                .devices
+                .get(&n.id)
+                .cloned()
+                .unwrap_or_else(|| Device::new(n.id.clone(), true, now));
+            // A device seen before it was added (recorded as coap-<address>) is the same
+            // device: its history moves to the new id.
+            if let Some(addr) = n.coap.as_deref().and_then(target_addr) {
+                let seen = format!("coap-{}", addr.ip());
+                if seen != n.id {
+                    if let Some(s) = self.devices.get(&seen).filter(|s| !s.registered) {
+                        if d.state == State::Idle && d.last_seen.is_none() {
+                            d = Device {
+                                id: n.id.clone(),
+                                registered: true,
+                                created_at: d.created_at,
+                                ..s.clone()
+                            };
+                        }
+                        merged.push(seen);
+                    }
+                }
+            }
+            d.registered = true;
+            d.coap = n.coap;
+            d.http_id = n.http_id;
+            d.class = n.class;
+            if n.publish_id.is_some() {
+                d.publish_id = n.publish_id;
+            }
+            d.groups = n.groups;
+            if n.running_seq.is_some() {
+                d.running_seq = n.running_seq;
+            }
+            if n.running_semver.is_some() {
+                d.running_semver = n.running_semver;
+            }
+            rows.push(d);
+        }
+        let mut tx_rows: Vec<&Device> = rows.iter().collect();
+        // Merged records are written as deleted: one transaction for all.
+        db::upsert_all(&self.db, &tx_rows).await?;
+        tx_rows.clear();
+        for m in &merged {
+            if let Err(e) = db::delete(&self.db, m).await {
+                tracing::warn!(device = %m, error = %e, "fleet: removing a merged record failed");
+            } else {
+                self.take(m);
+            }
+        }
+        self.counters.rows_written.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        for d in &rows {
+            let was_unregistered = self.devices.get(&d.id).is_some_and(|o| !o.registered);
+            self.take(&d.id);
+            if was_unregistered {
+                tracing::info!(device = %d.id, "fleet: adopted a device seen before");
+            }
+            self.insert(d.clone());
+        }
+        tracing::info!(devices = rows.len(), replace, "fleet: devices added");
+        Ok(rows)
+    }
+
+    async fn report(&mut self, from: Reporter, report: Report) -> Result<Device, FleetError> {
+        let now = now_ms();
+        let id = match from {
+            Reporter::Id(id) => {
+                if !self.devices.contains_key(&id) {
+                    return Err(FleetError::NotFound(id));
+                }
+                id
+            }
+            Reporter::Peer(peer, publish_id) => {
+                let id = match self.lookup_peer(peer) {
+                    Some(id) => id,
+                    None => {
+                        let ip = peer.ip().to_canonical();
+                        self.unregistered(format!("coap-{ip}"), &publish_id, now)
+                            .ok_or_else(|| FleetError::Full("too many unregistered devices".into()))?
+                    }
+                };
+                self.touch(&id, peer, now);
+                id
+            }
+        };
+        let seq = report.sequence_number.or_else(|| {
+            let uri = report.reference.as_deref()?;
+            let path = uri.split_once("://").map_or(uri, |(_, rest)| rest);
+            let path = path.split_once('/')?.1;
+            let segments: Vec<&str> = path.split('/').collect();
+            let l = suitcase_store::paths::resolve(self.store.as_ref(), &segments)?;
+            l.version.manifest.as_ref()?.sequence_number
+        });
+        let Some(d) = self.devices.get_mut(&id) else {
+            return Err(FleetError::NotFound(id));
+        };
+        let seq = seq.or(d.target_seq);
+        d.report_at = Some(now);
+        d.report = serde_json::to_string(&report).ok();
+        d.last_seen = Some(now);
+        let state = if report.ok {
+            if seq.is_some() {
+                d.running_seq = seq;
+            }
+            d.running_semver = if seq.is_some() && seq == d.target_seq {
+                d.target_semver.clone()
+            } else if seq.is_some() {
+                None
+            } else {
+                d.running_semver.take()
+            };
+            d.reason = None;
+            State::Installed
+        } else {
+            d.reason = Some(report.reason.clone().unwrap_or_else(|| "reported error".into()));
+            State::Failed
+        };
+        tracing::info!(device = %id, ok = report.ok, sequence_number = ?seq, reason = ?report.reason, "fleet: report");
+        self.set_state(&id, state, now);
+        self.flush().await?;
+        self.devices.get(&id).cloned().ok_or(FleetError::NotFound(id))
+    }
+
+    /// Write every changed device in one transaction.
+    async fn flush(&mut self) -> Result<(), FleetError> {
+        if self.dirty.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = self.dirty.iter().cloned().collect();
+        let rows: Vec<&Device> = ids.iter().filter_map(|id| self.devices.get(id)).collect();
+        db::upsert_all(&self.db, &rows).await?;
+        self.counters.rows_written.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        for id in ids {
+            self.dirty.remove(&id);
+        }
+        Ok(())
+    }
+}
