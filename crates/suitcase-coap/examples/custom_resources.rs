@@ -35,7 +35,7 @@ fn main() -> std::io::Result<()> {
     let socket = driver::bind(addr)?;
     println!("serving coap://{} (hello, big); Ctrl-C stops", socket.local_addr()?);
     let cancel = CancellationToken::new();
-    let thread = driver::spawn_thread(socket, server, cancel.clone(), None)?;
+    let thread = driver::spawn_thread(socket, server, cancel.clone(), driver::Hooks::default())?;
     // Stop on Ctrl-C: a tiny runtime only for the signal.
     tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -7,10 +7,59 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-use crate::server::{Resources, Server, TransferDone};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::message::Code;
+use crate::server::{AppRequest, BlockServed, Resources, Server, TransferDone};
 
 /// Where the driver sends completed downloads.
 pub type Events = tokio::sync::broadcast::Sender<TransferDone>;
+
+/// Where the driver sends the blocks it served (fleet tracking): one batch per round, with
+/// `try_send`; a batch that does not fit is dropped and its events counted in `dropped`.
+/// The server never waits for the tracker.
+#[derive(Clone, Debug)]
+pub struct BlockSink {
+    /// The channel.
+    pub tx: mpsc::Sender<Vec<BlockServed>>,
+    /// Events dropped because the channel was full.
+    pub dropped: Arc<AtomicU64>,
+}
+
+/// An application's answer to an [`AppRequest`].
+#[derive(Clone, Debug)]
+pub struct AppReply {
+    /// The request's id.
+    pub id: u64,
+    /// The response code.
+    pub code: Code,
+    /// A diagnostic or empty payload.
+    pub payload: Bytes,
+}
+
+/// Where the application takes the requests the server hands it and returns its answers.
+#[derive(Debug)]
+pub struct AppChannel {
+    /// Requests go here (`try_send`: when full, the request is answered 5.03 at once).
+    pub requests: mpsc::Sender<AppRequest>,
+    /// Answers come back here.
+    pub replies: mpsc::Receiver<AppReply>,
+}
+
+/// What the driver hands to the rest of the process besides datagrams.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// Completed downloads (notify's watch).
+    pub transfers: Option<Events>,
+    /// Served blocks (fleet tracking).
+    pub blocks: Option<BlockSink>,
+    /// Requests for the application (device reports).
+    pub app: Option<AppChannel>,
+}
 
 /// Socket buffer size asked for, so bursts from thousands of devices are not dropped.
 pub const SOCKET_BUFFER_BYTES: usize = 8 * 1024 * 1024;
@@ -59,8 +108,17 @@ pub async fn run<R: Resources>(
     socket: UdpSocket,
     mut server: Server<R>,
     cancel: CancellationToken,
-    events: Option<Events>,
+    hooks: Hooks,
 ) -> io::Result<()> {
+    let Hooks {
+        transfers: events,
+        blocks,
+        app,
+    } = hooks;
+    let (app_tx, mut app_rx) = match app {
+        Some(a) => (Some(a.requests), Some(a.replies)),
+        None => (None, None),
+    };
     #[cfg(target_os = "linux")]
     let mut batch = crate::batch::Batch::default();
     #[cfg(not(target_os = "linux"))]
@@ -84,6 +142,10 @@ pub async fn run<R: Resources>(
                 let _ = tx.send(d);
             }
         }
+        hand_over(&mut server, blocks.as_ref(), app_tx.as_ref());
+        while let Some(t) = server.poll_transmit() {
+            send(&socket, &t.data, t.peer).await;
+        }
         let deadline = server
             .poll_timeout()
             .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600));
@@ -91,6 +153,13 @@ pub async fn run<R: Resources>(
             biased;
             () = cancel.cancelled() => return Ok(()),
             r = socket.readable() => r?,
+            Some(reply) = next_reply(&mut app_rx) => {
+                server.answer(reply.id, reply.code, reply.payload);
+                while let Ok(reply) = app_rx.as_mut().map_or(Err(mpsc::error::TryRecvError::Empty), mpsc::Receiver::try_recv) {
+                    server.answer(reply.id, reply.code, reply.payload);
+                }
+                continue;
+            }
             () = tokio::time::sleep_until(deadline.into()) => {
                 server.handle_timeout(Instant::now());
                 continue;
@@ -153,6 +222,35 @@ pub async fn run<R: Resources>(
     }
 }
 
+async fn next_reply(rx: &mut Option<mpsc::Receiver<AppReply>>) -> Option<AppReply> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Give the blocks served and the requests received this round to whoever takes them,
+/// without waiting: what does not fit is dropped (blocks, counted) or answered 5.03
+/// (requests).
+fn hand_over<R: Resources>(server: &mut Server<R>, blocks: Option<&BlockSink>, app: Option<&mpsc::Sender<AppRequest>>) {
+    if let Some(sink) = blocks {
+        let batch = server.take_blocks();
+        if !batch.is_empty() {
+            let n = batch.len() as u64;
+            if sink.tx.try_send(batch).is_err() {
+                sink.dropped.fetch_add(n, Ordering::Relaxed);
+            }
+        }
+    }
+    while let Some(req) = server.poll_request() {
+        let id = req.id;
+        let sent = app.is_some_and(|tx| tx.try_send(req).is_ok());
+        if !sent {
+            server.answer(id, Code::SERVICE_UNAVAILABLE, Bytes::from_static(b"busy: try again later"));
+        }
+    }
+}
+
 async fn send(socket: &UdpSocket, data: &[u8], peer: SocketAddr) {
     let r = match socket.try_send_to(data, peer) {
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => socket.send_to(data, peer).await,
@@ -169,13 +267,13 @@ pub fn spawn_thread<R: Resources + Send + 'static>(
     socket: std::net::UdpSocket,
     server: Server<R>,
     cancel: CancellationToken,
-    events: Option<Events>,
+    hooks: Hooks,
 ) -> io::Result<std::thread::JoinHandle<io::Result<()>>> {
     std::thread::Builder::new().name("coap".into()).spawn(move || {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         rt.block_on(async move {
             let socket = UdpSocket::from_std(socket)?;
-            run(socket, server, cancel, events).await
+            run(socket, server, cancel, hooks).await
         })
     })
 }

@@ -28,6 +28,8 @@ pub struct StoreResources {
     resolved: quick_cache::sync::Cache<String, Resolution>,
     /// `/.well-known/core`, rebuilt when the store's generation moves.
     link_format: Mutex<Option<(u64, Resource)>>,
+    /// Whether `POST /<publish-id>/report` is taken (by the fleet).
+    reports: bool,
 }
 
 /// Paths remembered (unknown paths included, so scans stay cheap).
@@ -64,7 +66,15 @@ impl StoreResources {
             store,
             resolved: quick_cache::sync::Cache::new(MAX_RESOLVED),
             link_format: Mutex::new(None),
+            reports: false,
         }
+    }
+
+    /// Take device reports: `POST /<publish-id>/report` for a publish-id of the store goes to
+    /// the application ([`crate::Server::poll_request`]).
+    pub fn with_reports(mut self) -> Self {
+        self.reports = true;
+        self
     }
 
     fn file(&self, entry: &FileEntry, block_size: Option<u16>) -> Option<Resource> {
@@ -148,6 +158,16 @@ impl Resources for StoreResources {
         };
         let (entry, block_size) = file.as_deref()?;
         self.file(entry, *block_size)
+    }
+
+    fn accepts_post(&self, segments: &[&str]) -> bool {
+        match segments.split_last() {
+            Some((&"report", id)) if self.reports && !id.is_empty() && paths::segments_ok(id) => {
+                let id = id.join("/");
+                suitcase_store::validate_publish_id(&id).is_ok() && self.store.latest(&id).is_some()
+            }
+            _ => false,
+        }
     }
 
     fn resolve_etag(&self, segments: &[&str], etag: &[u8; 8]) -> Option<Resource> {

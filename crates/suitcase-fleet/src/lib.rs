@@ -90,7 +90,7 @@ pub struct Counters {
     /// Block events received from the CoAP server.
     pub blocks: AtomicU64,
     /// Block events the CoAP server dropped because the channel was full.
-    pub blocks_dropped: AtomicU64,
+    pub blocks_dropped: Arc<AtomicU64>,
     /// HTTP and notify events dropped because the channel was full.
     pub events_dropped: AtomicU64,
     /// Rows written.
@@ -235,8 +235,11 @@ impl Fleet {
 
     /// Where the CoAP server sends its block events (bounded: it uses `try_send` and counts
     /// what does not fit in [`Fleet::counters`]).
-    pub fn block_sink(&self) -> (mpsc::Sender<Vec<BlockServed>>, Arc<Counters>) {
-        (self.blocks.clone(), self.counters.clone())
+    pub fn block_sink(&self) -> suitcase_coap::driver::BlockSink {
+        suitcase_coap::driver::BlockSink {
+            tx: self.blocks.clone(),
+            dropped: self.counters.blocks_dropped.clone(),
+        }
     }
 
     /// The counters.

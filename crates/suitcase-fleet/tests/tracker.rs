@@ -87,7 +87,7 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
         .unwrap();
     // Adding an existing id again is refused and changes nothing.
     assert!(fleet.add(vec![NewDevice { id: "a".into(), ..Default::default() }], false).await.is_err());
-    let (sink, _) = fleet.block_sink();
+    let sink = fleet.block_sink().tx;
     let block = |peer, etag, end, size| BlockServed { peer, etag, end, size };
     // a: the manifest, then every block of the image; b: the manifest and 4 of 16 blocks.
     let mut batch = vec![block(a, manifest, 10, 10)];
@@ -125,7 +125,7 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
     let lab = fleet.list(&suitcase_fleet::Filter { group: Some("lab".into()), ..Default::default() }, 100).await.unwrap();
     assert_eq!(lab.len(), 1);
     // b finishes and never reports: failed (timeout).
-    let (sink, _) = fleet.block_sink();
+    let sink = fleet.block_sink().tx;
     sink.send((5..=16).map(|i| block(b, image, (i * 64).min(1000), 1000)).collect()).await.unwrap();
     until(&fleet, "b", |d| d.state == State::Downloaded).await;
     let d = until(&fleet, "b", |d| d.state == State::Failed).await;

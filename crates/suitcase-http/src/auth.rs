@@ -74,8 +74,12 @@ pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next
     }
 }
 
+/// The name of the device token a request showed.
+#[derive(Clone, Debug)]
+pub struct DeviceName(pub String);
+
 /// Guard for HTTP downloads (only once a device token exists).
-pub(crate) async fn device(State(st): State<AppState>, req: Request, next: Next) -> Response {
+pub(crate) async fn device(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let snap = st.tokens.snapshot();
     match snap.any(Role::Device) {
         None => return unreadable(&req),
@@ -83,7 +87,10 @@ pub(crate) async fn device(State(st): State<AppState>, req: Request, next: Next)
         Some(true) => {}
     }
     match credential(&req, &["token", "Bearer"]).and_then(|t| snap.check(t, &[Role::Device, Role::Publisher])) {
-        Some(_) => next.run(req).await,
+        Some(name) => {
+            req.extensions_mut().insert(DeviceName(name));
+            next.run(req).await
+        }
         None => {
             tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), path = %req.uri().path(), "download rejected: no valid device token");
             ApiError::new(

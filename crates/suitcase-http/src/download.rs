@@ -13,13 +13,84 @@ use crate::{ApiError, AppState};
 /// `<id>/manifest`), resolved by the store's one resolver so both protocols agree.
 pub(crate) async fn files(
     State(st): State<AppState>,
+    peer: Peer,
     headers: HeaderMap,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
     let found = suitcase_store::paths::resolve_path(st.store.as_ref(), &path)
         .ok_or_else(|| ApiError::not_found(format!("no file at {path:?}")))?;
     let data = read(&st, &found.entry).await?;
-    Ok(serve(&headers, data, &found.entry, "application/octet-stream"))
+    let r = serve(&headers, data, &found.entry, "application/octet-stream");
+    Ok(track(&st, &peer, None, None, &found.entry, r))
+}
+
+/// The peer of a request and the device token it showed, when known.
+pub(crate) struct Peer {
+    pub(crate) addr: Option<std::net::SocketAddr>,
+    pub(crate) token: Option<String>,
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let ext = &parts.extensions;
+        let addr = ext
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0)
+            .or_else(|| {
+                ext.get::<axum::extract::connect_info::MockConnectInfo<std::net::SocketAddr>>()
+                    .map(|c| c.0)
+            });
+        let token = ext.get::<crate::auth::DeviceName>().map(|d| d.0.clone());
+        Ok(Peer { addr, token })
+    }
+}
+
+/// Report the bytes of a 200/206 answer to the fleet as they are sent (per chunk).
+pub(crate) fn track(
+    st: &AppState,
+    peer: &Peer,
+    identity: Option<String>,
+    running: Option<String>,
+    entry: &FileEntry,
+    r: Response,
+) -> Response {
+    let (Some(fleet), Some(addr)) = (st.fleet.clone(), peer.addr) else {
+        return r;
+    };
+    let start = match r.status() {
+        StatusCode::OK => 0,
+        StatusCode::PARTIAL_CONTENT => r
+            .headers()
+            .get(header::CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("bytes "))
+            .and_then(|v| v.split('-').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0),
+        _ => return r,
+    };
+    let mut etag = [0u8; 8];
+    etag.copy_from_slice(&entry.sha256.0[..8]);
+    let size = entry.size;
+    let identity = identity.or_else(|| peer.token.clone());
+    let (parts, body) = r.into_parts();
+    let mut sent = start;
+    let stream = futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
+        if let Ok(c) = &chunk {
+            sent += c.len() as u64;
+            fleet.http_served(suitcase_fleet::HttpServed {
+                peer: addr,
+                identity: identity.clone(),
+                running_semver: running.clone(),
+                etag,
+                end: sent,
+                size,
+            });
+        }
+        chunk
+    });
+    Response::from_parts(parts, Body::from_stream(stream))
 }
 
 /// A stored file for serving, fetched off the async workers (a cache miss of a small file

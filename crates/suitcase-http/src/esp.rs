@@ -52,6 +52,7 @@ fn newest(st: &AppState, id: &str) -> Option<std::sync::Arc<Version>> {
 
 pub(crate) async fn firmware(
     State(st): State<AppState>,
+    peer: crate::download::Peer,
     headers: HeaderMap,
     Path(name): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -97,6 +98,8 @@ pub(crate) async fn firmware(
     .map_err(ApiError::internal)??;
     tracing::info!(target: "suitcase::audit", action = "esp-download", firmware = %name, device_version = %current, latest = %latest, mac, size = data.len());
     let r = serve(&headers, data, entry, "application/octet-stream");
+    let identity = (mac != "-").then(|| mac.to_string());
+    let r = crate::download::track(&st, &peer, identity, Some(current.to_string()), entry, r);
     Ok(with_header(r, "x-MD5", &md5))
 }
 
@@ -269,6 +272,7 @@ pub(crate) async fn images_json(
 
 pub(crate) async fn image_file(
     State(st): State<AppState>,
+    peer: crate::download::Peer,
     headers: HeaderMap,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -286,7 +290,8 @@ pub(crate) async fn image_file(
         .ok_or_else(|| ApiError::not_found(format!("no image {path:?}")))?;
     let entry = &found.entry;
     let data = crate::download::read(&st, entry).await?;
-    Ok(serve(&headers, data, entry, "application/octet-stream"))
+    let r = serve(&headers, data, entry, "application/octet-stream");
+    Ok(crate::download::track(&st, &peer, None, None, entry, r))
 }
 
 #[cfg(test)]

@@ -34,10 +34,77 @@ th{background:#f6f8fa;font-weight:600}ul{margin:0;padding:0;list-style:none}.siz
 .url{margin:.2rem 0 .6rem;color:#57606a}.empty{color:#57606a}";
 
 pub(crate) async fn index(State(st): State<AppState>, headers: HeaderMap) -> Html<String> {
-    Html(page(&st, &headers).into_string())
+    let fleet = match &st.fleet {
+        Some(f) => {
+            let devices = f.list(&suitcase_fleet::Filter::default(), FLEET_ROWS).await;
+            let counts = f.counts().await;
+            match (devices, counts) {
+                (Ok(d), Ok(c)) => Some((d, c)),
+                (Err(e), _) | (_, Err(e)) => {
+                    tracing::warn!(error = %e, "the fleet section could not be read");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    Html(page(&st, &headers, fleet.as_ref()).into_string())
 }
 
-fn page(st: &AppState, headers: &HeaderMap) -> Markup {
+/// Devices shown on the page at most (the API lists all).
+const FLEET_ROWS: usize = 500;
+
+type FleetRows = (Vec<suitcase_fleet::Device>, Vec<(String, i64)>);
+
+/// `YYYY-MM-DD HH:MM UTC` of Unix milliseconds.
+fn date_ms(ms: Option<i64>) -> String {
+    ms.and_then(|m| u64::try_from(m / 1000).ok()).map_or("–".to_string(), date)
+}
+
+fn version_text(seq: Option<u64>, semver: Option<&str>) -> String {
+    match (seq, semver) {
+        (Some(s), Some(v)) => format!("{v} (seq {s})"),
+        (Some(s), None) => format!("seq {s}"),
+        (None, Some(v)) => v.to_string(),
+        (None, None) => "–".to_string(),
+    }
+}
+
+fn fleet_section(fleet: &FleetRows) -> Markup {
+    let (devices, counts) = fleet;
+    let total: i64 = counts.iter().map(|(_, n)| n).sum();
+    html! {
+        section id="fleet" {
+            h2 { "Devices " small style="font-weight:400;color:#57606a" {
+                (total) " in all"
+                @for (state, n) in counts { " · " (state) " " (n) }
+            } }
+            @if devices.is_empty() {
+                p.empty { "No device known yet. Add one with " code { "suitcase device add ID --coap '[2001:db8::1]'" } ", or let devices fetch a manifest." }
+            } @else {
+                table {
+                    thead { tr { th { "device" } th { "class" } th { "publish-id" } th { "state" } th { "runs" } th { "update to" } th { "progress" } th { "last seen" } } }
+                    tbody {
+                        @for d in devices {
+                            tr data-state=(d.state.as_str()) {
+                                td { (d.id) @if !d.registered { " " small.empty { "(seen)" } } }
+                                td { (d.class.as_deref().unwrap_or("–")) }
+                                td { (d.publish_id.as_deref().unwrap_or("–")) }
+                                td { (d.state.as_str()) @if let Some(r) = &d.reason { " " small.empty { "(" (r) ")" } } }
+                                td { (version_text(d.running_seq, d.running_semver.as_deref())) }
+                                td { (if d.target_version.is_some() { version_text(d.target_seq, d.target_semver.as_deref()) } else { "–".to_string() }) }
+                                td { @if let Some(p) = d.progress() { progress max="100" value=(p) {} " " (p) "%" } @else { "–" } }
+                                td { (date_ms(d.last_seen)) }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn page(st: &AppState, headers: &HeaderMap, fleet: Option<&FleetRows>) -> Markup {
     let base = st.coap_base(headers);
     let ids = st.store.publish_ids();
     html! {
@@ -51,6 +118,7 @@ fn page(st: &AppState, headers: &HeaderMap) -> Markup {
             }
             body {
                 h1 { "suitcase " small style="font-weight:400;color:#57606a" { (ids.len()) " publish-id(s)" } }
+                @if let Some(f) = fleet { (fleet_section(f)) }
                 @if ids.is_empty() {
                     p.empty { "Nothing published yet. Try " code { "suitcase publish --publish-id fw/app/board --publish app.bin" } "." }
                 }

@@ -4,6 +4,7 @@
 //! [`router`] returns an axum `Router` that tests drive with `oneshot`; the binary serves it.
 
 pub mod auth;
+mod devices;
 mod download;
 mod error;
 pub mod esp;
@@ -60,6 +61,8 @@ pub struct AppState {
     pub notifier: Option<Arc<dyn Notifier>>,
     /// Publisher and device tokens.
     pub tokens: Arc<auth::Tokens>,
+    /// The device inventory; `None` (tracking off) answers the device API with 503.
+    pub fleet: Option<suitcase_fleet::Fleet>,
 }
 
 impl AppState {
@@ -100,12 +103,16 @@ pub fn router(state: AppState) -> Router {
         .route("/notify", post(notify::notify))
         .route("/remove", post(notify::remove))
         .route("/images", put(esp::put_image))
+        .route("/api/v1/devices", get(devices::list).post(devices::add))
+        .route("/api/v1/devices/{id}", get(devices::get_one).delete(devices::remove))
+        .route("/api/v1/fleet", get(devices::summary))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::publisher));
     let downloads = Router::new()
         .route("/firmware/{*name}", get(esp::firmware))
         .route("/images/images.json", get(esp::images_json))
         .route("/images/{*path}", get(esp::image_file))
         .route("/files/{*path}", get(download::files))
+        .route("/api/v1/devices/{id}/report", post(devices::report))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::device));
     Router::new()
         .merge(mutations)

@@ -248,8 +248,27 @@ pub(crate) async fn notify(
             "notify is not available on this server",
         )
     })?;
+    // A registered device's id stands for its CoAP address.
+    let mut devices = devices;
+    if let Some(fleet) = &st.fleet {
+        for d in devices.iter_mut() {
+            if suitcase_fleet::validate_id(d).is_ok() {
+                if let Ok(Some(found)) = fleet.get(d).await {
+                    if let Some(coap) = found.coap {
+                        *d = coap;
+                    }
+                }
+            }
+        }
+    }
     tracing::info!(target: "suitcase::audit", action = "notify", who = %who, publish_id = %id, version = version.seq, url = %url, devices = devices.len());
     let results = notifier.notify(devices, url.clone(), options).await;
+    if let Some(fleet) = &st.fleet {
+        for r in results.iter().filter(|r| r.result == "ok") {
+            let address = r.address.as_deref().and_then(|a| a.parse().ok());
+            fleet.notified(r.device.clone(), address, id.clone(), version.seq);
+        }
+    }
     Ok(Json(NotifyView {
         publish_id: id,
         manifest_url: url,

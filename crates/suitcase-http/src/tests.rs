@@ -54,6 +54,7 @@ fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
         }),
         notifier: Some(Arc::new(Recorder::default())),
         tokens: Arc::new(auth::Tokens::new(dir.join("tokens.json"))),
+        fleet: None,
     };
     // What `suitcase serve` does at start when no publisher token exists.
     st.tokens

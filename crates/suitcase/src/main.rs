@@ -8,6 +8,8 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 mod client;
+mod device;
+mod fleet;
 mod list;
 mod manifest;
 mod notify;
@@ -40,6 +42,9 @@ enum Command {
     List(list::ListArgs),
     /// Ask the server to notify devices (CoAP POST of the manifest URL to /suit/trigger).
     Notify(notify::NotifyArgs),
+    /// The device inventory: add, list, show, remove, import and watch devices.
+    #[command(subcommand)]
+    Device(device::DeviceCommand),
     /// Manage publisher and device tokens (stored hashed in <data>/tokens.json).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -72,6 +77,7 @@ fn main() -> ExitCode {
         Command::List(args) => list::run(args),
         Command::Keygen(args) => manifest::keygen(args),
         Command::Token(cmd) => token::run(cmd),
+        Command::Device(cmd) => device::run(cmd),
         Command::Manifest(cmd) => manifest::run(cmd),
     };
     match result {

@@ -105,6 +105,21 @@ pub struct ServeArgs {
     /// HTTP: slowest average upload rate accepted after the first --http-timeout-secs, in KiB/s.
     #[arg(long, default_value_t = 8)]
     min_upload_rate_kib: u64,
+    /// The fleet database: sqlite:PATH or postgres://user:password@host/db. Default: SQLite
+    /// in <data>/fleet.db.
+    #[arg(long, env = "SUITCASE_DATABASE")]
+    database: Option<String>,
+    /// Do not follow CoAP downloads block by block (device progress); the device inventory,
+    /// reports and triggers still work.
+    #[arg(long)]
+    no_tracking: bool,
+    /// A device that downloaded an image and neither reports nor boots another slot within
+    /// this many seconds turns failed (timeout).
+    #[arg(long, default_value_t = 600)]
+    install_timeout_secs: u64,
+    /// Devices recorded without being added (peers that fetched a manifest) at most.
+    #[arg(long, default_value_t = 10_000)]
+    max_unregistered: usize,
 }
 
 impl ServeArgs {
@@ -203,18 +218,57 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         default_szx: szx,
         amplification_limit: args.amplification_limit,
         echo_secret,
+        max_block_events: if args.no_tracking { 0 } else { 4096 },
         ..Default::default()
     };
     let coap = Server::new(
         config,
-        StoreResources::new(store.clone()),
+        StoreResources::new(store.clone()).with_reports(),
         std::time::Instant::now(),
         seed,
     );
+    let trigger_client = Arc::new(suitcase_coap::trigger_client::TriggerClient::new(
+        suitcase_coap::trigger::NotifyConfig {
+            // Clamped: retransmission back-off doubles it four times (no overflow).
+            ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms.clamp(1, 600_000)),
+            max_retransmit: args.notify_max_retransmit,
+            trigger_nul: args.trigger_nul.parse().map_err(anyhow::Error::msg)?,
+            ..Default::default()
+        },
+        args.notify_max_in_flight,
+    ));
+    let database = match &args.database {
+        Some(url) => url.clone(),
+        None => format!("sqlite:{}?mode=rwc", args.data.join("fleet.db").display()),
+    };
+    let fleet = suitcase_fleet::Fleet::open(
+        &database,
+        store.clone(),
+        suitcase_fleet::Config {
+            install_timeout: std::time::Duration::from_secs(args.install_timeout_secs.clamp(1, 30 * 86_400)),
+            max_unregistered: args.max_unregistered,
+            ..Default::default()
+        },
+        Some(Arc::new(crate::fleet::RiotSlots(trigger_client.clone()))),
+    )
+    .await
+    .with_context(|| format!("opening the fleet database {}", suitcase_fleet::redact(&database)))?;
+    tracing::info!(database = %suitcase_fleet::redact(&database), tracking = !args.no_tracking, "fleet database open");
     // Completed CoAP downloads, for notify's watch (bounded; lagging listeners lose the oldest).
     let (transfers, _) = tokio::sync::broadcast::channel(1024);
-    let coap_thread = driver::spawn_thread(coap_socket, coap, cancel.clone(), Some(transfers.clone()))
-        .context("starting the CoAP thread")?;
+    let (app_requests, app_requests_rx) = tokio::sync::mpsc::channel(256);
+    let (app_replies, app_replies_rx) = tokio::sync::mpsc::channel(256);
+    tokio::spawn(crate::fleet::coap_reports(fleet.clone(), app_requests_rx, app_replies));
+    let hooks = driver::Hooks {
+        transfers: Some(transfers.clone()),
+        blocks: (!args.no_tracking).then(|| fleet.block_sink()),
+        app: Some(driver::AppChannel {
+            requests: app_requests,
+            replies: app_replies_rx,
+        }),
+    };
+    let coap_thread =
+        driver::spawn_thread(coap_socket, coap, cancel.clone(), hooks).context("starting the CoAP thread")?;
 
     let state = AppState {
         store,
@@ -231,18 +285,10 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         }),
         tokens: tokens.clone(),
         notifier: Some(Arc::new(crate::notify::CoapNotifier {
-            client: Arc::new(suitcase_coap::trigger_client::TriggerClient::new(
-                suitcase_coap::trigger::NotifyConfig {
-                    // Clamped: retransmission back-off doubles it four times (no overflow).
-                    ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms.clamp(1, 600_000)),
-                    max_retransmit: args.notify_max_retransmit,
-                    trigger_nul: args.trigger_nul.parse().map_err(anyhow::Error::msg)?,
-                    ..Default::default()
-                },
-                args.notify_max_in_flight,
-            )),
+            client: trigger_client,
             transfers: transfers.clone(),
         })),
+        fleet: Some(fleet),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
     // Kept until the server stops; dropping it withdraws the announcement.

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 pub mod netns;
+pub mod postgres;
 
 /// The binary under test; `SUITCASE_TEST_BIN` points the tests at another build (to check
 /// that a regression test fails against the code before its fix).
@@ -50,6 +51,12 @@ fn port_after(line: &str, marker: &str) -> Option<u16> {
 impl TestServer {
     pub fn start(data: &Path, extra: &[&str]) -> TestServer {
         Self::launch(None, "[::1]", ("[::1]:0", "[::1]:0"), data, extra)
+    }
+
+    /// A server on IPv4 loopback (CoAP and HTTP on 127.0.0.1), so test devices can send from
+    /// other loopback addresses (127.0.0.2, …) and be told apart.
+    pub fn start_v4(data: &Path, extra: &[&str]) -> TestServer {
+        Self::launch(None, "127.0.0.1", ("127.0.0.1:0", "127.0.0.1:0"), data, extra)
     }
 
     /// Start the server inside the network namespace `ns` (`ip netns exec`), listening on
@@ -160,6 +167,7 @@ impl TestServer {
     pub fn command(&self) -> Command {
         let mut c = base_command(self.netns.as_deref());
         c.env("SUITCASE_TOKEN", self.token());
+        c.env("SUITCASE_SERVER", self.http());
         c
     }
 

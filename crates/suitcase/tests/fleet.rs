@@ -1,0 +1,188 @@
+//! The device inventory end to end, with the real binary, on SQLite and on a real
+//! PostgreSQL: devices added with the CLI, simulated devices that fetch a manifest and an
+//! image block-wise over CoAP and report, `device list --json` read back, and all of it
+//! again after SIGKILL and a restart.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use support::TestServer;
+
+/// A device of this test: one UDP socket on its own loopback address, CON requests with
+/// retransmission, 64-byte blocks (as RIOT asks).
+struct SimDevice {
+    sock: UdpSocket,
+    server: SocketAddr,
+    mid: u16,
+}
+
+impl SimDevice {
+    fn new(ip: &str, server: SocketAddr) -> SimDevice {
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        SimDevice { sock, server, mid: 100 }
+    }
+
+    fn exchange(&mut self, mut p: Packet) -> Packet {
+        self.mid = self.mid.wrapping_add(1);
+        p.header.message_id = self.mid;
+        p.header.set_type(MessageType::Confirmable);
+        let bytes = p.to_bytes().unwrap();
+        let mut buf = [0u8; 1500];
+        for _ in 0..8 {
+            self.sock.send_to(&bytes, self.server).unwrap();
+            let deadline = Instant::now() + Duration::from_millis(500);
+            while Instant::now() < deadline {
+                let Ok((n, _)) = self.sock.recv_from(&mut buf) else { break };
+                let r = Packet::from_bytes(&buf[..n]).unwrap();
+                if r.header.message_id == self.mid {
+                    return r;
+                }
+            }
+        }
+        panic!("no answer from the server");
+    }
+
+    fn request(code: RequestType, path: &str) -> Packet {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Request(code);
+        for s in path.split('/') {
+            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+        }
+        p
+    }
+
+    /// GET `path` block-wise (64-byte blocks), the first `limit` blocks at most.
+    fn get(&mut self, path: &str, limit: u32) -> Vec<u8> {
+        let mut out = Vec::new();
+        for num in 0..limit {
+            let mut p = Self::request(RequestType::Get, path);
+            let v = (num << 4) | 2;
+            let bytes: Vec<u8> = if v < 256 { vec![v as u8] } else { vec![(v >> 8) as u8, v as u8] };
+            p.add_option(CoapOption::Block2, bytes);
+            let r = self.exchange(p);
+            assert_eq!(r.header.code, MessageClass::Response(ResponseType::Content), "{path} block {num}");
+            out.extend_from_slice(&r.payload);
+            let b2 = r.get_first_option(CoapOption::Block2).unwrap();
+            if b2.last().unwrap() & 0x08 == 0 {
+                break;
+            }
+        }
+        out
+    }
+
+    fn post(&mut self, path: &str, content_format: u8, payload: &[u8]) -> Packet {
+        let mut p = Self::request(RequestType::Post, path);
+        p.add_option(CoapOption::ContentFormat, vec![content_format]);
+        p.payload = payload.to_vec();
+        self.exchange(p)
+    }
+}
+
+fn devices(server: &TestServer) -> serde_json::Value {
+    serde_json::from_str(&server.cli(&["device", "list", "--json"])).unwrap()
+}
+
+fn device<'a>(all: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
+    all.as_array().unwrap().iter().find(|d| d["id"] == id).unwrap_or_else(|| panic!("{id} in {all}"))
+}
+
+/// Wait until `check` holds for the listing.
+fn until(server: &TestServer, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let all = devices(server);
+        if check(&all) {
+            return all;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "{what}: {all:#}\n{:#?}", server.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn fleet_end_to_end(extra: &[&str]) {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start_v4(&data, extra);
+    let image = support::random_bytes(3000, 7);
+    let file = dir.path().join("image.bin");
+    std::fs::write(&file, &image).unwrap();
+    server.publish("fw/sim", &file, &[]);
+    let versions: serde_json::Value = serde_json::from_str(&server.cli(&["list", "fw/sim", "--json"])).unwrap();
+    let seq = versions[0]["sequence_number"].as_u64().unwrap();
+
+    server.cli(&["device", "add", "d1", "--coap", "127.0.0.2:5683", "--class", "sim", "--group", "lab", "--publish-id", "fw/sim"]);
+    server.cli(&["device", "add", "d2", "--coap", "127.0.0.3:5683", "--class", "sim"]);
+    let coap: SocketAddr = format!("127.0.0.1:{}", server.coap_port).parse().unwrap();
+
+    // d1: manifest, the whole image, a report of success.
+    let mut d1 = SimDevice::new("127.0.0.2", coap);
+    let manifest = d1.get("fw/sim/manifest", 100);
+    assert!(!manifest.is_empty());
+    assert_eq!(d1.get("fw/sim/v/1/image.bin", 1000), image);
+    // A bad report: 4.00 with the reason, and nothing changes.
+    let bad = d1.post("fw/sim/report", 50, br#"{"seq": "three", "result": "ok"}"#);
+    assert_eq!(bad.header.code, MessageClass::Response(ResponseType::BadRequest));
+    assert!(String::from_utf8_lossy(&bad.payload).contains("seq"), "{:?}", bad.payload);
+    let all = until(&server, "d1 downloaded", |all| device(all, "d1")["state"] == "downloaded");
+    assert_eq!(device(&all, "d1")["progress"], 100);
+    let ok = d1.post("fw/sim/report", 50, format!(r#"{{"sequence_number": {seq}, "result": "ok"}}"#).as_bytes());
+    assert_eq!(ok.header.code, MessageClass::Response(ResponseType::Changed));
+
+    // d2: manifest and 24 of the image's 47 blocks (1536 of 3000 bytes), then silence.
+    let mut d2 = SimDevice::new("127.0.0.3", coap);
+    d2.get("fw/sim/manifest", 100);
+    assert_eq!(d2.get("fw/sim/v/1/image.bin", 24), image[..1536]);
+
+    let check = |all: &serde_json::Value| {
+        let (a, b) = (device(all, "d1"), device(all, "d2"));
+        a["state"] == "installed" && a["running_seq"] == seq && b["state"] == "downloading" && b["progress"] == 51
+    };
+    let all = until(&server, "d1 installed, d2 at 51 %", check);
+    let d = device(&all, "d1");
+    assert_eq!((d["target_seq"].as_u64(), d["class"].as_str()), (Some(seq), Some("sim")));
+    assert_eq!(d["groups"], serde_json::json!(["lab"]));
+    assert_eq!(device(&all, "d2")["bytes_done"], 1536);
+    // Filters.
+    let lab: serde_json::Value = serde_json::from_str(&server.cli(&["device", "list", "--group", "lab", "--json"])).unwrap();
+    assert_eq!(lab.as_array().unwrap().len(), 1);
+    let downloading: serde_json::Value =
+        serde_json::from_str(&server.cli(&["device", "list", "--state", "downloading", "--json"])).unwrap();
+    assert_eq!(downloading[0]["id"], "d2");
+    // The table and the page show it too.
+    let table = server.cli(&["device", "list"]);
+    assert!(table.contains("d2") && table.contains("51%"), "{table}");
+
+    // An unknown peer that fetches the manifest is recorded as a device.
+    let mut stranger = SimDevice::new("127.0.0.4", coap);
+    stranger.get("fw/sim/manifest", 100);
+    until(&server, "the stranger recorded", |all| {
+        all.as_array().unwrap().iter().any(|d| d["id"] == "coap-127.0.0.4" && d["registered"] == false)
+    });
+
+    // SIGKILL and a restart: everything acknowledged is there.
+    let port_free_data = data.clone();
+    drop(server);
+    let server = TestServer::start_v4(&port_free_data, extra);
+    let all = devices(&server);
+    assert!(check(&all), "after the restart: {all:#}");
+    assert!(all.as_array().unwrap().iter().any(|d| d["id"] == "coap-127.0.0.4"));
+    // Remove.
+    server.cli(&["device", "rm", "d2"]);
+    assert!(devices(&server).as_array().unwrap().iter().all(|d| d["id"] != "d2"));
+}
+
+#[test]
+fn fleet_on_sqlite() {
+    fleet_end_to_end(&[]);
+}
+
+#[test]
+fn fleet_on_postgresql() {
+    let Some(pg) = support::postgres::Postgres::start() else { return };
+    fleet_end_to_end(&["--database", &pg.url]);
+}
