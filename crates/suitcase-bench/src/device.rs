@@ -24,6 +24,9 @@ pub struct DeviceConfig {
     pub loss: f64,
     /// Send an empty token (as RIOT does).
     pub empty_token: bool,
+    /// Device `id` binds local port `base_port + id` (so a fleet of known addresses can be
+    /// registered beforehand); `None`: an ephemeral port.
+    pub base_port: Option<u16>,
 }
 
 /// What one download did.
@@ -65,9 +68,13 @@ pub async fn download(cfg: &DeviceConfig, id: u64, expected: &[u8]) -> Outcome {
 }
 
 async fn run(cfg: &DeviceConfig, id: u64, expected: &[u8], out: &mut Outcome) -> Result<(), String> {
-    let bind: SocketAddr = if cfg.server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }
+    let mut bind: SocketAddr = if cfg.server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }
         .parse()
         .map_err(|e| format!("{e}"))?;
+    if let Some(base) = cfg.base_port {
+        let port = u16::try_from(u64::from(base) + id).map_err(|_| format!("device {id}: port beyond 65535"))?;
+        bind.set_port(port);
+    }
     let sock = UdpSocket::bind(bind).await.map_err(|e| format!("bind: {e}"))?;
     sock.connect(cfg.server).await.map_err(|e| format!("connect: {e}"))?;
     let path: Vec<&str> = cfg.path.iter().map(String::as_str).collect();

@@ -15,5 +15,5 @@ pub mod trigger;
 
 pub use map::MapResources;
 pub use server::{
-    AppRequest, Body, BlockServed, Config, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit,
+    AppRequest, BlockServed, Body, Config, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit,
 };

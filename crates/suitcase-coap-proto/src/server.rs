@@ -452,7 +452,9 @@ impl<R: Resources> Server<R> {
     }
 
     fn reply_deferred(&mut self, d: app::Deferred, code: Code, mut payload: Bytes) {
-        if d.limit.is_some_and(|l| 4 + usize::from(d.token.len) + 8 + payload.len() > l) {
+        if d.limit
+            .is_some_and(|l| 4 + usize::from(d.token.len) + 8 + payload.len() > l)
+        {
             payload = Bytes::new();
         }
         let spec = ResponseSpec {
@@ -475,7 +477,13 @@ impl<R: Resources> Server<R> {
 
     /// The blocks served since the last call (empty unless `max_block_events` > 0).
     pub fn take_blocks(&mut self) -> Vec<BlockServed> {
-        std::mem::take(&mut self.blocks)
+        let capacity = self.blocks.len();
+        std::mem::replace(&mut self.blocks, Vec::with_capacity(capacity))
+    }
+
+    /// Blocks recorded and not taken yet.
+    pub fn pending_blocks(&self) -> usize {
+        self.blocks.len()
     }
 
     fn push_block(&mut self, b: BlockServed) {
@@ -827,7 +835,8 @@ impl<R: Resources> Server<R> {
             (MsgType::Non, self.mid())
         };
         let spec = if !self.resources.accepts_post(&p.path) {
-            let mut spec = ResponseSpec::error(Code::METHOD_NOT_ALLOWED, "POST is accepted on <publish-id>/report only");
+            let mut spec =
+                ResponseSpec::error(Code::METHOD_NOT_ALLOWED, "POST is accepted on <publish-id>/report only");
             if self.config.amplification_limit > 0 && !self.verified(peer) {
                 // An error's diagnostic text is a courtesy an unverified address goes without.
                 spec.payload = Bytes::new();
@@ -1055,7 +1064,11 @@ impl<R: Resources> Server<R> {
         self.rotate(now);
         while let Some(d) = self.apps.expired(now) {
             self.stats.requests_expired += 1;
-            self.reply_deferred(d, Code::SERVICE_UNAVAILABLE, Bytes::from_static(b"not answered in time: try again"));
+            self.reply_deferred(
+                d,
+                Code::SERVICE_UNAVAILABLE,
+                Bytes::from_static(b"not answered in time: try again"),
+            );
         }
         self.transfers.rotate(now);
         if !self.observers.is_empty() {

@@ -12,5 +12,6 @@ pub mod trigger_client;
 pub use resources::StoreResources;
 pub use suitcase_coap_proto::{block, map, message, server, trigger};
 pub use suitcase_coap_proto::{
-    AppRequest, BlockServed, Body, Config, MapResources, RangeSource, Resource, Resources, Server, Stats, TransferDone, Transmit,
+    AppRequest, BlockServed, Body, Config, MapResources, RangeSource, Resource, Resources, Server, Stats, TransferDone,
+    Transmit,
 };

@@ -266,7 +266,9 @@ impl TriggerClient {
         let path: Vec<&str> = target.path.iter().map(String::as_str).collect();
         let jitter = (seed >> 11) as f64 / (1u64 << 53) as f64;
         let request = match method {
-            Method::Post(url, nul) => post_request(route.mid, &route.token, &path, &trigger_payload(url, &target.path, nul)),
+            Method::Post(url, nul) => {
+                post_request(route.mid, &route.token, &path, &trigger_payload(url, &target.path, nul))
+            }
             Method::Get(path) => get_request(route.mid, &route.token, path),
         };
         let mut ex = Exchange::with_request(

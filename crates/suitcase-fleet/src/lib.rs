@@ -5,7 +5,7 @@
 //! the servers saw (compact block events from the CoAP thread through a bounded channel,
 //! HTTP downloads, trigger acknowledgements) and what devices report, and writes the
 //! changed rows in batches. Publisher changes and reports are written before they are
-//! acknowledged; progress is written every `flush_interval`. Reads go to the database.
+//! acknowledged; progress is written every `flush_interval` (1 s). Reads go to the database.
 
 mod db;
 pub mod model;
@@ -76,7 +76,7 @@ impl Default for Config {
     fn default() -> Self {
         Config {
             install_timeout: Duration::from_secs(600),
-            flush_interval: Duration::from_millis(500),
+            flush_interval: Duration::from_secs(1),
             max_unregistered: 10_000,
             max_devices: 1_000_000,
             slot_poll: Duration::from_secs(5),
@@ -256,7 +256,10 @@ impl Fleet {
         }
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<Result<T, FleetError>>) -> Command) -> Result<T, FleetError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, FleetError>>) -> Command,
+    ) -> Result<T, FleetError> {
         let (tx, rx) = oneshot::channel();
         self.commands.send(make(tx)).await.map_err(|_| FleetError::Stopped)?;
         rx.await.map_err(|_| FleetError::Stopped)?
@@ -266,7 +269,10 @@ impl Fleet {
     /// refused; with it (an import), such devices are updated. A device only seen so far
     /// is adopted either way (its state kept).
     pub async fn add(&self, devices: Vec<NewDevice>, replace: bool) -> Result<Vec<Device>, FleetError> {
-        let devices = devices.into_iter().map(NewDevice::validate).collect::<Result<Vec<_>, _>>()?;
+        let devices = devices
+            .into_iter()
+            .map(NewDevice::validate)
+            .collect::<Result<Vec<_>, _>>()?;
         if devices.is_empty() {
             return Err(FleetError::Invalid("no devices".into()));
         }

@@ -64,14 +64,11 @@ impl std::fmt::Display for State {
 impl std::str::FromStr for State {
     type Err = FleetError;
     fn from_str(s: &str) -> Result<Self, FleetError> {
-        State::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| {
-                FleetError::Invalid(format!(
-                    "state {s:?}: one of idle, notified, manifest, downloading, downloaded, installed, failed"
-                ))
-            })
+        State::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| {
+            FleetError::Invalid(format!(
+                "state {s:?}: one of idle, notified, manifest, downloading, downloaded, installed, failed"
+            ))
+        })
     }
 }
 
@@ -208,7 +205,8 @@ pub const MAX_NAME: usize = 64;
 fn name_ok(s: &str, extra: &[u8]) -> bool {
     !s.is_empty()
         && s.len() <= MAX_NAME
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b) || extra.contains(&b))
 }
 
 /// Check a device id: 1–64 of letters, digits, `.`, `_`, `-`, `:`.
@@ -329,13 +327,38 @@ mod tests {
         assert_eq!(groups_column(&d.groups), ",a,b,");
         assert_eq!(groups_from_column(",a,b,"), d.groups);
         for bad in [
-            NewDevice { id: "".into(), ..Default::default() },
-            NewDevice { id: "a/b".into(), ..Default::default() },
-            NewDevice { id: "x".repeat(65), ..Default::default() },
-            NewDevice { id: "a".into(), coap: Some("http://x".into()), ..Default::default() },
-            NewDevice { id: "a".into(), groups: vec!["a,b".into()], ..Default::default() },
-            NewDevice { id: "a".into(), publish_id: Some("../x".into()), ..Default::default() },
-            NewDevice { id: "a".into(), class: Some("a b".into()), ..Default::default() },
+            NewDevice {
+                id: "".into(),
+                ..Default::default()
+            },
+            NewDevice {
+                id: "a/b".into(),
+                ..Default::default()
+            },
+            NewDevice {
+                id: "x".repeat(65),
+                ..Default::default()
+            },
+            NewDevice {
+                id: "a".into(),
+                coap: Some("http://x".into()),
+                ..Default::default()
+            },
+            NewDevice {
+                id: "a".into(),
+                groups: vec!["a,b".into()],
+                ..Default::default()
+            },
+            NewDevice {
+                id: "a".into(),
+                publish_id: Some("../x".into()),
+                ..Default::default()
+            },
+            NewDevice {
+                id: "a".into(),
+                class: Some("a b".into()),
+                ..Default::default()
+            },
         ] {
             assert!(bad.clone().validate().is_err(), "{bad:?}");
         }

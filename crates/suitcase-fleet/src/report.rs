@@ -57,7 +57,11 @@ pub fn parse(content_format: Option<u16>, payload: &[u8]) -> Result<Report, Repo
         Some(CF_CBOR) | Some(_) => false,
         None => payload.first().is_some_and(|b| *b == b'{'),
     };
-    let r = if json { parse_json(payload)? } else { parse_cbor(payload)? };
+    let r = if json {
+        parse_json(payload)?
+    } else {
+        parse_cbor(payload)?
+    };
     if let Some(reason) = &r.reason {
         if reason.chars().any(char::is_control) {
             return Err(bad("reason holds control characters"));
@@ -318,23 +322,45 @@ mod tests {
         let r = parse(Some(50), br#"{"sequence_number": 7, "result": "ok"}"#).unwrap();
         assert_eq!((r.sequence_number, r.ok, r.reason), (Some(7), true, None));
         let r = parse(None, br#"{"seq": 8, "result": false, "reason": "digest mismatch"}"#).unwrap();
-        assert_eq!((r.sequence_number, r.ok, r.reason.as_deref()), (Some(8), false, Some("digest mismatch")));
+        assert_eq!(
+            (r.sequence_number, r.ok, r.reason.as_deref()),
+            (Some(8), false, Some("digest mismatch"))
+        );
         let c = cbor(|e| {
             e.map(3).unwrap().str("seq").unwrap().u64(9).unwrap();
             e.str("result").unwrap().str("error").unwrap();
             e.str("reason").unwrap().str("flash").unwrap();
         });
         let r = parse(Some(60), &c).unwrap();
-        assert_eq!((r.sequence_number, r.ok, r.reason.as_deref()), (Some(9), false, Some("flash")));
+        assert_eq!(
+            (r.sequence_number, r.ok, r.reason.as_deref()),
+            (Some(9), false, Some("flash"))
+        );
     }
 
     #[test]
     fn suit_reports_bare_and_signed() {
         let report = cbor(|e| {
             e.map(2).unwrap();
-            e.u8(99).unwrap().array(2).unwrap().str("coap://[::1]/fw/v/3/manifest").unwrap();
+            e.u8(99)
+                .unwrap()
+                .array(2)
+                .unwrap()
+                .str("coap://[::1]/fw/v/3/manifest")
+                .unwrap();
             e.array(2).unwrap().i8(-16).unwrap().bytes(&[0; 32]).unwrap();
-            e.u8(4).unwrap().map(2).unwrap().u8(5).unwrap().u8(1).unwrap().u8(7).unwrap().u8(10).unwrap();
+            e.u8(4)
+                .unwrap()
+                .map(2)
+                .unwrap()
+                .u8(5)
+                .unwrap()
+                .u8(1)
+                .unwrap()
+                .u8(7)
+                .unwrap()
+                .u8(10)
+                .unwrap();
         });
         let r = parse(Some(60), &report).unwrap();
         assert!(!r.ok);
@@ -345,7 +371,14 @@ mod tests {
         });
         let signed = cbor(|e| {
             e.tag(minicbor::data::Tag::new(18)).unwrap().array(4).unwrap();
-            e.bytes(&[0xa0]).unwrap().map(0).unwrap().bytes(&ok).unwrap().bytes(&[1; 64]).unwrap();
+            e.bytes(&[0xa0])
+                .unwrap()
+                .map(0)
+                .unwrap()
+                .bytes(&ok)
+                .unwrap()
+                .bytes(&[1; 64])
+                .unwrap();
         });
         assert!(parse(None, &signed).unwrap().ok);
     }

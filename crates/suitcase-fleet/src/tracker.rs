@@ -82,6 +82,23 @@ fn target_addr(coap: &str) -> Option<SocketAddr> {
 /// Downloads whose first block ended at most here count as starting over.
 const RESTART_BYTES: u64 = 1024;
 
+/// The blocks one peer got of one representation since the last look.
+#[derive(Clone, Copy, Debug)]
+struct Agg {
+    /// The smallest block end (a small one: the download started over).
+    min_end: u64,
+    /// The largest.
+    max_end: u64,
+    size: u64,
+}
+
+/// Peers and representations aggregated between two looks, at most (a flood of spoofed
+/// sources cannot grow it further; the excess is counted as dropped).
+const MAX_PENDING: usize = 200_000;
+
+/// foldhash: this table is touched once per block served.
+type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
 pub(crate) struct Tracker {
     db: Db,
     store: Arc<dyn Store>,
@@ -99,6 +116,9 @@ pub(crate) struct Tracker {
     me: mpsc::WeakSender<Command>,
     probes: HashMap<String, tokio::task::AbortHandle>,
     unregistered: usize,
+    /// Blocks served since the last look, by peer and representation: a block costs one
+    /// lookup here; devices and states are updated once per flush interval.
+    pending: FastMap<(SocketAddr, [u8; 8]), Agg>,
 }
 
 impl Tracker {
@@ -127,6 +147,7 @@ impl Tracker {
             me,
             probes: HashMap::new(),
             unregistered: 0,
+            pending: FastMap::default(),
         };
         for d in devices {
             t.insert(d);
@@ -134,7 +155,11 @@ impl Tracker {
         t
     }
 
-    pub(crate) async fn run(mut self, mut commands: mpsc::Receiver<Command>, mut blocks: mpsc::Receiver<Vec<BlockServed>>) {
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut blocks: mpsc::Receiver<Vec<BlockServed>>,
+    ) {
         let mut tick = tokio::time::interval(self.config.flush_interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -145,6 +170,7 @@ impl Tracker {
                 },
                 Some(batch) = blocks.recv() => self.blocks(&batch),
                 _ = tick.tick() => {
+                    self.process_pending();
                     self.expire(now_ms());
                     if let Err(e) = self.flush().await {
                         tracing::warn!(error = %e, "fleet: writing progress failed; retrying");
@@ -152,6 +178,7 @@ impl Tracker {
                 }
             }
         }
+        self.process_pending();
         if let Err(e) = self.flush().await {
             tracing::warn!(error = %e, "fleet: the last progress could not be written");
         }
@@ -269,7 +296,10 @@ impl Tracker {
     /// The device was heard from at `peer`.
     fn touch(&mut self, id: &str, peer: SocketAddr, now: i64) {
         let peer = canonical(peer).to_string();
-        let changed = self.devices.get(id).is_some_and(|d| d.peer.as_deref() != Some(peer.as_str()));
+        let changed = self
+            .devices
+            .get(id)
+            .is_some_and(|d| d.peer.as_deref() != Some(peer.as_str()));
         if changed {
             self.unindex(id);
         }
@@ -319,16 +349,49 @@ impl Tracker {
 
     // ---- what the servers saw ----
 
+    /// Aggregate a batch of served blocks (the per-block work: one lookup).
     fn blocks(&mut self, batch: &[BlockServed]) {
         self.counters.blocks.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        for b in batch {
+            let key = (b.peer, b.etag);
+            if let Some(a) = self.pending.get_mut(&key) {
+                a.min_end = a.min_end.min(b.end);
+                a.max_end = a.max_end.max(b.end);
+                continue;
+            }
+            if self.pending.len() >= MAX_PENDING {
+                self.counters.blocks_dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.pending.insert(
+                key,
+                Agg {
+                    min_end: b.end,
+                    max_end: b.end,
+                    size: b.size,
+                },
+            );
+        }
+    }
+
+    /// Apply the aggregated blocks: manifests first, then images.
+    fn process_pending(&mut self) {
+        if self.pending.is_empty() {
+            return;
+        }
         self.files.refresh(self.store.as_ref());
         let now = now_ms();
-        for b in batch {
-            let Some(f) = self.files.map.get(&b.etag).cloned() else { continue };
-            let id = match self.lookup_peer(b.peer) {
+        let pending = std::mem::take(&mut self.pending);
+        let mut items: Vec<(SocketAddr, Agg, FileRef)> = pending
+            .into_iter()
+            .filter_map(|((peer, etag), a)| self.files.map.get(&etag).map(|f| (peer, a, f.clone())))
+            .collect();
+        items.sort_by_key(|(_, _, f)| !f.manifest);
+        for (peer, a, f) in items {
+            let id = match self.lookup_peer(peer) {
                 Some(id) => id,
-                None if f.manifest && b.end <= RESTART_BYTES => {
-                    let ip = b.peer.ip().to_canonical();
+                None if f.manifest && a.min_end <= RESTART_BYTES => {
+                    let ip = peer.ip().to_canonical();
                     match self.unregistered(format!("coap-{ip}"), &f.publish_id, now) {
                         Some(id) => id,
                         None => continue,
@@ -336,11 +399,15 @@ impl Tracker {
                 }
                 None => continue,
             };
-            self.touch(&id, b.peer, now);
+            self.touch(&id, peer, now);
             if f.manifest {
-                self.manifest_fetched(&id, &f, b.end, now);
+                self.manifest_fetched(&id, &f, a.min_end, now);
             } else {
-                self.image_served(&id, &f, b.end, b.size, now);
+                if a.min_end <= RESTART_BYTES && a.min_end < a.max_end {
+                    // Started over within this interval: its first block, then the rest.
+                    self.image_served(&id, &f, a.min_end, a.size, now);
+                }
+                self.image_served(&id, &f, a.max_end, a.size, now);
             }
         }
     }
@@ -391,7 +458,9 @@ impl Tracker {
     fn http(&mut self, e: HttpServed) {
         self.files.refresh(self.store.as_ref());
         let now = now_ms();
-        let Some(f) = self.files.map.get(&e.etag).cloned() else { return };
+        let Some(f) = self.files.map.get(&e.etag).cloned() else {
+            return;
+        };
         let known = e
             .identity
             .as_ref()
@@ -404,7 +473,9 @@ impl Tracker {
                 if crate::model::validate_id(&id).is_err() {
                     return;
                 }
-                let Some(id) = self.unregistered(id, &f.publish_id, now) else { return };
+                let Some(id) = self.unregistered(id, &f.publish_id, now) else {
+                    return;
+                };
                 if let Some(d) = self.devices.get_mut(&id) {
                     if d.http_id.is_none() && !self.by_http.contains_key(identity) {
                         d.http_id = Some(identity.clone());
@@ -434,7 +505,9 @@ impl Tracker {
             .map(|d| d.id.clone())
             .or_else(|| address.and_then(|a| self.lookup_peer(a)));
         let Some(id) = id else { return };
-        let Some(v) = self.store.version(publish_id, version) else { return };
+        let Some(v) = self.store.version(publish_id, version) else {
+            return;
+        };
         let f = FileRef {
             publish_id: publish_id.to_string(),
             version,
@@ -471,8 +544,12 @@ impl Tracker {
     // ---- RIOT's slot resource ----
 
     fn spawn_probe(&mut self, id: &str, version: u64, before: bool) {
-        let (Some(reader), Some(me)) = (self.slots.clone(), self.me.upgrade()) else { return };
-        let Some(coap) = self.devices.get(id).and_then(|d| d.coap.clone()) else { return };
+        let (Some(reader), Some(me)) = (self.slots.clone(), self.me.upgrade()) else {
+            return;
+        };
+        let Some(coap) = self.devices.get(id).and_then(|d| d.coap.clone()) else {
+            return;
+        };
         let before_value = self.devices.get(id).and_then(|d| d.slot_before.clone());
         if !before && before_value.is_none() {
             return; // the slot it ran before is unknown: a reading would tell nothing
@@ -545,7 +622,11 @@ impl Tracker {
 
     async fn command(&mut self, c: Command) {
         match c {
-            Command::Add { devices, replace, reply } => {
+            Command::Add {
+                devices,
+                replace,
+                reply,
+            } => {
                 let _ = reply.send(self.add(devices, replace).await);
             }
             Command::Remove { id, reply } => {
@@ -557,6 +638,8 @@ impl Tracker {
                 let _ = reply.send(r);
             }
             Command::Report { from, report, reply } => {
+                // What was served before the report is applied first.
+                self.process_pending();
                 let _ = reply.send(self.report(from, report).await);
             }
             Command::Notified {
@@ -650,7 +733,9 @@ impl Tracker {
                 self.take(m);
             }
         }
-        self.counters.rows_written.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters
+            .rows_written
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         for d in &rows {
             let was_unregistered = self.devices.get(&d.id).is_some_and(|o| !o.registered);
@@ -732,7 +817,9 @@ impl Tracker {
         let ids: Vec<String> = self.dirty.iter().cloned().collect();
         let rows: Vec<&Device> = ids.iter().filter_map(|id| self.devices.get(id)).collect();
         db::upsert_all(&self.db, &rows).await?;
-        self.counters.rows_written.fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters
+            .rows_written
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         for id in ids {
             self.dirty.remove(&id);

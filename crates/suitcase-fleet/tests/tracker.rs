@@ -86,7 +86,16 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
         .await
         .unwrap();
     // Adding an existing id again is refused and changes nothing.
-    assert!(fleet.add(vec![NewDevice { id: "a".into(), ..Default::default() }], false).await.is_err());
+    assert!(fleet
+        .add(
+            vec![NewDevice {
+                id: "a".into(),
+                ..Default::default()
+            }],
+            false
+        )
+        .await
+        .is_err());
     let sink = fleet.block_sink().tx;
     let block = |peer, etag, end, size| BlockServed { peer, etag, end, size };
     // a: the manifest, then every block of the image; b: the manifest and 4 of 16 blocks.
@@ -96,21 +105,39 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
     batch.extend((1..=4).map(|i| block(b, image, i * 64, 1000)));
     sink.send(batch).await.unwrap();
     let d = until(&fleet, "a", |d| d.state == State::Downloaded).await;
-    assert_eq!((d.target_version, d.target_seq, d.progress()), (Some(1), Some(3), Some(100)));
+    assert_eq!(
+        (d.target_version, d.target_seq, d.progress()),
+        (Some(1), Some(3), Some(100))
+    );
     let d = until(&fleet, "b", |d| d.state == State::Downloading).await;
     assert_eq!((d.bytes_done, d.bytes_total, d.progress()), (256, 1000, Some(25)));
     // An unknown peer fetching the manifest is recorded; fetching only an image is not.
     let c: SocketAddr = "[2001:db8::9]:1234".parse().unwrap();
     let z: SocketAddr = "[2001:db8::10]:1234".parse().unwrap();
-    sink.send(vec![block(c, manifest, 10, 10), block(z, image, 64, 1000)]).await.unwrap();
+    sink.send(vec![block(c, manifest, 10, 10), block(z, image, 64, 1000)])
+        .await
+        .unwrap();
     let d = until(&fleet, "coap-2001:db8::9", |d| d.state == State::Manifest).await;
     assert!(!d.registered);
     assert_eq!(d.publish_id.as_deref(), Some("fw/app"));
     // a reports success over CoAP (by its address), b is never heard of again.
-    let ok = Report { sequence_number: Some(3), ok: true, reason: None, reference: None };
+    let ok = Report {
+        sequence_number: Some(3),
+        ok: true,
+        reason: None,
+        reference: None,
+    };
     let d = fleet.report(Reporter::Peer(a, "fw/app".into()), ok).await.unwrap();
-    assert_eq!((d.state, d.running_seq, d.running_semver.as_deref()), (State::Installed, Some(3), Some("1.3.0")));
-    let bad = Report { sequence_number: None, ok: false, reason: Some("flash".into()), reference: None };
+    assert_eq!(
+        (d.state, d.running_seq, d.running_semver.as_deref()),
+        (State::Installed, Some(3), Some("1.3.0"))
+    );
+    let bad = Report {
+        sequence_number: None,
+        ok: false,
+        reason: Some("flash".into()),
+        reference: None,
+    };
     assert!(fleet.report(Reporter::Id("nobody".into()), bad.clone()).await.is_err());
     drop(fleet);
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -122,17 +149,35 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
     assert_eq!(ids, vec!["a", "b", "coap-2001:db8::9"]);
     assert_eq!(all[0].state, State::Installed);
     assert_eq!(all[1].progress(), Some(25));
-    let lab = fleet.list(&suitcase_fleet::Filter { group: Some("lab".into()), ..Default::default() }, 100).await.unwrap();
+    let lab = fleet
+        .list(
+            &suitcase_fleet::Filter {
+                group: Some("lab".into()),
+                ..Default::default()
+            },
+            100,
+        )
+        .await
+        .unwrap();
     assert_eq!(lab.len(), 1);
     // b finishes and never reports: failed (timeout).
     let sink = fleet.block_sink().tx;
-    sink.send((5..=16).map(|i| block(b, image, (i * 64).min(1000), 1000)).collect()).await.unwrap();
+    sink.send((5..=16).map(|i| block(b, image, (i * 64).min(1000), 1000)).collect())
+        .await
+        .unwrap();
     until(&fleet, "b", |d| d.state == State::Downloaded).await;
     let d = until(&fleet, "b", |d| d.state == State::Failed).await;
     assert_eq!(d.reason.as_deref(), Some("timeout"));
     // Adding the unregistered device under a name adopts its record.
     let added = fleet
-        .add(vec![NewDevice { id: "c".into(), coap: Some("[2001:db8::9]".into()), ..Default::default() }], false)
+        .add(
+            vec![NewDevice {
+                id: "c".into(),
+                coap: Some("[2001:db8::9]".into()),
+                ..Default::default()
+            }],
+            false,
+        )
         .await
         .unwrap();
     assert_eq!(added[0].state, State::Manifest);

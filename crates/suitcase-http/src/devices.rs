@@ -24,9 +24,12 @@ impl From<FleetError> for ApiError {
 }
 
 fn fleet(st: &AppState) -> Result<&Fleet, ApiError> {
-    st.fleet
-        .as_ref()
-        .ok_or_else(|| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "device tracking is off (--no-tracking)"))
+    st.fleet.as_ref().ok_or_else(|| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "device tracking is off (--no-tracking)",
+        )
+    })
 }
 
 /// A device as the API shows it: the stored record and its progress.
@@ -55,7 +58,10 @@ pub(crate) struct ListQuery {
     limit: Option<usize>,
 }
 
-pub(crate) async fn list(State(st): State<AppState>, Query(q): Query<ListQuery>) -> Result<Json<Vec<DeviceView>>, ApiError> {
+pub(crate) async fn list(
+    State(st): State<AppState>,
+    Query(q): Query<ListQuery>,
+) -> Result<Json<Vec<DeviceView>>, ApiError> {
     let fleet = fleet(&st)?;
     let filter = Filter {
         group: q.group.filter(|g| !g.is_empty()),
@@ -119,7 +125,10 @@ pub(crate) async fn add(
     }
     let added = fleet.add(devices, q.replace).await?;
     tracing::info!(target: "suitcase::audit", action = "device-add", devices = added.len(), replace = q.replace);
-    Ok((StatusCode::CREATED, Json(added.into_iter().map(DeviceView::from).collect())))
+    Ok((
+        StatusCode::CREATED,
+        Json(added.into_iter().map(DeviceView::from).collect()),
+    ))
 }
 
 /// The Content-Format equivalent of a media type.

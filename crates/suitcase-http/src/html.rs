@@ -58,7 +58,8 @@ type FleetRows = (Vec<suitcase_fleet::Device>, Vec<(String, i64)>);
 
 /// `YYYY-MM-DD HH:MM UTC` of Unix milliseconds.
 fn date_ms(ms: Option<i64>) -> String {
-    ms.and_then(|m| u64::try_from(m / 1000).ok()).map_or("–".to_string(), date)
+    ms.and_then(|m| u64::try_from(m / 1000).ok())
+        .map_or("–".to_string(), date)
 }
 
 fn version_text(seq: Option<u64>, semver: Option<&str>) -> String {

@@ -160,7 +160,12 @@ impl Api {
             client: reqwest::Client::new(),
         }
     }
-    async fn call(&self, method: reqwest::Method, path: &str, body: Option<serde_json::Value>) -> anyhow::Result<String> {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> anyhow::Result<String> {
         let url = format!("{}{path}", self.base);
         let mut req = self.client.request(method, &url);
         if let Some(b) = body {
@@ -243,7 +248,9 @@ async fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
             }
         }
         DeviceCommand::Rm { server, id } => {
-            Api::new(&server).call(reqwest::Method::DELETE, &id_path(&id)?, None).await?;
+            Api::new(&server)
+                .call(reqwest::Method::DELETE, &id_path(&id)?, None)
+                .await?;
             println!("removed {id}");
         }
         DeviceCommand::Import { server, file } => {
@@ -297,7 +304,11 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
                 continue;
             }
             let value = match h {
-                "groups" => serde_json::json!(v.split(';').map(str::trim).filter(|g| !g.is_empty()).collect::<Vec<_>>()),
+                "groups" => serde_json::json!(v
+                    .split(';')
+                    .map(str::trim)
+                    .filter(|g| !g.is_empty())
+                    .collect::<Vec<_>>()),
                 "running_seq" => serde_json::json!(v
                     .parse::<u64>()
                     .with_context(|| format!("{} line {line}: running_seq {v:?}", path.display()))?),
@@ -363,7 +374,11 @@ fn print_table(devices: &[Device]) {
         .iter()
         .map(|d| {
             [
-                if d.registered { d.id.clone() } else { format!("{} (seen)", d.id) },
+                if d.registered {
+                    d.id.clone()
+                } else {
+                    format!("{} (seen)", d.id)
+                },
                 d.class.clone().unwrap_or_else(|| "-".into()),
                 d.publish_id.clone().unwrap_or_else(|| "-".into()),
                 state_text(d),
@@ -378,7 +393,16 @@ fn print_table(devices: &[Device]) {
             ]
         })
         .collect();
-    let head = ["DEVICE", "CLASS", "PUBLISH-ID", "STATE", "RUNS", "TARGET", "PROGRESS", "LAST SEEN"];
+    let head = [
+        "DEVICE",
+        "CLASS",
+        "PUBLISH-ID",
+        "STATE",
+        "RUNS",
+        "TARGET",
+        "PROGRESS",
+        "LAST SEEN",
+    ];
     let mut w = head.map(str::len);
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
@@ -400,17 +424,33 @@ fn print_table(devices: &[Device]) {
 
 fn print_device(d: &Device) {
     let o = |v: &Option<String>| v.clone().unwrap_or_else(|| "-".into());
-    println!("device:      {}{}", d.id, if d.registered { "" } else { " (seen, not added)" });
+    println!(
+        "device:      {}{}",
+        d.id,
+        if d.registered { "" } else { " (seen, not added)" }
+    );
     println!("coap:        {}", o(&d.coap));
     println!("http id:     {}", o(&d.http_id));
     println!("class:       {}", o(&d.class));
     println!("publish-id:  {}", o(&d.publish_id));
-    println!("groups:      {}", if d.groups.is_empty() { "-".into() } else { d.groups.join(", ") });
+    println!(
+        "groups:      {}",
+        if d.groups.is_empty() {
+            "-".into()
+        } else {
+            d.groups.join(", ")
+        }
+    );
     println!("runs:        {}", version(d.running_seq, d.running_semver.as_deref()));
     println!("state:       {}", state_text(d));
     if d.target_version.is_some() {
         println!("update to:   {}", version(d.target_seq, d.target_semver.as_deref()));
-        println!("progress:    {} ({} of {} bytes)", bar(d.progress), d.bytes_done, d.bytes_total);
+        println!(
+            "progress:    {} ({} of {} bytes)",
+            bar(d.progress),
+            d.bytes_done,
+            d.bytes_total
+        );
     }
     println!("address:     {}", o(&d.peer));
     println!("last seen:   {}", ago(d.last_seen));
@@ -447,11 +487,19 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
         for d in shown {
             seen.insert(d.id.clone());
             let (pb, last) = bars.entry(d.id.clone()).or_insert_with(|| {
-                let pb = multi.add(ProgressBar::new(100).with_style(style.clone()).with_prefix(d.id.clone()));
+                let pb = multi.add(
+                    ProgressBar::new(100)
+                        .with_style(style.clone())
+                        .with_prefix(d.id.clone()),
+                );
                 (pb, String::new())
             });
             pb.set_position(u64::from(d.progress.unwrap_or(0)));
-            let msg = format!("{} {}", state_text(d), version(d.target_seq, d.target_semver.as_deref()));
+            let msg = format!(
+                "{} {}",
+                state_text(d),
+                version(d.target_seq, d.target_semver.as_deref())
+            );
             if !tty && *last != msg {
                 println!("{}  {}  {}", d.id, bar(d.progress), msg);
             }

@@ -43,10 +43,15 @@ pub async fn coap_reports(fleet: Fleet, mut requests: mpsc::Receiver<AppRequest>
         let (code, payload) = match report(&fleet, &req).await {
             Ok(()) => (Code::CHANGED, Bytes::new()),
             Err(FleetError::Invalid(m)) => (Code::BAD_REQUEST, Bytes::from(m)),
-            Err(e @ (FleetError::NotFound(_) | FleetError::Exists(_))) => (Code::BAD_REQUEST, Bytes::from(e.to_string())),
+            Err(e @ (FleetError::NotFound(_) | FleetError::Exists(_))) => {
+                (Code::BAD_REQUEST, Bytes::from(e.to_string()))
+            }
             Err(e) => {
                 tracing::warn!(peer = %req.peer, error = %e, "a CoAP report could not be recorded");
-                (Code::SERVICE_UNAVAILABLE, Bytes::from_static(b"the report could not be recorded: try again"))
+                (
+                    Code::SERVICE_UNAVAILABLE,
+                    Bytes::from_static(b"the report could not be recorded: try again"),
+                )
             }
         };
         if code == Code::BAD_REQUEST {
@@ -54,7 +59,15 @@ pub async fn coap_reports(fleet: Fleet, mut requests: mpsc::Receiver<AppRequest>
         }
         let mut payload = payload;
         payload.truncate(200);
-        if replies.send(AppReply { id: req.id, code, payload }).await.is_err() {
+        if replies
+            .send(AppReply {
+                id: req.id,
+                code,
+                payload,
+            })
+            .await
+            .is_err()
+        {
             return;
         }
     }
@@ -66,6 +79,8 @@ async fn report(fleet: &Fleet, req: &AppRequest) -> Result<(), FleetError> {
         .strip_suffix("/report")
         .ok_or_else(|| FleetError::Invalid("not a report path".into()))?;
     let report = suitcase_fleet::report::parse(req.content_format, &req.payload)?;
-    fleet.report(Reporter::Peer(req.peer, publish_id.to_string()), report).await?;
+    fleet
+        .report(Reporter::Peer(req.peer, publish_id.to_string()), report)
+        .await?;
     Ok(())
 }

@@ -218,7 +218,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         default_szx: szx,
         amplification_limit: args.amplification_limit,
         echo_secret,
-        max_block_events: if args.no_tracking { 0 } else { 4096 },
+        max_block_events: if args.no_tracking { 0 } else { 4 * driver::BLOCK_BATCH },
         ..Default::default()
     };
     let coap = Server::new(

@@ -37,7 +37,9 @@ impl SimDevice {
             self.sock.send_to(&bytes, self.server).unwrap();
             let deadline = Instant::now() + Duration::from_millis(500);
             while Instant::now() < deadline {
-                let Ok((n, _)) = self.sock.recv_from(&mut buf) else { break };
+                let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                    break;
+                };
                 let r = Packet::from_bytes(&buf[..n]).unwrap();
                 if r.header.message_id == self.mid {
                     return r;
@@ -62,10 +64,18 @@ impl SimDevice {
         for num in 0..limit {
             let mut p = Self::request(RequestType::Get, path);
             let v = (num << 4) | 2;
-            let bytes: Vec<u8> = if v < 256 { vec![v as u8] } else { vec![(v >> 8) as u8, v as u8] };
+            let bytes: Vec<u8> = if v < 256 {
+                vec![v as u8]
+            } else {
+                vec![(v >> 8) as u8, v as u8]
+            };
             p.add_option(CoapOption::Block2, bytes);
             let r = self.exchange(p);
-            assert_eq!(r.header.code, MessageClass::Response(ResponseType::Content), "{path} block {num}");
+            assert_eq!(
+                r.header.code,
+                MessageClass::Response(ResponseType::Content),
+                "{path} block {num}"
+            );
             out.extend_from_slice(&r.payload);
             let b2 = r.get_first_option(CoapOption::Block2).unwrap();
             if b2.last().unwrap() & 0x08 == 0 {
@@ -83,12 +93,60 @@ impl SimDevice {
     }
 }
 
+/// RIOT's `GET /suit/slot/active` as a test device serves it: one ASCII digit, which the
+/// test changes to say the device rebooted into the other slot.
+struct SlotResponder {
+    addr: SocketAddr,
+    slot: std::sync::Arc<std::sync::atomic::AtomicU8>,
+    reads: std::sync::Arc<std::sync::atomic::AtomicU32>,
+}
+
+impl SlotResponder {
+    fn start(ip: &str) -> SlotResponder {
+        use std::sync::atomic::Ordering;
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let slot = std::sync::Arc::new(std::sync::atomic::AtomicU8::new(b'0'));
+        let reads = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let (s, r) = (slot.clone(), reads.clone());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 1500];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf) {
+                let Ok(req) = Packet::from_bytes(&buf[..n]) else {
+                    continue;
+                };
+                let path: Vec<String> = req
+                    .get_option(CoapOption::UriPath)
+                    .map(|v| v.iter().map(|s| String::from_utf8_lossy(s).to_string()).collect())
+                    .unwrap_or_default();
+                let mut reply = Packet::new();
+                reply.header.set_type(MessageType::Acknowledgement);
+                reply.header.message_id = req.header.message_id;
+                reply.set_token(req.get_token().to_vec());
+                if path == ["suit", "slot", "active"] {
+                    r.fetch_add(1, Ordering::Relaxed);
+                    reply.header.code = MessageClass::Response(ResponseType::Content);
+                    reply.payload = vec![s.load(Ordering::Relaxed)];
+                } else {
+                    reply.header.code = MessageClass::Response(ResponseType::NotFound);
+                }
+                let _ = sock.send_to(&reply.to_bytes().unwrap(), peer);
+            }
+        });
+        SlotResponder { addr, slot, reads }
+    }
+}
+
 fn devices(server: &TestServer) -> serde_json::Value {
     serde_json::from_str(&server.cli(&["device", "list", "--json"])).unwrap()
 }
 
 fn device<'a>(all: &'a serde_json::Value, id: &str) -> &'a serde_json::Value {
-    all.as_array().unwrap().iter().find(|d| d["id"] == id).unwrap_or_else(|| panic!("{id} in {all}"))
+    all.as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .unwrap_or_else(|| panic!("{id} in {all}"))
 }
 
 /// Wait until `check` holds for the listing.
@@ -99,7 +157,11 @@ fn until(server: &TestServer, what: &str, check: impl Fn(&serde_json::Value) -> 
         if check(&all) {
             return all;
         }
-        assert!(start.elapsed() < Duration::from_secs(20), "{what}: {all:#}\n{:#?}", server.log());
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{what}: {all:#}\n{:#?}",
+            server.log()
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
@@ -115,7 +177,19 @@ fn fleet_end_to_end(extra: &[&str]) {
     let versions: serde_json::Value = serde_json::from_str(&server.cli(&["list", "fw/sim", "--json"])).unwrap();
     let seq = versions[0]["sequence_number"].as_u64().unwrap();
 
-    server.cli(&["device", "add", "d1", "--coap", "127.0.0.2:5683", "--class", "sim", "--group", "lab", "--publish-id", "fw/sim"]);
+    server.cli(&[
+        "device",
+        "add",
+        "d1",
+        "--coap",
+        "127.0.0.2:5683",
+        "--class",
+        "sim",
+        "--group",
+        "lab",
+        "--publish-id",
+        "fw/sim",
+    ]);
     server.cli(&["device", "add", "d2", "--coap", "127.0.0.3:5683", "--class", "sim"]);
     let coap: SocketAddr = format!("127.0.0.1:{}", server.coap_port).parse().unwrap();
 
@@ -127,10 +201,20 @@ fn fleet_end_to_end(extra: &[&str]) {
     // A bad report: 4.00 with the reason, and nothing changes.
     let bad = d1.post("fw/sim/report", 50, br#"{"seq": "three", "result": "ok"}"#);
     assert_eq!(bad.header.code, MessageClass::Response(ResponseType::BadRequest));
-    assert!(String::from_utf8_lossy(&bad.payload).contains("seq"), "{:?}", bad.payload);
-    let all = until(&server, "d1 downloaded", |all| device(all, "d1")["state"] == "downloaded");
+    assert!(
+        String::from_utf8_lossy(&bad.payload).contains("seq"),
+        "{:?}",
+        bad.payload
+    );
+    let all = until(&server, "d1 downloaded", |all| {
+        device(all, "d1")["state"] == "downloaded"
+    });
     assert_eq!(device(&all, "d1")["progress"], 100);
-    let ok = d1.post("fw/sim/report", 50, format!(r#"{{"sequence_number": {seq}, "result": "ok"}}"#).as_bytes());
+    let ok = d1.post(
+        "fw/sim/report",
+        50,
+        format!(r#"{{"sequence_number": {seq}, "result": "ok"}}"#).as_bytes(),
+    );
     assert_eq!(ok.header.code, MessageClass::Response(ResponseType::Changed));
 
     // d2: manifest and 24 of the image's 47 blocks (1536 of 3000 bytes), then silence.
@@ -144,11 +228,15 @@ fn fleet_end_to_end(extra: &[&str]) {
     };
     let all = until(&server, "d1 installed, d2 at 51 %", check);
     let d = device(&all, "d1");
-    assert_eq!((d["target_seq"].as_u64(), d["class"].as_str()), (Some(seq), Some("sim")));
+    assert_eq!(
+        (d["target_seq"].as_u64(), d["class"].as_str()),
+        (Some(seq), Some("sim"))
+    );
     assert_eq!(d["groups"], serde_json::json!(["lab"]));
     assert_eq!(device(&all, "d2")["bytes_done"], 1536);
     // Filters.
-    let lab: serde_json::Value = serde_json::from_str(&server.cli(&["device", "list", "--group", "lab", "--json"])).unwrap();
+    let lab: serde_json::Value =
+        serde_json::from_str(&server.cli(&["device", "list", "--group", "lab", "--json"])).unwrap();
     assert_eq!(lab.as_array().unwrap().len(), 1);
     let downloading: serde_json::Value =
         serde_json::from_str(&server.cli(&["device", "list", "--state", "downloading", "--json"])).unwrap();
@@ -161,8 +249,41 @@ fn fleet_end_to_end(extra: &[&str]) {
     let mut stranger = SimDevice::new("127.0.0.4", coap);
     stranger.get("fw/sim/manifest", 100);
     until(&server, "the stranger recorded", |all| {
-        all.as_array().unwrap().iter().any(|d| d["id"] == "coap-127.0.0.4" && d["registered"] == false)
+        all.as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["id"] == "coap-127.0.0.4" && d["registered"] == false)
     });
+
+    // A RIOT-like device without reports: its slot is read when it fetches the manifest and
+    // polled after the download; once it says another slot, the device is installed.
+    let riot = SlotResponder::start("127.0.0.5");
+    server.cli(&[
+        "device",
+        "add",
+        "riot",
+        "--coap",
+        &riot.addr.to_string(),
+        "--class",
+        "native64",
+    ]);
+    let mut d5 = SimDevice::new("127.0.0.5", coap);
+    d5.get("fw/sim/manifest", 100);
+    let start = Instant::now();
+    while riot.reads.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "the slot was never read");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(d5.get("fw/sim/v/1/image.bin", 1000), image);
+    until(&server, "riot downloaded", |all| {
+        device(all, "riot")["state"] == "downloaded"
+    });
+    riot.slot.store(b'1', std::sync::atomic::Ordering::Relaxed);
+    let all = until(&server, "riot installed by its slot", |all| {
+        device(all, "riot")["state"] == "installed"
+    });
+    assert_eq!(device(&all, "riot")["running_seq"], seq);
+    assert_eq!(device(&all, "riot")["slot_before"], "0");
 
     // SIGKILL and a restart: everything acknowledged is there.
     let port_free_data = data.clone();
@@ -171,6 +292,40 @@ fn fleet_end_to_end(extra: &[&str]) {
     let all = devices(&server);
     assert!(check(&all), "after the restart: {all:#}");
     assert!(all.as_array().unwrap().iter().any(|d| d["id"] == "coap-127.0.0.4"));
+    // Reports over HTTP: a bad one is refused with the reason and changes nothing; a
+    // failure is recorded with its reason.
+    let report = |body: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/stderr",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                body,
+            ])
+            .arg(format!("{}/api/v1/devices/d2/report", server.http()))
+            .output()
+            .expect("curl");
+        (
+            String::from_utf8_lossy(&out.stdout).to_string(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    let (status, body) = report(r#"{"result": "perhaps"}"#);
+    assert_eq!(status, "400", "{body}");
+    assert!(body.contains("result"), "{body}");
+    assert_eq!(device(&devices(&server), "d2")["state"], "downloading");
+    let (status, body) = report(r#"{"result": "error", "reason": "battery low"}"#);
+    assert_eq!(status, "200", "{body}");
+    let d2 = device(&devices(&server), "d2").clone();
+    assert_eq!(
+        (d2["state"].as_str(), d2["reason"].as_str()),
+        (Some("failed"), Some("battery low"))
+    );
     // Remove.
     server.cli(&["device", "rm", "d2"]);
     assert!(devices(&server).as_array().unwrap().iter().all(|d| d["id"] != "d2"));
@@ -183,6 +338,8 @@ fn fleet_on_sqlite() {
 
 #[test]
 fn fleet_on_postgresql() {
-    let Some(pg) = support::postgres::Postgres::start() else { return };
+    let Some(pg) = support::postgres::Postgres::start() else {
+        return;
+    };
     fleet_end_to_end(&["--database", &pg.url]);
 }

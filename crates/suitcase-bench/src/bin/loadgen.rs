@@ -45,6 +45,9 @@ struct Args {
     /// Use an empty token, as RIOT does.
     #[arg(long)]
     empty_token: bool,
+    /// Device i sends from local port BASE_PORT + i (a fleet registered beforehand).
+    #[arg(long)]
+    base_port: Option<u16>,
     /// Label printed with the results.
     #[arg(long, default_value = "")]
     label: String,
@@ -77,6 +80,7 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         max_retransmit: args.max_retransmit,
         loss: args.loss,
         empty_token: args.empty_token,
+        base_port: args.base_port,
     });
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let start = Instant::now();

@@ -799,7 +799,10 @@ fn accepted_posts_are_answered_by_the_application_and_duplicates_get_the_same_an
     // Accepted: no reply yet, one request for the application.
     assert!(h(&mut s, &post(2, b"tk", "fw/report", b"{\"seq\":1}")).is_none());
     let req = s.poll_request().unwrap();
-    assert_eq!((req.path.as_str(), req.content_format, &req.payload[..]), ("fw/report", Some(50), &b"{\"seq\":1}"[..]));
+    assert_eq!(
+        (req.path.as_str(), req.content_format, &req.payload[..]),
+        ("fw/report", Some(50), &b"{\"seq\":1}"[..])
+    );
     assert!(s.poll_request().is_none());
     // A retransmission while it is pending: silence, and no second request.
     assert!(h(&mut s, &post(2, b"tk", "fw/report", b"{\"seq\":1}")).is_none());
@@ -828,9 +831,14 @@ fn unanswered_posts_expire_with_5_03_and_the_pending_table_is_bounded() {
     s.resources().accept_posts("fw/report");
     let t0 = Instant::now();
     for mid in 1..=2 {
-        assert!(s.handle_datagram(t0, peer(), &post(mid, b"", "fw/report", b"x")).is_none());
+        assert!(s
+            .handle_datagram(t0, peer(), &post(mid, b"", "fw/report", b"x"))
+            .is_none());
     }
-    let full = s.handle_datagram(t0, peer(), &post(3, b"", "fw/report", b"x")).map(|b| b.to_vec()).unwrap();
+    let full = s
+        .handle_datagram(t0, peer(), &post(3, b"", "fw/report", b"x"))
+        .map(|b| b.to_vec())
+        .unwrap();
     let p = Packet::from_bytes(&full).unwrap();
     assert_eq!(p.header.code, MessageClass::Response(ResponseType::ServiceUnavailable));
     assert_eq!(s.stats().requests_refused, 1);
@@ -849,7 +857,16 @@ fn unanswered_posts_expire_with_5_03_and_the_pending_table_is_bounded() {
 #[test]
 fn served_blocks_are_recorded_only_when_tracking_is_on_and_bounded() {
     let mut off = server(1000);
-    roundtrip(&mut off, &get(MessageType::Confirmable, 1, b"", "fw/app/board/img.bin", Some(vec![0x02])));
+    roundtrip(
+        &mut off,
+        &get(
+            MessageType::Confirmable,
+            1,
+            b"",
+            "fw/app/board/img.bin",
+            Some(vec![0x02]),
+        ),
+    );
     assert!(off.take_blocks().is_empty());
     let config = Config {
         max_block_events: 3,
@@ -858,13 +875,41 @@ fn served_blocks_are_recorded_only_when_tracking_is_on_and_bounded() {
     let mut s = server_with(config, 1000);
     for num in 0..5u8 {
         let block = vec![(num << 4) | 0x0a]; // 64-byte blocks (SZX 2), More set by the client is ignored
-        roundtrip(&mut s, &get(MessageType::Confirmable, u16::from(num) + 1, b"", "fw/app/board/img.bin", Some(block)));
+        roundtrip(
+            &mut s,
+            &get(
+                MessageType::Confirmable,
+                u16::from(num) + 1,
+                b"",
+                "fw/app/board/img.bin",
+                Some(block),
+            ),
+        );
     }
     let blocks = s.take_blocks();
     assert_eq!(blocks.len(), 3);
-    assert_eq!(blocks[1], BlockServed { peer: peer(), etag: *b"12345678", end: 128, size: 1000 });
+    assert_eq!(
+        blocks[1],
+        BlockServed {
+            peer: peer(),
+            etag: *b"12345678",
+            end: 128,
+            size: 1000
+        }
+    );
     assert_eq!(s.stats().block_events_dropped, 2);
     // The whole manifest in one reply counts as one block ending at its size.
-    roundtrip(&mut s, &get(MessageType::Confirmable, 9, b"", "fw/app/board/manifest", None));
-    assert_eq!(s.take_blocks(), vec![BlockServed { peer: peer(), etag: *b"manifst1", end: 100, size: 100 }]);
+    roundtrip(
+        &mut s,
+        &get(MessageType::Confirmable, 9, b"", "fw/app/board/manifest", None),
+    );
+    assert_eq!(
+        s.take_blocks(),
+        vec![BlockServed {
+            peer: peer(),
+            etag: *b"manifst1",
+            end: 100,
+            size: 100
+        }]
+    );
 }

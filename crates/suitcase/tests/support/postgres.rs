@@ -48,7 +48,10 @@ impl Postgres {
             super::netns::skip("PostgreSQL is not installed (Debian: apt-get install postgresql)");
             return None;
         };
-        let dir = tempfile::Builder::new().prefix("suitcase-pg").tempdir().expect("tempdir");
+        let dir = tempfile::Builder::new()
+            .prefix("suitcase-pg")
+            .tempdir()
+            .expect("tempdir");
         let data = dir.path().join("data");
         let root = is_root();
         // initdb and postgres refuse to run as root: as root, run them as `postgres`.
@@ -114,7 +117,9 @@ impl Postgres {
 impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGINT: PostgreSQL's fast shutdown.
-        let _ = Command::new("kill").args(["-INT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-INT", &self.child.id().to_string()])
+            .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(_)) = self.child.try_wait() {
