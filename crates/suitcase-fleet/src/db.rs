@@ -276,6 +276,48 @@ pub(crate) async fn upsert_all(db: &Db, devices: &[&Device]) -> Result<(), Fleet
     tx.commit().await.map_err(db_err)
 }
 
+/// Rows per progress UPDATE (4 parameters each).
+const PROGRESS_ROWS_PER_STATEMENT: usize = 500;
+
+/// Write only the progress columns (bytes, size, last seen) of devices, in one transaction:
+/// `UPDATE … FROM (VALUES …)`, which SQLite (3.33+) and PostgreSQL both read, the columns of
+/// VALUES being `column1…` in both.
+pub(crate) async fn update_progress(db: &Db, devices: &[&Device]) -> Result<(), FleetError> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    let mut tx = db.pool.begin().await.map_err(db_err)?;
+    for chunk in devices.chunks(PROGRESS_ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "UPDATE devices SET bytes_done = v.column2, bytes_total = v.column3, last_seen = v.column4 FROM (VALUES ",
+        );
+        for r in 0..chunk.len() {
+            if r > 0 {
+                sql.push_str(", ");
+            }
+            let n = r * 4;
+            sql.push_str(&format!(
+                "(CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4
+            ));
+        }
+        sql.push_str(") AS v WHERE devices.id = v.column1");
+        let mut q = sqlx::query(&sql);
+        for d in chunk {
+            q = q
+                .bind(d.id.clone())
+                .bind(i64_of(Some(d.bytes_done)).unwrap_or(0))
+                .bind(i64_of(Some(d.bytes_total)).unwrap_or(0))
+                .bind(d.last_seen);
+        }
+        q.execute(&mut *tx).await.map_err(db_err)?;
+    }
+    tx.commit().await.map_err(db_err)
+}
+
 /// Delete a device; whether it existed.
 pub(crate) async fn delete(db: &Db, id: &str) -> Result<bool, FleetError> {
     let r = sqlx::query("DELETE FROM devices WHERE id = $1")

@@ -5,7 +5,8 @@
 //! the servers saw (compact block events from the CoAP thread through a bounded channel,
 //! HTTP downloads, trigger acknowledgements) and what devices report, and writes the
 //! changed rows in batches. Publisher changes and reports are written before they are
-//! acknowledged; progress is written every `flush_interval` (1 s). Reads go to the database.
+//! acknowledged; state changes are written every `flush_interval` (1 s), progress alone
+//! every `progress_interval` (5 s). Reads go to the database.
 
 mod db;
 pub mod model;
@@ -61,8 +62,10 @@ pub struct Config {
     /// A device `downloaded` this long without a report (or a slot change) turns `failed`
     /// with the reason `timeout`.
     pub install_timeout: Duration,
-    /// How often progress is written.
+    /// How often device changes (states, targets, addresses) are written.
     pub flush_interval: Duration,
+    /// How often progress alone (bytes served, last seen) is written.
+    pub progress_interval: Duration,
     /// Devices recorded without being added (seen fetching a manifest) at most; past it
     /// new peers are not recorded (counted).
     pub max_unregistered: usize,
@@ -77,6 +80,7 @@ impl Default for Config {
         Config {
             install_timeout: Duration::from_secs(600),
             flush_interval: Duration::from_secs(1),
+            progress_interval: Duration::from_secs(5),
             max_unregistered: 10_000,
             max_devices: 1_000_000,
             slot_poll: Duration::from_secs(5),

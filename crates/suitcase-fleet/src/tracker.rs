@@ -107,7 +107,11 @@ pub(crate) struct Tracker {
     by_addr: HashMap<SocketAddr, String>,
     by_ip: HashMap<IpAddr, Vec<String>>,
     by_http: HashMap<String, String>,
+    /// Devices changed beyond their progress: written every flush interval.
     dirty: HashSet<String>,
+    /// Devices whose progress or last-seen time changed: written every progress interval.
+    progress: HashSet<String>,
+    last_progress_write: tokio::time::Instant,
     /// Devices `downloaded`, waiting for a report, a slot change or the timeout.
     awaiting: HashSet<String>,
     files: Files,
@@ -140,6 +144,8 @@ impl Tracker {
             by_ip: HashMap::new(),
             by_http: HashMap::new(),
             dirty: HashSet::new(),
+            progress: HashSet::new(),
+            last_progress_write: tokio::time::Instant::now(),
             awaiting: HashSet::new(),
             files: Files::default(),
             counters,
@@ -173,13 +179,21 @@ impl Tracker {
                     self.process_pending();
                     self.expire(now_ms());
                     if let Err(e) = self.flush().await {
-                        tracing::warn!(error = %e, "fleet: writing progress failed; retrying");
+                        tracing::warn!(error = %e, "fleet: writing device changes failed; retrying");
+                    }
+                    if self.last_progress_write.elapsed() >= self.config.progress_interval {
+                        if let Err(e) = self.flush_progress().await {
+                            tracing::warn!(error = %e, "fleet: writing progress failed; retrying");
+                        }
                     }
                 }
             }
         }
         self.process_pending();
         if let Err(e) = self.flush().await {
+            tracing::warn!(error = %e, "fleet: the last changes could not be written");
+        }
+        if let Err(e) = self.flush_progress().await {
             tracing::warn!(error = %e, "fleet: the last progress could not be written");
         }
         for (_, p) in self.probes.drain() {
@@ -209,6 +223,7 @@ impl Tracker {
         }
         self.awaiting.remove(id);
         self.dirty.remove(id);
+        self.progress.remove(id);
         if let Some(p) = self.probes.remove(id) {
             p.abort();
         }
@@ -310,13 +325,16 @@ impl Tracker {
         }
         if changed {
             self.index(id);
+            self.dirty.insert(id.to_string());
+        } else {
+            self.progress.insert(id.to_string());
         }
-        self.dirty.insert(id.to_string());
     }
 
     fn set_state(&mut self, id: &str, state: State, now: i64) {
         let Some(d) = self.devices.get_mut(id) else { return };
-        if d.state != state {
+        let changed = d.state != state;
+        if changed {
             d.state = state;
             d.state_at = Some(now);
             tracing::debug!(device = %id, %state, "fleet: state");
@@ -331,10 +349,15 @@ impl Tracker {
                 p.abort();
             }
         }
-        self.dirty.insert(id.to_string());
+        if changed {
+            self.dirty.insert(id.to_string());
+        } else {
+            self.progress.insert(id.to_string());
+        }
     }
 
     fn set_target(&mut self, id: &str, f: &FileRef) {
+        self.dirty.insert(id.to_string());
         if let Some(d) = self.devices.get_mut(id) {
             d.publish_id.get_or_insert_with(|| f.publish_id.clone());
             d.target_version = Some(f.version);
@@ -822,7 +845,27 @@ impl Tracker {
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
         self.counters.transactions.fetch_add(1, Ordering::Relaxed);
         for id in ids {
+            self.progress.remove(&id);
             self.dirty.remove(&id);
+        }
+        Ok(())
+    }
+
+    /// Write the progress and last-seen times of the devices whose state did not change.
+    async fn flush_progress(&mut self) -> Result<(), FleetError> {
+        self.last_progress_write = tokio::time::Instant::now();
+        if self.progress.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<String> = self.progress.iter().cloned().collect();
+        let rows: Vec<&Device> = ids.iter().filter_map(|id| self.devices.get(id)).collect();
+        db::update_progress(&self.db, &rows).await?;
+        self.counters
+            .rows_written
+            .fetch_add(rows.len() as u64, Ordering::Relaxed);
+        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+        for id in ids {
+            self.progress.remove(&id);
         }
         Ok(())
     }

@@ -60,6 +60,7 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
     let url = format!("sqlite:{}?mode=rwc", dir.path().join("fleet.db").display());
     let config = Config {
         flush_interval: Duration::from_millis(50),
+        progress_interval: Duration::from_millis(100),
         install_timeout: Duration::from_millis(600),
         ..Config::default()
     };

@@ -111,7 +111,7 @@ pub struct WatchArgs {
     /// Seconds between two looks.
     #[arg(long, default_value_t = 1.0)]
     interval: f64,
-    /// Stop when no device is notified, fetching its manifest or downloading.
+    /// Stop when no device is notified, downloading or waiting for its result.
     #[arg(long)]
     exit_when_idle: bool,
 }
@@ -464,6 +464,13 @@ fn active(state: &str) -> bool {
     matches!(state, "notified" | "manifest" | "downloading" | "downloaded")
 }
 
+/// States that keep `--exit-when-idle` waiting: a trigger sent, bytes moving, or a result
+/// due. (`manifest` alone does not: a device that fetched the manifest and refused the
+/// update, e.g. RIOT's sequence number check, stays there.)
+fn busy(state: &str) -> bool {
+    matches!(state, "notified" | "downloading" | "downloaded")
+}
+
 async fn watch(a: WatchArgs) -> anyhow::Result<()> {
     use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
     let api = Api::new(&a.server);
@@ -516,7 +523,7 @@ async fn watch(a: WatchArgs) -> anyhow::Result<()> {
             }
             keep
         });
-        if a.exit_when_idle && !devices.iter().any(|d| active(&d.state)) {
+        if a.exit_when_idle && !devices.iter().any(|d| busy(&d.state)) {
             let installed = devices.iter().filter(|d| d.state == "installed").count();
             let failed = devices.iter().filter(|d| d.state == "failed").count();
             println!("idle: {installed} installed, {failed} failed, {} in all", devices.len());

@@ -123,7 +123,9 @@ impl SlotResponder {
                 reply.header.set_type(MessageType::Acknowledgement);
                 reply.header.message_id = req.header.message_id;
                 reply.set_token(req.get_token().to_vec());
-                if path == ["suit", "slot", "active"] {
+                if path == ["suit", "trigger"] && req.header.code == MessageClass::Request(RequestType::Post) {
+                    reply.header.code = MessageClass::Response(ResponseType::Changed);
+                } else if path == ["suit", "slot", "active"] {
                     r.fetch_add(1, Ordering::Relaxed);
                     reply.header.code = MessageClass::Response(ResponseType::Content);
                     reply.payload = vec![s.load(Ordering::Relaxed)];
@@ -326,6 +328,14 @@ fn fleet_end_to_end(extra: &[&str]) {
         (d2["state"].as_str(), d2["reason"].as_str()),
         (Some("failed"), Some("battery low"))
     );
+    // Nothing is downloading or due: watch ends at once with the tally.
+    let watched = server.cli(&["device", "watch", "--exit-when-idle", "--interval", "0.2"]);
+    assert!(watched.contains("idle: 2 installed, 1 failed, 4 in all"), "{watched}");
+    // A trigger the device acknowledges: notified, for the version sent.
+    let notified = server.cli(&["notify", "--publish-id", "fw/sim", "riot", "--json"]);
+    assert!(notified.contains("\"ok\""), "{notified}");
+    let all = until(&server, "riot notified", |all| device(all, "riot")["state"] == "notified");
+    assert_eq!(device(&all, "riot")["target_version"], 1);
     // Remove.
     server.cli(&["device", "rm", "d2"]);
     assert!(devices(&server).as_array().unwrap().iter().all(|d| d["id"] != "d2"));
