@@ -334,7 +334,9 @@ fn fleet_end_to_end(extra: &[&str]) {
     // A trigger the device acknowledges: notified, for the version sent.
     let notified = server.cli(&["notify", "--publish-id", "fw/sim", "riot", "--json"]);
     assert!(notified.contains("\"ok\""), "{notified}");
-    let all = until(&server, "riot notified", |all| device(all, "riot")["state"] == "notified");
+    let all = until(&server, "riot notified", |all| {
+        device(all, "riot")["state"] == "notified"
+    });
     assert_eq!(device(&all, "riot")["target_version"], 1);
     // Remove.
     server.cli(&["device", "rm", "d2"]);
