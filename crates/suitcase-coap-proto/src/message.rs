@@ -26,6 +26,8 @@ pub struct Code(pub u8);
 impl Code {
     /// 2.04 Changed.
     pub const CHANGED: Code = Code(coap_numbers::code::CHANGED);
+    /// 4.03 Forbidden.
+    pub const FORBIDDEN: Code = Code(coap_numbers::code::FORBIDDEN);
     /// 2.05 Content.
     pub const CONTENT: Code = Code(coap_numbers::code::CONTENT);
     /// 2.03 Valid.

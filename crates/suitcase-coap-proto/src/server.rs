@@ -842,10 +842,23 @@ impl<R: Resources> Server<R> {
                 spec.payload = Bytes::new();
             }
             spec
+        } else if self.config.amplification_limit > 0
+            && !self.verified(peer)
+            && !p.echo.is_some_and(|e| self.echo.check(now, peer, e))
+        {
+            // A report changes what the server records of a device: under the Echo regime
+            // its sender's address must be proven first, like an observation's.
+            self.stats.echo_challenges += 1;
+            let mut spec = ResponseSpec::error(Code::UNAUTHORIZED, "");
+            spec.echo = Some(self.echo.value(now, peer));
+            spec
         } else if self.apps.full(self.config.max_pending_requests) {
             self.stats.requests_refused += 1;
             ResponseSpec::error(Code::SERVICE_UNAVAILABLE, "busy: try again later")
         } else {
+            if self.config.amplification_limit > 0 && !self.verified(peer) {
+                self.mark_verified(peer); // it echoed a valid value just now
+            }
             self.recent(peer).put(Exchange {
                 mid: req.mid,
                 reply_type,

@@ -176,6 +176,9 @@ pub(crate) enum Command {
         before: bool,
         value: String,
     },
+    Shutdown {
+        reply: oneshot::Sender<Result<(), FleetError>>,
+    },
 }
 
 /// The fleet: a handle to the tracker and the database. Cheap to clone.
@@ -187,8 +190,12 @@ pub struct Fleet {
     counters: Arc<Counters>,
 }
 
-/// Commands and event batches queued for the tracker at most.
+/// Commands queued for the tracker at most.
 const QUEUE: usize = 1024;
+
+/// Block batches queued for the tracker at most (each at most the CoAP server's
+/// `max_block_events`; 32 × 16,384 events × 48 bytes ≈ 25 MB at the very worst).
+const BLOCK_QUEUE: usize = 32;
 
 /// Devices listed at most in one answer.
 pub const MAX_LIST: usize = 100_000;
@@ -201,8 +208,8 @@ pub trait SlotReader: Send + Sync + 'static {
 
 impl Fleet {
     /// Open the database at `url` (`sqlite:PATH` or `postgres://…`), migrate it, load the
-    /// devices and start the tracker on the current runtime. It stops when every `Fleet`
-    /// handle is dropped.
+    /// devices and start the tracker on the current runtime. It stops at [`Fleet::shutdown`]
+    /// (after writing what it holds), or when every `Fleet` handle and slot read is gone.
     pub async fn open(
         url: &str,
         store: Arc<dyn Store>,
@@ -212,7 +219,7 @@ impl Fleet {
         let db = db::Db::open(url).await?;
         let devices = db.load_all().await?;
         let (commands, commands_rx) = mpsc::channel(QUEUE);
-        let (blocks, blocks_rx) = mpsc::channel(QUEUE);
+        let (blocks, blocks_rx) = mpsc::channel(BLOCK_QUEUE);
         let counters = Arc::new(Counters::default());
         let tracker = tracker::Tracker::new(
             db.clone(),
@@ -291,6 +298,11 @@ impl Fleet {
             reply,
         })
         .await
+    }
+
+    /// Write everything the tracker holds and stop it (further calls fail with `Stopped`).
+    pub async fn shutdown(&self) -> Result<(), FleetError> {
+        self.ask(|reply| Command::Shutdown { reply }).await
     }
 
     /// Remove a device; whether it existed.

@@ -118,7 +118,12 @@ pub(crate) struct Tracker {
     counters: Arc<Counters>,
     slots: Option<Arc<dyn SlotReader>>,
     me: mpsc::WeakSender<Command>,
+    /// Slot reads after a download (aborted when the state leaves `downloaded`).
     probes: HashMap<String, tokio::task::AbortHandle>,
+    /// Slot reads when an update starts (aborted only when the target changes).
+    probes_before: HashMap<String, tokio::task::AbortHandle>,
+    /// Devices by their registered CoAP address as written (trigger results name it).
+    by_coap: HashMap<String, String>,
     unregistered: usize,
     /// Blocks served since the last look, by peer and representation: a block costs one
     /// lookup here; devices and states are updated once per flush interval.
@@ -152,6 +157,8 @@ impl Tracker {
             slots,
             me,
             probes: HashMap::new(),
+            probes_before: HashMap::new(),
+            by_coap: HashMap::new(),
             unregistered: 0,
             pending: FastMap::default(),
         };
@@ -171,6 +178,11 @@ impl Tracker {
         loop {
             tokio::select! {
                 c = commands.recv() => match c {
+                    Some(Command::Shutdown { reply }) => {
+                        let r = self.stop().await;
+                        let _ = reply.send(r);
+                        return;
+                    }
                     Some(c) => self.command(c).await,
                     None => break,
                 },
@@ -189,16 +201,19 @@ impl Tracker {
                 }
             }
         }
-        self.process_pending();
-        if let Err(e) = self.flush().await {
+        if let Err(e) = self.stop().await {
             tracing::warn!(error = %e, "fleet: the last changes could not be written");
         }
-        if let Err(e) = self.flush_progress().await {
-            tracing::warn!(error = %e, "fleet: the last progress could not be written");
-        }
-        for (_, p) in self.probes.drain() {
+    }
+
+    /// Apply and write everything held; stop the slot reads.
+    async fn stop(&mut self) -> Result<(), FleetError> {
+        for (_, p) in self.probes.drain().chain(self.probes_before.drain()) {
             p.abort();
         }
+        self.process_pending();
+        self.flush().await?;
+        self.flush_progress().await
     }
 
     // ---- the in-memory inventory and its indexes ----
@@ -208,7 +223,7 @@ impl Tracker {
         if !d.registered {
             self.unregistered += 1;
         }
-        if d.state == State::Downloaded {
+        if !d.state.is_final() {
             self.awaiting.insert(id.clone());
         }
         self.devices.insert(id.clone(), d);
@@ -224,7 +239,10 @@ impl Tracker {
         self.awaiting.remove(id);
         self.dirty.remove(id);
         self.progress.remove(id);
-        if let Some(p) = self.probes.remove(id) {
+        for p in [self.probes.remove(id), self.probes_before.remove(id)]
+            .into_iter()
+            .flatten()
+        {
             p.abort();
         }
         Some(d)
@@ -242,6 +260,9 @@ impl Tracker {
         let Some(d) = self.devices.get(id) else { return };
         let keys = Self::keys(d);
         let http = d.http_id.clone();
+        if let Some(c) = d.coap.clone() {
+            self.by_coap.insert(c, id.to_string());
+        }
         for k in keys {
             self.by_addr.insert(k, id.to_string());
             let v = self.by_ip.entry(k.ip()).or_default();
@@ -270,6 +291,11 @@ impl Tracker {
         if let Some(h) = &d.http_id {
             if self.by_http.get(h).is_some_and(|x| x == id) {
                 self.by_http.remove(h);
+            }
+        }
+        if let Some(c) = &d.coap {
+            if self.by_coap.get(c).is_some_and(|x| x == id) {
+                self.by_coap.remove(c);
             }
         }
     }
@@ -339,10 +365,10 @@ impl Tracker {
             d.state_at = Some(now);
             tracing::debug!(device = %id, %state, "fleet: state");
         }
-        if state == State::Downloaded {
-            self.awaiting.insert(id.to_string());
-        } else {
+        if state.is_final() {
             self.awaiting.remove(id);
+        } else {
+            self.awaiting.insert(id.to_string());
         }
         if state != State::Downloaded {
             if let Some(p) = self.probes.remove(id) {
@@ -358,6 +384,9 @@ impl Tracker {
 
     fn set_target(&mut self, id: &str, f: &FileRef) {
         self.dirty.insert(id.to_string());
+        if let Some(p) = self.probes_before.remove(id) {
+            p.abort();
+        }
         if let Some(d) = self.devices.get_mut(id) {
             d.publish_id.get_or_insert_with(|| f.publish_id.clone());
             d.target_version = Some(f.version);
@@ -461,7 +490,7 @@ impl Tracker {
         let state = d.state;
         if !same {
             self.set_target(id, f);
-        } else if state == State::Installed || (state == State::Downloaded && !restart) {
+        } else if state == State::Installed || (matches!(state, State::Downloaded | State::Failed) && !restart) {
             return; // a late duplicate, or a re-read of an installed image
         }
         let Some(d) = self.devices.get_mut(id) else { return };
@@ -522,10 +551,9 @@ impl Tracker {
 
     fn notified(&mut self, target: &str, address: Option<SocketAddr>, publish_id: &str, version: u64) {
         let id = self
-            .devices
-            .values()
-            .find(|d| d.coap.as_deref() == Some(target))
-            .map(|d| d.id.clone())
+            .by_coap
+            .get(target)
+            .cloned()
             .or_else(|| address.and_then(|a| self.lookup_peer(a)));
         let Some(id) = id else { return };
         let Some(v) = self.store.version(publish_id, version) else {
@@ -545,21 +573,25 @@ impl Tracker {
     /// Devices `downloaded` for longer than the install timeout fail.
     fn expire(&mut self, now: i64) {
         let limit = i64::try_from(self.config.install_timeout.as_millis()).unwrap_or(i64::MAX);
-        let late: Vec<String> = self
+        // Quiet for the timeout: since its state changed and since it was last heard from.
+        let late: Vec<(String, State)> = self
             .awaiting
             .iter()
-            .filter(|id| {
-                self.devices
-                    .get(*id)
-                    .is_some_and(|d| d.state_at.is_some_and(|t| now.saturating_sub(t) >= limit))
+            .filter_map(|id| {
+                let d = self.devices.get(id)?;
+                let since = d.state_at.unwrap_or(0).max(d.last_seen.unwrap_or(0));
+                (now.saturating_sub(since) >= limit).then(|| (id.clone(), d.state))
             })
-            .cloned()
             .collect();
-        for id in late {
+        for (id, was) in late {
+            let reason = match was {
+                State::Downloaded => "timeout".to_string(),
+                other => format!("timeout ({other})"),
+            };
             if let Some(d) = self.devices.get_mut(&id) {
-                d.reason = Some("timeout".into());
+                d.reason = Some(reason.clone());
             }
-            tracing::info!(device = %id, "fleet: no report after the download: failed (timeout)");
+            tracing::info!(device = %id, state = %was, "fleet: nothing heard within the install timeout: failed ({reason})");
             self.set_state(&id, State::Failed, now);
         }
     }
@@ -606,7 +638,12 @@ impl Tracker {
                 }
             }
         });
-        if let Some(old) = self.probes.insert(id.to_string(), task.abort_handle()) {
+        let map = if before {
+            &mut self.probes_before
+        } else {
+            &mut self.probes
+        };
+        if let Some(old) = map.insert(id.to_string(), task.abort_handle()) {
             old.abort();
         }
     }
@@ -627,7 +664,12 @@ impl Tracker {
         }
         if before {
             d.slot_before = Some(value);
+            let downloaded = d.state == State::Downloaded;
+            self.probes_before.remove(id);
             self.dirty.insert(id.to_string());
+            if downloaded && !self.probes.contains_key(id) {
+                self.poll_slot_after(id, version);
+            }
             return;
         }
         if d.state != State::Downloaded || d.slot_before.as_ref() == Some(&value) {
@@ -672,6 +714,10 @@ impl Tracker {
                 version,
             } => self.notified(&target, address, &publish_id, version),
             Command::Http(e) => self.http(e),
+            // Handled by the loop.
+            Command::Shutdown { reply } => {
+                let _ = reply.send(Ok(()));
+            }
             Command::Slot {
                 id,
                 version,
@@ -698,7 +744,7 @@ impl Tracker {
         let adding = new.iter().filter(|n| !self.devices.contains_key(&n.id)).count();
         if self.devices.len() + adding > self.config.max_devices {
             return Err(FleetError::Full(format!(
-                "at most {} devices (--max-devices)",
+                "at most {} devices in all",
                 self.config.max_devices
             )));
         }
@@ -746,7 +792,8 @@ impl Tracker {
             rows.push(d);
         }
         let mut tx_rows: Vec<&Device> = rows.iter().collect();
-        // Merged records are written as deleted: one transaction for all.
+        // The new rows first, then the merged records' removal: a crash in between leaves
+        // a `coap-<address>` record beside the device (harmless; removed by the next add).
         db::upsert_all(&self.db, &tx_rows).await?;
         tx_rows.clear();
         for m in &merged {
@@ -820,14 +867,26 @@ impl Tracker {
             } else {
                 d.running_semver.take()
             };
-            d.reason = None;
-            State::Installed
+            match (seq, d.target_seq) {
+                // It runs something older than the update: it did not install it (rolled
+                // back, or refused it).
+                (Some(run), Some(target)) if run < target => {
+                    d.reason = Some(format!("runs sequence number {run}, older than the update's {target}"));
+                    State::Failed
+                }
+                _ => {
+                    d.reason = None;
+                    State::Installed
+                }
+            }
         } else {
             d.reason = Some(report.reason.clone().unwrap_or_else(|| "reported error".into()));
             State::Failed
         };
         tracing::info!(device = %id, ok = report.ok, sequence_number = ?seq, reason = ?report.reason, "fleet: report");
         self.set_state(&id, state, now);
+        // The report itself is a change to write, whether or not the state moved.
+        self.dirty.insert(id.clone());
         self.flush().await?;
         self.devices.get(&id).cloned().ok_or(FleetError::NotFound(id))
     }

@@ -169,6 +169,44 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
     until(&fleet, "b", |d| d.state == State::Downloaded).await;
     let d = until(&fleet, "b", |d| d.state == State::Failed).await;
     assert_eq!(d.reason.as_deref(), Some("timeout"));
+    // A failure reported right after the last block is not undone by that block arriving
+    // late; a success for an older sequence number is no install.
+    fleet
+        .add(
+            vec![NewDevice {
+                id: "e".into(),
+                coap: Some("127.0.0.6".into()),
+                ..Default::default()
+            }],
+            false,
+        )
+        .await
+        .unwrap();
+    let e: SocketAddr = "127.0.0.6:41000".parse().unwrap();
+    sink.send((1..=15).map(|i| block(e, image, i * 64, 1000)).collect())
+        .await
+        .unwrap();
+    until(&fleet, "e", |d| d.state == State::Downloading).await;
+    let failed = Report {
+        sequence_number: Some(3),
+        ok: false,
+        reason: Some("digest".into()),
+        reference: None,
+    };
+    fleet.report(Reporter::Id("e".into()), failed).await.unwrap();
+    sink.send(vec![block(e, image, 1000, 1000)]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let d = fleet.get("e").await.unwrap().unwrap();
+    assert_eq!((d.state, d.reason.as_deref()), (State::Failed, Some("digest")));
+    let older = Report {
+        sequence_number: Some(2),
+        ok: true,
+        reason: None,
+        reference: None,
+    };
+    let d = fleet.report(Reporter::Id("e".into()), older).await.unwrap();
+    assert_eq!((d.state, d.running_seq), (State::Failed, Some(2)));
+    assert!(d.reason.unwrap().contains("older"));
     // Adding the unregistered device under a name adopts its record.
     let added = fleet
         .add(
@@ -181,7 +219,11 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
         )
         .await
         .unwrap();
-    assert_eq!(added[0].state, State::Manifest);
+    assert!(
+        added[0].first_seen.is_some() && added[0].publish_id.as_deref() == Some("fw/app"),
+        "the history moved: {:?}",
+        added[0]
+    );
     assert!(fleet.get("coap-2001:db8::9").await.unwrap().is_none());
     assert!(fleet.remove("c").await.unwrap());
     assert!(!fleet.remove("c").await.unwrap());

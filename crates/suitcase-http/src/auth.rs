@@ -74,7 +74,7 @@ pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next
     }
 }
 
-/// The name of the device token a request showed.
+/// The name of the device token a request showed (not set for a publisher token).
 #[derive(Clone, Debug)]
 pub struct DeviceName(pub String);
 
@@ -86,12 +86,16 @@ pub(crate) async fn device(State(st): State<AppState>, mut req: Request, next: N
         Some(false) => return next.run(req).await,
         Some(true) => {}
     }
-    match credential(&req, &["token", "Bearer"]).and_then(|t| snap.check(t, &[Role::Device, Role::Publisher])) {
-        Some(name) => {
+    let presented = credential(&req, &["token", "Bearer"]);
+    let device = presented.and_then(|t| snap.check(t, &[Role::Device]));
+    let publisher = presented.and_then(|t| snap.check(t, &[Role::Publisher]));
+    match (device, publisher) {
+        (Some(name), _) => {
             req.extensions_mut().insert(DeviceName(name));
             next.run(req).await
         }
-        None => {
+        (None, Some(_)) => next.run(req).await,
+        (None, None) => {
             tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), path = %req.uri().path(), "download rejected: no valid device token");
             ApiError::new(
                 StatusCode::FORBIDDEN,

@@ -144,12 +144,30 @@ fn content_format(headers: &HeaderMap) -> Option<u16> {
 
 pub(crate) async fn report(
     State(st): State<AppState>,
+    peer: crate::download::Peer,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<DeviceView>, ApiError> {
     let fleet = fleet(&st)?;
     suitcase_fleet::validate_id(&id)?;
+    // A device token speaks for its own device only: the one with its name as id or HTTP
+    // identity. (Publisher tokens speak for any; with no device token at all, reports are
+    // as open as downloads.)
+    if let Some(name) = &peer.token {
+        let own = name == &id
+            || fleet
+                .get(&id)
+                .await?
+                .is_some_and(|d| d.http_id.as_deref() == Some(name.as_str()));
+        if !own {
+            tracing::warn!(target: "suitcase::audit", device = %id, token = %name, "report refused: another device's token");
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                format!("device token {name:?} may report only for its own device"),
+            ));
+        }
+    }
     let report = suitcase_fleet::report::parse(content_format(&headers), &body).map_err(FleetError::from)?;
     let d = fleet.report(Reporter::Id(id), report).await?;
     Ok(Json(d.into()))

@@ -46,6 +46,9 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Peer {
     }
 }
 
+/// Bytes per piece of a tracked response body.
+const TRACK_CHUNK: usize = 16 * 1024;
+
 /// Report the bytes of a 200/206 answer to the fleet as they are sent (per chunk).
 pub(crate) fn track(
     st: &AppState,
@@ -73,10 +76,23 @@ pub(crate) fn track(
     let mut etag = [0u8; 8];
     etag.copy_from_slice(&entry.sha256.0[..8]);
     let size = entry.size;
-    let identity = identity.or_else(|| peer.token.clone());
+    // A device token names the device better than a header it chose itself.
+    let identity = peer.token.clone().or(identity);
     let (parts, body) = r.into_parts();
     let mut sent = start;
-    let stream = futures_util::StreamExt::map(body.into_data_stream(), move |chunk| {
+    // In pieces of TRACK_CHUNK, so progress follows what the connection takes (a file held
+    // in memory is otherwise one chunk, "sent" the moment the response starts).
+    let pieces = futures_util::StreamExt::flat_map(body.into_data_stream(), |chunk| {
+        let items: Vec<Result<bytes::Bytes, axum::Error>> = match chunk {
+            Ok(b) => (0..b.len())
+                .step_by(TRACK_CHUNK)
+                .map(|i| Ok(b.slice(i..(i + TRACK_CHUNK).min(b.len()))))
+                .collect(),
+            Err(e) => vec![Err(e)],
+        };
+        futures_util::stream::iter(items)
+    });
+    let stream = futures_util::StreamExt::map(pieces, move |chunk| {
         if let Ok(c) = &chunk {
             sent += c.len() as u64;
             fleet.http_served(suitcase_fleet::HttpServed {

@@ -34,9 +34,16 @@ th{background:#f6f8fa;font-weight:600}ul{margin:0;padding:0;list-style:none}.siz
 .url{margin:.2rem 0 .6rem;color:#57606a}.empty{color:#57606a}";
 
 pub(crate) async fn index(State(st): State<AppState>, headers: HeaderMap) -> Html<String> {
+    // The page is public: devices are listed only where downloads are open too (no device
+    // token exists); otherwise it shows the counts per state.
+    let open = st.tokens.snapshot().any(suitcase_auth::Role::Device) == Some(false);
     let fleet = match &st.fleet {
         Some(f) => {
-            let devices = f.list(&suitcase_fleet::Filter::default(), FLEET_ROWS).await;
+            let devices = if open {
+                f.list(&suitcase_fleet::Filter::default(), FLEET_ROWS).await
+            } else {
+                Ok(Vec::new())
+            };
             let counts = f.counts().await;
             match (devices, counts) {
                 (Ok(d), Ok(c)) => Some((d, c)),
@@ -48,13 +55,15 @@ pub(crate) async fn index(State(st): State<AppState>, headers: HeaderMap) -> Htm
         }
         None => None,
     };
+    let fleet = fleet.map(|(d, c)| (d, c, !open));
     Html(page(&st, &headers, fleet.as_ref()).into_string())
 }
 
 /// Devices shown on the page at most (the API lists all).
 const FLEET_ROWS: usize = 500;
 
-type FleetRows = (Vec<suitcase_fleet::Device>, Vec<(String, i64)>);
+/// Devices, counts per state, and whether the device list is withheld.
+type FleetRows = (Vec<suitcase_fleet::Device>, Vec<(String, i64)>, bool);
 
 /// `YYYY-MM-DD HH:MM UTC` of Unix milliseconds.
 fn date_ms(ms: Option<i64>) -> String {
@@ -72,7 +81,7 @@ fn version_text(seq: Option<u64>, semver: Option<&str>) -> String {
 }
 
 fn fleet_section(fleet: &FleetRows) -> Markup {
-    let (devices, counts) = fleet;
+    let (devices, counts, restricted) = fleet;
     let total: i64 = counts.iter().map(|(_, n)| n).sum();
     html! {
         section id="fleet" {
@@ -80,7 +89,9 @@ fn fleet_section(fleet: &FleetRows) -> Markup {
                 (total) " in all"
                 @for (state, n) in counts { " · " (state) " " (n) }
             } }
-            @if devices.is_empty() {
+            @if *restricted {
+                p.empty { "Device tokens are in use: the list of devices is not public. See it with " code { "suitcase device list" } " or " code { "GET /api/v1/devices" } " (publisher token)." }
+            } @else if devices.is_empty() {
                 p.empty { "No device known yet. Add one with " code { "suitcase device add ID --coap '[2001:db8::1]'" } ", or let devices fetch a manifest." }
             } @else {
                 table {

@@ -46,6 +46,8 @@ pub async fn coap_reports(fleet: Fleet, mut requests: mpsc::Receiver<AppRequest>
             Err(e @ (FleetError::NotFound(_) | FleetError::Exists(_))) => {
                 (Code::BAD_REQUEST, Bytes::from(e.to_string()))
             }
+            // Not a device the server knows, and no room to record another: retrying won't help.
+            Err(FleetError::Full(m)) => (Code::FORBIDDEN, Bytes::from(m)),
             Err(e) => {
                 tracing::warn!(peer = %req.peer, error = %e, "a CoAP report could not be recorded");
                 (

@@ -218,7 +218,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         default_szx: szx,
         amplification_limit: args.amplification_limit,
         echo_secret,
-        max_block_events: if args.no_tracking { 0 } else { 4 * driver::BLOCK_BATCH },
+        max_block_events: if args.no_tracking { 0 } else { 2 * driver::BLOCK_BATCH },
         ..Default::default()
     };
     let coap = Server::new(
@@ -288,7 +288,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             client: trigger_client,
             transfers: transfers.clone(),
         })),
-        fleet: Some(fleet),
+        fleet: Some(fleet.clone()),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
     // Kept until the server stops; dropping it withdraws the announcement.
@@ -335,7 +335,12 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             }
         }
     };
-    supervise(http, coap_thread, cancel).await
+    let result = supervise(http, coap_thread, cancel).await;
+    // What the tracker holds (progress since its last write) goes to the database first.
+    if let Err(e) = fleet.shutdown().await {
+        tracing::warn!(error = %e, "the fleet's last changes could not be written");
+    }
+    result
 }
 
 /// Run the HTTP server and watch the CoAP thread: whichever stops first stops the other. A

@@ -269,17 +269,18 @@ fn fleet_end_to_end(extra: &[&str]) {
         "--class",
         "native64",
     ]);
+    // It goes straight from the manifest to the image, as RIOT does.
     let mut d5 = SimDevice::new("127.0.0.5", coap);
     d5.get("fw/sim/manifest", 100);
+    assert_eq!(d5.get("fw/sim/v/1/image.bin", 1000), image);
+    until(&server, "riot downloaded", |all| {
+        device(all, "riot")["state"] == "downloaded"
+    });
     let start = Instant::now();
     while riot.reads.load(std::sync::atomic::Ordering::Relaxed) == 0 {
         assert!(start.elapsed() < Duration::from_secs(10), "the slot was never read");
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert_eq!(d5.get("fw/sim/v/1/image.bin", 1000), image);
-    until(&server, "riot downloaded", |all| {
-        device(all, "riot")["state"] == "downloaded"
-    });
     riot.slot.store(b'1', std::sync::atomic::Ordering::Relaxed);
     let all = until(&server, "riot installed by its slot", |all| {
         device(all, "riot")["state"] == "installed"
@@ -328,6 +329,46 @@ fn fleet_end_to_end(extra: &[&str]) {
         (d2["state"].as_str(), d2["reason"].as_str()),
         (Some("failed"), Some("battery low"))
     );
+    // Once device tokens exist, a device token reports for its own device only, and the
+    // public page no longer lists devices.
+    let data_arg = server.data.display().to_string();
+    let token = server
+        .cli(&["token", "create", "d1", "--device", "--data", &data_arg])
+        .trim()
+        .to_string();
+    std::thread::sleep(Duration::from_millis(1200)); // the token file watcher's refresh
+    let report_as = |id: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "-H",
+                "Content-Type: application/json",
+            ])
+            .args([
+                "-H",
+                &format!("Authorization: token {token}"),
+                "-d",
+                r#"{"result": "ok"}"#,
+            ])
+            .arg(format!("{}/api/v1/devices/{id}/report", server.http()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(report_as("d2"), "403");
+    assert_eq!(device(&devices(&server), "d2")["state"], "failed");
+    assert_eq!(report_as("d1"), "200");
+    let page = std::process::Command::new("curl")
+        .arg("-s")
+        .arg(format!("{}/", server.http()))
+        .output()
+        .unwrap();
+    let page = String::from_utf8_lossy(&page.stdout);
+    assert!(page.contains("not public") && !page.contains(">d1<"), "{page}");
     // Nothing is downloading or due: watch ends at once with the tally.
     let watched = server.cli(&["device", "watch", "--exit-when-idle", "--interval", "0.2"]);
     assert!(watched.contains("idle: 2 installed, 1 failed, 4 in all"), "{watched}");

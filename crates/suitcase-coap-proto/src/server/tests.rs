@@ -913,3 +913,22 @@ fn served_blocks_are_recorded_only_when_tracking_is_on_and_bounded() {
         }]
     );
 }
+
+#[test]
+fn under_the_amplification_limit_a_report_needs_a_verified_address() {
+    let config = Config {
+        amplification_limit: 3,
+        echo_secret: [9; 32],
+        ..Config::default()
+    };
+    let mut s = server_with(config, 10);
+    s.resources().accept_posts("fw/report");
+    let r = roundtrip(&mut s, &post(1, b"t", "fw/report", b"{\"result\":\"ok\"}"));
+    assert_eq!(r.header.code, MessageClass::Response(ResponseType::Unauthorized));
+    assert!(s.poll_request().is_none(), "nothing handed to the application");
+    let echo = r.get_first_option(CoapOption::Unknown(252)).unwrap().clone();
+    let mut p = Packet::from_bytes(&post(2, b"t", "fw/report", b"{\"result\":\"ok\"}")).unwrap();
+    p.add_option(CoapOption::Unknown(252), echo);
+    assert!(h(&mut s, &p.to_bytes().unwrap()).is_none());
+    assert!(s.poll_request().is_some(), "with the Echo value it is");
+}
