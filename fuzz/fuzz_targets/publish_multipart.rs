@@ -38,6 +38,8 @@ fn world() -> &'static World {
             notifier: None,
             tokens: Arc::new(Tokens::new(dir.path().join("tokens.json"))),
             fleet: None,
+            health: Default::default(),
+        metrics: Default::default(),
         };
         // As `suitcase serve` does: a `local` publisher token, which the requests carry.
         let file = dir.path().join(suitcase_http::auth::LOCAL_TOKEN_FILE);

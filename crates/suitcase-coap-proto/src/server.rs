@@ -268,6 +268,8 @@ pub struct Stats {
     pub requests_refused: u64,
     /// POSTs the application did not answer in time (answered 5.03 by the server).
     pub requests_expired: u64,
+    /// Blocks served (2.05 with Block2, first transmissions; whole bodies count one).
+    pub blocks_served: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -737,6 +739,9 @@ impl<R: Resources> Server<R> {
                 }
                 ObserveAction::None => {}
             }
+        }
+        if spec.code == Code::CONTENT && spec.etag.is_some() {
+            self.stats.blocks_served += 1;
         }
         if let (Code::CONTENT, Some(b), Some(etag), Ok(p)) = (spec.code, spec.block2, spec.etag, &parsed) {
             if let Some((_, end)) = spec.range {

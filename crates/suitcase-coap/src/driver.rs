@@ -57,9 +57,36 @@ pub struct AppChannel {
     pub replies: mpsc::Receiver<AppReply>,
 }
 
+/// Counters of the CoAP server for metrics: datagrams and replies counted as they pass
+/// (one relaxed atomic add each), the server's own counters copied once per round.
+#[derive(Debug)]
+pub struct Metrics {
+    /// Datagrams received.
+    pub datagrams_in: AtomicU64,
+    /// Datagrams sent (replies, notifications, retransmissions).
+    pub datagrams_out: AtomicU64,
+    /// Replies by their code byte (class << 5 | detail).
+    pub replies: [AtomicU64; 256],
+    /// The server's counters, observers and downloads in progress, as of the last round.
+    pub server: parking_lot::Mutex<(crate::Stats, usize, usize)>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics {
+            datagrams_in: AtomicU64::new(0),
+            datagrams_out: AtomicU64::new(0),
+            replies: std::array::from_fn(|_| AtomicU64::new(0)),
+            server: parking_lot::Mutex::new(Default::default()),
+        }
+    }
+}
+
 /// What the driver hands to the rest of the process besides datagrams.
 #[derive(Debug, Default)]
 pub struct Hooks {
+    /// Counters for `/metrics`.
+    pub metrics: Option<Arc<Metrics>>,
     /// Completed downloads (notify's watch).
     pub transfers: Option<Events>,
     /// Served blocks (fleet tracking).
@@ -121,7 +148,9 @@ pub async fn run<R: Resources>(
         transfers: events,
         blocks,
         app,
+        metrics,
     } = hooks;
+    let metrics = metrics.unwrap_or_default();
     let (app_tx, mut app_rx) = match app {
         Some(a) => (Some(a.requests), Some(a.replies)),
         None => (None, None),
@@ -141,8 +170,14 @@ pub async fn run<R: Resources>(
             server.handle_timeout(now);
         }
         while let Some(t) = server.poll_transmit() {
+            metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
             send(&socket, &t.data, t.peer).await;
         }
+        *metrics.server.lock() = (
+            server.stats().clone(),
+            server.observer_count(),
+            server.transfers_in_progress(),
+        );
         // Completed downloads to whoever listens; never waits (a lagging receiver loses
         // the oldest, as broadcast channels do).
         while let Some(d) = server.poll_transfer_done() {
@@ -152,6 +187,7 @@ pub async fn run<R: Resources>(
         }
         hand_over(&mut server, blocks.as_ref(), app_tx.as_ref(), &mut blocks_sent, now);
         while let Some(t) = server.poll_transmit() {
+            metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
             send(&socket, &t.data, t.peer).await;
         }
         let mut deadline = server
@@ -200,8 +236,17 @@ pub async fn run<R: Resources>(
                 let now = Instant::now();
                 handled += batch.received.len().max(1);
                 batch.each_received(|peer, datagram, replies| {
+                    metrics.datagrams_in.fetch_add(1, Ordering::Relaxed);
                     // Encoded straight into the batch's send buffer.
-                    replies.queue_with(peer, |buf| server.handle_datagram_into(now, peer, datagram, buf));
+                    replies.queue_with(peer, |buf| {
+                        let start = buf.len();
+                        let replied = server.handle_datagram_into(now, peer, datagram, buf);
+                        if let (true, Some(code)) = (replied, buf.get(start + 1)) {
+                            metrics.replies[usize::from(*code)].fetch_add(1, Ordering::Relaxed);
+                            metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                        }
+                        replied
+                    });
                 });
                 for (peer, data) in batch.flush(fd) {
                     send(&socket, &data, peer).await;
@@ -222,7 +267,12 @@ pub async fn run<R: Resources>(
                 tracing::trace!(%peer, "dropping a datagram longer than {MAX_DATAGRAM} bytes");
                 continue;
             }
+            metrics.datagrams_in.fetch_add(1, Ordering::Relaxed);
             if let Some(reply) = server.handle_datagram(Instant::now(), peer, &buf[..n]) {
+                if let Some(code) = reply.get(1) {
+                    metrics.replies[usize::from(*code)].fetch_add(1, Ordering::Relaxed);
+                }
+                metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
                 send(&socket, reply, peer).await;
             }
         }

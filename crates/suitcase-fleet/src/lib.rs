@@ -326,6 +326,15 @@ impl Fleet {
         self.db.list(filter, limit.min(MAX_LIST)).await
     }
 
+    /// Whether the database answers (`SELECT 1`).
+    pub async fn ping(&self) -> Result<(), FleetError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.db.pool)
+            .await
+            .map(|_| ())
+            .map_err(|e| FleetError::Database(e.to_string()))
+    }
+
     /// How many devices are in each state.
     pub async fn counts(&self) -> Result<Vec<(String, i64)>, FleetError> {
         self.db.counts().await

@@ -206,6 +206,7 @@ pub(crate) async fn put_image(
     })
     .await
     .map_err(ApiError::internal)??;
+    st.metrics.upload(size.saturating_add(zsize));
     tracing::info!(target: "suitcase::audit", action = "put-image", who = %who, r#type = %v.publish_id, version = %version, size, zsize);
     let url = format!("{}/images/{}/{name}", base_url(&st, &headers), v.publish_id);
     Ok((

@@ -9,6 +9,7 @@ mod download;
 mod error;
 pub mod esp;
 mod html;
+pub mod metrics;
 mod notify;
 mod publish;
 mod server;
@@ -63,6 +64,19 @@ pub struct AppState {
     pub tokens: Arc<auth::Tokens>,
     /// The device inventory; `None` (tracking off) answers the device API with 503.
     pub fleet: Option<suitcase_fleet::Fleet>,
+    /// What `/readyz` checks besides the store and the fleet.
+    pub health: Arc<Health>,
+    /// Counters for `/metrics`.
+    pub metrics: Arc<metrics::Metrics>,
+}
+
+/// What `/readyz` checks besides the store and the fleet database.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The CoAP server thread runs (`None`: this process serves no CoAP).
+    pub coap_running: Option<std::sync::atomic::AtomicBool>,
+    /// The store's directory, checked readable.
+    pub data_dir: Option<std::path::PathBuf>,
 }
 
 impl AppState {
@@ -113,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .route("/images/{*path}", get(esp::image_file))
         .route("/files/{*path}", get(download::files))
         .route("/api/v1/devices/{id}/report", post(devices::report))
+        .route("/metrics", get(metrics::scrape))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::device));
     Router::new()
         .merge(mutations)
@@ -123,6 +138,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/publish-ids/{*publish_id}", get(list_versions))
         .route("/api/v1/public-key", get(public_key))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(middleware::from_fn_with_state(state.clone(), metrics::count_requests))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
 }
@@ -168,6 +185,62 @@ pub async fn serve_tls(
     listener.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(listener)?;
     server::run(listener, router(state), limits, Some(acceptor), shutdown).await
+}
+
+#[derive(Serialize)]
+struct Readiness {
+    ready: bool,
+    checks: std::collections::BTreeMap<&'static str, String>,
+}
+
+/// `GET /readyz`: 200 when the store's directory is readable, the CoAP thread runs and the
+/// fleet database answers (within 2 s); else 503 naming what failed.
+async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
+    let mut checks = std::collections::BTreeMap::new();
+    let mut ready = true;
+    let mut check = |name: &'static str, r: Result<(), String>| {
+        ready &= r.is_ok();
+        checks.insert(name, r.err().unwrap_or_else(|| "ok".into()));
+    };
+    if let Some(dir) = st.health.data_dir.clone() {
+        let r = tokio::task::spawn_blocking(move || std::fs::read_dir(&dir).map(|_| ()))
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r);
+        if let Err(e) = &r {
+            tracing::warn!(error = %e, "readiness: the store's directory cannot be read");
+        }
+        check("store", r.map_err(|_| "unreadable".to_string()));
+    }
+    if let Some(alive) = &st.health.coap_running {
+        let running = alive.load(std::sync::atomic::Ordering::Relaxed);
+        check(
+            "coap",
+            if running {
+                Ok(())
+            } else {
+                Err("the CoAP thread has stopped".into())
+            },
+        );
+    }
+    if let Some(fleet) = &st.fleet {
+        // The reason goes to the log only: a public endpoint names no hosts or errors.
+        let r = match tokio::time::timeout(std::time::Duration::from_secs(2), fleet.ping()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: the fleet database fails");
+                Err("unreachable".to_string())
+            }
+            Err(_) => Err("no answer within 2 s".to_string()),
+        };
+        check("database", r);
+    }
+    let status = if ready {
+        axum::http::StatusCode::OK
+    } else {
+        axum::http::StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, Json(Readiness { ready, checks }))
 }
 
 async fn coap_url(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<String, ApiError> {

@@ -263,6 +263,9 @@ pub(crate) async fn notify(
     }
     tracing::info!(target: "suitcase::audit", action = "notify", who = %who, publish_id = %id, version = version.seq, url = %url, devices = devices.len());
     let results = notifier.notify(devices, url.clone(), options).await;
+    for r in &results {
+        st.metrics.trigger(&r.result);
+    }
     if let Some(fleet) = &st.fleet {
         for r in results.iter().filter(|r| r.result == "ok") {
             let address = r.address.as_deref().and_then(|a| a.parse().ok());

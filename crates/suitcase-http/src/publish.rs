@@ -199,6 +199,14 @@ pub(crate) async fn publish(
     })
     .await
     .map_err(ApiError::internal)??;
+    st.metrics.upload(
+        version
+            .files
+            .iter()
+            .chain(version.manifest.as_ref().map(|m| &m.file))
+            .map(|f| f.size)
+            .sum(),
+    );
     for f in version.files.iter().chain(version.manifest.as_ref().map(|m| &m.file)) {
         tracing::info!(
             target: "suitcase::audit",

@@ -55,6 +55,8 @@ fn state(dir: &std::path::Path) -> (AppState, SigningKey) {
         notifier: Some(Arc::new(Recorder::default())),
         tokens: Arc::new(auth::Tokens::new(dir.join("tokens.json"))),
         fleet: None,
+        health: Default::default(),
+        metrics: Default::default(),
     };
     // What `suitcase serve` does at start when no publisher token exists.
     st.tokens

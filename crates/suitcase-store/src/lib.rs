@@ -244,4 +244,19 @@ pub trait Store: Send + Sync + 'static {
     fn blob(&self, entry: &FileEntry) -> Result<Blob, StoreError>;
     /// A counter that grows with every change (new version): cheap change detection.
     fn generation(&self) -> u64;
+    /// The content cache's counters (for metrics); zeros for a store without one.
+    fn cache_stats(&self) -> CacheStats {
+        CacheStats::default()
+    }
+}
+
+/// Counters of a store's content cache.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups answered from memory.
+    pub hits: u64,
+    /// Lookups that went to disk.
+    pub misses: u64,
+    /// Bytes of content held now.
+    pub bytes: u64,
 }

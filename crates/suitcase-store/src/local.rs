@@ -589,6 +589,15 @@ impl Store for LocalStore {
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
+
+    fn cache_stats(&self) -> crate::CacheStats {
+        let c = self.cache.read();
+        crate::CacheStats {
+            hits: c.hits(),
+            misses: c.misses(),
+            bytes: c.weight(),
+        }
+    }
 }
 
 impl LocalStore {

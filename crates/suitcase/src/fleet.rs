@@ -1,5 +1,5 @@
-//! The server's glue to the fleet: device reports over CoAP, and RIOT's slot resource read
-//! with the trigger client.
+//! The server's glue to the fleet (device reports over CoAP, RIOT's slot resource read with
+//! the trigger client) and the CoAP server's metrics.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -85,4 +85,95 @@ async fn report(fleet: &Fleet, req: &AppRequest) -> Result<(), FleetError> {
         .report(Reporter::Peer(req.peer, publish_id.to_string()), report)
         .await?;
     Ok(())
+}
+
+/// The CoAP server's counters into a scrape's registry.
+pub fn coap_metrics(m: &suitcase_coap::driver::Metrics, r: &mut prometheus_client::registry::Registry) {
+    use prometheus_client::encoding::EncodeLabelSet;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family;
+    use std::sync::atomic::Ordering::Relaxed;
+    use suitcase_http::metrics::{counter, gauge};
+
+    #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+    struct CodeLabel {
+        code: String,
+    }
+    counter(
+        r,
+        "coap_datagrams_in",
+        "CoAP datagrams received",
+        m.datagrams_in.load(Relaxed),
+    );
+    counter(
+        r,
+        "coap_datagrams_out",
+        "CoAP datagrams sent",
+        m.datagrams_out.load(Relaxed),
+    );
+    let replies = Family::<CodeLabel, Counter>::default();
+    for (code, n) in m.replies.iter().enumerate() {
+        let n = n.load(Relaxed);
+        if n > 0 {
+            let code = format!("{}.{:02}", code >> 5, code & 0x1f);
+            replies.get_or_create(&CodeLabel { code }).inc_by(n);
+        }
+    }
+    r.register("coap_replies", "CoAP replies by response code", replies);
+    let (stats, observers, transfers) = m.server.lock().clone();
+    counter(
+        r,
+        "coap_requests",
+        "CoAP requests answered (not duplicates)",
+        stats.requests,
+    );
+    counter(
+        r,
+        "coap_blocks_served",
+        "CoAP blocks served (first transmissions)",
+        stats.blocks_served,
+    );
+    counter(
+        r,
+        "coap_duplicates",
+        "Duplicate CoAP requests answered from the deduplication table",
+        stats.duplicates,
+    );
+    counter(
+        r,
+        "coap_malformed",
+        "CoAP datagrams rejected or dropped as malformed",
+        stats.malformed,
+    );
+    counter(
+        r,
+        "coap_notifications",
+        "Observe notifications sent",
+        stats.notifications,
+    );
+    counter(
+        r,
+        "coap_retransmissions",
+        "Observe notification retransmissions",
+        stats.retransmissions,
+    );
+    counter(
+        r,
+        "coap_echo_challenges",
+        "4.01 Echo challenges sent",
+        stats.echo_challenges,
+    );
+    counter(
+        r,
+        "coap_observers_refused",
+        "Observe registrations refused (limits)",
+        stats.observers_refused,
+    );
+    gauge(r, "coap_observers", "Observers registered", observers as i64);
+    gauge(
+        r,
+        "coap_transfers_in_progress",
+        "Block-wise downloads in progress",
+        transfers as i64,
+    );
 }

@@ -8,6 +8,7 @@
 #![allow(rustdoc::broken_intra_doc_links, rustdoc::invalid_html_tags)]
 
 mod client;
+mod config;
 mod device;
 mod fleet;
 mod list;
@@ -35,7 +36,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the server (the default): CoAP on [::]:5683, HTTP on [::]:8080, store in ./suitcase-data.
-    Serve(serve::ServeArgs),
+    Serve(Box<serve::ServeArgs>),
     /// Upload firmware files (and optionally a signed manifest) as a new version.
     Publish(publish::PublishArgs),
     /// List the publish-ids of a server, or the versions and files of one.
@@ -55,23 +56,40 @@ enum Command {
     Manifest(manifest::ManifestCommand),
 }
 
-fn init_tracing() {
+fn init_tracing(json: bool) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SUITCASE_LOG")
         .or_else(|_| EnvFilter::try_from_default_env())
         .unwrap_or_else(|_| EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        .with_writer(std::io::stderr);
+    if json {
+        // One JSON object per line: timestamp, level, target, the event's fields.
+        fmt.json().flatten_event(true).with_current_span(false).init();
+    } else {
+        fmt.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init();
+    }
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    init_tracing();
-    let result = match cli.command.unwrap_or(Command::Serve(cli.serve)) {
-        Command::Serve(args) => serve::run(args),
+    use clap::CommandFactory as _;
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let serve = Cli::command().find_subcommand("serve").cloned();
+    let args = match serve.map(|s| config::expand(args, &s, |k| std::env::var_os(k).is_some())) {
+        Some(Ok(a)) => a,
+        Some(Err(e)) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::from(2);
+        }
+        None => std::env::args_os().collect(),
+    };
+    let cli = Cli::parse_from(args);
+    let command = cli.command.unwrap_or_else(|| Command::Serve(Box::new(cli.serve)));
+    init_tracing(matches!(&command, Command::Serve(a) if a.log_format == "json"));
+    let result = match command {
+        Command::Serve(args) => serve::run(*args),
         Command::Publish(args) => publish::run(args),
         Command::Notify(args) => notify::run(args),
         Command::List(args) => list::run(args),

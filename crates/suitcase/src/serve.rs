@@ -15,6 +15,13 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Args, Clone)]
 pub struct ServeArgs {
+    /// A TOML file with any of these flags as keys (`max-connections = 2048`); the command
+    /// line and SUITCASE_* environment variables win over it. See examples/suitcase.toml.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log lines (stderr): `human`, or `json` (one object per line, for log shippers).
+    #[arg(long, env = "SUITCASE_LOG_FORMAT", default_value = "human", value_parser = ["human", "json"])]
+    pub log_format: String,
     /// Directory of the embedded store (created if missing).
     #[arg(long, env = "SUITCASE_DATA", default_value = "suitcase-data")]
     data: PathBuf,
@@ -113,8 +120,8 @@ pub struct ServeArgs {
     /// reports and triggers still work.
     #[arg(long)]
     no_tracking: bool,
-    /// A device that downloaded an image and neither reports nor boots another slot within
-    /// this many seconds turns failed (timeout).
+    /// A device not heard from for this many seconds while its update is under way (after
+    /// a download: neither a report nor another slot) turns failed (timeout).
     #[arg(long, default_value_t = 600)]
     install_timeout_secs: u64,
     /// Devices recorded without being added (peers that fetched a manifest) at most.
@@ -259,7 +266,9 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     let (app_requests, app_requests_rx) = tokio::sync::mpsc::channel(256);
     let (app_replies, app_replies_rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(crate::fleet::coap_reports(fleet.clone(), app_requests_rx, app_replies));
+    let coap_metrics = Arc::new(driver::Metrics::default());
     let hooks = driver::Hooks {
+        metrics: Some(coap_metrics.clone()),
         transfers: Some(transfers.clone()),
         blocks: (!args.no_tracking).then(|| fleet.block_sink()),
         app: Some(driver::AppChannel {
@@ -269,6 +278,10 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     };
     let coap_thread =
         driver::spawn_thread(coap_socket, coap, cancel.clone(), hooks).context("starting the CoAP thread")?;
+    let health = Arc::new(suitcase_http::Health {
+        coap_running: Some(std::sync::atomic::AtomicBool::new(true)),
+        data_dir: Some(args.data.clone()),
+    });
 
     let state = AppState {
         store,
@@ -289,6 +302,10 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             transfers: transfers.clone(),
         })),
         fleet: Some(fleet.clone()),
+        health: health.clone(),
+        metrics: Arc::new(suitcase_http::metrics::Metrics::with_extra(Box::new(move |r| {
+            crate::fleet::coap_metrics(&coap_metrics, r)
+        }))),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
     // Kept until the server stops; dropping it withdraws the announcement.
@@ -335,7 +352,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             }
         }
     };
-    let result = supervise(http, coap_thread, cancel).await;
+    let result = supervise(http, coap_thread, cancel, health).await;
     // What the tracker holds (progress since its last write) goes to the database first.
     if let Err(e) = fleet.shutdown().await {
         tracing::warn!(error = %e, "the fleet's last changes could not be written");
@@ -350,9 +367,16 @@ async fn supervise(
     http: impl std::future::Future<Output = anyhow::Result<()>>,
     coap_thread: std::thread::JoinHandle<std::io::Result<()>>,
     cancel: CancellationToken,
+    health: Arc<suitcase_http::Health>,
 ) -> anyhow::Result<()> {
     // The join blocks: wait for it on a blocking thread, not on a runtime worker.
-    let mut coap = tokio::task::spawn_blocking(move || coap_thread.join());
+    let mut coap = tokio::task::spawn_blocking(move || {
+        let joined = coap_thread.join();
+        if let Some(alive) = &health.coap_running {
+            alive.store(false, std::sync::atomic::Ordering::Relaxed);
+        }
+        joined
+    });
     let coap_result = |joined: Result<std::thread::Result<std::io::Result<()>>, tokio::task::JoinError>| match joined {
         Ok(Ok(r)) => r.context("CoAP server"),
         Ok(Err(_)) => Err(anyhow::anyhow!("the CoAP thread panicked")),
@@ -491,13 +515,13 @@ mod tests {
         let rt = runtime();
         let cancel = CancellationToken::new();
         let t = std::thread::spawn(|| Err(std::io::Error::other("socket gone")));
-        let r = rt.block_on(supervise(http_until(&cancel), t, cancel.clone()));
+        let r = rt.block_on(supervise(http_until(&cancel), t, cancel.clone(), Default::default()));
         assert!(r.unwrap_err().to_string().contains("socket gone"));
         assert!(cancel.is_cancelled(), "HTTP was told to stop");
 
         let cancel = CancellationToken::new();
         let t = std::thread::spawn(|| -> std::io::Result<()> { panic!("bug") });
-        let r = rt.block_on(supervise(http_until(&cancel), t, cancel.clone()));
+        let r = rt.block_on(supervise(http_until(&cancel), t, cancel.clone(), Default::default()));
         assert!(r.unwrap_err().to_string().contains("panicked"));
         assert!(cancel.is_cancelled());
     }
@@ -519,6 +543,6 @@ mod tests {
             c.cancel();
             Ok(())
         };
-        rt.block_on(supervise(http, t, cancel)).unwrap();
+        rt.block_on(supervise(http, t, cancel, Default::default())).unwrap();
     }
 }

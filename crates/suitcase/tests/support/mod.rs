@@ -44,7 +44,8 @@ fn base_command(netns: Option<&str>) -> Command {
 
 fn port_after(line: &str, marker: &str) -> Option<u16> {
     let rest = &line[line.find(marker)? + marker.len()..];
-    let addr = rest.split_whitespace().next()?;
+    // Up to a space, or the quote that ends a JSON log line's message.
+    let addr = rest.split(|c: char| c.is_whitespace() || c == '"').next()?;
     addr.rsplit(':').next()?.parse().ok()
 }
 
