@@ -10,6 +10,14 @@
 # Block2 SZX 6 (1024 bytes), one request in flight, every block compared with the image.
 # Prints one TSV line per trial (server CPU seconds and peak RSS from /proc), then a
 # summary with medians. Needs: libcoap3-bin, aiocoap (pip), taskset; loopback only.
+#
+# Last, `charts` (built with loadgen) draws coap-blocks-per-s.svg and coap-rss.svg from $OUT
+# into ${CHARTS:-docs/charts}, replacing the charts there. A run kept in several files (the
+# 10k run is its own invocation) is drawn merged: CHARTS_MERGE names the other TSVs, e.g.
+#   CHARTS_MERGE=docs/bench-results/coap-batched-2026-11-23.tsv ROUNDS=3 NS=10000 SERVERS=suitcase \
+#     crates/suitcase-bench/scripts/compare.sh
+# or by hand: target/release/charts compare a.tsv b.tsv --out docs/charts
+# (CHARTS=/tmp/charts keeps a trial run away from the committed ones).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
@@ -21,8 +29,10 @@ IMAGE_BYTES=${IMAGE_BYTES:-1048576}
 OUT=${OUT:-$(mktemp /tmp/coap-bench.XXXXXX.tsv)}
 FIRST_ROUND=${FIRST_ROUND:-1}
 SKIP=${SKIP:-}          # e.g. "aiocoap:1000" skips that (server, N) pair (aiocoap needs ~7 min for it)
+CHARTS=${CHARTS:-docs/charts}
+CHARTS_MERGE=${CHARTS_MERGE:-}  # more compare.sh TSVs drawn with this run's
 
-cargo build --release -q -p suitcase -p suitcase-bench
+cargo build --release -q -p suitcase -p suitcase-bench   # suitcase-bench: loadgen and charts
 BIN=$PWD/target/release
 work=$(mktemp -d)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -114,3 +124,6 @@ for n in sorted({k[1] for k in by}):
         print(f'| {n} | {s} | {statistics.median(b):,.0f} ({min(b):,.0f}–{max(b):,.0f}) | {med(k, "images_per_s"):.1f} | {med(k, "p95_ms"):.0f} | {sum(int(x["retransmissions"]) for x in by[k])} | {sum(int(x["errors"]) for x in by[k])} | {med(k, "server_cpu_s"):.2f} | {max(float(x["peak_rss_kb"]) for x in by[k]) / 1024:.1f} | {ratio("suitcase-base")} | {ratio("libcoap")} | {ratio("aiocoap")} |')
 print(f"\nraw results: {sys.argv[1]}")
 PY
+
+# shellcheck disable=SC2086  # CHARTS_MERGE is a list of paths
+"$BIN/charts" compare "$OUT" $CHARTS_MERGE --out "$CHARTS"

@@ -9,7 +9,10 @@
 # ports, CON GETs with Block2 SZX 6, one request in flight, every block checked. `tracking`
 # is the default server; `off` is the same binary with --no-tracking. After each tracked
 # trial it reads /api/v1/fleet (rows the tracker wrote, its transactions, events dropped) and checks that
-# every device is `downloaded` at 100 %. One TSV line per trial, then medians.
+# every device is `downloaded` at 100 %. One TSV line per trial, then medians; last,
+# `charts` draws fleet-tracking.svg from $OUT into ${CHARTS:-docs/charts} (replacing the one
+# there; CHARTS=/tmp/charts for a trial run). Several result files are drawn merged with
+#   target/release/charts fleet a.tsv b.tsv --out docs/charts
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
@@ -18,8 +21,9 @@ NS=${NS:-"100 1000"}
 IMAGE_BYTES=${IMAGE_BYTES:-1048576}
 OUT=${OUT:-$(mktemp /tmp/fleet-bench.XXXXXX.tsv)}
 BASE_PORT=30000
+CHARTS=${CHARTS:-docs/charts}
 
-cargo build --release -q -p suitcase -p suitcase-bench
+cargo build --release -q -p suitcase -p suitcase-bench   # suitcase-bench: loadgen and charts
 BIN=$PWD/target/release
 work=$(mktemp -d)
 trap 'pkill -P $$ 2>/dev/null || true; rm -rf "$work"' EXIT
@@ -89,3 +93,5 @@ for n in sorted({k[1] for k in by}):
         print(f'| {n} | {v} | {statistics.median(b):,.0f} ({min(b):,.0f}–{max(b):,.0f}) | {med(k, "p95_ms"):.0f} | {sum(int(x["errors"]) for x in by[k])} | {med(k, "server_cpu_s"):.2f} | {max(float(x["peak_rss_kb"]) for x in by[k]) / 1024:.1f} | {rate("rows_written"):,.0f} | {rate("transactions"):.1f} | {sum(int(x["blocks_dropped"]) for x in by[k])} | {min(int(x["downloaded"]) for x in by[k])}/{n} | {ratio} |')
 print(f"\nraw results: {sys.argv[1]}")
 PY
+
+"$BIN/charts" fleet "$OUT" --out "$CHARTS"

@@ -3,7 +3,9 @@
 //! retransmits with exponential back-off, and compares every block with the expected image.
 //!
 //! The binary is `loadgen`; `coap.rs` holds the few bytes of CoAP it needs, written here
-//! rather than borrowed from the server under test.
+//! rather than borrowed from the server under test. `charts` (the binary and the module) draws
+//! the benchmark scripts' TSV results as SVG.
 
+pub mod charts;
 pub mod coap;
 pub mod device;
