@@ -200,6 +200,7 @@ mod tests {
             "examples/riot/README.md",
             "examples/zephyr/README.md",
             "docs/reliability.md",
+            "deploy/README.md",
         ] {
             let text = std::fs::read_to_string(root.join(doc)).unwrap();
             for args in command_lines(&text) {
