@@ -82,9 +82,14 @@ pub(crate) async fn get_one(State(st): State<AppState>, Path(id): Path<String>) 
     }
 }
 
-pub(crate) async fn remove(State(st): State<AppState>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+pub(crate) async fn remove(
+    State(st): State<AppState>,
+    who: Option<axum::Extension<crate::auth::Who>>,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
     if fleet(&st)?.remove(&id).await? {
-        tracing::info!(target: "suitcase::audit", action = "device-remove", device = %id);
+        tracing::info!(target: "suitcase::audit", action = "device-remove", who = %who, device = %id);
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found(format!("no device {id:?}")))
@@ -110,6 +115,7 @@ const MAX_ADD: usize = 100_000;
 
 pub(crate) async fn add(
     State(st): State<AppState>,
+    who: Option<axum::Extension<crate::auth::Who>>,
     Query(q): Query<AddQuery>,
     body: Bytes,
 ) -> Result<(StatusCode, Json<Vec<DeviceView>>), ApiError> {
@@ -124,7 +130,15 @@ pub(crate) async fn add(
         return Err(ApiError::bad_request(format!("at most {MAX_ADD} devices per request")));
     }
     let added = fleet.add(devices, q.replace).await?;
-    tracing::info!(target: "suitcase::audit", action = "device-add", devices = added.len(), replace = q.replace);
+    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
+    // One line per device; a large import is one line (the log is not the inventory).
+    if added.len() <= 100 {
+        for d in &added {
+            tracing::info!(target: "suitcase::audit", action = "device-add", who = %who, device = %d.id, replace = q.replace);
+        }
+    } else {
+        tracing::info!(target: "suitcase::audit", action = "device-import", who = %who, devices = added.len(), replace = q.replace);
+    }
     Ok((
         StatusCode::CREATED,
         Json(added.into_iter().map(DeviceView::from).collect()),

@@ -207,7 +207,8 @@ pub(crate) async fn put_image(
     .await
     .map_err(ApiError::internal)??;
     st.metrics.upload(size.saturating_add(zsize));
-    tracing::info!(target: "suitcase::audit", action = "put-image", who = %who, r#type = %v.publish_id, version = %version, size, zsize);
+    let sha256 = v.files.first().map(|f| f.sha256.to_hex()).unwrap_or_default();
+    tracing::info!(target: "suitcase::audit", action = "put-image", who = %who, publish_id = %v.publish_id, version = v.seq, semver = %version, sha256 = %sha256, size, zsize);
     let url = format!("{}/images/{}/{name}", base_url(&st, &headers), v.publish_id);
     Ok((
         StatusCode::CREATED,

@@ -261,7 +261,12 @@ pub(crate) async fn notify(
             }
         }
     }
-    tracing::info!(target: "suitcase::audit", action = "notify", who = %who, publish_id = %id, version = version.seq, url = %url, devices = devices.len());
+    let sha256 = version
+        .manifest
+        .as_ref()
+        .map(|m| m.file.sha256.to_hex())
+        .unwrap_or_default();
+    tracing::info!(target: "suitcase::audit", action = "notify", who = %who, publish_id = %id, version = version.seq, sha256 = %sha256, url = %url, devices = devices.len());
     let results = notifier.notify(devices, url.clone(), options).await;
     for r in &results {
         st.metrics.trigger(&r.result);
@@ -367,6 +372,8 @@ pub(crate) async fn remove(
     let removed = tokio::task::spawn_blocking(move || store.remove(&id, seq))
         .await
         .map_err(ApiError::internal)??;
-    tracing::info!(target: "suitcase::audit", action = "remove", who = %who, publish_id = %removed.publish_id, version = removed.seq);
+    for f in removed.files.iter().chain(removed.manifest.as_ref().map(|m| &m.file)) {
+        tracing::info!(target: "suitcase::audit", action = "remove", who = %who, publish_id = %removed.publish_id, version = removed.seq, file = %f.name, sha256 = %f.sha256.to_hex());
+    }
     Ok(Json(VersionView::new(&removed, &st.coap_base(&headers))))
 }
