@@ -206,20 +206,7 @@ impl TriggerClient {
 
     /// Notify one device, with or without the NUL after the URL as `nul` says.
     pub async fn notify_with(&self, device: &str, payload: &str, nul: TriggerNul) -> NotifyResult {
-        let mut result = NotifyResult {
-            device: device.to_string(),
-            address: None,
-            outcome: Err(String::new()),
-            transmissions: 0,
-            elapsed: Duration::ZERO,
-        };
-        let Ok(_permit) = self.permits.acquire().await else {
-            result.outcome = Err("notifier closed".into());
-            return result;
-        };
-        let start = Instant::now();
-        result.outcome = self.run(device, Method::Post(payload, nul), &mut result).await;
-        result.elapsed = start.elapsed();
+        let result = self.exchange(device, Method::Post(payload, nul)).await;
         tracing::info!(
             target: "suitcase::audit",
             action = "notify",
@@ -235,6 +222,11 @@ impl TriggerClient {
     /// replaced by `path`), with the same retransmissions and bound as triggers. (RIOT's
     /// `suit/slot/active` tells which slot it booted from.)
     pub async fn get(&self, device: &str, path: &[&str]) -> NotifyResult {
+        self.exchange(device, Method::Get(path)).await
+    }
+
+    /// One exchange with `device`, once a slot is free.
+    async fn exchange(&self, device: &str, method: Method<'_>) -> NotifyResult {
         let mut result = NotifyResult {
             device: device.to_string(),
             address: None,
@@ -247,7 +239,7 @@ impl TriggerClient {
             return result;
         };
         let start = Instant::now();
-        result.outcome = self.run(device, Method::Get(path), &mut result).await;
+        result.outcome = self.run(device, method, &mut result).await;
         result.elapsed = start.elapsed();
         result
     }

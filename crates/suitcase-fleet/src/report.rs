@@ -30,6 +30,18 @@ pub struct Report {
     pub reference: Option<String>,
 }
 
+impl Report {
+    /// A failure with nothing else said (filled in by the readers).
+    fn blank() -> Self {
+        Report {
+            sequence_number: None,
+            ok: false,
+            reason: None,
+            reference: None,
+        }
+    }
+}
+
 /// Why a report is refused (answered 4.00 / 400, nothing changed).
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("bad report: {0}")]
@@ -85,12 +97,7 @@ fn clip(s: &str) -> String {
 fn parse_json(payload: &[u8]) -> Result<Report, ReportError> {
     let v: serde_json::Value = serde_json::from_slice(payload).map_err(|e| bad(format!("JSON: {e}")))?;
     let obj = v.as_object().ok_or_else(|| bad("not a JSON object"))?;
-    let mut r = Report {
-        sequence_number: None,
-        ok: false,
-        reason: None,
-        reference: None,
-    };
+    let mut r = Report::blank();
     let mut result = None;
     for (k, v) in obj {
         match k.as_str() {
@@ -244,12 +251,7 @@ fn parse_cbor(payload: &[u8]) -> Result<Report, ReportError> {
 }
 
 fn text_keyed(entries: Vec<(Value, Value)>) -> Result<Report, ReportError> {
-    let mut r = Report {
-        sequence_number: None,
-        ok: false,
-        reason: None,
-        reference: None,
-    };
+    let mut r = Report::blank();
     let mut result = None;
     for (k, v) in entries {
         let Value::Text(k) = k else {
@@ -270,12 +272,7 @@ fn text_keyed(entries: Vec<(Value, Value)>) -> Result<Report, ReportError> {
 
 /// A SUIT_Report: 4 result, 99 reference; the rest is allowed and not read.
 fn suit_report(entries: Vec<(Value, Value)>) -> Result<Report, ReportError> {
-    let mut r = Report {
-        sequence_number: None,
-        ok: false,
-        reason: None,
-        reference: None,
-    };
+    let mut r = Report::blank();
     let mut result = None;
     for (k, v) in entries {
         let Value::Uint(k) = k else {

@@ -891,14 +891,31 @@ impl Tracker {
         self.devices.get(&id).cloned().ok_or(FleetError::NotFound(id))
     }
 
-    /// Write every changed device in one transaction.
+    /// Write every changed device in one transaction (whole rows).
     async fn flush(&mut self) -> Result<(), FleetError> {
-        if self.dirty.is_empty() {
+        self.write(false).await
+    }
+
+    /// Write the progress and last-seen times of the devices whose state did not change.
+    async fn flush_progress(&mut self) -> Result<(), FleetError> {
+        self.last_progress_write = tokio::time::Instant::now();
+        self.write(true).await
+    }
+
+    /// Write the devices of `progress` (narrow) or of `dirty` (whole rows, which covers
+    /// their progress too) in one transaction; they are clean once it commits.
+    async fn write(&mut self, progress_only: bool) -> Result<(), FleetError> {
+        let set = if progress_only { &self.progress } else { &self.dirty };
+        if set.is_empty() {
             return Ok(());
         }
-        let ids: Vec<String> = self.dirty.iter().cloned().collect();
+        let ids: Vec<String> = set.iter().cloned().collect();
         let rows: Vec<&Device> = ids.iter().filter_map(|id| self.devices.get(id)).collect();
-        db::upsert_all(&self.db, &rows).await?;
+        if progress_only {
+            db::update_progress(&self.db, &rows).await?;
+        } else {
+            db::upsert_all(&self.db, &rows).await?;
+        }
         self.counters
             .rows_written
             .fetch_add(rows.len() as u64, Ordering::Relaxed);
@@ -906,25 +923,6 @@ impl Tracker {
         for id in ids {
             self.progress.remove(&id);
             self.dirty.remove(&id);
-        }
-        Ok(())
-    }
-
-    /// Write the progress and last-seen times of the devices whose state did not change.
-    async fn flush_progress(&mut self) -> Result<(), FleetError> {
-        self.last_progress_write = tokio::time::Instant::now();
-        if self.progress.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<String> = self.progress.iter().cloned().collect();
-        let rows: Vec<&Device> = ids.iter().filter_map(|id| self.devices.get(id)).collect();
-        db::update_progress(&self.db, &rows).await?;
-        self.counters
-            .rows_written
-            .fetch_add(rows.len() as u64, Ordering::Relaxed);
-        self.counters.transactions.fetch_add(1, Ordering::Relaxed);
-        for id in ids {
-            self.progress.remove(&id);
         }
         Ok(())
     }
