@@ -96,7 +96,7 @@ pub(crate) async fn firmware(
     })
     .await
     .map_err(ApiError::internal)??;
-    tracing::info!(target: "suitcase::audit", action = "esp-download", firmware = %name, device_version = %current, latest = %latest, mac, size = data.len());
+    tracing::info!(target: "suitcase::audit", action = "esp-download", firmware = %name, device_version = %current, latest = %latest, version = v.seq, sha256 = %entry.sha256.to_hex(), mac, size = data.len());
     let r = serve(&headers, data, entry, "application/octet-stream");
     let identity = (mac != "-").then(|| mac.to_string());
     let r = crate::download::track(&st, &peer, identity, Some(current.to_string()), entry, r);
