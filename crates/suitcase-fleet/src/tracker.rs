@@ -513,11 +513,12 @@ impl Tracker {
         let Some(f) = self.files.map.get(&e.etag).cloned() else {
             return;
         };
-        let known = e
-            .identity
-            .as_ref()
-            .and_then(|i| self.by_http.get(i).cloned())
-            .or_else(|| self.lookup_peer(e.peer));
+        // An identity the device gives decides; only a request without one is matched by
+        // its address (several devices behind one address must not be mixed up).
+        let known = match &e.identity {
+            Some(i) => self.by_http.get(i).cloned(),
+            None => self.lookup_peer(e.peer),
+        };
         let id = match (known, &e.identity) {
             (Some(id), _) => id,
             (None, Some(identity)) if e.end <= RESTART_BYTES.max(64 * 1024) => {

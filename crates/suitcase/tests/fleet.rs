@@ -396,3 +396,54 @@ fn fleet_on_postgresql() {
     };
     fleet_end_to_end(&["--database", &pg.url]);
 }
+
+/// An ESP device updating over HTTP (`/firmware/<publish-id>` with its MAC): its state and
+/// the bytes sent are tracked like CoAP blocks; an unknown MAC is recorded as `http-<MAC>`.
+#[test]
+fn http_downloads_are_tracked_by_the_device_s_mac() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_v4(&dir.path().join("data"), &[]);
+    let image = support::random_bytes(200_000, 11);
+    let file = dir.path().join("esp.bin");
+    std::fs::write(&file, &image).unwrap();
+    server.publish("esp/app", &file, &["--version", "1.1.0"]);
+    server.cli(&[
+        "device",
+        "add",
+        "esp-1",
+        "--http-id",
+        "AA:BB:CC:DD:EE:01",
+        "--class",
+        "esp32",
+    ]);
+    let fetch = |mac: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{size_download}"])
+            .args(["-H", "x-ESP32-version: 1.0.0", "-H", &format!("x-ESP32-STA-MAC: {mac}")])
+            .arg(format!("{}/firmware/esp/app", server.http()))
+            .output()
+            .expect("curl");
+        String::from_utf8_lossy(&out.stdout).to_string()
+    };
+    assert_eq!(fetch("AA:BB:CC:DD:EE:01"), "200 200000");
+    assert_eq!(fetch("11:22:33:44:55:66"), "200 200000");
+    let all = until(&server, "both downloaded", |all| {
+        let list = all.as_array().unwrap();
+        list.iter().any(|d| d["id"] == "esp-1" && d["state"] == "downloaded")
+            && list
+                .iter()
+                .any(|d| d["id"] == "http-11:22:33:44:55:66" && d["state"] == "downloaded")
+    });
+    let d = device(&all, "esp-1");
+    assert_eq!(
+        (d["bytes_done"].as_u64(), d["progress"].as_u64()),
+        (Some(200_000), Some(100))
+    );
+    assert_eq!(d["running_semver"], "1.0.0", "what the device said it runs");
+    assert_eq!(d["target_semver"], "1.1.0");
+    let stranger = device(&all, "http-11:22:33:44:55:66");
+    assert_eq!(
+        (stranger["registered"].as_bool(), stranger["http_id"].as_str()),
+        (Some(false), Some("11:22:33:44:55:66"))
+    );
+}
