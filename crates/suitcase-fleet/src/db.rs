@@ -101,7 +101,7 @@ impl Db {
             format!("${n}")
         };
         if f.group.is_some() {
-            sql += &format!(" AND groups LIKE {}", next());
+            sql += &format!(" AND groups LIKE {} ESCAPE '!'", next());
         }
         if f.state.is_some() {
             sql += &format!(" AND state = {}", next());
@@ -112,9 +112,10 @@ impl Db {
         sql += &format!(" ORDER BY id LIMIT {}", next());
         let mut q = sqlx::query(&sql);
         if let Some(g) = &f.group {
-            // Group names hold no LIKE wildcards ('%', '_' is literal enough: validated names
-            // may hold '_', which matches itself too).
-            q = q.bind(format!("%,{g},%"));
+            // A checked group name (`Fleet::list`) holds no ',', '%' or '!', but may hold '_',
+            // a LIKE wildcard: escaped, so the pattern matches the one group and LIMIT counts
+            // only its members.
+            q = q.bind(format!("%,{},%", g.replace('_', "!_")));
         }
         if let Some(s) = f.state {
             q = q.bind(s.as_str());
@@ -124,14 +125,7 @@ impl Db {
         }
         q = q.bind(i64::try_from(limit).unwrap_or(i64::MAX));
         let rows = q.fetch_all(&self.pool).await.map_err(db_err)?;
-        rows.iter()
-            .map(device_of)
-            .filter(|d| {
-                // '_' in a LIKE pattern matches any one character: check the group exactly.
-                d.as_ref()
-                    .map_or(true, |d| f.group.as_ref().is_none_or(|g| d.groups.contains(g)))
-            })
-            .collect()
+        rows.iter().map(device_of).collect()
     }
 
     pub(crate) async fn counts(&self) -> Result<Vec<(String, i64)>, FleetError> {

@@ -24,7 +24,7 @@ use suitcase_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
 pub use db::{redact, Backend};
-pub use model::{validate_id, Device, Filter, NewDevice, State};
+pub use model::{validate_id, version_text, Device, Filter, NewDevice, State};
 pub use report::{Report, ReportError};
 
 /// What went wrong.
@@ -323,6 +323,9 @@ impl Fleet {
 
     /// Devices matching `filter`, by id, at most `limit` ([`MAX_LIST`]).
     pub async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<Device>, FleetError> {
+        if let Some(g) = &filter.group {
+            model::validate_group(g)?;
+        }
         self.db.list(filter, limit.min(MAX_LIST)).await
     }
 

@@ -199,6 +199,17 @@ pub struct NewDevice {
     pub running_semver: Option<String>,
 }
 
+/// A version as people read it: `1.2.0 (seq 7)`, `seq 7` or `1.2.0`; `None` when neither is
+/// known (the page and the CLI print their own placeholder).
+pub fn version_text(seq: Option<u64>, semver: Option<&str>) -> Option<String> {
+    match (seq, semver) {
+        (Some(s), Some(v)) => Some(format!("{v} (seq {s})")),
+        (Some(s), None) => Some(format!("seq {s}")),
+        (None, Some(v)) => Some(v.to_string()),
+        (None, None) => None,
+    }
+}
+
 /// Longest id, group, class or HTTP identity.
 pub const MAX_NAME: usize = 64;
 
@@ -216,6 +227,17 @@ pub fn validate_id(id: &str) -> Result<(), FleetError> {
     } else {
         Err(FleetError::Invalid(format!(
             "device id {id:?}: 1-{MAX_NAME} letters, digits, '.', '_', '-' or ':'"
+        )))
+    }
+}
+
+/// Check a group name: 1–64 of letters, digits, `.`, `_`, `-`.
+pub fn validate_group(g: &str) -> Result<(), FleetError> {
+    if name_ok(g, b"") {
+        Ok(())
+    } else {
+        Err(FleetError::Invalid(format!(
+            "group {g:?}: 1-{MAX_NAME} letters, digits, '.', '_' or '-'"
         )))
     }
 }
@@ -266,11 +288,7 @@ impl NewDevice {
             .filter(|g| !g.is_empty())
             .collect();
         for g in &groups {
-            if !name_ok(g, b"") {
-                return Err(FleetError::Invalid(format!(
-                    "group {g:?}: 1-{MAX_NAME} letters, digits, '.', '_' or '-'"
-                )));
-            }
+            validate_group(g)?;
         }
         groups.sort();
         groups.dedup();

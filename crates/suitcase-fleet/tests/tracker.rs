@@ -161,6 +161,34 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
         .await
         .unwrap();
     assert_eq!(lab.len(), 1);
+    // '_' in a group name is no wildcard: `x_y` does not find `xzy`, and LIMIT 1 counts
+    // members only (`g1`, sorting first, is in `xzy`).
+    fleet
+        .add(
+            vec![
+                NewDevice {
+                    id: "g1".into(),
+                    groups: vec!["xzy".into()],
+                    ..Default::default()
+                },
+                NewDevice {
+                    id: "g2".into(),
+                    groups: vec!["x_y".into()],
+                    ..Default::default()
+                },
+            ],
+            false,
+        )
+        .await
+        .unwrap();
+    let group = |g: &str| suitcase_fleet::Filter {
+        group: Some(g.into()),
+        ..Default::default()
+    };
+    let x_y = fleet.list(&group("x_y"), 1).await.unwrap();
+    assert_eq!(x_y.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(), vec!["g2"]);
+    assert!(fleet.list(&group("x%"), 10).await.is_err(), "not a group name");
+    assert!(fleet.list(&group("lab,x_y"), 10).await.is_err());
     // b finishes and never reports: failed (timeout).
     let sink = fleet.block_sink().tx;
     sink.send((5..=16).map(|i| block(b, image, (i * 64).min(1000), 1000)).collect())

@@ -72,12 +72,7 @@ fn date_ms(ms: Option<i64>) -> String {
 }
 
 fn version_text(seq: Option<u64>, semver: Option<&str>) -> String {
-    match (seq, semver) {
-        (Some(s), Some(v)) => format!("{v} (seq {s})"),
-        (Some(s), None) => format!("seq {s}"),
-        (None, Some(v)) => v.to_string(),
-        (None, None) => "–".to_string(),
-    }
+    suitcase_fleet::version_text(seq, semver).unwrap_or_else(|| "–".to_string())
 }
 
 fn fleet_section(fleet: &FleetRows) -> Markup {

@@ -326,12 +326,7 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
 }
 
 fn version(seq: Option<u64>, semver: Option<&str>) -> String {
-    match (seq, semver) {
-        (Some(s), Some(v)) => format!("{v} ({s})"),
-        (Some(s), None) => format!("seq {s}"),
-        (None, Some(v)) => v.to_string(),
-        (None, None) => "-".into(),
-    }
+    suitcase_fleet::version_text(seq, semver).unwrap_or_else(|| "-".into())
 }
 
 fn bar(p: Option<u8>) -> String {

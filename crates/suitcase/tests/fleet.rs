@@ -297,33 +297,15 @@ fn fleet_end_to_end(extra: &[&str]) {
     assert!(all.as_array().unwrap().iter().any(|d| d["id"] == "coap-127.0.0.4"));
     // Reports over HTTP: a bad one is refused with the reason and changes nothing; a
     // failure is recorded with its reason.
-    let report = |body: &str| {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/stderr",
-                "-w",
-                "%{http_code}",
-                "-H",
-                "Content-Type: application/json",
-                "-d",
-                body,
-            ])
-            .arg(format!("{}/api/v1/devices/d2/report", server.http()))
-            .output()
-            .expect("curl");
-        (
-            String::from_utf8_lossy(&out.stdout).to_string(),
-            String::from_utf8_lossy(&out.stderr).to_string(),
-        )
-    };
+    let report_url = format!("{}/api/v1/devices/d2/report", server.http());
+    let json = "Content-Type: application/json";
+    let report = |body: &str| support::curl_text(&report_url, &["-H", json, "-d", body]);
     let (status, body) = report(r#"{"result": "perhaps"}"#);
-    assert_eq!(status, "400", "{body}");
+    assert_eq!(status, 400, "{body}");
     assert!(body.contains("result"), "{body}");
     assert_eq!(device(&devices(&server), "d2")["state"], "downloading");
     let (status, body) = report(r#"{"result": "error", "reason": "battery low"}"#);
-    assert_eq!(status, "200", "{body}");
+    assert_eq!(status, 200, "{body}");
     let d2 = device(&devices(&server), "d2").clone();
     assert_eq!(
         (d2["state"].as_str(), d2["reason"].as_str()),
@@ -337,37 +319,15 @@ fn fleet_end_to_end(extra: &[&str]) {
         .trim()
         .to_string();
     std::thread::sleep(Duration::from_millis(1200)); // the token file watcher's refresh
+    let auth = format!("Authorization: token {token}");
     let report_as = |id: &str| {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "-H",
-                "Content-Type: application/json",
-            ])
-            .args([
-                "-H",
-                &format!("Authorization: token {token}"),
-                "-d",
-                r#"{"result": "ok"}"#,
-            ])
-            .arg(format!("{}/api/v1/devices/{id}/report", server.http()))
-            .output()
-            .expect("curl");
-        String::from_utf8_lossy(&out.stdout).to_string()
+        let url = format!("{}/api/v1/devices/{id}/report", server.http());
+        support::curl_text(&url, &["-H", json, "-H", &auth, "-d", r#"{"result": "ok"}"#]).0
     };
-    assert_eq!(report_as("d2"), "403");
+    assert_eq!(report_as("d2"), 403);
     assert_eq!(device(&devices(&server), "d2")["state"], "failed");
-    assert_eq!(report_as("d1"), "200");
-    let page = std::process::Command::new("curl")
-        .arg("-s")
-        .arg(format!("{}/", server.http()))
-        .output()
-        .unwrap();
-    let page = String::from_utf8_lossy(&page.stdout);
+    assert_eq!(report_as("d1"), 200);
+    let (_, page) = support::curl_text(&format!("{}/", server.http()), &[]);
     assert!(page.contains("not public") && !page.contains(">d1<"), "{page}");
     // Nothing is downloading or due: watch ends at once with the tally.
     let watched = server.cli(&["device", "watch", "--exit-when-idle", "--interval", "0.2"]);

@@ -6,20 +6,7 @@ mod support;
 
 use std::process::Command;
 
-use support::{coap_get, require_coap_client, TestServer};
-
-/// `curl -s URL` with optional extra arguments: (status, body).
-fn curl(url: &str, extra: &[&str]) -> (u16, String) {
-    let out = Command::new("curl")
-        .args(["-s", "-w", "\n%{http_code}"])
-        .args(extra)
-        .arg(url)
-        .output()
-        .expect("curl");
-    let text = String::from_utf8_lossy(&out.stdout).to_string();
-    let (body, status) = text.rsplit_once('\n').unwrap();
-    (status.trim().parse().unwrap(), body.to_string())
-}
+use support::{coap_get, curl_text as curl, require_coap_client, TestServer};
 
 /// The value of the first sample of `name` (with its labels, if any) in Prometheus text.
 fn sample(text: &str, name: &str) -> Option<f64> {

@@ -232,6 +232,19 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     out
 }
 
+/// `curl -s URL` with extra arguments (headers, `-d BODY`, …): (status, body as text).
+pub fn curl_text(url: &str, extra: &[&str]) -> (u16, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-w", "\n%{http_code}"])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, status) = text.rsplit_once('\n').expect("curl's status line");
+    (status.trim().parse().expect("an HTTP status"), body.to_string())
+}
+
 /// Whether `program` runs here (`program ARG` starts at all).
 pub fn have(program: &str, arg: &str) -> bool {
     Command::new(program)
