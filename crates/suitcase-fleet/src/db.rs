@@ -8,6 +8,7 @@ use sqlx::any::{AnyPoolOptions, AnyRow};
 use sqlx::{AnyPool, Row as _};
 
 use crate::model::{groups_column, groups_from_column, Device, Filter, State};
+use crate::rollout::{Member, MemberStatus, Rollout, RolloutState, Target};
 use crate::FleetError;
 
 /// Which database.
@@ -332,4 +333,249 @@ mod tests {
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
         assert_eq!(redact("sqlite:/x/fleet.db"), "sqlite:/x/fleet.db");
     }
+}
+
+// ---- rollouts ----
+
+const ROLLOUT_COLUMNS: &str = "id, name, publish_id, version, seq, semver, baseline, plan, coap_base, http_base, \
+    state, reason, wave, wave_ends, wave_started, wave_finished, created_at, start_at, ended_at";
+
+fn json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).unwrap_or_default()
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(s: &str, what: &str) -> Result<T, FleetError> {
+    serde_json::from_str(s).map_err(|e| FleetError::Database(format!("stored {what}: {e}")))
+}
+
+/// A rollout's row, without its members.
+fn rollout_of(r: &AnyRow) -> Result<Rollout, FleetError> {
+    let s = |c: &str| r.try_get::<Option<String>, _>(c).map_err(db_err);
+    let text = |c: &str| r.try_get::<String, _>(c).map_err(db_err);
+    let state = text("state")?;
+    let id: i64 = r.try_get("id").map_err(db_err)?;
+    Ok(Rollout {
+        id: u64::try_from(id).unwrap_or(0),
+        name: s("name")?,
+        target: Target {
+            publish_id: text("publish_id")?,
+            version: opt_u64(r, "version")?.unwrap_or(0),
+            seq: opt_u64(r, "seq")?,
+            semver: s("semver")?,
+            baseline: opt_u64(r, "baseline")?,
+        },
+        plan: from_json(&text("plan")?, "rollout plan")?,
+        coap_base: s("coap_base")?,
+        http_base: s("http_base")?,
+        state: RolloutState::from_str(&state).map_err(|_| FleetError::Database(format!("rollout state {state:?}")))?,
+        reason: s("reason")?,
+        wave: opt_u64(r, "wave")?.unwrap_or(0) as usize,
+        wave_ends: from_json(&text("wave_ends")?, "waves")?,
+        wave_started: from_json(&text("wave_started")?, "waves")?,
+        wave_finished: from_json(&text("wave_finished")?, "waves")?,
+        created_at: r.try_get("created_at").map_err(db_err)?,
+        start_at: r.try_get("start_at").map_err(db_err)?,
+        ended_at: r.try_get("ended_at").map_err(db_err)?,
+        members: Vec::new(),
+        index: std::collections::HashMap::new(),
+    })
+}
+
+/// Rows per member INSERT (8 parameters each).
+const MEMBER_ROWS_PER_STATEMENT: usize = 500;
+
+/// Write a rollout's row and the members `changed` (indices; all with `None`) in one
+/// transaction.
+pub(crate) async fn save_rollout(db: &Db, r: &Rollout, changed: Option<&[usize]>) -> Result<u64, FleetError> {
+    let mut tx = db.pool.begin().await.map_err(db_err)?;
+    let mut sql = format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (");
+    for c in 0..19 {
+        if c > 0 {
+            sql.push_str(", ");
+        }
+        sql.push_str(&format!("${}", c + 1));
+    }
+    sql.push_str(
+        ") ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason, wave = excluded.wave, \
+         wave_started = excluded.wave_started, wave_finished = excluded.wave_finished, ended_at = excluded.ended_at",
+    );
+    sqlx::query(&sql)
+        .bind(i64_of(Some(r.id)))
+        .bind(r.name.clone())
+        .bind(r.target.publish_id.clone())
+        .bind(i64_of(Some(r.target.version)))
+        .bind(i64_of(r.target.seq))
+        .bind(r.target.semver.clone())
+        .bind(i64_of(r.target.baseline))
+        .bind(json(&r.plan))
+        .bind(r.coap_base.clone())
+        .bind(r.http_base.clone())
+        .bind(r.state.as_str())
+        .bind(r.reason.clone())
+        .bind(i64_of(Some(r.wave as u64)))
+        .bind(json(&r.wave_ends))
+        .bind(json(&r.wave_started))
+        .bind(json(&r.wave_finished))
+        .bind(r.created_at)
+        .bind(r.start_at)
+        .bind(r.ended_at)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    let all: Vec<usize>;
+    let changed = match changed {
+        Some(c) => c,
+        None => {
+            all = (0..r.members.len()).collect();
+            &all
+        }
+    };
+    for chunk in changed.chunks(MEMBER_ROWS_PER_STATEMENT) {
+        let mut sql = String::from(
+            "INSERT INTO rollout_devices (rollout, device, position, wave, status, triggered_at, done_at, detail) VALUES ",
+        );
+        for (k, _) in chunk.iter().enumerate() {
+            if k > 0 {
+                sql.push_str(", ");
+            }
+            let n = k * 8;
+            sql.push_str(&format!(
+                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
+                n + 1,
+                n + 2,
+                n + 3,
+                n + 4,
+                n + 5,
+                n + 6,
+                n + 7,
+                n + 8
+            ));
+        }
+        sql.push_str(
+            " ON CONFLICT (rollout, device) DO UPDATE SET status = excluded.status, \
+             triggered_at = excluded.triggered_at, done_at = excluded.done_at, detail = excluded.detail",
+        );
+        let mut q = sqlx::query(&sql);
+        for &i in chunk {
+            let Some(m) = r.members.get(i) else { continue };
+            q = q
+                .bind(i64_of(Some(r.id)))
+                .bind(m.device.clone())
+                .bind(i64_of(Some(i as u64)))
+                .bind(i64_of(Some(m.wave as u64)))
+                .bind(m.status.as_str())
+                .bind(m.triggered_at)
+                .bind(m.done_at)
+                .bind(m.detail.clone());
+        }
+        q.execute(&mut *tx).await.map_err(db_err)?;
+    }
+    tx.commit().await.map_err(db_err)?;
+    Ok(changed.len() as u64 + 1)
+}
+
+impl Db {
+    /// The highest rollout number used.
+    pub(crate) async fn max_rollout_id(&self) -> Result<u64, FleetError> {
+        let row = sqlx::query("SELECT MAX(id) AS m FROM rollouts")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(db_err)?;
+        Ok(opt_u64(&row, "m")?.unwrap_or(0))
+    }
+
+    /// The rollouts the tracker keeps: every one not finished or aborted, and the newest of
+    /// each publish-id (its gate may still hold); with their members.
+    pub(crate) async fn load_rollouts(&self) -> Result<Vec<Rollout>, FleetError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE state NOT IN ('finished', 'aborted') \
+             OR id IN (SELECT MAX(id) FROM rollouts GROUP BY publish_id) ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        let mut out = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let mut r = rollout_of(row)?;
+            let members = sqlx::query(
+                "SELECT device, wave, status, triggered_at, done_at, detail FROM rollout_devices \
+                 WHERE rollout = $1 ORDER BY position",
+            )
+            .bind(i64_of(Some(r.id)))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+            r.members = members.iter().map(member_of).collect::<Result<_, _>>()?;
+            r.reindex();
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    /// Rollouts, newest first, at most `limit`, without members.
+    pub(crate) async fn list_rollouts(&self, limit: usize) -> Result<Vec<Rollout>, FleetError> {
+        let rows = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY id DESC LIMIT $1"))
+            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db_err)?;
+        rows.iter().map(rollout_of).collect()
+    }
+
+    /// One rollout, without members.
+    pub(crate) async fn get_rollout(&self, id: u64) -> Result<Option<Rollout>, FleetError> {
+        let row = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts WHERE id = $1"))
+            .bind(i64_of(Some(id)))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.as_ref().map(rollout_of).transpose()
+    }
+
+    /// A rollout's members counted by wave and status.
+    pub(crate) async fn member_counts(&self, id: u64) -> Result<Vec<(usize, MemberStatus, u64)>, FleetError> {
+        let rows = sqlx::query(
+            "SELECT wave, status, COUNT(*) AS n FROM rollout_devices WHERE rollout = $1 GROUP BY wave, status",
+        )
+        .bind(i64_of(Some(id)))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter()
+            .map(|r| {
+                let status: String = r.try_get("status").map_err(db_err)?;
+                Ok((
+                    opt_u64(r, "wave")?.unwrap_or(0) as usize,
+                    MemberStatus::parse(&status).unwrap_or(MemberStatus::Pending),
+                    opt_u64(r, "n")?.unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
+    /// A rollout's members (for `status --devices`), at most `limit`.
+    pub(crate) async fn members(&self, id: u64, limit: usize) -> Result<Vec<Member>, FleetError> {
+        let rows = sqlx::query(
+            "SELECT device, wave, status, triggered_at, done_at, detail FROM rollout_devices \
+             WHERE rollout = $1 ORDER BY position LIMIT $2",
+        )
+        .bind(i64_of(Some(id)))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
+        rows.iter().map(member_of).collect()
+    }
+}
+
+fn member_of(m: &AnyRow) -> Result<Member, FleetError> {
+    let status: String = m.try_get("status").map_err(db_err)?;
+    Ok(Member {
+        device: m.try_get("device").map_err(db_err)?,
+        wave: opt_u64(m, "wave")?.unwrap_or(0) as usize,
+        status: MemberStatus::parse(&status).unwrap_or(MemberStatus::Pending),
+        triggered_at: m.try_get("triggered_at").map_err(db_err)?,
+        done_at: m.try_get("done_at").map_err(db_err)?,
+        detail: m.try_get("detail").map_err(db_err)?,
+    })
 }

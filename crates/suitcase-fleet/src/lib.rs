@@ -9,8 +9,10 @@
 //! every `progress_interval` (5 s). Reads go to the database.
 
 mod db;
+mod gate;
 pub mod model;
 pub mod report;
+pub mod rollout;
 mod tracker;
 
 use std::net::SocketAddr;
@@ -25,7 +27,9 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use db::{redact, Backend};
 pub use model::{validate_id, version_text, Device, Filter, NewDevice, State};
+pub use gate::Gates;
 pub use report::{Report, ReportError};
+pub use rollout::{RolloutRequest, RolloutState, RolloutView, TriggerKind};
 
 /// What went wrong.
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +49,9 @@ pub enum FleetError {
     /// The database failed.
     #[error("database: {0}")]
     Database(String),
+    /// No such rollout.
+    #[error("no rollout {0}")]
+    NoRollout(u64),
     /// The tracker is gone (shutting down).
     #[error("the fleet tracker has stopped")]
     Stopped,
@@ -179,6 +186,80 @@ pub(crate) enum Command {
     Shutdown {
         reply: oneshot::Sender<Result<(), FleetError>>,
     },
+    CreateRollout {
+        request: rollout::RolloutRequest,
+        plan: rollout::Plan,
+        start_at: Option<i64>,
+        urls: BaseUrls,
+        reply: oneshot::Sender<Result<RolloutView, FleetError>>,
+    },
+    RolloutViews {
+        id: Option<u64>,
+        reply: oneshot::Sender<Result<Vec<RolloutView>, FleetError>>,
+    },
+    ControlRollout {
+        id: u64,
+        action: Control,
+        reply: oneshot::Sender<Result<RolloutView, FleetError>>,
+    },
+    Triggered {
+        rollout: u64,
+        device: String,
+        result: Result<String, String>,
+    },
+}
+
+/// What a publisher does to a rollout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Control {
+    /// Stop triggering until resumed.
+    Pause,
+    /// Go on.
+    Resume,
+    /// Stop for good.
+    Abort,
+}
+
+/// This server's base URLs, as the device-facing side sees them (from the request that
+/// creates a rollout, or the `--coap-url`/`--http-url` settings).
+#[derive(Clone, Debug, Default)]
+pub struct BaseUrls {
+    /// `coap://host:port` (manifest URLs of CoAP and MQTT triggers).
+    pub coap: Option<String>,
+    /// `http://host:port` (firmware URLs in MQTT messages to HTTP devices).
+    pub http: Option<String>,
+}
+
+/// A trigger to send for a rollout (CoAP or MQTT).
+#[derive(Clone, Debug)]
+pub struct TriggerJob {
+    /// The rollout.
+    pub rollout: u64,
+    /// CoAP or MQTT.
+    pub kind: TriggerKind,
+    /// The device.
+    pub device: String,
+    /// Its CoAP address (CoAP).
+    pub coap: Option<String>,
+    /// The topic (MQTT), its template filled in.
+    pub topic: String,
+    /// The publish-id.
+    pub publish_id: String,
+    /// The store version.
+    pub version: u64,
+    /// The manifest's sequence number.
+    pub seq: Option<u64>,
+    /// The semver.
+    pub semver: Option<String>,
+    /// What the device is to fetch: the manifest's CoAP URL, or for a device known by an HTTP
+    /// identity only, the firmware's HTTP URL.
+    pub url: String,
+}
+
+/// Sends rollout triggers (implemented by the binary: the CoAP trigger client and MQTT).
+pub trait Triggers: Send + Sync + 'static {
+    /// Send one; `Ok(detail)` when the device (CoAP) or the broker (MQTT) took it.
+    fn send(&self, job: TriggerJob) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
 }
 
 /// The fleet: a handle to the tracker and the database. Cheap to clone.
@@ -188,6 +269,7 @@ pub struct Fleet {
     commands: mpsc::Sender<Command>,
     blocks: mpsc::Sender<Vec<BlockServed>>,
     counters: Arc<Counters>,
+    gates: Arc<Gates>,
 }
 
 /// Commands queued for the tracker at most.
@@ -215,9 +297,13 @@ impl Fleet {
         store: Arc<dyn Store>,
         config: Config,
         slots: Option<Arc<dyn SlotReader>>,
+        triggers: Option<Arc<dyn Triggers>>,
     ) -> Result<Fleet, FleetError> {
         let db = db::Db::open(url).await?;
         let devices = db.load_all().await?;
+        let rollouts = db.load_rollouts().await?;
+        let next_rollout = db.max_rollout_id().await? + 1;
+        let gates = Arc::new(Gates::default());
         let (commands, commands_rx) = mpsc::channel(QUEUE);
         let (blocks, blocks_rx) = mpsc::channel(BLOCK_QUEUE);
         let counters = Arc::new(Counters::default());
@@ -229,6 +315,12 @@ impl Fleet {
             counters.clone(),
             slots,
             commands.downgrade(),
+            tracker::Rollouts {
+                live: rollouts,
+                next_id: next_rollout,
+                gates: gates.clone(),
+                triggers,
+            },
         );
         tokio::spawn(tracker.run(commands_rx, blocks_rx));
         Ok(Fleet {
@@ -236,6 +328,7 @@ impl Fleet {
             commands,
             blocks,
             counters,
+            gates,
         })
     }
 
@@ -356,6 +449,67 @@ impl Fleet {
     /// Bytes of a file were sent over HTTP (never waits).
     pub fn http_served(&self, e: HttpServed) {
         self.event(Command::Http(e));
+    }
+
+    /// The rollouts' gates (for the CoAP and HTTP servers).
+    pub fn gates(&self) -> Arc<Gates> {
+        self.gates.clone()
+    }
+
+    /// Create a rollout (and start it, unless it is scheduled later).
+    pub async fn create_rollout(&self, request: RolloutRequest, urls: BaseUrls) -> Result<RolloutView, FleetError> {
+        let plan = request.plan()?;
+        let start_at = match request.start_at.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            None => None,
+            Some(t) => {
+                let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+                    .map_err(|e| FleetError::Invalid(format!("start_at {t:?}: RFC 3339 (2026-11-24T02:00:00Z): {e}")))?;
+                Some(i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
+            }
+        };
+        self.ask(|reply| Command::CreateRollout {
+            request,
+            plan,
+            start_at,
+            urls,
+            reply,
+        })
+        .await
+    }
+
+    /// Rollouts, newest first (at most `limit`).
+    pub async fn rollouts(&self, limit: usize) -> Result<Vec<RolloutView>, FleetError> {
+        let live = self.ask(|reply| Command::RolloutViews { id: None, reply }).await?;
+        let mut out = Vec::new();
+        for r in self.db.list_rollouts(limit).await? {
+            match live.iter().find(|v| v.id == r.id) {
+                Some(v) => out.push(v.clone()),
+                None => out.push(r.view_from(&self.db.member_counts(r.id).await?)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// One rollout.
+    pub async fn rollout(&self, id: u64) -> Result<Option<RolloutView>, FleetError> {
+        let live = self.ask(|reply| Command::RolloutViews { id: Some(id), reply }).await?;
+        if let Some(v) = live.into_iter().next() {
+            return Ok(Some(v));
+        }
+        match self.db.get_rollout(id).await? {
+            Some(r) => Ok(Some(r.view_from(&self.db.member_counts(id).await?))),
+            None => Ok(None),
+        }
+    }
+
+    /// A rollout's devices (at most `limit`), as last written.
+    pub async fn rollout_devices(&self, id: u64, limit: usize) -> Result<Vec<rollout::Member>, FleetError> {
+        self.db.members(id, limit.min(MAX_LIST)).await
+    }
+
+    /// Pause, resume or abort a rollout.
+    pub async fn control_rollout(&self, id: u64, action: Control) -> Result<RolloutView, FleetError> {
+        self.ask(|reply| Command::ControlRollout { id, action, reply }).await
     }
 
     fn event(&self, c: Command) {

@@ -10,9 +10,26 @@ use suitcase_store::Store;
 use tokio::sync::mpsc;
 
 use crate::db::{self, Db};
+use crate::gate::{Gates, OneGate};
 use crate::model::{Device, NewDevice, State};
 use crate::report::Report;
-use crate::{now_ms, Command, Config, Counters, FleetError, HttpServed, Reporter, SlotReader};
+use crate::rollout::{MemberStatus, Plan, Rollout, RolloutRequest, RolloutState, RolloutView, Target, TriggerKind};
+use crate::{
+    now_ms, BaseUrls, Command, Config, Control, Counters, FleetError, HttpServed, Reporter, SlotReader, TriggerJob,
+    Triggers,
+};
+
+/// The rollouts the tracker runs.
+pub(crate) struct Rollouts {
+    /// In memory: every rollout not finished or aborted, and the newest of each publish-id.
+    pub(crate) live: Vec<Rollout>,
+    pub(crate) next_id: u64,
+    pub(crate) gates: Arc<Gates>,
+    pub(crate) triggers: Option<Arc<dyn Triggers>>,
+}
+
+/// Triggers being sent at most at once (more wait for a permit).
+const TRIGGERS_IN_FLIGHT: usize = 256;
 
 /// A stored file, by ETag.
 #[derive(Clone, Debug)]
@@ -128,6 +145,17 @@ pub(crate) struct Tracker {
     /// Blocks served since the last look, by peer and representation: a block costs one
     /// lookup here; devices and states are updated once per flush interval.
     pending: FastMap<(SocketAddr, [u8; 8]), Agg>,
+    rollouts: Rollouts,
+    /// Rollouts with changes to write: their members (indices) changed.
+    rollout_dirty: HashMap<u64, HashSet<usize>>,
+    /// The gates need rebuilding (devices let through, a rollout ended).
+    gates_dirty: bool,
+    /// The store generation the gates were built for.
+    gates_store_generation: Option<u64>,
+    trigger_permits: Arc<tokio::sync::Semaphore>,
+    /// MQTT topics sent per rollout and wave (a template without `{device}` is one message
+    /// for all the devices that share it).
+    sent_topics: HashSet<(u64, usize, String)>,
 }
 
 impl Tracker {
@@ -139,6 +167,7 @@ impl Tracker {
         counters: Arc<Counters>,
         slots: Option<Arc<dyn SlotReader>>,
         me: mpsc::WeakSender<Command>,
+        rollouts: Rollouts,
     ) -> Self {
         let mut t = Tracker {
             db,
@@ -161,6 +190,12 @@ impl Tracker {
             by_coap: HashMap::new(),
             unregistered: 0,
             pending: FastMap::default(),
+            rollouts,
+            rollout_dirty: HashMap::new(),
+            gates_dirty: true,
+            gates_store_generation: None,
+            trigger_permits: Arc::new(tokio::sync::Semaphore::new(TRIGGERS_IN_FLIGHT)),
+            sent_topics: HashSet::new(),
         };
         for d in devices {
             t.insert(d);
@@ -190,6 +225,7 @@ impl Tracker {
                 _ = tick.tick() => {
                     self.process_pending();
                     self.expire(now_ms());
+                    self.rollout_tick(now_ms()).await;
                     if let Err(e) = self.flush().await {
                         tracing::warn!(error = %e, "fleet: writing device changes failed; retrying");
                     }
@@ -213,7 +249,8 @@ impl Tracker {
         }
         self.process_pending();
         self.flush().await?;
-        self.flush_progress().await
+        self.flush_progress().await?;
+        self.write_rollouts().await
     }
 
     // ---- the in-memory inventory and its indexes ----
@@ -557,9 +594,21 @@ impl Tracker {
             .cloned()
             .or_else(|| address.and_then(|a| self.lookup_peer(a)));
         let Some(id) = id else { return };
+        self.mark_notified(&id, publish_id, version);
+    }
+
+    /// `id` took a trigger for `publish_id` version `version`.
+    fn mark_notified(&mut self, id: &str, publish_id: &str, version: u64) {
         let Some(v) = self.store.version(publish_id, version) else {
             return;
         };
+        // A device quicker than the acknowledgement is already further.
+        if self.devices.get(id).is_some_and(|d| {
+            d.target_version == Some(version) && d.publish_id.as_deref() == Some(publish_id) && !d.state.is_final()
+        }) {
+            return;
+        }
+        let id = id.to_string();
         let f = FileRef {
             publish_id: publish_id.to_string(),
             version,
@@ -719,6 +768,33 @@ impl Tracker {
             Command::Shutdown { reply } => {
                 let _ = reply.send(Ok(()));
             }
+            Command::CreateRollout {
+                request,
+                plan,
+                start_at,
+                urls,
+                reply,
+            } => {
+                let r = self.create_rollout(request, plan, start_at, urls).await;
+                let _ = reply.send(r);
+            }
+            Command::RolloutViews { id, reply } => {
+                let devices = &self.devices;
+                let downloading = |id: &str| devices.get(id).is_some_and(|d| d.state == State::Downloading);
+                let views = self
+                    .rollouts
+                    .live
+                    .iter()
+                    .filter(|r| id.is_none_or(|id| r.id == id))
+                    .map(|r| r.view(downloading))
+                    .collect();
+                let _ = reply.send(Ok(views));
+            }
+            Command::ControlRollout { id, action, reply } => {
+                let r = self.control_rollout(id, action).await;
+                let _ = reply.send(r);
+            }
+            Command::Triggered { rollout, device, result } => self.triggered(rollout, &device, result),
             Command::Slot {
                 id,
                 version,
@@ -926,5 +1002,410 @@ impl Tracker {
             self.dirty.remove(&id);
         }
         Ok(())
+    }
+}
+
+// ---- rollouts ----
+
+impl Tracker {
+    /// Advance every rollout, write what changed, then send the triggers it asked for (a
+    /// device is recorded `triggered` before its trigger leaves: a restart never sends it
+    /// twice), and rebuild the gates when devices were let through.
+    async fn rollout_tick(&mut self, now: i64) {
+        if self.gates_store_generation != Some(self.store.generation()) {
+            self.gates_dirty = true;
+        }
+        let mut to_send: Vec<(u64, Vec<usize>)> = Vec::new();
+        let devices = &self.devices;
+        for r in &mut self.rollouts.live {
+            let step = r.step(now, |id| devices.get(id));
+            if step.changed.is_empty() && !step.rollout_changed {
+                continue;
+            }
+            self.rollout_dirty.entry(r.id).or_default().extend(step.changed);
+            self.gates_dirty = true;
+            if !step.trigger.is_empty() {
+                to_send.push((r.id, step.trigger));
+            }
+        }
+        if let Err(e) = self.write_rollouts().await {
+            // Not recorded, so not sent: back to pending, tried again at the next tick.
+            tracing::warn!(error = %e, "fleet: writing rollout progress failed; triggers held back");
+            for (id, idxs) in to_send {
+                if let Some(r) = self.rollouts.live.iter_mut().find(|r| r.id == id) {
+                    for i in idxs {
+                        if let Some(m) = r.members.get_mut(i) {
+                            m.status = MemberStatus::Pending;
+                            m.triggered_at = None;
+                        }
+                    }
+                }
+            }
+            return;
+        }
+        for (id, idxs) in to_send {
+            self.send_triggers(id, idxs);
+        }
+        self.forget_ended();
+        if self.gates_dirty {
+            self.rebuild_gates();
+        }
+    }
+
+    /// Write the rollouts' changes (each in one transaction); what failed stays to write.
+    async fn write_rollouts(&mut self) -> Result<(), FleetError> {
+        let dirty = std::mem::take(&mut self.rollout_dirty);
+        let mut result = Ok(());
+        for (id, idxs) in dirty {
+            let Some(r) = self.rollouts.live.iter().find(|r| r.id == id) else {
+                continue;
+            };
+            let mut v: Vec<usize> = idxs.iter().copied().collect();
+            v.sort_unstable();
+            match db::save_rollout(&self.db, r, Some(&v)).await {
+                Ok(rows) => {
+                    self.counters.rows_written.fetch_add(rows, Ordering::Relaxed);
+                    self.counters.transactions.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    self.rollout_dirty.entry(id).or_default().extend(idxs);
+                    result = Err(e);
+                }
+            }
+        }
+        result
+    }
+
+    /// Ended rollouts that are not the newest of their publish-id leave memory (once written).
+    fn forget_ended(&mut self) {
+        let mut newest: HashMap<&str, u64> = HashMap::new();
+        for r in &self.rollouts.live {
+            let e = newest.entry(r.target.publish_id.as_str()).or_insert(r.id);
+            *e = (*e).max(r.id);
+        }
+        let keep: HashSet<u64> = self
+            .rollouts
+            .live
+            .iter()
+            .filter(|r| {
+                !matches!(r.state, RolloutState::Finished | RolloutState::Aborted)
+                    || newest.get(r.target.publish_id.as_str()) == Some(&r.id)
+                    || self.rollout_dirty.contains_key(&r.id)
+            })
+            .map(|r| r.id)
+            .collect();
+        if keep.len() != self.rollouts.live.len() {
+            self.rollouts.live.retain(|r| keep.contains(&r.id));
+            self.sent_topics.retain(|(id, _, _)| keep.contains(id));
+        }
+    }
+
+    fn fail_member(&mut self, rollout: u64, i: usize, detail: String) {
+        let Some(r) = self.rollouts.live.iter_mut().find(|r| r.id == rollout) else {
+            return;
+        };
+        let Some(m) = r.members.get_mut(i) else { return };
+        if m.status != MemberStatus::Triggered {
+            return;
+        }
+        tracing::info!(rollout, device = %m.device, %detail, "rollout: device failed");
+        m.status = MemberStatus::Failed;
+        m.done_at = Some(now_ms());
+        m.detail = Some(detail);
+        self.rollout_dirty.entry(rollout).or_default().insert(i);
+    }
+
+    /// Send the triggers of `idxs` (members of rollout `id`, already `triggered`); devices
+    /// that pull (Observe, HTTP) were let through the gate and need nothing sent.
+    fn send_triggers(&mut self, id: u64, idxs: Vec<usize>) {
+        let Some(r) = self.rollouts.live.iter().find(|r| r.id == id) else {
+            return;
+        };
+        let version = self.store.version(&r.target.publish_id, r.target.version);
+        let manifest_url = version
+            .as_deref()
+            .and_then(|v| suitcase_store::paths::manifest_path(v, false))
+            .and_then(|p| r.coap_base.as_ref().map(|b| format!("{b}/{p}")));
+        let firmware_url = version.as_deref().and_then(|v| {
+            let f = v.files.first()?;
+            let b = r.http_base.as_ref()?;
+            Some(format!(
+                "{b}/files/{}",
+                suitcase_store::paths::version_file_path(&v.publish_id, v.seq, &f.name)
+            ))
+        });
+        let (plan, target) = (r.plan.clone(), r.target.clone());
+        let mut jobs = Vec::new();
+        let mut failures = Vec::new();
+        for i in idxs {
+            let Some(m) = r.members.get(i) else { continue };
+            let Some(d) = self.devices.get(&m.device) else {
+                failures.push((i, "device removed".to_string()));
+                continue;
+            };
+            let kind = match plan.trigger {
+                TriggerKind::Auto if d.coap.is_some() => TriggerKind::Coap,
+                TriggerKind::Auto => TriggerKind::Observe,
+                k => k,
+            };
+            if !kind.sends() {
+                tracing::debug!(rollout = id, device = %d.id, trigger = kind.as_str(), "rollout: let through the gate");
+                continue;
+            }
+            let url = if kind == TriggerKind::Mqtt && d.coap.is_none() && d.http_id.is_some() {
+                firmware_url.clone()
+            } else {
+                manifest_url.clone()
+            };
+            let Some(url) = url else {
+                failures.push((i, "trigger: no URL (version removed, or no base URL)".to_string()));
+                continue;
+            };
+            if kind == TriggerKind::Coap && d.coap.is_none() {
+                failures.push((i, "trigger: the device has no CoAP address".to_string()));
+                continue;
+            }
+            let topic = plan
+                .topic
+                .replace("{device}", &d.id)
+                .replace("{group}", d.groups.first().map_or("none", String::as_str));
+            if kind == TriggerKind::Mqtt
+                && !plan.topic.contains("{device}")
+                && !self.sent_topics.insert((id, m.wave, topic.clone()))
+            {
+                continue; // this wave's message on that topic is out already
+            }
+            jobs.push(job(id, kind, d, topic, &target, url));
+        }
+        for (i, detail) in failures {
+            self.fail_member(id, i, detail);
+        }
+        let (Some(triggers), Some(me)) = (self.rollouts.triggers.clone(), self.me.clone().upgrade()) else {
+            return;
+        };
+        drop(me);
+        for j in jobs {
+            let (triggers, me, permits) = (triggers.clone(), self.me.clone(), self.trigger_permits.clone());
+            tokio::spawn(async move {
+                let Ok(_permit) = permits.acquire_owned().await else { return };
+                let (rollout, device) = (j.rollout, j.device.clone());
+                let result = triggers.send(j).await;
+                if let Some(me) = me.upgrade() {
+                    let _ = me.send(Command::Triggered { rollout, device, result }).await;
+                }
+            });
+        }
+    }
+
+    /// A trigger's result.
+    fn triggered(&mut self, rollout: u64, device: &str, result: Result<String, String>) {
+        let Some(r) = self.rollouts.live.iter_mut().find(|r| r.id == rollout) else {
+            return;
+        };
+        let Some(&i) = r.index.get(device) else { return };
+        let (publish_id, version) = (r.target.publish_id.clone(), r.target.version);
+        match result {
+            Ok(detail) => {
+                if let Some(m) = r.members.get_mut(i) {
+                    m.detail = Some(detail);
+                }
+                self.rollout_dirty.entry(rollout).or_default().insert(i);
+                self.mark_notified(device, &publish_id, version);
+            }
+            Err(e) => self.fail_member(rollout, i, format!("trigger: {e}")),
+        }
+    }
+
+    /// Who each publish-id's governing rollout lets through. The newest rollout of a
+    /// publish-id governs while its version is the newest: the devices it let through see that
+    /// version; everyone else (other devices, unknown peers) the one before. A finished
+    /// rollout of all the publish-id's devices lifts its gate.
+    fn rebuild_gates(&mut self) {
+        self.gates_dirty = false;
+        self.gates_store_generation = Some(self.store.generation());
+        let mut newest: HashMap<&str, &Rollout> = HashMap::new();
+        for r in &self.rollouts.live {
+            let e = newest.entry(r.target.publish_id.as_str()).or_insert(r);
+            if r.id > e.id {
+                *e = r;
+            }
+        }
+        let mut gates = HashMap::new();
+        for (publish_id, r) in newest {
+            if self.store.latest(publish_id).is_none_or(|l| l.seq != r.target.version) {
+                continue;
+            }
+            let everyone = r.plan.group.is_none() && r.plan.class.is_none() && r.plan.devices.is_none();
+            if r.state == RolloutState::Finished && everyone {
+                continue;
+            }
+            let baseline = self
+                .store
+                .versions(publish_id)
+                .iter()
+                .rev()
+                .find(|v| v.seq < r.target.version && r.target.baseline.is_some_and(|b| v.seq <= b))
+                .map(|v| v.seq);
+            let mut g = OneGate {
+                baseline,
+                ..Default::default()
+            };
+            let through: HashSet<&str> = r.let_through().map(|m| m.device.as_str()).collect();
+            let mut ips = HashSet::new();
+            for id in &through {
+                let Some(d) = self.devices.get(*id) else { continue };
+                for k in Self::keys(d) {
+                    g.addrs.insert(k);
+                    ips.insert(k.ip());
+                }
+                g.identities.insert((*id).to_string());
+                if let Some(h) = &d.http_id {
+                    g.identities.insert(h.clone());
+                }
+            }
+            // An address every device of which is let through lets any of its ports through.
+            for ip in ips {
+                if self
+                    .by_ip
+                    .get(&ip)
+                    .is_some_and(|v| v.iter().all(|x| through.contains(x.as_str())))
+                {
+                    g.ips.insert(ip);
+                }
+            }
+            gates.insert(publish_id.to_string(), g);
+        }
+        tracing::debug!(gates = gates.len(), "fleet: rollout gates rebuilt");
+        self.rollouts.gates.set(gates);
+    }
+
+    async fn create_rollout(
+        &mut self,
+        request: RolloutRequest,
+        plan: Plan,
+        start_at: Option<i64>,
+        urls: BaseUrls,
+    ) -> Result<RolloutView, FleetError> {
+        let publish_id = request.publish_id.trim().to_string();
+        let v = suitcase_store::paths::find_version(self.store.as_ref(), &publish_id, request.version.as_deref())
+            .map_err(|e| FleetError::Invalid(e.to_string()))?;
+        if let Some(busy) = self.rollouts.live.iter().find(|r| {
+            r.target.publish_id == publish_id
+                && matches!(
+                    r.state,
+                    RolloutState::Scheduled | RolloutState::Running | RolloutState::Paused
+                )
+        }) {
+            return Err(FleetError::Invalid(format!(
+                "rollout {} of {publish_id:?} is {}: abort it before creating another",
+                busy.id, busy.state
+            )));
+        }
+        if let Some(list) = &plan.devices {
+            if let Some(missing) = list.iter().find(|d| !self.devices.contains_key(*d)) {
+                return Err(FleetError::Invalid(format!("no device {missing:?}")));
+            }
+        }
+        if plan.trigger.sends() && self.rollouts.triggers.is_none() {
+            return Err(FleetError::Invalid(format!(
+                "trigger {}: this server sends no triggers",
+                plan.trigger.as_str()
+            )));
+        }
+        if matches!(plan.trigger, TriggerKind::Coap | TriggerKind::Auto | TriggerKind::Mqtt) && urls.coap.is_none() {
+            return Err(FleetError::Invalid("no CoAP URL of this server to send devices".into()));
+        }
+        let target = Target {
+            publish_id: publish_id.clone(),
+            version: v.seq,
+            seq: v.manifest.as_ref().and_then(|m| m.sequence_number),
+            semver: v.semver.as_ref().map(ToString::to_string),
+            baseline: self
+                .store
+                .versions(&publish_id)
+                .iter()
+                .rev()
+                .find(|x| x.seq < v.seq)
+                .map(|x| x.seq),
+        };
+        let members = crate::rollout::select(&plan, &publish_id, &target, self.devices.values());
+        if members.len() > crate::rollout::MAX_TARGETS {
+            return Err(FleetError::Invalid(format!(
+                "{} devices: at most {} per rollout",
+                members.len(),
+                crate::rollout::MAX_TARGETS
+            )));
+        }
+        let name = request
+            .name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(|n| n.chars().take(100).collect());
+        let now = now_ms();
+        let mut r = Rollout::new(self.rollouts.next_id, name, target, plan, members, now, start_at)?;
+        r.coap_base = urls.coap;
+        r.http_base = urls.http;
+        db::save_rollout(&self.db, &r, None).await?;
+        self.rollouts.next_id += 1;
+        tracing::info!(
+            rollout = r.id,
+            publish_id = %r.target.publish_id,
+            version = r.target.version,
+            devices = r.members.len(),
+            waves = r.wave_ends.len(),
+            state = %r.state,
+            "rollout created"
+        );
+        let id = r.id;
+        self.rollouts.live.push(r);
+        self.gates_dirty = true;
+        self.rollout_tick(now).await;
+        self.live_view(id).ok_or(FleetError::NoRollout(id))
+    }
+
+    fn live_view(&self, id: u64) -> Option<RolloutView> {
+        let devices = &self.devices;
+        self.rollouts
+            .live
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.view(|d| devices.get(d).is_some_and(|d| d.state == State::Downloading)))
+    }
+
+    async fn control_rollout(&mut self, id: u64, action: Control) -> Result<RolloutView, FleetError> {
+        let now = now_ms();
+        let Some(r) = self.rollouts.live.iter_mut().find(|r| r.id == id) else {
+            return match self.db.get_rollout(id).await? {
+                Some(r) => Err(FleetError::Invalid(format!("rollout {id} is {}", r.state))),
+                None => Err(FleetError::NoRollout(id)),
+            };
+        };
+        match action {
+            Control::Pause => r.pause()?,
+            Control::Resume => r.resume(now)?,
+            Control::Abort => r.abort(now)?,
+        }
+        tracing::info!(rollout = id, state = %r.state, "rollout {:?}", action);
+        self.rollout_dirty.entry(id).or_default();
+        self.gates_dirty = true;
+        self.write_rollouts().await?;
+        self.rollout_tick(now).await;
+        self.live_view(id).ok_or(FleetError::NoRollout(id))
+    }
+}
+
+fn job(rollout: u64, kind: TriggerKind, d: &Device, topic: String, target: &Target, url: String) -> TriggerJob {
+    TriggerJob {
+        rollout,
+        kind,
+        device: d.id.clone(),
+        coap: d.coap.clone(),
+        topic,
+        publish_id: target.publish_id.clone(),
+        version: target.version,
+        seq: target.seq,
+        semver: target.semver.clone(),
+        url,
     }
 }

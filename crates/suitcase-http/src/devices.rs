@@ -15,7 +15,7 @@ impl From<FleetError> for ApiError {
     fn from(e: FleetError) -> Self {
         match e {
             FleetError::Invalid(m) => ApiError::bad_request(m),
-            FleetError::NotFound(_) => ApiError::not_found(e.to_string()),
+            FleetError::NotFound(_) | FleetError::NoRollout(_) => ApiError::not_found(e.to_string()),
             FleetError::Exists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             FleetError::Full(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, m),
             FleetError::Database(_) | FleetError::Stopped => ApiError::internal(e),

@@ -152,41 +152,18 @@ async fn read_form(req: Request) -> Result<NotifyForm, ApiError> {
     Ok(f)
 }
 
-/// Find a version by what a user calls it: `latest`, the version number, the manifest's
-/// sequence number (RIOT's `riot.suit.<seq>.bin`), or the semver.
+/// Find a version by what a user calls it ([`suitcase_store::paths::find_version`]).
 pub(crate) fn find_version(st: &AppState, id: &str, which: Option<&str>) -> Result<std::sync::Arc<Version>, ApiError> {
-    let versions = st.store.versions(id);
-    if versions.is_empty() {
-        return Err(ApiError::not_found(format!("no publish-id {id:?}")));
-    }
-    let which = which.map(str::trim).filter(|w| !w.is_empty()).unwrap_or("latest");
-    let found = if which == "latest" {
-        versions.last().cloned()
-    } else if let Ok(n) = which.parse::<u64>() {
-        versions
-            .iter()
-            .rev()
-            .find(|v| v.manifest.as_ref().and_then(|m| m.sequence_number) == Some(n))
-            .or_else(|| versions.iter().find(|v| v.seq == n))
-            .cloned()
-    } else {
-        let sv = semver::Version::parse(which.trim_start_matches('v'))
-            .map_err(|_| ApiError::bad_request(format!("version {which:?}: latest, a number or a semver")))?;
-        versions.iter().rev().find(|v| v.semver.as_ref() == Some(&sv)).cloned()
-    };
-    found.ok_or_else(|| ApiError::not_found(format!("{id:?} has no version {which:?}")))
+    use suitcase_store::paths::FindVersionError as E;
+    suitcase_store::paths::find_version(st.store.as_ref(), id, which).map_err(|e| match e {
+        E::Spec(_) => ApiError::bad_request(e.to_string()),
+        E::NoPublishId(_) | E::NoVersion(..) => ApiError::not_found(e.to_string()),
+    })
 }
 
 /// The URL a device is told to fetch for `v`.
 fn manifest_url(base: &str, v: &Version, latest: bool) -> Option<String> {
-    let m = v.manifest.as_ref()?;
-    let riot = m.file.name.starts_with("riot.suit.");
-    Some(match (latest, riot) {
-        (true, true) => format!("{base}/{}/riot.suit.latest.bin", v.publish_id),
-        (true, false) => format!("{base}/{}/manifest", v.publish_id),
-        (false, true) => format!("{base}/{}/{}", v.publish_id, m.file.name),
-        (false, false) => format!("{base}/{}/v/{}/{}", v.publish_id, v.seq, m.file.name),
-    })
+    Some(format!("{base}/{}", suitcase_store::paths::manifest_path(v, latest)?))
 }
 
 pub(crate) async fn notify(

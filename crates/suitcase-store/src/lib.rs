@@ -9,6 +9,7 @@
 //! publishes; reads of the in-memory index are cheap.
 
 mod blob;
+pub mod gate;
 mod id;
 mod local;
 pub mod paths;
@@ -18,6 +19,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 pub use blob::Blob;
+pub use gate::{Allowed, Gate, Requester};
 pub use id::{validate_file_name, validate_publish_id, MAX_FILE_NAME_LEN, MAX_PUBLISH_ID_LEN, RESERVED_SEGMENTS};
 pub use local::LocalStore;
 

@@ -89,6 +89,95 @@ pub fn resolve(store: &dyn Store, segments: &[&str]) -> Option<Located> {
     None
 }
 
+/// Resolve `segments` as [`resolve`] does, then hold an alias (`<id>/manifest`,
+/// `<id>/<file>`) to what `allowed` lets the requester see: the same name in the newest
+/// version it may have. Immutable paths (`<id>/v/<n>/<file>`) are never held back.
+pub fn resolve_allowed(
+    store: &dyn Store,
+    segments: &[&str],
+    allowed: impl FnOnce(&str) -> crate::gate::Allowed,
+) -> Option<Located> {
+    use crate::gate::Allowed;
+    let l = resolve(store, segments)?;
+    let (name, head) = segments.split_last()?;
+    if head.len() >= 2 && head[head.len() - 2] == "v" {
+        return Some(l); // `<id>/v/<n>/<file>`
+    }
+    let max = match allowed(&l.version.publish_id) {
+        Allowed::Newest => return Some(l),
+        Allowed::Nothing => return None,
+        Allowed::UpTo(max) if l.version.seq <= max => return Some(l),
+        Allowed::UpTo(max) => max,
+    };
+    let older = store
+        .versions(&l.version.publish_id)
+        .iter()
+        .rev()
+        .filter(|v| v.seq <= max)
+        .find_map(|v| in_version(v, name));
+    match older {
+        Some(o) => Some(o),
+        // A name only newer versions hold (RIOT's `riot.suit.<seq>.bin`) names one version,
+        // not "the newest": it is not held back. The manifest aliases always are.
+        None if !manifest_alias(name) => Some(l),
+        None => None,
+    }
+}
+
+/// Find a version by what a user calls it: `latest` (or nothing), a version number, a
+/// manifest sequence number (RIOT's `riot.suit.<seq>.bin`; preferred over the version number
+/// when both match) or a semantic version (`1.2.0`, `v1.2.0`).
+pub fn find_version(store: &dyn Store, id: &str, which: Option<&str>) -> Result<Arc<Version>, FindVersionError> {
+    let versions = store.versions(id);
+    if versions.is_empty() {
+        return Err(FindVersionError::NoPublishId(id.to_string()));
+    }
+    let which = which.map(str::trim).filter(|w| !w.is_empty()).unwrap_or("latest");
+    let found = if which == "latest" {
+        versions.last().cloned()
+    } else if let Ok(n) = which.parse::<u64>() {
+        versions
+            .iter()
+            .rev()
+            .find(|v| v.manifest.as_ref().and_then(|m| m.sequence_number) == Some(n))
+            .or_else(|| versions.iter().find(|v| v.seq == n))
+            .cloned()
+    } else {
+        let sv = semver::Version::parse(which.trim_start_matches('v'))
+            .map_err(|_| FindVersionError::Spec(which.to_string()))?;
+        versions.iter().rev().find(|v| v.semver.as_ref() == Some(&sv)).cloned()
+    };
+    found.ok_or_else(|| FindVersionError::NoVersion(id.to_string(), which.to_string()))
+}
+
+/// Why [`find_version`] found nothing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum FindVersionError {
+    /// No such publish-id.
+    #[error("no publish-id {0:?}")]
+    NoPublishId(String),
+    /// Not a version as written.
+    #[error("version {0:?}: latest, a number or a semver")]
+    Spec(String),
+    /// No such version.
+    #[error("{0:?} has no version {1:?}")]
+    NoVersion(String, String),
+}
+
+/// The path of `v`'s manifest a device is told to fetch: the immutable
+/// `<id>/v/<n>/<manifest>`, or for RIOT's manifests `<id>/riot.suit.<seq>.bin` (shorter:
+/// RIOT takes URLs of at most 128 bytes); with `latest`, the alias of the newest.
+pub fn manifest_path(v: &Version, latest: bool) -> Option<String> {
+    let m = v.manifest.as_ref()?;
+    let riot = m.file.name.starts_with("riot.suit.");
+    Some(match (latest, riot) {
+        (true, true) => format!("{}/riot.suit.latest.bin", v.publish_id),
+        (true, false) => format!("{}/manifest", v.publish_id),
+        (false, true) => format!("{}/{}", v.publish_id, m.file.name),
+        (false, false) => version_file_path(&v.publish_id, v.seq, &m.file.name),
+    })
+}
+
 /// The file `segments` named when its content's SHA-256 began with `prefix` (a download in
 /// progress of an alias whose newest version changed since): the version named by the path
 /// if it matches, else the newest older version whose file under that name matches.
