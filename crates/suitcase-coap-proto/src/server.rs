@@ -120,6 +120,14 @@ pub struct Resource {
 pub trait Resources {
     /// The resource at the Uri-Path `segments`, or `None` for 4.04.
     fn resolve(&self, segments: &[&str]) -> Option<Resource>;
+    /// The resource at `segments` as `peer` is to see it (suitcase: a staged rollout shows
+    /// the new manifest only to the devices of its started waves). The default: [`resolve`].
+    ///
+    /// [`resolve`]: Resources::resolve
+    fn resolve_for(&self, peer: SocketAddr, segments: &[&str]) -> Option<Resource> {
+        let _ = peer;
+        self.resolve(segments)
+    }
     /// May `segments` be observed? (suitcase: manifests.)
     fn observable(&self, segments: &[&str]) -> bool {
         segments.last() == Some(&"manifest")
@@ -685,7 +693,7 @@ impl<R: Resources> Server<R> {
             _ => None,
         };
         let (mut spec, mut observe, path) = match &parsed {
-            Ok(p) => self.respond(p, pin),
+            Ok(p) => self.respond(peer, p, pin),
             Err(e) => (e.clone(), ObserveAction::None, None),
         };
         let (reply_type, reply_mid) = if con {
@@ -943,7 +951,12 @@ impl<R: Resources> Server<R> {
         }
     }
 
-    fn respond(&self, p: &Parsed<'_>, pin: Option<[u8; 8]>) -> (ResponseSpec, ObserveAction, Option<Arc<[String]>>) {
+    fn respond(
+        &self,
+        peer: SocketAddr,
+        p: &Parsed<'_>,
+        pin: Option<[u8; 8]>,
+    ) -> (ResponseSpec, ObserveAction, Option<Arc<[String]>>) {
         let none = |spec| (spec, ObserveAction::None, None);
         let res = match pin {
             Some(etag) => match self.resources.resolve_etag(&p.path, &etag) {
@@ -957,7 +970,7 @@ impl<R: Resources> Server<R> {
                     ))
                 }
             },
-            None => self.resources.resolve(&p.path),
+            None => self.resources.resolve_for(peer, &p.path),
         };
         let Some(res) = res else {
             // If-Match on a resource that does not exist fails (RFC 7252 §5.10.8.1).

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use parking_lot::Mutex;
-use suitcase_store::{paths, Blob, FileEntry, Sha256, Store};
+use suitcase_store::{paths, Blob, FileEntry, Gate, Requester, Sha256, Store};
 
 use crate::server::{content_format, Body, RangeSource, Resource, Resources};
 
@@ -30,6 +30,8 @@ pub struct StoreResources {
     link_format: Mutex<Option<(u64, Resource)>>,
     /// Whether `POST /<publish-id>/report` is taken (by the fleet).
     reports: bool,
+    /// Rollouts' gates: which version of a publish-id each peer sees through the aliases.
+    gate: Option<Arc<dyn Gate>>,
 }
 
 /// Paths remembered (unknown paths included, so scans stay cheap).
@@ -67,7 +69,15 @@ impl StoreResources {
             resolved: quick_cache::sync::Cache::new(MAX_RESOLVED),
             link_format: Mutex::new(None),
             reports: false,
+            gate: None,
         }
+    }
+
+    /// Let `gate` decide which version each peer sees through `<id>/manifest` and the other
+    /// aliases of "the newest" (staged rollouts).
+    pub fn with_gate(mut self, gate: Arc<dyn Gate>) -> Self {
+        self.gate = Some(gate);
+        self
     }
 
     /// Take device reports: `POST /<publish-id>/report` for a publish-id of the store goes to
@@ -127,7 +137,26 @@ impl StoreResources {
 
 impl Resources for StoreResources {
     fn generation(&self) -> u64 {
-        self.store.generation()
+        // Both only grow: the sum moves whenever either does.
+        let gate = self.gate.as_ref().map_or(0, |g| g.generation());
+        self.store.generation().wrapping_add(gate)
+    }
+
+    fn resolve_for(&self, peer: std::net::SocketAddr, segments: &[&str]) -> Option<Resource> {
+        let Some(gate) = self.gate.as_ref().filter(|g| g.active()) else {
+            return self.resolve(segments);
+        };
+        // Immutable paths (`<id>/v/<n>/<file>`) and `/.well-known/core` are never gated.
+        let n = segments.len();
+        if n < 2 || (n >= 3 && segments[n - 3] == "v") || segments == [".well-known", "core"] {
+            return self.resolve(segments);
+        }
+        let who = Requester {
+            addr: Some(peer),
+            identity: None,
+        };
+        let l = paths::resolve_allowed(self.store.as_ref(), segments, |id| gate.allowed(id, &who))?;
+        self.file(&l.entry, l.version.block_size)
     }
 
     fn resolve(&self, segments: &[&str]) -> Option<Resource> {

@@ -260,6 +260,11 @@ pub struct TriggerJob {
 pub trait Triggers: Send + Sync + 'static {
     /// Send one; `Ok(detail)` when the device (CoAP) or the broker (MQTT) took it.
     fn send(&self, job: TriggerJob) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
+    /// Whether this kind can be sent (`Err`: why not, e.g. no MQTT broker configured).
+    fn supports(&self, kind: TriggerKind) -> Result<(), String> {
+        let _ = kind;
+        Ok(())
+    }
 }
 
 /// The fleet: a handle to the tracker and the database. Cheap to clone.

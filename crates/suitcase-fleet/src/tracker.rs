@@ -1306,11 +1306,18 @@ impl Tracker {
                 return Err(FleetError::Invalid(format!("no device {missing:?}")));
             }
         }
-        if plan.trigger.sends() && self.rollouts.triggers.is_none() {
-            return Err(FleetError::Invalid(format!(
-                "trigger {}: this server sends no triggers",
-                plan.trigger.as_str()
-            )));
+        if plan.trigger.sends() {
+            match &self.rollouts.triggers {
+                None => {
+                    return Err(FleetError::Invalid(format!(
+                        "trigger {}: this server sends no triggers",
+                        plan.trigger.as_str()
+                    )))
+                }
+                Some(t) => t
+                    .supports(plan.trigger)
+                    .map_err(|e| FleetError::Invalid(format!("trigger {}: {e}", plan.trigger.as_str())))?,
+            }
         }
         if matches!(plan.trigger, TriggerKind::Coap | TriggerKind::Auto | TriggerKind::Mqtt) && urls.coap.is_none() {
             return Err(FleetError::Invalid("no CoAP URL of this server to send devices".into()));

@@ -23,7 +23,7 @@ impl From<FleetError> for ApiError {
     }
 }
 
-fn fleet(st: &AppState) -> Result<&Fleet, ApiError> {
+pub(crate) fn fleet(st: &AppState) -> Result<&Fleet, ApiError> {
     st.fleet.as_ref().ok_or_else(|| {
         ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,

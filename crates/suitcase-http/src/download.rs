@@ -17,7 +17,8 @@ pub(crate) async fn files(
     headers: HeaderMap,
     Path(path): Path<String>,
 ) -> Result<Response, ApiError> {
-    let found = suitcase_store::paths::resolve_path(st.store.as_ref(), &path)
+    let segments: Vec<&str> = path.split('/').collect();
+    let found = suitcase_store::paths::resolve_allowed(st.store.as_ref(), &segments, |id| st.allowed(id, &peer, None))
         .ok_or_else(|| ApiError::not_found(format!("no file at {path:?}")))?;
     let data = read(&st, &found.entry).await?;
     let r = serve(&headers, data, &found.entry, "application/octet-stream");

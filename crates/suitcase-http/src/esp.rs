@@ -41,12 +41,18 @@ pub fn parse_version(s: &str) -> Option<semver::Version> {
     semver::Version::parse(&padded).ok()
 }
 
-/// The version with the highest semver.
-fn newest(st: &AppState, id: &str) -> Option<std::sync::Arc<Version>> {
+/// The version with the highest semver of those a rollout's gate lets the requester see.
+fn newest(st: &AppState, id: &str, allowed: suitcase_store::Allowed) -> Option<std::sync::Arc<Version>> {
+    use suitcase_store::Allowed;
     st.store
         .versions(id)
         .into_iter()
         .filter(|v| v.semver.is_some())
+        .filter(|v| match allowed {
+            Allowed::Newest => true,
+            Allowed::UpTo(max) => v.seq <= max,
+            Allowed::Nothing => false,
+        })
         .max_by(|a, b| a.semver.cmp(&b.semver).then(a.seq.cmp(&b.seq)))
 }
 
@@ -66,13 +72,14 @@ pub(crate) async fn firmware(
         .map_err(|_| ApiError::bad_request("version header is not text"))?;
     let current = parse_version(text)
         .ok_or_else(|| ApiError::bad_request(format!("version header {text:?} is not a version")))?;
-    let v = newest(&st, &name).ok_or_else(|| ApiError::not_found(format!("no versioned firmware {name:?}")))?;
-    let latest = v.semver.clone().unwrap_or_else(|| semver::Version::new(0, 0, 0));
     let mac = headers
         .get("x-ESP8266-STA-MAC")
         .or_else(|| headers.get("x-ESP32-STA-MAC"))
         .and_then(|h| h.to_str().ok())
         .unwrap_or("-");
+    let allowed = st.allowed(&name, &peer, (mac != "-").then_some(mac));
+    let v = newest(&st, &name, allowed).ok_or_else(|| ApiError::not_found(format!("no versioned firmware {name:?}")))?;
+    let latest = v.semver.clone().unwrap_or_else(|| semver::Version::new(0, 0, 0));
     if current >= latest {
         tracing::info!(target: "suitcase::audit", action = "esp-check", firmware = %name, device_version = %current, latest = %latest, mac, result = "current");
         return Ok(StatusCode::NOT_MODIFIED.into_response());
@@ -119,7 +126,7 @@ fn split_image_name(name: &str) -> Option<(&str, semver::Version)> {
     Some((ty, parse_version(ver)?))
 }
 
-fn base_url(st: &AppState, headers: &HeaderMap) -> String {
+pub(crate) fn base_url(st: &AppState, headers: &HeaderMap) -> String {
     if let Some(u) = &st.config.public_http_url {
         return u.trim_end_matches('/').to_string();
     }
@@ -238,6 +245,7 @@ pub(crate) struct ImageEntry {
 
 pub(crate) async fn images_json(
     State(st): State<AppState>,
+    peer: crate::download::Peer,
     headers: HeaderMap,
     Query(q): Query<ImagesQuery>,
 ) -> Result<Json<Vec<ImageEntry>>, ApiError> {
@@ -255,7 +263,10 @@ pub(crate) async fn images_json(
     let base = base_url(&st, &headers);
     let mut out = Vec::new();
     for id in ids {
-        let Some(v) = newest(&st, &id) else { continue };
+        let addr = q.addr.as_deref().filter(|a| !a.is_empty());
+        let Some(v) = newest(&st, &id, st.allowed(&id, &peer, addr)) else {
+            continue;
+        };
         let Some(version) = v.semver.clone() else { continue };
         if device.as_ref().is_some_and(|d| *d >= version) {
             continue;
@@ -288,7 +299,9 @@ pub(crate) async fn image_file(
     };
     suitcase_store::validate_publish_id(&id)?;
     // `/images/<id>/<file>` is `<id>/<file>` of the one resolver: the newest version holding it.
-    let found = suitcase_store::paths::resolve_path(st.store.as_ref(), &format!("{id}/{name}"))
+    let full = format!("{id}/{name}");
+    let segments: Vec<&str> = full.split('/').collect();
+    let found = suitcase_store::paths::resolve_allowed(st.store.as_ref(), &segments, |pid| st.allowed(pid, &peer, None))
         .ok_or_else(|| ApiError::not_found(format!("no image {path:?}")))?;
     let entry = &found.entry;
     let data = crate::download::read(&st, entry).await?;

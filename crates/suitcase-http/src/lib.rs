@@ -12,6 +12,7 @@ mod html;
 pub mod metrics;
 mod notify;
 mod publish;
+mod rollouts;
 mod server;
 
 use std::sync::Arc;
@@ -81,6 +82,29 @@ pub struct Health {
 
 impl AppState {
     /// The CoAP base URL for a request that came with `headers`.
+    /// What a rollout's gate lets this requester see of `publish_id` (identity: what the
+    /// device calls itself; else its device token's name, else its address decides).
+    pub(crate) fn allowed(
+        &self,
+        publish_id: &str,
+        peer: &download::Peer,
+        identity: Option<&str>,
+    ) -> suitcase_store::Allowed {
+        use suitcase_store::Gate as _;
+        let Some(fleet) = &self.fleet else {
+            return suitcase_store::Allowed::Newest;
+        };
+        let gates = fleet.gates();
+        if !gates.active() {
+            return suitcase_store::Allowed::Newest;
+        }
+        let who = suitcase_store::Requester {
+            addr: peer.addr,
+            identity: identity.or(peer.token.as_deref()),
+        };
+        gates.allowed(publish_id, &who)
+    }
+
     pub(crate) fn coap_base(&self, headers: &HeaderMap) -> String {
         if let Some(b) = &self.config.coap_base_url {
             return b.trim_end_matches('/').to_string();
@@ -120,6 +144,10 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/devices", get(devices::list).post(devices::add))
         .route("/api/v1/devices/{id}", get(devices::get_one).delete(devices::remove))
         .route("/api/v1/fleet", get(devices::summary))
+        .route("/api/v1/rollouts", get(rollouts::list).post(rollouts::create))
+        .route("/api/v1/rollouts/{id}", get(rollouts::get_one))
+        .route("/api/v1/rollouts/{id}/devices", get(rollouts::devices))
+        .route("/api/v1/rollouts/{id}/{action}", post(rollouts::control))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::publisher));
     let downloads = Router::new()
         .route("/firmware/{*name}", get(esp::firmware))

@@ -146,21 +146,21 @@ pub fn run(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
     runtime.block_on(device(cmd))
 }
 
-struct Api {
+pub(crate) struct Api {
     base: String,
     token: Option<String>,
     client: reqwest::Client,
 }
 
 impl Api {
-    fn new(s: &Server) -> Self {
+    pub(crate) fn new(s: &Server) -> Self {
         Api {
             base: s.server.trim_end_matches('/').to_string(),
             token: crate::client::token(s.token.as_deref(), &s.server),
             client: reqwest::Client::new(),
         }
     }
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,

@@ -15,6 +15,8 @@ mod list;
 mod manifest;
 mod notify;
 mod publish;
+mod rollout;
+mod rollout_triggers;
 mod serve;
 mod token;
 
@@ -46,6 +48,9 @@ enum Command {
     /// The device inventory: add, list, show, remove, import and watch devices.
     #[command(subcommand)]
     Device(device::DeviceCommand),
+    /// Staged rollouts: create, list, status (--watch), pause, resume, abort.
+    #[command(subcommand)]
+    Rollout(rollout::RolloutCommand),
     /// Manage publisher and device tokens (stored hashed in <data>/tokens.json).
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -96,6 +101,7 @@ fn main() -> ExitCode {
         Command::Keygen(args) => manifest::keygen(args),
         Command::Token(cmd) => token::run(cmd),
         Command::Device(cmd) => device::run(cmd),
+        Command::Rollout(cmd) => rollout::run(cmd),
         Command::Manifest(cmd) => manifest::run(cmd),
     };
     match result {

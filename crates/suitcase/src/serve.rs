@@ -228,12 +228,6 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         max_block_events: if args.no_tracking { 0 } else { 2 * driver::BLOCK_BATCH },
         ..Default::default()
     };
-    let coap = Server::new(
-        config,
-        StoreResources::new(store.clone()).with_reports(),
-        std::time::Instant::now(),
-        seed,
-    );
     let trigger_client = Arc::new(suitcase_coap::trigger_client::TriggerClient::new(
         suitcase_coap::trigger::NotifyConfig {
             // Clamped: retransmission back-off doubles it four times (no overflow).
@@ -257,9 +251,21 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             ..Default::default()
         },
         Some(Arc::new(crate::fleet::RiotSlots(trigger_client.clone()))),
+        Some(Arc::new(crate::rollout_triggers::RolloutTriggers {
+            coap: trigger_client.clone(),
+            mqtt: None,
+        })),
     )
     .await
     .with_context(|| format!("opening the fleet database {}", suitcase_fleet::redact(&database)))?;
+    let coap = Server::new(
+        config,
+        StoreResources::new(store.clone())
+            .with_reports()
+            .with_gate(fleet.gates()),
+        std::time::Instant::now(),
+        seed,
+    );
     tracing::info!(database = %suitcase_fleet::redact(&database), tracking = !args.no_tracking, "fleet database open");
     // Completed CoAP downloads, for notify's watch (bounded; lagging listeners lose the oldest).
     let (transfers, _) = tokio::sync::broadcast::channel(1024);

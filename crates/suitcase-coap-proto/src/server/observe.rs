@@ -123,7 +123,7 @@ impl<R: Resources> Server<R> {
     pub(super) fn notify(&mut self, now: Instant, key: ObsKey, always: bool) {
         {
             let segments: Vec<&str> = key.1.iter().map(String::as_str).collect();
-            let Some(res) = self.resources.resolve(&segments) else {
+            let Some(res) = self.resources.resolve_for(key.0, &segments) else {
                 // The resource is gone (its versions were removed): a final 4.04 ends the
                 // observation (RFC 7641 §4.2).
                 if let Some(token) = self.observers.get(&key).map(|o| o.token) {
