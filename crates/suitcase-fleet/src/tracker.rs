@@ -96,6 +96,9 @@ fn target_addr(coap: &str) -> Option<SocketAddr> {
     Some(canonical(SocketAddr::new(ip, t.port)))
 }
 
+/// Block events older than a report by less than this belong to the update reported on.
+const LATE_EVENTS_MS: i64 = 5_000;
+
 /// Downloads whose first block ended at most here count as starting over.
 const RESTART_BYTES: u64 = 1024;
 
@@ -515,6 +518,11 @@ impl Tracker {
         if same && matches!(d.state, State::Manifest | State::Downloading | State::Downloaded) {
             return;
         }
+        // Block events reach the tracker up to a batch interval late: the manifest fetch of
+        // an update the device has just reported on is that update, not a new one.
+        if same && d.state.is_final() && d.report_at.is_some_and(|r| now.saturating_sub(r) < LATE_EVENTS_MS) {
+            return;
+        }
         self.set_target(id, f);
         self.set_state(id, State::Manifest, now);
         self.read_slot_before(id, f.version);
@@ -926,6 +934,15 @@ impl Tracker {
             let l = suitcase_store::paths::resolve(self.store.as_ref(), &segments)?;
             l.version.manifest.as_ref()?.sequence_number
         });
+        // A report about another version than the device's target (it reported before the
+        // server saw its download, or a trigger's acknowledgement arrived late): that version
+        // becomes the target, so the outcome is recorded against the right update.
+        if let Some(f) = seq.and_then(|seq| self.version_with_seq(&id, seq)) {
+            let d = self.devices.get(&id);
+            if d.is_some_and(|d| d.target_version != Some(f.version) || d.publish_id.as_deref() != Some(f.publish_id.as_str())) {
+                self.set_target(&id, &f);
+            }
+        }
         let Some(d) = self.devices.get_mut(&id) else {
             return Err(FleetError::NotFound(id));
         };
@@ -966,6 +983,24 @@ impl Tracker {
         self.dirty.insert(id.clone());
         self.flush().await?;
         self.devices.get(&id).cloned().ok_or(FleetError::NotFound(id))
+    }
+
+    /// The version of the device's publish-id whose manifest has sequence number `seq`.
+    fn version_with_seq(&self, id: &str, seq: u64) -> Option<FileRef> {
+        let publish_id = self.devices.get(id)?.publish_id.clone()?;
+        let v = self
+            .store
+            .versions(&publish_id)
+            .into_iter()
+            .rev()
+            .find(|v| v.manifest.as_ref().and_then(|m| m.sequence_number) == Some(seq))?;
+        Some(FileRef {
+            publish_id,
+            version: v.seq,
+            seq: Some(seq),
+            semver: v.semver.as_ref().map(ToString::to_string),
+            manifest: true,
+        })
     }
 
     /// Write every changed device in one transaction (whole rows).
@@ -1204,13 +1239,21 @@ impl Tracker {
         };
         let Some(&i) = r.index.get(device) else { return };
         let (publish_id, version) = (r.target.publish_id.clone(), r.target.version);
+        let since = r.members.get(i).and_then(|m| m.triggered_at).unwrap_or(0);
         match result {
             Ok(detail) => {
                 if let Some(m) = r.members.get_mut(i) {
                     m.detail = Some(detail);
                 }
                 self.rollout_dirty.entry(rollout).or_default().insert(i);
-                self.mark_notified(device, &publish_id, version);
+                // Unless the device is already further (it downloaded, or reported, before
+                // the acknowledgement came back).
+                let quiet = self.devices.get(device).is_some_and(|d| {
+                    d.state_at.unwrap_or(0) <= since && d.report_at.unwrap_or(0) <= since
+                });
+                if quiet {
+                    self.mark_notified(device, &publish_id, version);
+                }
             }
             Err(e) => self.fail_member(rollout, i, format!("trigger: {e}")),
         }

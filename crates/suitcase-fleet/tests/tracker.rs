@@ -64,7 +64,7 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
         install_timeout: Duration::from_millis(600),
         ..Config::default()
     };
-    let fleet = Fleet::open(&url, store.clone(), config.clone(), None).await.unwrap();
+    let fleet = Fleet::open(&url, store.clone(), config.clone(), None, None).await.unwrap();
     let a: SocketAddr = "127.0.0.2:5683".parse().unwrap();
     let b: SocketAddr = "[::ffff:127.0.0.3]:40000".parse().unwrap();
     fleet
@@ -144,7 +144,7 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 
     // Reopened: everything acknowledged is there.
-    let fleet = Fleet::open(&url, store.clone(), config, None).await.unwrap();
+    let fleet = Fleet::open(&url, store.clone(), config, None, None).await.unwrap();
     let all = fleet.list(&Default::default(), 100).await.unwrap();
     let ids: Vec<&str> = all.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, vec!["a", "b", "coap-2001:db8::9"]);

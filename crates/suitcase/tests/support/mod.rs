@@ -72,6 +72,13 @@ impl TestServer {
         Self::launch(Some(ns), "[::1]", (coap, "[::1]:0"), data, extra)
     }
 
+    /// A server on fixed addresses (restarts keep them: the URLs devices were given stay
+    /// right).
+    pub fn start_on(data: &Path, coap: &str, http: &str, extra: &[&str]) -> TestServer {
+        let host = http.rsplit_once(':').map_or("127.0.0.1", |(h, _)| h).to_string();
+        Self::launch(None, &host, (coap, http), data, extra)
+    }
+
     fn launch(netns: Option<&str>, host: &str, (coap, http): (&str, &str), data: &Path, extra: &[&str]) -> TestServer {
         let mut child = base_command(netns)
             .arg("serve")
@@ -336,4 +343,11 @@ fn checked(mut cmd: Command, args: &[&str]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A UDP and a TCP port on 127.0.0.1 that were free a moment ago.
+pub fn free_ports_v4() -> (u16, u16) {
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    (udp.local_addr().unwrap().port(), tcp.local_addr().unwrap().port())
 }

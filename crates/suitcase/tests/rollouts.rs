@@ -1,0 +1,410 @@
+//! Staged rollouts end to end with the real binary: CoAP triggers to simulated devices
+//! (waves, concurrency, version targeting), halt on errors, pause and resume across a
+//! restart, Observe (per-peer manifests), HTTP `images.json?addr=` per device, and MQTT
+//! through a real Mosquitto broker.
+
+mod support;
+
+use std::collections::HashSet;
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use suitcase_suit::manifest::{param, ParamValue};
+use support::TestServer;
+
+/// What a simulated device does with a trigger.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Behaviour {
+    /// Download, then report success.
+    Install,
+    /// Download, then report failure.
+    Fail,
+    /// Accept the trigger, then wait for `go` before downloading (a slow device).
+    Slow,
+}
+
+#[derive(Clone, Debug)]
+struct Event {
+    what: &'static str,
+    at: Instant,
+}
+
+/// A device on its own loopback address: answers CoAP triggers on its socket, downloads the
+/// manifest and the image it names block-wise from the same socket, and reports.
+struct SimDevice {
+    id: String,
+    addr: SocketAddr,
+    events: Arc<Mutex<Vec<Event>>>,
+    go: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for SimDevice {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Link {
+    sock: UdpSocket,
+    mid: u16,
+}
+
+impl Link {
+    fn exchange(&mut self, server: SocketAddr, mut p: Packet) -> Option<Packet> {
+        self.mid = self.mid.wrapping_add(1);
+        p.header.message_id = self.mid;
+        p.header.set_type(MessageType::Confirmable);
+        p.set_token(self.mid.to_be_bytes().to_vec());
+        let bytes = p.to_bytes().ok()?;
+        let mut buf = [0u8; 1500];
+        for _ in 0..6 {
+            self.sock.send_to(&bytes, server).ok()?;
+            let deadline = Instant::now() + Duration::from_millis(400);
+            while Instant::now() < deadline {
+                let Ok((n, _)) = self.sock.recv_from(&mut buf) else {
+                    break;
+                };
+                let Ok(r) = Packet::from_bytes(&buf[..n]) else { continue };
+                if r.header.message_id == self.mid && matches!(r.header.code, MessageClass::Response(_)) {
+                    return Some(r);
+                }
+            }
+        }
+        None
+    }
+
+    fn request(code: RequestType, path: &str) -> Packet {
+        let mut p = Packet::new();
+        p.header.code = MessageClass::Request(code);
+        for s in path.split('/').filter(|s| !s.is_empty()) {
+            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+        }
+        p
+    }
+
+    /// GET `path` block-wise (1024-byte blocks).
+    fn get(&mut self, server: SocketAddr, path: &str) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        for num in 0u32..10_000 {
+            let mut p = Self::request(RequestType::Get, path);
+            let v = (num << 4) | 6;
+            let b: Vec<u8> = v.to_be_bytes().iter().copied().skip_while(|x| *x == 0).collect();
+            p.add_option(CoapOption::Block2, if b.is_empty() { vec![0] } else { b });
+            let r = self.exchange(server, p)?;
+            if r.header.code != MessageClass::Response(ResponseType::Content) {
+                return None;
+            }
+            out.extend_from_slice(&r.payload);
+            let more = r
+                .get_first_option(CoapOption::Block2)
+                .and_then(|b| b.last().copied())
+                .is_some_and(|last| last & 0x08 != 0);
+            if !more {
+                return Some(out);
+            }
+        }
+        None
+    }
+}
+
+/// `coap://host:port/path` → (address, path).
+fn split_url(url: &str) -> Option<(SocketAddr, String)> {
+    let rest = url.strip_prefix("coap://")?;
+    let (authority, path) = rest.split_once('/')?;
+    Some((authority.parse().ok()?, path.to_string()))
+}
+
+/// Fetch the manifest at `url`, the image its first component names, and report.
+fn update(link: &mut Link, url: &str, publish_id: &str, ok: bool) -> Option<u64> {
+    let (server, path) = split_url(url)?;
+    let manifest = link.get(server, &path)?;
+    let envelope = suitcase_suit::Envelope::decode(&manifest).ok()?;
+    let seq = envelope.manifest().sequence_number;
+    let uri = envelope.manifest().component_parameters().into_iter().find_map(|(_, p)| match p.get(param::URI) {
+        Some(ParamValue::Text(u)) => Some(u.clone()),
+        _ => None,
+    })?;
+    let (image_server, image_path) = split_url(&uri)?;
+    assert_eq!(image_server.port(), server.port());
+    link.get(server, &image_path)?;
+    let report = if ok {
+        format!(r#"{{"seq": {seq}, "result": "ok"}}"#)
+    } else {
+        format!(r#"{{"seq": {seq}, "result": "error", "reason": "simulated failure"}}"#)
+    };
+    let mut p = Link::request(RequestType::Post, &format!("{publish_id}/report"));
+    p.add_option(CoapOption::ContentFormat, vec![50]);
+    p.payload = report.into_bytes();
+    let r = link.exchange(server, p)?;
+    assert_eq!(r.header.code, MessageClass::Response(ResponseType::Changed), "report");
+    Some(seq)
+}
+
+impl SimDevice {
+    fn start(id: &str, ip: &str, publish_id: &str, behaviour: Behaviour) -> SimDevice {
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let addr = sock.local_addr().unwrap();
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let go = Arc::new(AtomicBool::new(behaviour != Behaviour::Slow));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (ev, g, st, pid) = (events.clone(), go.clone(), stop.clone(), publish_id.to_string());
+        std::thread::spawn(move || {
+            let mut link = Link { sock, mid: 1000 };
+            let mut seen = HashSet::new();
+            let mut buf = [0u8; 1500];
+            while !st.load(Ordering::Relaxed) {
+                let Ok((n, peer)) = link.sock.recv_from(&mut buf) else { continue };
+                let Ok(req) = Packet::from_bytes(&buf[..n]) else { continue };
+                if req.header.code != MessageClass::Request(RequestType::Post) {
+                    continue;
+                }
+                let mut ack = Packet::new();
+                ack.header.set_type(MessageType::Acknowledgement);
+                ack.header.message_id = req.header.message_id;
+                ack.set_token(req.get_token().to_vec());
+                ack.header.code = MessageClass::Response(ResponseType::Changed);
+                let _ = link.sock.send_to(&ack.to_bytes().unwrap(), peer);
+                if !seen.insert(req.header.message_id) {
+                    continue; // a retransmission
+                }
+                let url = String::from_utf8_lossy(&req.payload).trim_end_matches('\0').to_string();
+                ev.lock().unwrap().push(Event {
+                    what: "trigger",
+                    at: Instant::now(),
+                });
+                while !g.load(Ordering::Relaxed) && !st.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                if st.load(Ordering::Relaxed) {
+                    return;
+                }
+                let ok = behaviour != Behaviour::Fail;
+                let what = match update(&mut link, &url, &pid, ok) {
+                    Some(_) if ok => "installed",
+                    Some(_) => "failed",
+                    None => "broken",
+                };
+                ev.lock().unwrap().push(Event { what, at: Instant::now() });
+            }
+        });
+        SimDevice {
+            id: id.to_string(),
+            addr,
+            events,
+            go,
+            stop,
+        }
+    }
+
+    fn events(&self) -> Vec<Event> {
+        self.events.lock().unwrap().clone()
+    }
+
+    fn triggers(&self) -> usize {
+        self.events().iter().filter(|e| e.what == "trigger").count()
+    }
+}
+
+fn rollout(server: &TestServer, id: u64) -> serde_json::Value {
+    serde_json::from_str(&server.cli(&["rollout", "status", &id.to_string(), "--json"])).unwrap()
+}
+
+fn until_state(server: &TestServer, id: u64, states: &[&str], secs: u64) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        let r = rollout(server, id);
+        if states.iter().any(|s| r["state"] == *s) {
+            return r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "rollout {id} never reached {states:?}: {r:#}\n{:#?}",
+            server.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Publish two versions of `fw`; the second's sequence number.
+fn publish_two(server: &TestServer, dir: &std::path::Path) -> (u64, u64) {
+    let mut seqs = Vec::new();
+    for seed in [1, 2] {
+        let file = dir.join("image.bin");
+        std::fs::write(&file, support::random_bytes(5000, seed)).unwrap();
+        server.publish("fw", &file, &[]);
+        let versions: serde_json::Value = serde_json::from_str(&server.cli(&["list", "fw", "--json"])).unwrap();
+        let newest = versions.as_array().unwrap().iter().filter_map(|v| v["sequence_number"].as_u64()).max();
+        seqs.push(newest.unwrap());
+    }
+    (seqs[0], seqs[1])
+}
+
+fn register(server: &TestServer, devices: &[&SimDevice], running_seq: u64, dir: &std::path::Path) {
+    let mut csv = String::from("id,coap,publish_id,groups,running_seq\n");
+    for d in devices {
+        csv += &format!("{},{},fw,lab,{running_seq}\n", d.id, d.addr);
+    }
+    let file = dir.join("devices.csv");
+    std::fs::write(&file, csv).unwrap();
+    server.cli(&["device", "import", file.to_str().unwrap()]);
+}
+
+fn create(server: &TestServer, args: &[&str]) -> u64 {
+    let mut all = vec!["rollout", "create", "--publish-id", "fw", "--json"];
+    all.extend_from_slice(args);
+    let v: serde_json::Value = serde_json::from_str(&server.cli(&all)).unwrap();
+    v["id"].as_u64().unwrap()
+}
+
+#[test]
+fn coap_triggers_run_the_waves_within_the_concurrency_limit_and_target_older_devices() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_v4(&dir.path().join("data"), &[]);
+    let (old, new) = publish_two(&server, dir.path());
+    let devices: Vec<SimDevice> = (0..9)
+        .map(|i| SimDevice::start(&format!("d{i}"), &format!("127.0.1.{}", 10 + i), "fw", Behaviour::Install))
+        .collect();
+    let current = SimDevice::start("current", "127.0.1.30", "fw", Behaviour::Install);
+    register(&server, &devices.iter().collect::<Vec<_>>(), old, dir.path());
+    register(&server, &[&current], new, dir.path());
+
+    // Bad input creates nothing.
+    for (args, says) in [
+        (vec!["--waves", "50%,10%"], "increase"),
+        (vec!["--success", "120%"], "0 to 100"),
+        (vec!["--version", "99.0.0"], "no version"),
+        (vec!["--group", "nobody"], "no device matches"),
+        (vec!["--trigger", "mqtt"], "no MQTT broker"),
+    ] {
+        let mut cmd = server.command();
+        cmd.args(["rollout", "create", "--publish-id", "fw"]).args(&args);
+        let out = cmd.output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
+    }
+    let bad = server.command().args(["rollout", "create", "--publish-id", "nope"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no publish-id"));
+    assert_eq!(server.cli(&["rollout", "list", "--json"]).trim(), "[]");
+
+    let id = create(
+        &server,
+        &["--waves", "3,100%", "--max-concurrent", "2", "--only-older", "--success", "100%"],
+    );
+    let r = until_state(&server, id, &["finished", "halted"], 60);
+    assert_eq!(r["state"], "finished", "{r:#}");
+    assert_eq!(r["totals"]["devices"], 9, "the up-to-date device is not targeted: {r:#}");
+    assert_eq!(r["totals"]["installed"], 9);
+    assert_eq!(current.triggers(), 0);
+    // Each device was triggered once; wave 2 started after wave 1 was done; never more than
+    // two updates at once.
+    let mut spans = Vec::new();
+    for d in &devices {
+        let ev = d.events();
+        assert_eq!(d.triggers(), 1, "{}: {ev:?}", d.id);
+        let t = ev.iter().find(|e| e.what == "trigger").unwrap().at;
+        let done = ev.iter().find(|e| e.what == "installed").unwrap_or_else(|| panic!("{}: {ev:?}", d.id)).at;
+        spans.push((t, done));
+    }
+    let mut order: Vec<usize> = (0..9).collect();
+    order.sort_by_key(|&i| devices[i].id.clone());
+    let wave1: Vec<_> = order[..3].iter().map(|&i| spans[i]).collect();
+    let wave2: Vec<_> = order[3..].iter().map(|&i| spans[i]).collect();
+    let wave1_done = wave1.iter().map(|s| s.1).max().unwrap();
+    assert!(wave2.iter().all(|s| s.0 >= wave1_done), "wave 2 began before wave 1 ended");
+    for &(t, _) in &spans {
+        let running = spans.iter().filter(|(a, b)| *a <= t && t < *b).count();
+        assert!(running <= 2, "{running} updates at once");
+    }
+    let all: serde_json::Value = serde_json::from_str(&server.cli(&["device", "list", "--json"])).unwrap();
+    for d in all.as_array().unwrap().iter().filter(|d| d["id"] != "current") {
+        assert_eq!((d["state"].as_str(), d["running_seq"].as_u64()), (Some("installed"), Some(new)), "{d}");
+    }
+    let text = server.cli(&["rollout", "status", &id.to_string()]);
+    assert!(text.contains("state finished") && text.contains("wave 2:"), "{text}");
+    let watched = server.cli(&["rollout", "status", &id.to_string(), "--watch", "--interval", "0.2"]);
+    assert!(watched.contains("state finished"), "{watched}");
+}
+
+#[test]
+fn errors_halt_the_rollout_before_the_next_wave() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_v4(&dir.path().join("data"), &[]);
+    let (old, _) = publish_two(&server, dir.path());
+    let devices: Vec<SimDevice> = (0..10)
+        .map(|i| {
+            let b = if i == 1 { Behaviour::Fail } else { Behaviour::Install };
+            SimDevice::start(&format!("d{i}"), &format!("127.0.2.{}", 10 + i), "fw", b)
+        })
+        .collect();
+    register(&server, &devices.iter().collect::<Vec<_>>(), old, dir.path());
+    let id = create(&server, &["--waves", "50%,100%", "--halt-on-errors", "5%"]);
+    let r = until_state(&server, id, &["halted", "finished"], 60);
+    assert_eq!(r["state"], "halted", "{r:#}");
+    assert!(r["reason"].as_str().unwrap().contains("failed"), "{r:#}");
+    assert_eq!(r["waves"][1]["triggered"].as_u64().unwrap() + r["waves"][1]["installed"].as_u64().unwrap(), 0);
+    std::thread::sleep(Duration::from_millis(1500));
+    let second: usize = devices[5..].iter().map(SimDevice::triggers).sum();
+    assert_eq!(second, 0, "nothing may be sent to wave 2");
+    let resume = server.command().args(["rollout", "resume", &id.to_string()]).output().unwrap();
+    assert!(!resume.status.success() && String::from_utf8_lossy(&resume.stderr).contains("halted"));
+    let members: serde_json::Value = serde_json::from_str(&support::curl_text(
+        &format!("{}/api/v1/rollouts/{id}/devices", server.http()),
+        &["-H", &format!("Authorization: Bearer {}", server.token())],
+    ).1).unwrap();
+    let d1 = members.as_array().unwrap().iter().find(|m| m["device"] == "d1").unwrap();
+    assert_eq!((d1["status"].as_str(), d1["detail"].as_str()), (Some("failed"), Some("simulated failure")));
+    assert!(server.cli(&["rollout", "abort", &id.to_string()]).contains("aborted"));
+}
+
+#[test]
+fn pause_and_resume_survive_a_restart_without_triggering_twice() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let (coap_port, http_port) = support::free_ports_v4();
+    let (coap, http) = (format!("127.0.0.1:{coap_port}"), format!("127.0.0.1:{http_port}"));
+    let server = TestServer::start_on(&data, &coap, &http, &[]);
+    let (old, new) = publish_two(&server, dir.path());
+    let devices: Vec<SimDevice> = (0..3)
+        .map(|i| SimDevice::start(&format!("d{i}"), &format!("127.0.3.{}", 10 + i), "fw", Behaviour::Slow))
+        .collect();
+    register(&server, &devices.iter().collect::<Vec<_>>(), old, dir.path());
+    let id = create(&server, &["--max-concurrent", "1"]);
+    // d0 is triggered; pause while it works; it finishes; nothing more is sent.
+    let start = Instant::now();
+    while devices[0].triggers() == 0 {
+        assert!(start.elapsed() < Duration::from_secs(10), "d0 never triggered");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(server.cli(&["rollout", "pause", &id.to_string()]).contains("paused"));
+    devices[0].go.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    while rollout(&server, id)["totals"]["installed"] != 1 {
+        assert!(start.elapsed() < Duration::from_secs(20), "{:#}", rollout(&server, id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(devices[1].triggers() + devices[2].triggers(), 0, "a paused rollout triggers nobody");
+    // Restart (SIGTERM): still paused, d0 still done.
+    let (code, _) = server.terminate(Duration::from_secs(10));
+    assert_eq!(code, Some(0));
+    let server = TestServer::start_on(&data, &coap, &http, &[]);
+    let r = rollout(&server, id);
+    assert_eq!((r["state"].as_str(), r["totals"]["installed"].as_u64()), (Some("paused"), Some(1)), "{r:#}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert_eq!(devices[1].triggers() + devices[2].triggers(), 0);
+    // Resume: d1 and d2, one at a time; d0 never again.
+    for d in &devices[1..] {
+        d.go.store(true, Ordering::Relaxed);
+    }
+    assert!(server.cli(&["rollout", "resume", &id.to_string()]).contains("running"));
+    let r = until_state(&server, id, &["finished", "halted"], 60);
+    assert_eq!(r["state"], "finished", "{r:#}");
+    assert_eq!(devices.iter().map(SimDevice::triggers).collect::<Vec<_>>(), vec![1, 1, 1]);
+    let d2: serde_json::Value = serde_json::from_str(&server.cli(&["device", "show", "d2", "--json"])).unwrap();
+    assert_eq!(d2["running_seq"].as_u64(), Some(new));
+}
