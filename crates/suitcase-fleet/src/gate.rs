@@ -13,8 +13,10 @@ use suitcase_store::{Allowed, Gate, Requester};
 /// One publish-id's gate.
 #[derive(Debug, Default)]
 pub(crate) struct OneGate {
-    /// What everyone else sees (`None`: nothing).
-    pub(crate) baseline: Option<u64>,
+    /// The newest version the devices let through see (the rollout's).
+    pub(crate) through: u64,
+    /// The newest version everyone else sees (`None`: nothing).
+    pub(crate) others: Option<u64>,
     /// Addresses of the devices let through.
     pub(crate) addrs: HashSet<SocketAddr>,
     /// IP addresses only devices let through use (a peer from another port of such an
@@ -59,8 +61,8 @@ impl Gate for Gates {
                 let a = SocketAddr::new(a.ip().to_canonical(), a.port());
                 g.addrs.contains(&a) || g.ips.contains(&a.ip())
             });
-        match (through, g.baseline) {
-            (true, _) => Allowed::Newest,
+        match (through, g.others) {
+            (true, _) => Allowed::UpTo(g.through),
             (false, Some(b)) => Allowed::UpTo(b),
             (false, None) => Allowed::Nothing,
         }
@@ -86,7 +88,8 @@ mod tests {
         assert_eq!(gates.allowed("fw", &who("127.0.0.1:1", None)), Allowed::Newest);
         let g0 = gates.generation();
         let mut g = OneGate {
-            baseline: Some(3),
+            through: 4,
+            others: Some(3),
             ..Default::default()
         };
         g.addrs.insert("127.0.0.2:5683".parse().unwrap());
@@ -94,11 +97,11 @@ mod tests {
         g.identities.insert("AA:BB".into());
         gates.set(HashMap::from([("fw".to_string(), g)]));
         assert!(gates.generation() > g0);
-        assert_eq!(gates.allowed("fw", &who("127.0.0.2:5683", None)), Allowed::Newest);
-        assert_eq!(gates.allowed("fw", &who("[::ffff:127.0.0.2]:5683", None)), Allowed::Newest);
+        assert_eq!(gates.allowed("fw", &who("127.0.0.2:5683", None)), Allowed::UpTo(4));
+        assert_eq!(gates.allowed("fw", &who("[::ffff:127.0.0.2]:5683", None)), Allowed::UpTo(4));
         assert_eq!(gates.allowed("fw", &who("127.0.0.2:9999", None)), Allowed::UpTo(3));
-        assert_eq!(gates.allowed("fw", &who("127.0.0.3:9999", None)), Allowed::Newest);
-        assert_eq!(gates.allowed("fw", &who("10.0.0.1:1", Some("AA:BB"))), Allowed::Newest);
+        assert_eq!(gates.allowed("fw", &who("127.0.0.3:9999", None)), Allowed::UpTo(4));
+        assert_eq!(gates.allowed("fw", &who("10.0.0.1:1", Some("AA:BB"))), Allowed::UpTo(4));
         assert_eq!(gates.allowed("other", &who("10.0.0.1:1", None)), Allowed::Newest);
         gates.set(HashMap::from([("fw".to_string(), OneGate::default())]));
         assert_eq!(gates.allowed("fw", &who("127.0.0.2:5683", None)), Allowed::Nothing);

@@ -533,6 +533,10 @@ impl Tracker {
         let same = d.target_version == Some(f.version) && d.publish_id.as_deref().is_none_or(|p| p == f.publish_id);
         let restart = end <= RESTART_BYTES && end < size;
         let state = d.state;
+        // Late block events of the download the device has just reported on.
+        if same && state.is_final() && d.report_at.is_some_and(|r| now.saturating_sub(r) < LATE_EVENTS_MS) {
+            return;
+        }
         if !same {
             self.set_target(id, f);
         } else if state == State::Installed || (matches!(state, State::Downloaded | State::Failed) && !restart) {
@@ -1170,9 +1174,39 @@ impl Tracker {
             ))
         });
         let (plan, target) = (r.plan.clone(), r.target.clone());
+        let file = FileRef {
+            publish_id: target.publish_id.clone(),
+            version: target.version,
+            seq: target.seq,
+            semver: target.semver.clone(),
+            manifest: true,
+        };
+        let members: Vec<(usize, String)> = idxs
+            .iter()
+            .filter_map(|&i| r.members.get(i).map(|m| (i, m.device.clone())))
+            .collect();
+        // The devices' update in progress is this rollout's from now on; devices that pull
+        // are "notified" (let through) at once, the others when they acknowledge.
+        let now = now_ms();
+        for (_, device) in &members {
+            let Some(d) = self.devices.get(device) else { continue };
+            let pulls = match plan.trigger {
+                TriggerKind::Auto => d.coap.is_none(),
+                k => !k.sends(),
+            };
+            if d.target_version != Some(file.version) || d.publish_id.as_deref() != Some(file.publish_id.as_str()) {
+                self.set_target(device, &file);
+            }
+            if pulls {
+                self.set_state(device, State::Notified, now);
+            }
+        }
+        let Some(r) = self.rollouts.live.iter().find(|r| r.id == id) else {
+            return;
+        };
         let mut jobs = Vec::new();
         let mut failures = Vec::new();
-        for i in idxs {
+        for (i, _) in members {
             let Some(m) = r.members.get(i) else { continue };
             let Some(d) = self.devices.get(&m.device) else {
                 failures.push((i, "device removed".to_string()));
@@ -1259,10 +1293,12 @@ impl Tracker {
         }
     }
 
-    /// Who each publish-id's governing rollout lets through. The newest rollout of a
-    /// publish-id governs while its version is the newest: the devices it let through see that
-    /// version; everyone else (other devices, unknown peers) the one before. A finished
-    /// rollout of all the publish-id's devices lifts its gate.
+    /// Who each publish-id's governing rollout lets through. Once a publish-id has had a
+    /// rollout, its newest rollout governs what pull devices see through the aliases: the
+    /// devices it let through see its version; everyone else (other devices, unknown peers)
+    /// the version before it (nothing if there is none), or its version once it finished
+    /// for all the publish-id's devices. Versions published after it wait for a rollout of
+    /// their own.
     fn rebuild_gates(&mut self) {
         self.gates_dirty = false;
         self.gates_store_generation = Some(self.store.generation());
@@ -1275,22 +1311,23 @@ impl Tracker {
         }
         let mut gates = HashMap::new();
         for (publish_id, r) in newest {
-            if self.store.latest(publish_id).is_none_or(|l| l.seq != r.target.version) {
-                continue;
+            if self.store.version(publish_id, r.target.version).is_none() {
+                continue; // its version was removed: the newest again
             }
             let everyone = r.plan.group.is_none() && r.plan.class.is_none() && r.plan.devices.is_none();
-            if r.state == RolloutState::Finished && everyone {
-                continue;
-            }
-            let baseline = self
-                .store
-                .versions(publish_id)
-                .iter()
-                .rev()
-                .find(|v| v.seq < r.target.version && r.target.baseline.is_some_and(|b| v.seq <= b))
-                .map(|v| v.seq);
+            let others = if r.state == RolloutState::Finished && everyone {
+                Some(r.target.version)
+            } else {
+                self.store
+                    .versions(publish_id)
+                    .iter()
+                    .rev()
+                    .find(|v| v.seq < r.target.version && r.target.baseline.is_some_and(|b| v.seq <= b))
+                    .map(|v| v.seq)
+            };
             let mut g = OneGate {
-                baseline,
+                through: r.target.version,
+                others,
                 ..Default::default()
             };
             let through: HashSet<&str> = r.let_through().map(|m| m.device.as_str()).collect();

@@ -408,3 +408,209 @@ fn pause_and_resume_survive_a_restart_without_triggering_twice() {
     let d2: serde_json::Value = serde_json::from_str(&server.cli(&["device", "show", "d2", "--json"])).unwrap();
     assert_eq!(d2["running_seq"].as_u64(), Some(new));
 }
+
+/// A device that observes `fw/manifest` and installs every newer manifest it is shown
+/// (downloading the image the manifest names, then reporting).
+struct Observer {
+    id: String,
+    addr: SocketAddr,
+    /// (sequence number installed, when).
+    installs: Arc<Mutex<Vec<(u64, Instant)>>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Observer {
+    fn bind(id: &str, ip: &str) -> (Observer, UdpSocket) {
+        let sock = UdpSocket::bind((ip, 0)).unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let o = Observer {
+            id: id.to_string(),
+            addr: sock.local_addr().unwrap(),
+            installs: Arc::new(Mutex::new(Vec::new())),
+            stop: Arc::new(AtomicBool::new(false)),
+        };
+        (o, sock)
+    }
+
+    fn start(&self, sock: UdpSocket, server: SocketAddr) {
+        let (installs, stop) = (self.installs.clone(), self.stop.clone());
+        std::thread::spawn(move || {
+            let mut link = Link { sock, mid: 5000 };
+            let mut running = 0u64;
+            let mut register = Link::request(RequestType::Get, "fw/manifest");
+            register.add_option(CoapOption::Observe, vec![]);
+            register.add_option(CoapOption::Block2, vec![0x06]); // whole manifests (1024-byte blocks)
+            let Some(first) = link.exchange(server, register) else { return };
+            let mut shown = vec![first.payload];
+            let mut buf = [0u8; 1500];
+            while !stop.load(Ordering::Relaxed) {
+                for manifest in shown.drain(..) {
+                    let Ok(env) = suitcase_suit::Envelope::decode(&manifest) else { continue };
+                    let seq = env.manifest().sequence_number;
+                    if seq <= running {
+                        continue;
+                    }
+                    let uri = env.manifest().component_parameters().into_iter().find_map(|(_, p)| {
+                        match p.get(param::URI) {
+                            Some(ParamValue::Text(u)) => Some(u.clone()),
+                            _ => None,
+                        }
+                    });
+                    let Some((_, path)) = uri.as_deref().and_then(split_url) else { continue };
+                    if link.get(server, &path).is_none() {
+                        continue;
+                    }
+                    let mut p = Link::request(RequestType::Post, "fw/report");
+                    p.add_option(CoapOption::ContentFormat, vec![50]);
+                    p.payload = format!(r#"{{"seq": {seq}, "result": "ok"}}"#).into_bytes();
+                    if link.exchange(server, p).is_some() {
+                        running = seq;
+                        installs.lock().unwrap().push((seq, Instant::now()));
+                    }
+                }
+                let Ok((n, peer)) = link.sock.recv_from(&mut buf) else { continue };
+                let Ok(note) = Packet::from_bytes(&buf[..n]) else { continue };
+                if note.header.get_type() == MessageType::Confirmable {
+                    let mut ack = Packet::new();
+                    ack.header.set_type(MessageType::Acknowledgement);
+                    ack.header.message_id = note.header.message_id;
+                    let _ = link.sock.send_to(&ack.to_bytes().unwrap(), peer);
+                }
+                if note.header.code == MessageClass::Response(ResponseType::Content) {
+                    shown.push(note.payload);
+                }
+            }
+        });
+    }
+
+    fn installed(&self) -> Vec<(u64, Instant)> {
+        self.installs.lock().unwrap().clone()
+    }
+}
+
+/// The manifest a peer at `ip` is shown at `fw/manifest`: its sequence number.
+fn manifest_seq_seen_from(ip: &str, server: SocketAddr) -> u64 {
+    let sock = UdpSocket::bind((ip, 0)).unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut link = Link { sock, mid: 7000 };
+    let m = link.get(server, "fw/manifest").expect("the manifest");
+    suitcase_suit::Envelope::decode(&m).unwrap().manifest().sequence_number
+}
+
+fn publish_one(server: &TestServer, dir: &std::path::Path, seed: u64) -> u64 {
+    let file = dir.join("image.bin");
+    std::fs::write(&file, support::random_bytes(4000, seed)).unwrap();
+    server.publish("fw", &file, &[]);
+    let versions: serde_json::Value = serde_json::from_str(&server.cli(&["list", "fw", "--json"])).unwrap();
+    versions.as_array().unwrap().iter().filter_map(|v| v["sequence_number"].as_u64()).max().unwrap()
+}
+
+#[test]
+fn observers_see_the_new_manifest_only_when_their_wave_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_v4(&dir.path().join("data"), &[]);
+    let coap: SocketAddr = format!("127.0.0.1:{}", server.coap_port).parse().unwrap();
+    let v1 = publish_one(&server, dir.path(), 11);
+    let devices: Vec<(Observer, UdpSocket)> =
+        (0..4).map(|i| Observer::bind(&format!("o{i}"), &format!("127.0.5.{}", 10 + i))).collect();
+    let mut csv = String::from("id,coap,publish_id\n");
+    for (o, _) in &devices {
+        csv += &format!("{},{},fw\n", o.id, o.addr);
+    }
+    std::fs::write(dir.path().join("observers.csv"), csv).unwrap();
+    server.cli(&["device", "import", dir.path().join("observers.csv").to_str().unwrap()]);
+    // The first version goes out through a rollout too: from then on, new versions of fw
+    // wait for theirs.
+    let first = create(&server, &["--trigger", "observe"]);
+    let devices: Vec<Observer> = devices
+        .into_iter()
+        .map(|(o, sock)| {
+            o.start(sock, coap);
+            o
+        })
+        .collect();
+    let r = until_state(&server, first, &["finished", "halted"], 30);
+    assert_eq!(r["state"], "finished", "{r:#}");
+    assert!(devices.iter().all(|o| o.installed().iter().any(|(s, _)| *s == v1)));
+
+    // A new version, no rollout yet: nobody is shown it, unknown peers neither.
+    let v2 = publish_one(&server, dir.path(), 12);
+    assert!(v2 > v1);
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(devices.iter().all(|o| o.installed().len() == 1), "a held version was shown");
+    assert_eq!(manifest_seq_seen_from("127.0.5.99", coap), v1);
+
+    // Its rollout: wave 1 (o0, o1) is shown v2 and installs it; wave 2 only after.
+    let second = create(&server, &["--trigger", "observe", "--waves", "50%,100%", "--success", "100%"]);
+    let r = until_state(&server, second, &["finished", "halted"], 60);
+    assert_eq!(r["state"], "finished", "{r:#}");
+    let at = |o: &Observer| o.installed().iter().find(|(s, _)| *s == v2).map(|(_, t)| *t).unwrap();
+    let wave1_done = devices[..2].iter().map(at).max().unwrap();
+    assert!(devices[2..].iter().all(|o| at(o) > wave1_done), "wave 2 was shown v2 early");
+    // Finished for every device of fw: everyone sees it now.
+    assert_eq!(manifest_seq_seen_from("127.0.5.99", coap), v2);
+}
+
+#[test]
+fn esp_devices_are_offered_the_new_image_only_in_a_started_wave() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::start_v4(&dir.path().join("data"), &[]);
+    let file = dir.path().join("fw.bin");
+    for (version, seed) in [("1.0.0", 21), ("1.1.0", 22)] {
+        std::fs::write(&file, support::random_bytes(3000, seed)).unwrap();
+        server.publish("esp", &file, &["--version", version]);
+    }
+    let mut csv = String::from("id,http_id,publish_id,running_version\n");
+    for i in 0..4 {
+        csv += &format!("esp{i},AA:BB:CC:00:00:0{i},esp,1.0.0\n");
+    }
+    std::fs::write(dir.path().join("esp.csv"), &csv).unwrap();
+    server.cli(&["device", "import", dir.path().join("esp.csv").to_str().unwrap()]);
+    let offered = |mac: &str| -> Vec<String> {
+        let url = format!("{}/images/images.json?type=esp&vers=1.0.0&addr={mac}", server.http());
+        let (status, body) = support::curl_text(&url, &[]);
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v.as_array().unwrap().iter().map(|e| e["version"].as_str().unwrap().to_string()).collect()
+    };
+    // Two of four in the first wave, one at a time; the others are offered nothing newer.
+    let id = server.cli(&[
+        "rollout", "create", "--publish-id", "esp", "--trigger", "http", "--waves", "2,100%", "--json",
+    ]);
+    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()["id"].as_u64().unwrap();
+    let r = rollout(&server, id);
+    assert_eq!(r["waves"][0]["triggered"], 2, "{r:#}");
+    assert_eq!(offered("AA:BB:CC:00:00:00"), vec!["1.1.0"]);
+    assert_eq!(offered("AA:BB:CC:00:00:01"), vec!["1.1.0"]);
+    assert!(offered("AA:BB:CC:00:00:02").is_empty());
+    assert!(offered("AA:BB:CC:00:00:03").is_empty());
+    assert!(offered("unknown").is_empty());
+    // The devices of wave 1 report success: wave 2 starts and its devices are offered 1.1.0.
+    for i in 0..2 {
+        let url = format!("{}/api/v1/devices/esp{i}/report", server.http());
+        let (status, body) =
+            support::curl_text(&url, &["-H", "Content-Type: application/json", "-d", r#"{"result": "ok"}"#]);
+        assert_eq!(status, 200, "{body}");
+    }
+    let start = Instant::now();
+    while offered("AA:BB:CC:00:00:03").is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(10), "{:#}", rollout(&server, id));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // `/firmware/esp` (ESP8266httpUpdate) follows the same rule.
+    let fw = |mac: &str| {
+        support::curl_text(
+            &format!("{}/firmware/esp", server.http()),
+            &["-H", "x-ESP8266-version: 1.0.0", "-H", &format!("x-ESP8266-STA-MAC: {mac}"), "-o", "/dev/null"],
+        )
+        .0
+    };
+    assert_eq!(fw("AA:BB:CC:00:00:03"), 200);
+    assert_eq!(fw("unknown"), 304);
+}
