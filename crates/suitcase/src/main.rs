@@ -13,6 +13,7 @@ mod device;
 mod fleet;
 mod list;
 mod manifest;
+mod mqtt;
 mod notify;
 mod publish;
 mod rollout;
