@@ -47,7 +47,6 @@ const STABLE: Duration = Duration::from_secs(30);
 const KEEP_ALIVE: Duration = Duration::from_secs(30);
 
 /// Where and how to connect (from `--mqtt URL`, `--mqtt-ca FILE`).
-#[allow(dead_code)] // wired by serve.rs with the rollouts
 #[derive(Clone, Default)]
 pub struct MqttConfig {
     /// `mqtt://[user[:password]@]host[:port]` or `mqtts://…` (ports 1883 and 8883 by
@@ -226,7 +225,6 @@ impl Broker {
 
 /// Whether `topic` can be published to: not empty, no wildcard (`+`, `#`), no NUL, at most
 /// 65,535 bytes.
-#[allow(dead_code)] // for checking rollout topics when they are created
 pub fn validate_topic(topic: &str) -> Result<(), String> {
     if topic.is_empty() {
         return Err("an MQTT topic cannot be empty".into());
@@ -354,7 +352,6 @@ struct Inner {
 
 /// A connection to an MQTT broker that publishes with QoS 1. Cheap to clone (shared); the
 /// connection task stops when the last clone is dropped.
-#[allow(dead_code)] // wired by serve.rs with the rollouts
 #[derive(Clone)]
 pub struct Mqtt {
     inner: Arc<Inner>,
@@ -373,7 +370,6 @@ fn lock(state: &Mutex<State>) -> MutexGuard<'_, State> {
     state.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-#[allow(dead_code)] // wired by serve.rs with the rollouts
 impl Mqtt {
     /// Check the configuration (URL, CA file) and start connecting: a task on the current
     /// tokio runtime connects, and reconnects with a growing backoff (250 ms doubling to

@@ -85,3 +85,13 @@ impl Triggers for RolloutTriggers {
         Ok(())
     }
 }
+
+impl Publish for crate::mqtt::Mqtt {
+    fn publish(&self, topic: String, payload: Vec<u8>) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let mqtt = self.clone();
+        Box::pin(async move {
+            crate::mqtt::validate_topic(&topic)?;
+            mqtt.publish(&topic, payload).await
+        })
+    }
+}

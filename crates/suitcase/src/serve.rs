@@ -127,6 +127,14 @@ pub struct ServeArgs {
     /// Devices recorded without being added (peers that fetched a manifest) at most.
     #[arg(long, default_value_t = 10_000)]
     max_unregistered: usize,
+    /// MQTT broker for rollout triggers: mqtt://[user[:password]@]host[:port] or mqtts://…
+    /// (TLS). Without it, rollouts cannot use --trigger mqtt.
+    #[arg(long, env = "SUITCASE_MQTT")]
+    mqtt: Option<String>,
+    /// CA certificate (PEM) the MQTT broker's TLS certificate must chain to (default: the
+    /// system's roots).
+    #[arg(long)]
+    mqtt_ca: Option<PathBuf>,
 }
 
 impl ServeArgs {
@@ -238,6 +246,19 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         },
         args.notify_max_in_flight,
     ));
+    let mqtt = match &args.mqtt {
+        Some(url) => {
+            let m = crate::mqtt::Mqtt::start(&crate::mqtt::MqttConfig {
+                url: url.clone(),
+                ca: args.mqtt_ca.clone(),
+                client_id: None,
+            })
+            .context("--mqtt")?;
+            tracing::info!(broker = %suitcase_fleet::redact(url), "MQTT rollout triggers through this broker");
+            Some(m)
+        }
+        None => None,
+    };
     let database = match &args.database {
         Some(url) => url.clone(),
         None => format!("sqlite:{}?mode=rwc", args.data.join("fleet.db").display()),
@@ -253,7 +274,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         Some(Arc::new(crate::fleet::RiotSlots(trigger_client.clone()))),
         Some(Arc::new(crate::rollout_triggers::RolloutTriggers {
             coap: trigger_client.clone(),
-            mqtt: None,
+            mqtt: mqtt.map(|m| Arc::new(m) as Arc<dyn crate::rollout_triggers::Publish>),
         })),
     )
     .await

@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod mosquitto;
 pub mod netns;
 pub mod postgres;
 
