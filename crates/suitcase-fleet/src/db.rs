@@ -323,18 +323,6 @@ pub(crate) async fn delete(db: &Db, id: &str) -> Result<bool, FleetError> {
     Ok(r.rows_affected() > 0)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn passwords_are_hidden() {
-        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
-        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
-        assert_eq!(redact("sqlite:/x/fleet.db"), "sqlite:/x/fleet.db");
-    }
-}
-
 // ---- rollouts ----
 
 const ROLLOUT_COLUMNS: &str = "id, name, publish_id, version, seq, semver, baseline, plan, coap_base, http_base, \
@@ -514,11 +502,13 @@ impl Db {
 
     /// Rollouts, newest first, at most `limit`, without members.
     pub(crate) async fn list_rollouts(&self, limit: usize) -> Result<Vec<Rollout>, FleetError> {
-        let rows = sqlx::query(&format!("SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY id DESC LIMIT $1"))
-            .bind(i64::try_from(limit).unwrap_or(i64::MAX))
-            .fetch_all(&self.pool)
-            .await
-            .map_err(db_err)?;
+        let rows = sqlx::query(&format!(
+            "SELECT {ROLLOUT_COLUMNS} FROM rollouts ORDER BY id DESC LIMIT $1"
+        ))
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(db_err)?;
         rows.iter().map(rollout_of).collect()
     }
 
@@ -578,4 +568,16 @@ fn member_of(m: &AnyRow) -> Result<Member, FleetError> {
         done_at: m.try_get("done_at").map_err(db_err)?,
         detail: m.try_get("detail").map_err(db_err)?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_hidden() {
+        assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+        assert_eq!(redact("sqlite:/x/fleet.db"), "sqlite:/x/fleet.db");
+    }
 }

@@ -98,7 +98,10 @@ mod tests {
         gates.set(HashMap::from([("fw".to_string(), g)]));
         assert!(gates.generation() > g0);
         assert_eq!(gates.allowed("fw", &who("127.0.0.2:5683", None)), Allowed::UpTo(4));
-        assert_eq!(gates.allowed("fw", &who("[::ffff:127.0.0.2]:5683", None)), Allowed::UpTo(4));
+        assert_eq!(
+            gates.allowed("fw", &who("[::ffff:127.0.0.2]:5683", None)),
+            Allowed::UpTo(4)
+        );
         assert_eq!(gates.allowed("fw", &who("127.0.0.2:9999", None)), Allowed::UpTo(3));
         assert_eq!(gates.allowed("fw", &who("127.0.0.3:9999", None)), Allowed::UpTo(4));
         assert_eq!(gates.allowed("fw", &who("10.0.0.1:1", Some("AA:BB"))), Allowed::UpTo(4));

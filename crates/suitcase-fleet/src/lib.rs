@@ -26,8 +26,8 @@ use suitcase_store::Store;
 use tokio::sync::{mpsc, oneshot};
 
 pub use db::{redact, Backend};
-pub use model::{validate_id, version_text, Device, Filter, NewDevice, State};
 pub use gate::Gates;
+pub use model::{validate_id, version_text, Device, Filter, NewDevice, State};
 pub use report::{Report, ReportError};
 pub use rollout::{RolloutRequest, RolloutState, RolloutView, TriggerKind};
 
@@ -187,8 +187,8 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Result<(), FleetError>>,
     },
     CreateRollout {
-        request: rollout::RolloutRequest,
-        plan: rollout::Plan,
+        request: Box<rollout::RolloutRequest>,
+        plan: Box<rollout::Plan>,
         start_at: Option<i64>,
         urls: BaseUrls,
         reply: oneshot::Sender<Result<RolloutView, FleetError>>,
@@ -259,7 +259,10 @@ pub struct TriggerJob {
 /// Sends rollout triggers (implemented by the binary: the CoAP trigger client and MQTT).
 pub trait Triggers: Send + Sync + 'static {
     /// Send one; `Ok(detail)` when the device (CoAP) or the broker (MQTT) took it.
-    fn send(&self, job: TriggerJob) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
+    fn send(
+        &self,
+        job: TriggerJob,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<String, String>> + Send>>;
     /// Whether this kind can be sent (`Err`: why not, e.g. no MQTT broker configured).
     fn supports(&self, kind: TriggerKind) -> Result<(), String> {
         let _ = kind;
@@ -467,14 +470,16 @@ impl Fleet {
         let start_at = match request.start_at.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
             None => None,
             Some(t) => {
-                let at = time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                    .map_err(|e| FleetError::Invalid(format!("start_at {t:?}: RFC 3339 (2026-11-24T02:00:00Z): {e}")))?;
+                let at =
+                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339).map_err(|e| {
+                        FleetError::Invalid(format!("start_at {t:?}: RFC 3339 (2026-11-24T02:00:00Z): {e}"))
+                    })?;
                 Some(i64::try_from(at.unix_timestamp_nanos() / 1_000_000).unwrap_or(i64::MAX))
             }
         };
         self.ask(|reply| Command::CreateRollout {
-            request,
-            plan,
+            request: Box::new(request),
+            plan: Box::new(plan),
             start_at,
             urls,
             reply,

@@ -140,11 +140,7 @@ pub enum WaveSize {
 impl WaveSize {
     fn parse(s: &str) -> Result<WaveSize, FleetError> {
         let t = s.trim();
-        let bad = || {
-            FleetError::Invalid(format!(
-                "wave {s:?}: a percentage (1%-100%) or a device count"
-            ))
-        };
+        let bad = || FleetError::Invalid(format!("wave {s:?}: a percentage (1%-100%) or a device count"));
         if let Some(p) = t.strip_suffix('%') {
             let p: f64 = p.trim().parse().map_err(|_| bad())?;
             if !(p > 0.0 && p <= 100.0) {
@@ -187,9 +183,8 @@ impl Percent {
             Percent::Number(n) => Some(*n),
             Percent::Text(t) => t.trim().trim_end_matches('%').trim().parse().ok(),
         };
-        v.filter(|v| (0.0..=100.0).contains(v)).ok_or_else(|| {
-            FleetError::Invalid(format!("{what}: a percentage from 0 to 100"))
-        })
+        v.filter(|v| (0.0..=100.0).contains(v))
+            .ok_or_else(|| FleetError::Invalid(format!("{what}: a percentage from 0 to 100")))
     }
 }
 
@@ -292,7 +287,12 @@ impl RolloutRequest {
     /// Check everything but the publish-id and version (which need the store); the plan.
     pub fn plan(&self) -> Result<Plan, FleetError> {
         suitcase_store::validate_publish_id(&self.publish_id).map_err(|e| FleetError::Invalid(e.to_string()))?;
-        let blank = |o: &Option<String>| o.as_deref().map(str::trim).filter(|s| !s.is_empty()).map(str::to_string);
+        let blank = |o: &Option<String>| {
+            o.as_deref()
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_string)
+        };
         let group = blank(&self.group);
         if let Some(g) = &group {
             crate::model::validate_group(g)?;
@@ -304,7 +304,11 @@ impl RolloutRequest {
         let devices = match &self.devices {
             None => None,
             Some(list) => {
-                let mut v: Vec<String> = list.iter().map(|d| d.trim().to_string()).filter(|d| !d.is_empty()).collect();
+                let mut v: Vec<String> = list
+                    .iter()
+                    .map(|d| d.trim().to_string())
+                    .filter(|d| !d.is_empty())
+                    .collect();
                 for d in &v {
                     crate::model::validate_id(d)?;
                 }
@@ -419,7 +423,12 @@ pub fn is_older(d: &Device, t: &Target) -> bool {
 }
 
 /// The devices a plan targets, in the order waves take them (by id: reproducible).
-pub fn select<'a>(plan: &Plan, publish_id: &str, target: &Target, devices: impl Iterator<Item = &'a Device>) -> Vec<String> {
+pub fn select<'a>(
+    plan: &Plan,
+    publish_id: &str,
+    target: &Target,
+    devices: impl Iterator<Item = &'a Device>,
+) -> Vec<String> {
     let mut out: Vec<String> = devices
         .filter(|d| match &plan.devices {
             Some(list) => list.binary_search(&d.id).is_ok(),
@@ -849,7 +858,10 @@ impl Rollout {
                 Ok(())
             }
             RolloutState::Paused => Ok(()),
-            s => Err(FleetError::Invalid(format!("rollout {} is {s}: it cannot pause", self.id))),
+            s => Err(FleetError::Invalid(format!(
+                "rollout {} is {s}: it cannot pause",
+                self.id
+            ))),
         }
     }
 
@@ -873,7 +885,10 @@ impl Rollout {
                 self.id,
                 self.reason.as_deref().unwrap_or("?")
             ))),
-            s => Err(FleetError::Invalid(format!("rollout {} is {s}: it cannot resume", self.id))),
+            s => Err(FleetError::Invalid(format!(
+                "rollout {} is {s}: it cannot resume",
+                self.id
+            ))),
         }
     }
 
@@ -1078,11 +1093,18 @@ mod tests {
         assert!(req(&|r| r.publish_id = "../x".into()).is_err());
         assert!(req(&|r| r.devices = Some(vec![])).is_err());
         let ok = req(&|r| {
-            r.waves = Some(vec![WaveText::Text("10%".into()), WaveText::Number(50), WaveText::Text("all".into())]);
+            r.waves = Some(vec![
+                WaveText::Text("10%".into()),
+                WaveText::Number(50),
+                WaveText::Text("all".into()),
+            ]);
             r.success = Some(Percent::Text("90%".into()));
         })
         .unwrap();
-        assert_eq!(ok.waves, vec![WaveSize::Percent(10), WaveSize::Count(50), WaveSize::Percent(100)]);
+        assert_eq!(
+            ok.waves,
+            vec![WaveSize::Percent(10), WaveSize::Count(50), WaveSize::Percent(100)]
+        );
         assert_eq!(ok.success, 90.0);
         assert_eq!(ok.halt_on_errors, 5.0);
         assert!(Rollout::new(1, None, target(), ok, vec![], 0, None).is_err());
@@ -1091,18 +1113,40 @@ mod tests {
     #[test]
     fn waves_split_the_targets_cumulatively() {
         let ids: Vec<String> = (0..20).map(|i| format!("d{i:03}")).collect();
-        let r = Rollout::new(1, None, target(), plan(&["10%", "50%", "100%"], 0), ids.clone(), 0, None).unwrap();
+        let r = Rollout::new(
+            1,
+            None,
+            target(),
+            plan(&["10%", "50%", "100%"], 0),
+            ids.clone(),
+            0,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.wave_ends, vec![2, 10, 20]);
         assert_eq!(r.members.iter().filter(|m| m.wave == 0).count(), 2);
         // Counts past the target set collapse into the last wave.
-        let r = Rollout::new(1, None, target(), plan(&["5", "50", "100"], 0), ids[..8].to_vec(), 0, None).unwrap();
+        let r = Rollout::new(
+            1,
+            None,
+            target(),
+            plan(&["5", "50", "100"], 0),
+            ids[..8].to_vec(),
+            0,
+            None,
+        )
+        .unwrap();
         assert_eq!(r.wave_ends, vec![5, 8]);
     }
 
     #[test]
     fn waves_advance_on_success_within_the_concurrency_limit() {
         let mut devs = devices(20);
-        let ids: Vec<String> = { let mut v: Vec<_> = devs.keys().cloned().collect(); v.sort(); v };
+        let ids: Vec<String> = {
+            let mut v: Vec<_> = devs.keys().cloned().collect();
+            v.sort();
+            v
+        };
         let mut r = Rollout::new(1, None, target(), plan(&["10%", "100%"], 3), ids, 1000, None).unwrap();
         let s = r.step(1000, |id| devs.get(id));
         assert_eq!(s.trigger.len(), 2, "wave 1 has 2 devices");
@@ -1137,7 +1181,11 @@ mod tests {
     #[test]
     fn errors_halt_before_the_next_wave_and_timeouts_fail() {
         let mut devs = devices(100);
-        let ids: Vec<String> = { let mut v: Vec<_> = devs.keys().cloned().collect(); v.sort(); v };
+        let ids: Vec<String> = {
+            let mut v: Vec<_> = devs.keys().cloned().collect();
+            v.sort();
+            v
+        };
         let mut r = Rollout::new(1, None, target(), plan(&["10%", "100%"], 0), ids, 0, None).unwrap();
         let s = r.step(0, |id| devs.get(id));
         assert_eq!(s.trigger.len(), 10);
@@ -1148,7 +1196,11 @@ mod tests {
         assert_eq!(r.state, RolloutState::Halted);
         assert!(r.reason.as_deref().unwrap().contains("1 of 10"), "{:?}", r.reason);
         // Nothing of wave 2 was ever triggered, and a halted rollout triggers nothing.
-        assert!(r.members.iter().filter(|m| m.wave == 1).all(|m| m.status == MemberStatus::Pending));
+        assert!(r
+            .members
+            .iter()
+            .filter(|m| m.wave == 1)
+            .all(|m| m.status == MemberStatus::Pending));
         assert!(r.step(3, |id| devs.get(id)).trigger.is_empty());
         assert!(r.resume(3).is_err());
         assert!(r.abort(3).is_ok());
@@ -1171,7 +1223,11 @@ mod tests {
     #[test]
     fn pause_holds_new_triggers_and_scheduled_waits() {
         let devs = devices(4);
-        let ids: Vec<String> = { let mut v: Vec<_> = devs.keys().cloned().collect(); v.sort(); v };
+        let ids: Vec<String> = {
+            let mut v: Vec<_> = devs.keys().cloned().collect();
+            v.sort();
+            v
+        };
         let mut r = Rollout::new(1, None, target(), plan(&["100%"], 1), ids, 0, Some(50)).unwrap();
         assert_eq!(r.state, RolloutState::Scheduled);
         assert!(r.step(10, |id| devs.get(id)).trigger.is_empty());

@@ -162,6 +162,9 @@ pub(crate) struct Tracker {
 }
 
 impl Tracker {
+    // The tracker's whole world, each part owned by it; a struct for them would only move
+    // the list.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         db: Db,
         store: Arc<dyn Store>,
@@ -787,7 +790,7 @@ impl Tracker {
                 urls,
                 reply,
             } => {
-                let r = self.create_rollout(request, plan, start_at, urls).await;
+                let r = self.create_rollout(*request, *plan, start_at, urls).await;
                 let _ = reply.send(r);
             }
             Command::RolloutViews { id, reply } => {
@@ -806,7 +809,11 @@ impl Tracker {
                 let r = self.control_rollout(id, action).await;
                 let _ = reply.send(r);
             }
-            Command::Triggered { rollout, device, result } => self.triggered(rollout, &device, result),
+            Command::Triggered {
+                rollout,
+                device,
+                result,
+            } => self.triggered(rollout, &device, result),
             Command::Slot {
                 id,
                 version,
@@ -943,7 +950,9 @@ impl Tracker {
         // becomes the target, so the outcome is recorded against the right update.
         if let Some(f) = seq.and_then(|seq| self.version_with_seq(&id, seq)) {
             let d = self.devices.get(&id);
-            if d.is_some_and(|d| d.target_version != Some(f.version) || d.publish_id.as_deref() != Some(f.publish_id.as_str())) {
+            if d.is_some_and(|d| {
+                d.target_version != Some(f.version) || d.publish_id.as_deref() != Some(f.publish_id.as_str())
+            }) {
                 self.set_target(&id, &f);
             }
         }
@@ -1256,11 +1265,19 @@ impl Tracker {
         for j in jobs {
             let (triggers, me, permits) = (triggers.clone(), self.me.clone(), self.trigger_permits.clone());
             tokio::spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else { return };
+                let Ok(_permit) = permits.acquire_owned().await else {
+                    return;
+                };
                 let (rollout, device) = (j.rollout, j.device.clone());
                 let result = triggers.send(j).await;
                 if let Some(me) = me.upgrade() {
-                    let _ = me.send(Command::Triggered { rollout, device, result }).await;
+                    let _ = me
+                        .send(Command::Triggered {
+                            rollout,
+                            device,
+                            result,
+                        })
+                        .await;
                 }
             });
         }
@@ -1282,9 +1299,10 @@ impl Tracker {
                 self.rollout_dirty.entry(rollout).or_default().insert(i);
                 // Unless the device is already further (it downloaded, or reported, before
                 // the acknowledgement came back).
-                let quiet = self.devices.get(device).is_some_and(|d| {
-                    d.state_at.unwrap_or(0) <= since && d.report_at.unwrap_or(0) <= since
-                });
+                let quiet = self
+                    .devices
+                    .get(device)
+                    .is_some_and(|d| d.state_at.unwrap_or(0) <= since && d.report_at.unwrap_or(0) <= since);
                 if quiet {
                     self.mark_notified(device, &publish_id, version);
                 }

@@ -64,7 +64,9 @@ async fn blocks_and_reports_drive_device_state_and_it_survives_reopening() {
         install_timeout: Duration::from_millis(600),
         ..Config::default()
     };
-    let fleet = Fleet::open(&url, store.clone(), config.clone(), None, None).await.unwrap();
+    let fleet = Fleet::open(&url, store.clone(), config.clone(), None, None)
+        .await
+        .unwrap();
     let a: SocketAddr = "127.0.0.2:5683".parse().unwrap();
     let b: SocketAddr = "[::ffff:127.0.0.3]:40000".parse().unwrap();
     fleet

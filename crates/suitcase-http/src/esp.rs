@@ -78,7 +78,8 @@ pub(crate) async fn firmware(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("-");
     let allowed = st.allowed(&name, &peer, (mac != "-").then_some(mac));
-    let v = newest(&st, &name, allowed).ok_or_else(|| ApiError::not_found(format!("no versioned firmware {name:?}")))?;
+    let v =
+        newest(&st, &name, allowed).ok_or_else(|| ApiError::not_found(format!("no versioned firmware {name:?}")))?;
     let latest = v.semver.clone().unwrap_or_else(|| semver::Version::new(0, 0, 0));
     if current >= latest {
         tracing::info!(target: "suitcase::audit", action = "esp-check", firmware = %name, device_version = %current, latest = %latest, mac, result = "current");
@@ -301,8 +302,9 @@ pub(crate) async fn image_file(
     // `/images/<id>/<file>` is `<id>/<file>` of the one resolver: the newest version holding it.
     let full = format!("{id}/{name}");
     let segments: Vec<&str> = full.split('/').collect();
-    let found = suitcase_store::paths::resolve_allowed(st.store.as_ref(), &segments, |pid| st.allowed(pid, &peer, None))
-        .ok_or_else(|| ApiError::not_found(format!("no image {path:?}")))?;
+    let found =
+        suitcase_store::paths::resolve_allowed(st.store.as_ref(), &segments, |pid| st.allowed(pid, &peer, None))
+            .ok_or_else(|| ApiError::not_found(format!("no image {path:?}")))?;
     let entry = &found.entry;
     let data = crate::download::read(&st, entry).await?;
     let r = serve(&headers, data, entry, "application/octet-stream");

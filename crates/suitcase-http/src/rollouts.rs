@@ -73,7 +73,11 @@ pub(crate) async fn devices(
     if fleet.rollout(id).await?.is_none() {
         return Err(ApiError::not_found(format!("no rollout {id}")));
     }
-    Ok(Json(fleet.rollout_devices(id, q.limit.unwrap_or(suitcase_fleet::MAX_LIST)).await?))
+    Ok(Json(
+        fleet
+            .rollout_devices(id, q.limit.unwrap_or(suitcase_fleet::MAX_LIST))
+            .await?,
+    ))
 }
 
 pub(crate) async fn control(
@@ -85,7 +89,11 @@ pub(crate) async fn control(
         "pause" => Control::Pause,
         "resume" => Control::Resume,
         "abort" => Control::Abort,
-        other => return Err(ApiError::not_found(format!("no rollout action {other:?}: pause, resume or abort"))),
+        other => {
+            return Err(ApiError::not_found(format!(
+                "no rollout action {other:?}: pause, resume or abort"
+            )))
+        }
     };
     let view = fleet(&st)?.control_rollout(id, control).await?;
     tracing::info!(target: "suitcase::audit", action = %format!("rollout-{action}"), who = %who(w), rollout = id, state = %view.state);

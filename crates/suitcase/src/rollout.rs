@@ -14,7 +14,7 @@ use crate::device::{Api, Server};
 pub enum RolloutCommand {
     /// Create a rollout of a version to a set of devices, in waves (it starts at once
     /// unless --start-at says later).
-    Create(CreateArgs),
+    Create(Box<CreateArgs>),
     /// List rollouts, newest first.
     List {
         #[command(flatten)]
@@ -153,7 +153,9 @@ async fn rollout(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
             }
         }
         RolloutCommand::List { server, json } => {
-            let raw = Api::new(&server).call(reqwest::Method::GET, "/api/v1/rollouts", None).await?;
+            let raw = Api::new(&server)
+                .call(reqwest::Method::GET, "/api/v1/rollouts", None)
+                .await?;
             if json {
                 println!("{raw}");
             } else {
@@ -187,7 +189,11 @@ async fn rollout(cmd: RolloutCommand) -> anyhow::Result<ExitCode> {
 
 async fn control(a: IdArgs, action: &str) -> anyhow::Result<()> {
     let raw = Api::new(&a.server)
-        .call(reqwest::Method::POST, &format!("/api/v1/rollouts/{}/{action}", a.id), None)
+        .call(
+            reqwest::Method::POST,
+            &format!("/api/v1/rollouts/{}/{action}", a.id),
+            None,
+        )
         .await?;
     let r = parse(&raw)?;
     println!("rollout {}: {}", r.id, r.state);

@@ -3,6 +3,8 @@
 //! restart, Observe (per-peer manifests), HTTP `images.json?addr=` per device, and MQTT
 //! through a real Mosquitto broker.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
 mod support;
 
 use std::collections::HashSet;
@@ -124,10 +126,14 @@ fn update(link: &mut Link, url: &str, publish_id: &str, ok: bool) -> Option<u64>
     let manifest = link.get(server, &path)?;
     let envelope = suitcase_suit::Envelope::decode(&manifest).ok()?;
     let seq = envelope.manifest().sequence_number;
-    let uri = envelope.manifest().component_parameters().into_iter().find_map(|(_, p)| match p.get(param::URI) {
-        Some(ParamValue::Text(u)) => Some(u.clone()),
-        _ => None,
-    })?;
+    let uri = envelope
+        .manifest()
+        .component_parameters()
+        .into_iter()
+        .find_map(|(_, p)| match p.get(param::URI) {
+            Some(ParamValue::Text(u)) => Some(u.clone()),
+            _ => None,
+        })?;
     let (image_server, image_path) = split_url(&uri)?;
     assert_eq!(image_server.port(), server.port());
     link.get(server, &image_path)?;
@@ -158,8 +164,12 @@ impl SimDevice {
             let mut seen = HashSet::new();
             let mut buf = [0u8; 1500];
             while !st.load(Ordering::Relaxed) {
-                let Ok((n, peer)) = link.sock.recv_from(&mut buf) else { continue };
-                let Ok(req) = Packet::from_bytes(&buf[..n]) else { continue };
+                let Ok((n, peer)) = link.sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(req) = Packet::from_bytes(&buf[..n]) else {
+                    continue;
+                };
                 if req.header.code != MessageClass::Request(RequestType::Post) {
                     continue;
                 }
@@ -189,7 +199,10 @@ impl SimDevice {
                     Some(_) => "failed",
                     None => "broken",
                 };
-                ev.lock().unwrap().push(Event { what, at: Instant::now() });
+                ev.lock().unwrap().push(Event {
+                    what,
+                    at: Instant::now(),
+                });
             }
         });
         SimDevice {
@@ -238,7 +251,12 @@ fn publish_two(server: &TestServer, dir: &std::path::Path) -> (u64, u64) {
         std::fs::write(&file, support::random_bytes(5000, seed)).unwrap();
         server.publish("fw", &file, &[]);
         let versions: serde_json::Value = serde_json::from_str(&server.cli(&["list", "fw", "--json"])).unwrap();
-        let newest = versions.as_array().unwrap().iter().filter_map(|v| v["sequence_number"].as_u64()).max();
+        let newest = versions
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v["sequence_number"].as_u64())
+            .max();
         seqs.push(newest.unwrap());
     }
     (seqs[0], seqs[1])
@@ -267,7 +285,14 @@ fn coap_triggers_run_the_waves_within_the_concurrency_limit_and_target_older_dev
     let server = TestServer::start_v4(&dir.path().join("data"), &[]);
     let (old, new) = publish_two(&server, dir.path());
     let devices: Vec<SimDevice> = (0..9)
-        .map(|i| SimDevice::start(&format!("d{i}"), &format!("127.0.1.{}", 10 + i), "fw", Behaviour::Install))
+        .map(|i| {
+            SimDevice::start(
+                &format!("d{i}"),
+                &format!("127.0.1.{}", 10 + i),
+                "fw",
+                Behaviour::Install,
+            )
+        })
         .collect();
     let current = SimDevice::start("current", "127.0.1.30", "fw", Behaviour::Install);
     register(&server, &devices.iter().collect::<Vec<_>>(), old, dir.path());
@@ -287,17 +312,32 @@ fn coap_triggers_run_the_waves_within_the_concurrency_limit_and_target_older_dev
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success() && err.contains(says), "{args:?}: {err}");
     }
-    let bad = server.command().args(["rollout", "create", "--publish-id", "nope"]).output().unwrap();
+    let bad = server
+        .command()
+        .args(["rollout", "create", "--publish-id", "nope"])
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no publish-id"));
     assert_eq!(server.cli(&["rollout", "list", "--json"]).trim(), "[]");
 
     let id = create(
         &server,
-        &["--waves", "3,100%", "--max-concurrent", "2", "--only-older", "--success", "100%"],
+        &[
+            "--waves",
+            "3,100%",
+            "--max-concurrent",
+            "2",
+            "--only-older",
+            "--success",
+            "100%",
+        ],
     );
     let r = until_state(&server, id, &["finished", "halted"], 60);
     assert_eq!(r["state"], "finished", "{r:#}");
-    assert_eq!(r["totals"]["devices"], 9, "the up-to-date device is not targeted: {r:#}");
+    assert_eq!(
+        r["totals"]["devices"], 9,
+        "the up-to-date device is not targeted: {r:#}"
+    );
     assert_eq!(r["totals"]["installed"], 9);
     assert_eq!(current.triggers(), 0);
     // Each device was triggered once; wave 2 started after wave 1 was done; never more than
@@ -307,7 +347,11 @@ fn coap_triggers_run_the_waves_within_the_concurrency_limit_and_target_older_dev
         let ev = d.events();
         assert_eq!(d.triggers(), 1, "{}: {ev:?}", d.id);
         let t = ev.iter().find(|e| e.what == "trigger").unwrap().at;
-        let done = ev.iter().find(|e| e.what == "installed").unwrap_or_else(|| panic!("{}: {ev:?}", d.id)).at;
+        let done = ev
+            .iter()
+            .find(|e| e.what == "installed")
+            .unwrap_or_else(|| panic!("{}: {ev:?}", d.id))
+            .at;
         spans.push((t, done));
     }
     let mut order: Vec<usize> = (0..9).collect();
@@ -315,14 +359,21 @@ fn coap_triggers_run_the_waves_within_the_concurrency_limit_and_target_older_dev
     let wave1: Vec<_> = order[..3].iter().map(|&i| spans[i]).collect();
     let wave2: Vec<_> = order[3..].iter().map(|&i| spans[i]).collect();
     let wave1_done = wave1.iter().map(|s| s.1).max().unwrap();
-    assert!(wave2.iter().all(|s| s.0 >= wave1_done), "wave 2 began before wave 1 ended");
+    assert!(
+        wave2.iter().all(|s| s.0 >= wave1_done),
+        "wave 2 began before wave 1 ended"
+    );
     for &(t, _) in &spans {
         let running = spans.iter().filter(|(a, b)| *a <= t && t < *b).count();
         assert!(running <= 2, "{running} updates at once");
     }
     let all: serde_json::Value = serde_json::from_str(&server.cli(&["device", "list", "--json"])).unwrap();
     for d in all.as_array().unwrap().iter().filter(|d| d["id"] != "current") {
-        assert_eq!((d["state"].as_str(), d["running_seq"].as_u64()), (Some("installed"), Some(new)), "{d}");
+        assert_eq!(
+            (d["state"].as_str(), d["running_seq"].as_u64()),
+            (Some("installed"), Some(new)),
+            "{d}"
+        );
     }
     let text = server.cli(&["rollout", "status", &id.to_string()]);
     assert!(text.contains("state finished") && text.contains("wave 2:"), "{text}");
@@ -346,18 +397,37 @@ fn errors_halt_the_rollout_before_the_next_wave() {
     let r = until_state(&server, id, &["halted", "finished"], 60);
     assert_eq!(r["state"], "halted", "{r:#}");
     assert!(r["reason"].as_str().unwrap().contains("failed"), "{r:#}");
-    assert_eq!(r["waves"][1]["triggered"].as_u64().unwrap() + r["waves"][1]["installed"].as_u64().unwrap(), 0);
+    assert_eq!(
+        r["waves"][1]["triggered"].as_u64().unwrap() + r["waves"][1]["installed"].as_u64().unwrap(),
+        0
+    );
     std::thread::sleep(Duration::from_millis(1500));
     let second: usize = devices[5..].iter().map(SimDevice::triggers).sum();
     assert_eq!(second, 0, "nothing may be sent to wave 2");
-    let resume = server.command().args(["rollout", "resume", &id.to_string()]).output().unwrap();
+    let resume = server
+        .command()
+        .args(["rollout", "resume", &id.to_string()])
+        .output()
+        .unwrap();
     assert!(!resume.status.success() && String::from_utf8_lossy(&resume.stderr).contains("halted"));
-    let members: serde_json::Value = serde_json::from_str(&support::curl_text(
-        &format!("{}/api/v1/rollouts/{id}/devices", server.http()),
-        &["-H", &format!("Authorization: Bearer {}", server.token())],
-    ).1).unwrap();
-    let d1 = members.as_array().unwrap().iter().find(|m| m["device"] == "d1").unwrap();
-    assert_eq!((d1["status"].as_str(), d1["detail"].as_str()), (Some("failed"), Some("simulated failure")));
+    let members: serde_json::Value = serde_json::from_str(
+        &support::curl_text(
+            &format!("{}/api/v1/rollouts/{id}/devices", server.http()),
+            &["-H", &format!("Authorization: Bearer {}", server.token())],
+        )
+        .1,
+    )
+    .unwrap();
+    let d1 = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["device"] == "d1")
+        .unwrap();
+    assert_eq!(
+        (d1["status"].as_str(), d1["detail"].as_str()),
+        (Some("failed"), Some("simulated failure"))
+    );
     assert!(server.cli(&["rollout", "abort", &id.to_string()]).contains("aborted"));
 }
 
@@ -388,13 +458,21 @@ fn pause_and_resume_survive_a_restart_without_triggering_twice() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_millis(1500));
-    assert_eq!(devices[1].triggers() + devices[2].triggers(), 0, "a paused rollout triggers nobody");
+    assert_eq!(
+        devices[1].triggers() + devices[2].triggers(),
+        0,
+        "a paused rollout triggers nobody"
+    );
     // Restart (SIGTERM): still paused, d0 still done.
     let (code, _) = server.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0));
     let server = TestServer::start_on(&data, &coap, &http, &[]);
     let r = rollout(&server, id);
-    assert_eq!((r["state"].as_str(), r["totals"]["installed"].as_u64()), (Some("paused"), Some(1)), "{r:#}");
+    assert_eq!(
+        (r["state"].as_str(), r["totals"]["installed"].as_u64()),
+        (Some("paused"), Some(1)),
+        "{r:#}"
+    );
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(devices[1].triggers() + devices[2].triggers(), 0);
     // Resume: d1 and d2, one at a time; d0 never again.
@@ -404,7 +482,10 @@ fn pause_and_resume_survive_a_restart_without_triggering_twice() {
     assert!(server.cli(&["rollout", "resume", &id.to_string()]).contains("running"));
     let r = until_state(&server, id, &["finished", "halted"], 60);
     assert_eq!(r["state"], "finished", "{r:#}");
-    assert_eq!(devices.iter().map(SimDevice::triggers).collect::<Vec<_>>(), vec![1, 1, 1]);
+    assert_eq!(
+        devices.iter().map(SimDevice::triggers).collect::<Vec<_>>(),
+        vec![1, 1, 1]
+    );
     let d2: serde_json::Value = serde_json::from_str(&server.cli(&["device", "show", "d2", "--json"])).unwrap();
     assert_eq!(d2["running_seq"].as_u64(), Some(new));
 }
@@ -446,23 +527,31 @@ impl Observer {
             let mut register = Link::request(RequestType::Get, "fw/manifest");
             register.add_option(CoapOption::Observe, vec![]);
             register.add_option(CoapOption::Block2, vec![0x06]); // whole manifests (1024-byte blocks)
-            let Some(first) = link.exchange(server, register) else { return };
+            let Some(first) = link.exchange(server, register) else {
+                return;
+            };
             let mut shown = vec![first.payload];
             let mut buf = [0u8; 1500];
             while !stop.load(Ordering::Relaxed) {
                 for manifest in shown.drain(..) {
-                    let Ok(env) = suitcase_suit::Envelope::decode(&manifest) else { continue };
+                    let Ok(env) = suitcase_suit::Envelope::decode(&manifest) else {
+                        continue;
+                    };
                     let seq = env.manifest().sequence_number;
                     if seq <= running {
                         continue;
                     }
-                    let uri = env.manifest().component_parameters().into_iter().find_map(|(_, p)| {
-                        match p.get(param::URI) {
-                            Some(ParamValue::Text(u)) => Some(u.clone()),
-                            _ => None,
-                        }
-                    });
-                    let Some((_, path)) = uri.as_deref().and_then(split_url) else { continue };
+                    let uri =
+                        env.manifest()
+                            .component_parameters()
+                            .into_iter()
+                            .find_map(|(_, p)| match p.get(param::URI) {
+                                Some(ParamValue::Text(u)) => Some(u.clone()),
+                                _ => None,
+                            });
+                    let Some((_, path)) = uri.as_deref().and_then(split_url) else {
+                        continue;
+                    };
                     if link.get(server, &path).is_none() {
                         continue;
                     }
@@ -474,8 +563,12 @@ impl Observer {
                         installs.lock().unwrap().push((seq, Instant::now()));
                     }
                 }
-                let Ok((n, peer)) = link.sock.recv_from(&mut buf) else { continue };
-                let Ok(note) = Packet::from_bytes(&buf[..n]) else { continue };
+                let Ok((n, peer)) = link.sock.recv_from(&mut buf) else {
+                    continue;
+                };
+                let Ok(note) = Packet::from_bytes(&buf[..n]) else {
+                    continue;
+                };
                 if note.header.get_type() == MessageType::Confirmable {
                     let mut ack = Packet::new();
                     ack.header.set_type(MessageType::Acknowledgement);
@@ -508,7 +601,13 @@ fn publish_one(server: &TestServer, dir: &std::path::Path, seed: u64) -> u64 {
     std::fs::write(&file, support::random_bytes(4000, seed)).unwrap();
     server.publish("fw", &file, &[]);
     let versions: serde_json::Value = serde_json::from_str(&server.cli(&["list", "fw", "--json"])).unwrap();
-    versions.as_array().unwrap().iter().filter_map(|v| v["sequence_number"].as_u64()).max().unwrap()
+    versions
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|v| v["sequence_number"].as_u64())
+        .max()
+        .unwrap()
 }
 
 #[test]
@@ -517,8 +616,9 @@ fn observers_see_the_new_manifest_only_when_their_wave_starts() {
     let server = TestServer::start_v4(&dir.path().join("data"), &[]);
     let coap: SocketAddr = format!("127.0.0.1:{}", server.coap_port).parse().unwrap();
     let v1 = publish_one(&server, dir.path(), 11);
-    let devices: Vec<(Observer, UdpSocket)> =
-        (0..4).map(|i| Observer::bind(&format!("o{i}"), &format!("127.0.5.{}", 10 + i))).collect();
+    let devices: Vec<(Observer, UdpSocket)> = (0..4)
+        .map(|i| Observer::bind(&format!("o{i}"), &format!("127.0.5.{}", 10 + i)))
+        .collect();
     let mut csv = String::from("id,coap,publish_id\n");
     for (o, _) in &devices {
         csv += &format!("{},{},fw\n", o.id, o.addr);
@@ -543,16 +643,25 @@ fn observers_see_the_new_manifest_only_when_their_wave_starts() {
     let v2 = publish_one(&server, dir.path(), 12);
     assert!(v2 > v1);
     std::thread::sleep(Duration::from_millis(1500));
-    assert!(devices.iter().all(|o| o.installed().len() == 1), "a held version was shown");
+    assert!(
+        devices.iter().all(|o| o.installed().len() == 1),
+        "a held version was shown"
+    );
     assert_eq!(manifest_seq_seen_from("127.0.5.99", coap), v1);
 
     // Its rollout: wave 1 (o0, o1) is shown v2 and installs it; wave 2 only after.
-    let second = create(&server, &["--trigger", "observe", "--waves", "50%,100%", "--success", "100%"]);
+    let second = create(
+        &server,
+        &["--trigger", "observe", "--waves", "50%,100%", "--success", "100%"],
+    );
     let r = until_state(&server, second, &["finished", "halted"], 60);
     assert_eq!(r["state"], "finished", "{r:#}");
     let at = |o: &Observer| o.installed().iter().find(|(s, _)| *s == v2).map(|(_, t)| *t).unwrap();
     let wave1_done = devices[..2].iter().map(at).max().unwrap();
-    assert!(devices[2..].iter().all(|o| at(o) > wave1_done), "wave 2 was shown v2 early");
+    assert!(
+        devices[2..].iter().all(|o| at(o) > wave1_done),
+        "wave 2 was shown v2 early"
+    );
     // Finished for every device of fw: everyone sees it now.
     assert_eq!(manifest_seq_seen_from("127.0.5.99", coap), v2);
 }
@@ -577,13 +686,27 @@ fn esp_devices_are_offered_the_new_image_only_in_a_started_wave() {
         let (status, body) = support::curl_text(&url, &[]);
         assert_eq!(status, 200, "{body}");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
-        v.as_array().unwrap().iter().map(|e| e["version"].as_str().unwrap().to_string()).collect()
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["version"].as_str().unwrap().to_string())
+            .collect()
     };
     // Two of four in the first wave, one at a time; the others are offered nothing newer.
     let id = server.cli(&[
-        "rollout", "create", "--publish-id", "esp", "--trigger", "http", "--waves", "2,100%", "--json",
+        "rollout",
+        "create",
+        "--publish-id",
+        "esp",
+        "--trigger",
+        "http",
+        "--waves",
+        "2,100%",
+        "--json",
     ]);
-    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()["id"].as_u64().unwrap();
+    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()["id"]
+        .as_u64()
+        .unwrap();
     let r = rollout(&server, id);
     assert_eq!(r["waves"][0]["triggered"], 2, "{r:#}");
     assert_eq!(offered("AA:BB:CC:00:00:00"), vec!["1.1.0"]);
@@ -594,8 +717,10 @@ fn esp_devices_are_offered_the_new_image_only_in_a_started_wave() {
     // The devices of wave 1 report success: wave 2 starts and its devices are offered 1.1.0.
     for i in 0..2 {
         let url = format!("{}/api/v1/devices/esp{i}/report", server.http());
-        let (status, body) =
-            support::curl_text(&url, &["-H", "Content-Type: application/json", "-d", r#"{"result": "ok"}"#]);
+        let (status, body) = support::curl_text(
+            &url,
+            &["-H", "Content-Type: application/json", "-d", r#"{"result": "ok"}"#],
+        );
         assert_eq!(status, 200, "{body}");
     }
     let start = Instant::now();
@@ -607,7 +732,14 @@ fn esp_devices_are_offered_the_new_image_only_in_a_started_wave() {
     let fw = |mac: &str| {
         support::curl_text(
             &format!("{}/firmware/esp", server.http()),
-            &["-H", "x-ESP8266-version: 1.0.0", "-H", &format!("x-ESP8266-STA-MAC: {mac}"), "-o", "/dev/null"],
+            &[
+                "-H",
+                "x-ESP8266-version: 1.0.0",
+                "-H",
+                &format!("x-ESP8266-STA-MAC: {mac}"),
+                "-o",
+                "/dev/null",
+            ],
         )
         .0
     };
@@ -625,7 +757,10 @@ fn mqtt_triggers_go_through_a_real_broker_wave_by_wave() {
     };
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_v4(&dir.path().join("data"), &["--mqtt", &broker.url()]);
-    assert!(server.log().iter().all(|l| !l.contains("s3cret")), "the password was logged");
+    assert!(
+        server.log().iter().all(|l| !l.contains("s3cret")),
+        "the password was logged"
+    );
     let file = dir.path().join("fw.bin");
     let mut images = Vec::new();
     for (version, seed) in [("1.0.0", 31), ("1.1.0", 32)] {
@@ -636,18 +771,34 @@ fn mqtt_triggers_go_through_a_real_broker_wave_by_wave() {
     }
     let mut csv = String::from("id,http_id,publish_id,groups,running_version\n");
     for i in 0..4 {
-        csv += &format!("esp{i},AA:BB:CC:00:01:0{i},esp,{},1.0.0\n", if i % 2 == 0 { "lab" } else { "field" });
+        csv += &format!(
+            "esp{i},AA:BB:CC:00:01:0{i},esp,{},1.0.0\n",
+            if i % 2 == 0 { "lab" } else { "field" }
+        );
     }
     std::fs::write(dir.path().join("esp.csv"), &csv).unwrap();
     server.cli(&["device", "import", dir.path().join("esp.csv").to_str().unwrap()]);
     let sub = broker.subscribe("#");
     let id = server.cli(&[
-        "rollout", "create", "--publish-id", "esp", "--trigger", "mqtt", "--topic", "ota/{group}/{device}", "--waves",
-        "2,100%", "--json",
+        "rollout",
+        "create",
+        "--publish-id",
+        "esp",
+        "--trigger",
+        "mqtt",
+        "--topic",
+        "ota/{group}/{device}",
+        "--waves",
+        "2,100%",
+        "--json",
     ]);
-    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()["id"].as_u64().unwrap();
+    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()["id"]
+        .as_u64()
+        .unwrap();
     let next = |what: &str| -> (String, serde_json::Value) {
-        let (topic, payload) = sub.recv(Duration::from_secs(10)).unwrap_or_else(|| panic!("no message: {what}"));
+        let (topic, payload) = sub
+            .recv(Duration::from_secs(10))
+            .unwrap_or_else(|| panic!("no message: {what}"));
         (topic, serde_json::from_slice(&payload).unwrap())
     };
     let mut wave1: Vec<(String, serde_json::Value)> = vec![next("wave 1"), next("wave 1")];
@@ -656,7 +807,10 @@ fn mqtt_triggers_go_through_a_real_broker_wave_by_wave() {
     assert_eq!(wave1[1].0, "ota/lab/esp0");
     for (topic, m) in &wave1 {
         assert_eq!(m["type"], "ota_trigger", "{topic}: {m}");
-        assert_eq!((m["publish_id"].as_str(), m["semver"].as_str()), (Some("esp"), Some("1.1.0")));
+        assert_eq!(
+            (m["publish_id"].as_str(), m["semver"].as_str()),
+            (Some("esp"), Some("1.1.0"))
+        );
         assert_eq!(m["rollout"].as_u64(), Some(id));
         assert!(topic.ends_with(m["device"].as_str().unwrap()));
         // The URL is the new image over HTTP, byte for byte.
@@ -666,7 +820,10 @@ fn mqtt_triggers_go_through_a_real_broker_wave_by_wave() {
         assert_eq!(status, 200, "{url}");
         assert_eq!(std::fs::read(&out).unwrap(), images[1]);
     }
-    assert!(sub.recv(Duration::from_millis(1500)).is_none(), "wave 2 was triggered early");
+    assert!(
+        sub.recv(Duration::from_millis(1500)).is_none(),
+        "wave 2 was triggered early"
+    );
     for i in 0..2 {
         let url = format!("{}/api/v1/devices/esp{i}/report", server.http());
         let (status, body) = support::curl_text(
@@ -686,6 +843,9 @@ fn mqtt_triggers_go_through_a_real_broker_wave_by_wave() {
     server.cli(&["rollout", "abort", &id.to_string()]);
     server.cli(&["rollout", "create", "--publish-id", "esp", "--trigger", "mqtt"]);
     let (topic, m) = next("the shared topic");
-    assert_eq!((topic.as_str(), m["semver"].as_str()), ("/switch/cmd/root", Some("1.2.0")));
+    assert_eq!(
+        (topic.as_str(), m["semver"].as_str()),
+        ("/switch/cmd/root", Some("1.2.0"))
+    );
     assert!(sub.recv(Duration::from_millis(1500)).is_none(), "one message for all");
 }
