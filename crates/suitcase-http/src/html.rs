@@ -56,7 +56,50 @@ pub(crate) async fn index(State(st): State<AppState>, headers: HeaderMap) -> Htm
         None => None,
     };
     let fleet = fleet.map(|(d, c)| (d, c, !open));
-    Html(page(&st, &headers, fleet.as_ref()).into_string())
+    let rollouts = match &st.fleet {
+        Some(f) => f.rollouts(ROLLOUT_ROWS).await.unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "the rollout section could not be read");
+            Vec::new()
+        }),
+        None => Vec::new(),
+    };
+    Html(page(&st, &headers, fleet.as_ref(), &rollouts).into_string())
+}
+
+/// Rollouts shown on the page at most (newest first).
+const ROLLOUT_ROWS: usize = 20;
+
+fn rollout_section(rollouts: &[suitcase_fleet::RolloutView]) -> Markup {
+    html! {
+        section id="rollouts" {
+            h2 { "Rollouts" }
+            table {
+                thead { tr { th { "#" } th { "publish-id" } th { "version" } th { "state" } th { "waves: installed / failed of devices" } th { "created" } } }
+                tbody {
+                    @for r in rollouts {
+                        tr data-state=(r.state.as_str()) {
+                            td { (r.id) }
+                            td { (r.publish_id) }
+                            td { (version_text(r.seq, r.semver.as_deref())) }
+                            td { (r.state.as_str()) " " small.empty { "wave " (r.wave + 1) "/" (r.waves.len()) }
+                                @if let Some(reason) = &r.reason { " " small.empty { "(" (reason) ")" } } }
+                            td {
+                                @for w in &r.waves {
+                                    @let done = w.counts.installed + w.counts.failed;
+                                    span style="white-space:nowrap" {
+                                        progress max=(w.counts.devices.max(1)) value=(done) {} " "
+                                        (w.counts.installed) " / " (w.counts.failed) " of " (w.counts.devices)
+                                        @if w.started_at.is_none() { " " small.empty { "(waiting)" } }
+                                    } " "
+                                }
+                            }
+                            td { (date_ms(Some(r.created_at))) }
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Devices shown on the page at most (the API lists all).
@@ -111,7 +154,12 @@ fn fleet_section(fleet: &FleetRows) -> Markup {
     }
 }
 
-fn page(st: &AppState, headers: &HeaderMap, fleet: Option<&FleetRows>) -> Markup {
+fn page(
+    st: &AppState,
+    headers: &HeaderMap,
+    fleet: Option<&FleetRows>,
+    rollouts: &[suitcase_fleet::RolloutView],
+) -> Markup {
     let base = st.coap_base(headers);
     let ids = st.store.publish_ids();
     html! {
@@ -126,6 +174,7 @@ fn page(st: &AppState, headers: &HeaderMap, fleet: Option<&FleetRows>) -> Markup
             body {
                 h1 { "suitcase " small style="font-weight:400;color:#57606a" { (ids.len()) " publish-id(s)" } }
                 @if let Some(f) = fleet { (fleet_section(f)) }
+                @if !rollouts.is_empty() { (rollout_section(rollouts)) }
                 @if ids.is_empty() {
                     p.empty { "Nothing published yet. Try " code { "suitcase publish --publish-id fw/app/board --publish app.bin" } "." }
                 }

@@ -379,6 +379,9 @@ fn coap_triggers_run_the_waves_within_the_concurrency_limit_and_target_older_dev
     assert!(text.contains("state finished") && text.contains("wave 2:"), "{text}");
     let watched = server.cli(&["rollout", "status", &id.to_string(), "--watch", "--interval", "0.2"]);
     assert!(watched.contains("state finished"), "{watched}");
+    let (_, page) = support::curl_text(&format!("{}/", server.http()), &[]);
+    let section = &page[page.find("id=\"rollouts\"").expect("a rollout section")..];
+    assert!(section.contains("finished") && section.contains("3 / 0 of 3") && section.contains("6 / 0 of 6"), "{section}");
 }
 
 #[test]
