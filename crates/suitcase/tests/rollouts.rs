@@ -436,14 +436,26 @@ fn errors_halt_the_rollout_before_the_next_wave() {
 
 #[test]
 fn pause_and_resume_survive_a_restart_without_triggering_twice() {
+    pause_resume_restart(&[], "127.0.3");
+}
+
+#[test]
+fn pause_and_resume_survive_a_restart_on_postgresql() {
+    let Some(pg) = support::postgres::Postgres::start() else {
+        return;
+    };
+    pause_resume_restart(&["--database", &pg.url], "127.0.6");
+}
+
+fn pause_resume_restart(extra: &[&str], net: &str) {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let (coap_port, http_port) = support::free_ports_v4();
     let (coap, http) = (format!("127.0.0.1:{coap_port}"), format!("127.0.0.1:{http_port}"));
-    let server = TestServer::start_on(&data, &coap, &http, &[]);
+    let server = TestServer::start_on(&data, &coap, &http, extra);
     let (old, new) = publish_two(&server, dir.path());
     let devices: Vec<SimDevice> = (0..3)
-        .map(|i| SimDevice::start(&format!("d{i}"), &format!("127.0.3.{}", 10 + i), "fw", Behaviour::Slow))
+        .map(|i| SimDevice::start(&format!("d{i}"), &format!("{net}.{}", 10 + i), "fw", Behaviour::Slow))
         .collect();
     register(&server, &devices.iter().collect::<Vec<_>>(), old, dir.path());
     let id = create(&server, &["--max-concurrent", "1"]);
@@ -469,7 +481,7 @@ fn pause_and_resume_survive_a_restart_without_triggering_twice() {
     // Restart (SIGTERM): still paused, d0 still done.
     let (code, _) = server.terminate(Duration::from_secs(10));
     assert_eq!(code, Some(0));
-    let server = TestServer::start_on(&data, &coap, &http, &[]);
+    let server = TestServer::start_on(&data, &coap, &http, extra);
     let r = rollout(&server, id);
     assert_eq!(
         (r["state"].as_str(), r["totals"]["installed"].as_u64()),
