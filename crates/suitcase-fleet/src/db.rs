@@ -31,7 +31,7 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 const COLUMNS: &str = "id, registered, coap, http_id, class, publish_id, groups, running_seq, running_semver, \
     target_version, target_seq, target_semver, state, reason, bytes_done, bytes_total, peer, slot_before, \
-    first_seen, last_seen, state_at, report_at, report, created_at";
+    first_seen, last_seen, state_at, report_at, report, created_at, trigger";
 
 fn db_err(e: sqlx::Error) -> FleetError {
     FleetError::Database(e.to_string())
@@ -194,6 +194,7 @@ fn device_of(r: &AnyRow) -> Result<Device, FleetError> {
         report_at: i("report_at")?,
         report: s("report")?,
         created_at: r.try_get("created_at").map_err(db_err)?,
+        trigger: s("trigger")?.and_then(|t| t.parse().ok()),
     })
 }
 
@@ -202,7 +203,7 @@ fn i64_of(v: Option<u64>) -> Option<i64> {
 }
 
 /// Rows per INSERT statement: one statement's overhead (parse, round trip) is shared by
-/// this many rows (24 parameters each: 2,400, under SQLite's 32,766 and PostgreSQL's 65,535).
+/// this many rows (25 parameters each: 2,500, under SQLite's 32,766 and PostgreSQL's 65,535).
 const ROWS_PER_STATEMENT: usize = 100;
 
 /// Write whole device rows (insert or replace every column) in one transaction, in
@@ -219,11 +220,11 @@ pub(crate) async fn upsert_all(db: &Db, devices: &[&Device]) -> Result<(), Fleet
                 sql.push_str(", ");
             }
             sql.push('(');
-            for c in 0..24 {
+            for c in 0..25 {
                 if c > 0 {
                     sql.push_str(", ");
                 }
-                sql.push_str(&format!("${}", r * 24 + c + 1));
+                sql.push_str(&format!("${}", r * 25 + c + 1));
             }
             sql.push(')');
         }
@@ -235,7 +236,8 @@ pub(crate) async fn upsert_all(db: &Db, devices: &[&Device]) -> Result<(), Fleet
              target_semver = excluded.target_semver, state = excluded.state, reason = excluded.reason, \
              bytes_done = excluded.bytes_done, bytes_total = excluded.bytes_total, peer = excluded.peer, \
              slot_before = excluded.slot_before, first_seen = excluded.first_seen, last_seen = excluded.last_seen, \
-             state_at = excluded.state_at, report_at = excluded.report_at, report = excluded.report",
+             state_at = excluded.state_at, report_at = excluded.report_at, report = excluded.report, \
+             trigger = excluded.trigger",
         );
         let mut q = sqlx::query(&sql);
         for d in chunk {
@@ -264,7 +266,8 @@ pub(crate) async fn upsert_all(db: &Db, devices: &[&Device]) -> Result<(), Fleet
                 .bind(d.state_at)
                 .bind(d.report_at)
                 .bind(d.report.clone())
-                .bind(d.created_at);
+                .bind(d.created_at)
+                .bind(d.trigger.map(|t| t.as_str()));
         }
         q.execute(&mut *tx).await.map_err(db_err)?;
     }

@@ -124,6 +124,10 @@ pub struct Device {
     pub report: Option<String>,
     /// When it was added (Unix ms).
     pub created_at: i64,
+    /// How a rollout left to the device (`auto`) tells it; `None`: CoAP with a CoAP address,
+    /// else it pulls.
+    #[serde(default)]
+    pub trigger: Option<crate::rollout::TriggerKind>,
 }
 
 impl Device {
@@ -165,6 +169,7 @@ impl Device {
             report_at: None,
             report: None,
             created_at: now,
+            trigger: None,
         }
     }
 }
@@ -197,6 +202,10 @@ pub struct NewDevice {
     /// The semantic version it runs, when the publisher knows it.
     #[serde(default)]
     pub running_semver: Option<String>,
+    /// How rollouts tell it (`coap`, `observe`, `mqtt`, `http`; default: CoAP if it has a
+    /// CoAP address, else it pulls).
+    #[serde(default)]
+    pub trigger: Option<String>,
 }
 
 /// A version as people read it: `1.2.0 (seq 7)`, `seq 7` or `1.2.0`; `None` when neither is
@@ -253,6 +262,13 @@ impl NewDevice {
         self.class = blank(self.class);
         self.publish_id = blank(self.publish_id);
         self.running_semver = blank(self.running_semver);
+        self.trigger = blank(self.trigger);
+        if let Some(t) = &self.trigger {
+            let kind: crate::rollout::TriggerKind = t.parse()?;
+            if kind == crate::rollout::TriggerKind::Auto {
+                self.trigger = None;
+            }
+        }
         if let Some(c) = &self.coap {
             suitcase_coap::trigger::Target::parse(c).map_err(|e| FleetError::Invalid(e.to_string()))?;
             if c.len() > 300 {

@@ -885,6 +885,11 @@ impl Tracker {
             if n.running_semver.is_some() {
                 d.running_semver = n.running_semver;
             }
+            d.trigger = n
+                .trigger
+                .as_deref()
+                .and_then(|t| t.parse().ok())
+                .filter(|t| *t != TriggerKind::Auto);
             rows.push(d);
         }
         let mut tx_rows: Vec<&Device> = rows.iter().collect();
@@ -1199,10 +1204,7 @@ impl Tracker {
         let now = now_ms();
         for (_, device) in &members {
             let Some(d) = self.devices.get(device) else { continue };
-            let pulls = match plan.trigger {
-                TriggerKind::Auto => d.coap.is_none(),
-                k => !k.sends(),
-            };
+            let pulls = !device_trigger(plan.trigger, d).sends();
             if d.target_version != Some(file.version) || d.publish_id.as_deref() != Some(file.publish_id.as_str()) {
                 self.set_target(device, &file);
             }
@@ -1221,11 +1223,7 @@ impl Tracker {
                 failures.push((i, "device removed".to_string()));
                 continue;
             };
-            let kind = match plan.trigger {
-                TriggerKind::Auto if d.coap.is_some() => TriggerKind::Coap,
-                TriggerKind::Auto => TriggerKind::Observe,
-                k => k,
-            };
+            let kind = device_trigger(plan.trigger, d);
             if !kind.sends() {
                 tracing::debug!(rollout = id, device = %d.id, trigger = kind.as_str(), "rollout: let through the gate");
                 continue;
@@ -1497,6 +1495,17 @@ impl Tracker {
         self.write_rollouts().await?;
         self.rollout_tick(now).await;
         self.live_view(id).ok_or(FleetError::NoRollout(id))
+    }
+}
+
+/// How a rollout with trigger `plan` tells device `d`: the rollout's choice, or with `auto`
+/// the device's own, else CoAP for a device with a CoAP address, else it pulls.
+fn device_trigger(plan: TriggerKind, d: &Device) -> TriggerKind {
+    match (plan, d.trigger) {
+        (TriggerKind::Auto, Some(t)) => t,
+        (TriggerKind::Auto, None) if d.coap.is_some() => TriggerKind::Coap,
+        (TriggerKind::Auto, None) => TriggerKind::Observe,
+        (k, _) => k,
     }
 }
 

@@ -42,7 +42,8 @@ pub enum DeviceCommand {
         id: String,
     },
     /// Add or update devices from a CSV file with a header row: id, and any of coap,
-    /// http_id, class, publish_id, groups (separated by ';'), running_seq, running_version.
+    /// http_id, class, publish_id, groups (separated by ';'), running_seq, running_version,
+    /// trigger.
     Import {
         #[command(flatten)]
         server: Server,
@@ -80,6 +81,10 @@ pub struct AddArgs {
     /// The version (semver) it runs, when known.
     #[arg(long)]
     running_version: Option<String>,
+    /// How rollouts that leave it to the device tell it: coap, observe, mqtt or http
+    /// (default: coap with a CoAP address, else it pulls).
+    #[arg(long)]
+    trigger: Option<String>,
 }
 
 #[derive(Args)]
@@ -217,7 +222,7 @@ async fn device(cmd: DeviceCommand) -> anyhow::Result<ExitCode> {
             let body = serde_json::json!({
                 "id": a.id, "coap": a.coap, "http_id": a.http_id, "class": a.class,
                 "publish_id": a.publish_id, "groups": a.groups, "running_seq": a.running_seq,
-                "running_semver": a.running_version,
+                "running_semver": a.running_version, "trigger": a.trigger,
             });
             api.call(reqwest::Method::POST, "/api/v1/devices", Some(body)).await?;
             println!("added {}", a.id);
@@ -278,7 +283,7 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
         .from_path(path)
         .with_context(|| format!("reading {}", path.display()))?;
     let headers = r.headers().context("the CSV header row")?.clone();
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 9] = [
         "id",
         "coap",
         "http_id",
@@ -287,6 +292,7 @@ fn read_csv(path: &std::path::Path) -> anyhow::Result<Vec<serde_json::Value>> {
         "groups",
         "running_seq",
         "running_version",
+        "trigger",
     ];
     if let Some(h) = headers.iter().find(|h| !KNOWN.contains(h)) {
         bail!("{}: unknown column {h:?} (known: {})", path.display(), KNOWN.join(", "));

@@ -381,7 +381,10 @@ fn coap_triggers_run_the_waves_within_the_concurrency_limit_and_target_older_dev
     assert!(watched.contains("state finished"), "{watched}");
     let (_, page) = support::curl_text(&format!("{}/", server.http()), &[]);
     let section = &page[page.find("id=\"rollouts\"").expect("a rollout section")..];
-    assert!(section.contains("finished") && section.contains("3 / 0 of 3") && section.contains("6 / 0 of 6"), "{section}");
+    assert!(
+        section.contains("finished") && section.contains("3 / 0 of 3") && section.contains("6 / 0 of 6"),
+        "{section}"
+    );
 }
 
 #[test]
@@ -784,10 +787,11 @@ fn mqtt_triggers_go_through_a_real_broker_wave_by_wave() {
         server.publish("esp", &file, &["--version", version]);
         images.push(bytes);
     }
-    let mut csv = String::from("id,http_id,publish_id,groups,running_version\n");
+    // Each device says it is told over MQTT; the first rollout leaves it to them (auto).
+    let mut csv = String::from("id,http_id,publish_id,groups,running_version,trigger\n");
     for i in 0..4 {
         csv += &format!(
-            "esp{i},AA:BB:CC:00:01:0{i},esp,{},1.0.0\n",
+            "esp{i},AA:BB:CC:00:01:0{i},esp,{},1.0.0,mqtt\n",
             if i % 2 == 0 { "lab" } else { "field" }
         );
     }
@@ -799,8 +803,6 @@ fn mqtt_triggers_go_through_a_real_broker_wave_by_wave() {
         "create",
         "--publish-id",
         "esp",
-        "--trigger",
-        "mqtt",
         "--topic",
         "ota/{group}/{device}",
         "--waves",
