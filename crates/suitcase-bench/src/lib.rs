@@ -9,3 +9,4 @@
 pub mod charts;
 pub mod coap;
 pub mod device;
+pub mod rng;
