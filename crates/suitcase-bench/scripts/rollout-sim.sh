@@ -25,7 +25,8 @@
 # Environment: N (10000), LOSS (0.05), FAIL (0), MODE (coap | observe), IMAGE_BYTES (65536),
 # WAVES (10%,50%,100%), MAXC (500), HALT (5%), SUCCESS (95%), TRIGGER (rollout | notify),
 # SEED (1), ACK_TIMEOUT_MS (2000), BASE_PORT (20000), PORT (15683: CoAP; HTTP on PORT+1),
-# TIMEOUT (3600 s of polling at most), GRACE (3 s between the end and fleetsim's summary).
+# TIMEOUT (3600 s of polling at most), GRACE (3 s between the end and fleetsim's summary),
+# KEEP (1: keep the work directory with the server's and fleetsim's logs, and say where).
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
@@ -45,6 +46,7 @@ BASE_PORT=${BASE_PORT:-20000}
 PORT=${PORT:-15683}
 TIMEOUT=${TIMEOUT:-3600}
 GRACE=${GRACE:-3}
+KEEP=${KEEP:-0}
 OUT=${OUT:-}
 case "$MODE" in coap | observe) ;; *) echo "MODE must be coap or observe" >&2; exit 2 ;; esac
 case "$TRIGGER" in rollout | notify) ;; *) echo "TRIGGER must be rollout or notify" >&2; exit 2 ;; esac
@@ -56,7 +58,7 @@ SPID= FPID=
 cleanup() {
   for p in $FPID $SPID; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$work"
+  if [ "$KEEP" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
 ulimit -n "$((N + 1024))" 2>/dev/null || true   # fleetsim: one socket per device

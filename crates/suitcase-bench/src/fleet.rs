@@ -959,6 +959,8 @@ impl Device {
             ..RequestOptions::default()
         };
         let mut tries = 0;
+        let mut busy = 0u32;
+        let give_up = Instant::now() + REPORT_BUSY_FOR;
         loop {
             tries += 1;
             let r = match self.request(report_to, coap::POST, &opts, buf).await {
@@ -981,11 +983,13 @@ impl Device {
                         .push(at.elapsed().as_millis() as u64);
                     return Ok(Ended::Reported);
                 }
-                5 if tries < 20 => {
-                    // 5.03 (the server's fleet is busy): again a little later.
+                5 if Instant::now() < give_up => {
+                    // 5.03 (the server's fleet is busy): again later, 0.5 s doubled up to
+                    // 4 s, with jitter.
                     inc(&self.stats.reports_unavailable);
                     inc(&self.stats.report_retries);
-                    let wait = Duration::from_millis(500).mul_f64(self.io.rng.uniform(1.0, 2.0));
+                    let wait = Duration::from_millis(500 << busy.min(3)).mul_f64(self.io.rng.uniform(1.0, 1.5));
+                    busy += 1;
                     self.pause(Instant::now() + wait, buf).await?;
                 }
                 _ => {
@@ -997,6 +1001,9 @@ impl Device {
         }
     }
 }
+
+/// How long a device keeps sending a report the server answers 5.xx.
+const REPORT_BUSY_FOR: Duration = Duration::from_secs(300);
 
 /// Bind device `i`'s socket.
 pub async fn bind(addr: SocketAddr) -> anyhow::Result<UdpSocket> {
