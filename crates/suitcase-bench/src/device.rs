@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
 use crate::coap;
+use crate::rng::Rng;
 
 /// How a device behaves.
 #[derive(Clone, Debug)]
@@ -42,19 +43,6 @@ pub struct Outcome {
     pub error: Option<String>,
 }
 
-struct Rng(u64);
-impl Rng {
-    fn chance(&mut self, p: f64) -> bool {
-        if p <= 0.0 {
-            return false;
-        }
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        (self.0 >> 11) as f64 / (1u64 << 53) as f64 <= p
-    }
-}
-
 /// Download the image once, checking every block against `expected`.
 pub async fn download(cfg: &DeviceConfig, id: u64, expected: &[u8]) -> Outcome {
     let start = Instant::now();
@@ -78,7 +66,7 @@ async fn run(cfg: &DeviceConfig, id: u64, expected: &[u8], out: &mut Outcome) ->
     let sock = UdpSocket::bind(bind).await.map_err(|e| format!("bind: {e}"))?;
     sock.connect(cfg.server).await.map_err(|e| format!("connect: {e}"))?;
     let path: Vec<&str> = cfg.path.iter().map(String::as_str).collect();
-    let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ (id.wrapping_mul(0x2545_f491_4f6c_dd1d)) | 1);
+    let mut rng = Rng::from_state(0x9e37_79b9_7f4a_7c15 ^ (id.wrapping_mul(0x2545_f491_4f6c_dd1d)) | 1);
     let mut mid = (id as u16).wrapping_mul(7919);
     let token_bytes = (id as u32).to_be_bytes();
     let token: &[u8] = if cfg.empty_token { &[] } else { &token_bytes };
