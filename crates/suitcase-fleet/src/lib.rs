@@ -175,6 +175,7 @@ pub(crate) enum Command {
         address: Option<SocketAddr>,
         publish_id: String,
         version: u64,
+        sent_at: i64,
     },
     Http(HttpServed),
     Slot {
@@ -444,13 +445,22 @@ impl Fleet {
         self.db.counts().await
     }
 
-    /// A device acknowledged a trigger for `publish_id` version `version` (never waits).
-    pub fn notified(&self, target: String, address: Option<SocketAddr>, publish_id: String, version: u64) {
+    /// A device acknowledged a trigger for `publish_id` version `version`, sent at `sent_at`
+    /// ([`now_ms`]); a device already further since then keeps its state (never waits).
+    pub fn notified(
+        &self,
+        target: String,
+        address: Option<SocketAddr>,
+        publish_id: String,
+        version: u64,
+        sent_at: i64,
+    ) {
         self.event(Command::Notified {
             target,
             address,
             publish_id,
             version,
+            sent_at,
         });
     }
 
@@ -529,8 +539,8 @@ impl Fleet {
     }
 }
 
-/// Now, in Unix milliseconds.
-pub(crate) fn now_ms() -> i64 {
+/// Now, in Unix milliseconds (the fleet's clock).
+pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))

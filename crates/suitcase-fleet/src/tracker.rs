@@ -28,6 +28,9 @@ pub(crate) struct Rollouts {
     pub(crate) triggers: Option<Arc<dyn Triggers>>,
 }
 
+/// Commands applied at most before the reports among them are committed together.
+const GROUP_COMMIT: usize = 512;
+
 /// Triggers being sent at most at once (more wait for a permit).
 const TRIGGERS_IN_FLIGHT: usize = 256;
 
@@ -149,6 +152,8 @@ pub(crate) struct Tracker {
     /// lookup here; devices and states are updated once per flush interval.
     pending: FastMap<(SocketAddr, [u8; 8]), Agg>,
     rollouts: Rollouts,
+    /// Reports applied, waiting for their commit to be answered.
+    report_replies: Vec<(String, tokio::sync::oneshot::Sender<Result<Device, FleetError>>)>,
     /// Rollouts with changes to write: their members (indices) changed.
     rollout_dirty: HashMap<u64, HashSet<usize>>,
     /// The gates need rebuilding (devices let through, a rollout ended).
@@ -197,6 +202,7 @@ impl Tracker {
             unregistered: 0,
             pending: FastMap::default(),
             rollouts,
+            report_replies: Vec::new(),
             rollout_dirty: HashMap::new(),
             gates_dirty: true,
             gates_store_generation: None,
@@ -224,7 +230,28 @@ impl Tracker {
                         let _ = reply.send(r);
                         return;
                     }
-                    Some(c) => self.command(c).await,
+                    Some(c) => {
+                        self.command(c).await;
+                        // Group commit: the commands already queued are applied too, then
+                        // the reports among them are written in one transaction and answered.
+                        let mut stop = None;
+                        for _ in 0..GROUP_COMMIT {
+                            match commands.try_recv() {
+                                Ok(Command::Shutdown { reply }) => {
+                                    stop = Some(reply);
+                                    break;
+                                }
+                                Ok(c) => self.command(c).await,
+                                Err(_) => break,
+                            }
+                        }
+                        self.answer_reports().await;
+                        if let Some(reply) = stop {
+                            let r = self.stop().await;
+                            let _ = reply.send(r);
+                            return;
+                        }
+                    }
                     None => break,
                 },
                 Some(batch) = blocks.recv() => self.blocks(&batch),
@@ -602,13 +629,22 @@ impl Tracker {
         }
     }
 
-    fn notified(&mut self, target: &str, address: Option<SocketAddr>, publish_id: &str, version: u64) {
+    fn notified(&mut self, target: &str, address: Option<SocketAddr>, publish_id: &str, version: u64, sent_at: i64) {
         let id = self
             .by_coap
             .get(target)
             .cloned()
             .or_else(|| address.and_then(|a| self.lookup_peer(a)));
         let Some(id) = id else { return };
+        // The acknowledgements of a batch arrive together, after it: a device that fetched,
+        // installed or reported since its trigger went out is further than "notified".
+        if self
+            .devices
+            .get(&id)
+            .is_some_and(|d| d.state_at.unwrap_or(0) > sent_at || d.report_at.unwrap_or(0) > sent_at)
+        {
+            return;
+        }
         self.mark_notified(&id, publish_id, version);
     }
 
@@ -770,14 +806,20 @@ impl Tracker {
             Command::Report { from, report, reply } => {
                 // What was served before the report is applied first.
                 self.process_pending();
-                let _ = reply.send(self.report(from, report).await);
+                match self.report(from, report) {
+                    Ok(id) => self.report_replies.push((id, reply)),
+                    Err(e) => {
+                        let _ = reply.send(Err(e));
+                    }
+                }
             }
             Command::Notified {
                 target,
                 address,
                 publish_id,
                 version,
-            } => self.notified(&target, address, &publish_id, version),
+                sent_at,
+            } => self.notified(&target, address, &publish_id, version, sent_at),
             Command::Http(e) => self.http(e),
             // Handled by the loop.
             Command::Shutdown { reply } => {
@@ -920,7 +962,29 @@ impl Tracker {
         Ok(rows)
     }
 
-    async fn report(&mut self, from: Reporter, report: Report) -> Result<Device, FleetError> {
+    /// Write the reports applied since the last look (one transaction) and answer them.
+    async fn answer_reports(&mut self) {
+        if self.report_replies.is_empty() {
+            return;
+        }
+        let replies = std::mem::take(&mut self.report_replies);
+        match self.flush().await {
+            Ok(()) => {
+                for (id, reply) in replies {
+                    let _ = reply.send(self.devices.get(&id).cloned().ok_or(FleetError::NotFound(id)));
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                for (_, reply) in replies {
+                    let _ = reply.send(Err(FleetError::Database(msg.clone())));
+                }
+            }
+        }
+    }
+
+    /// Apply a report (written and answered by [`Tracker::answer_reports`]); the device's id.
+    fn report(&mut self, from: Reporter, report: Report) -> Result<String, FleetError> {
         let now = now_ms();
         let id = match from {
             Reporter::Id(id) => {
@@ -999,8 +1063,7 @@ impl Tracker {
         self.set_state(&id, state, now);
         // The report itself is a change to write, whether or not the state moved.
         self.dirty.insert(id.clone());
-        self.flush().await?;
-        self.devices.get(&id).cloned().ok_or(FleetError::NotFound(id))
+        Ok(id)
     }
 
     /// The version of the device's publish-id whose manifest has sequence number `seq`.

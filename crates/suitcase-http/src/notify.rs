@@ -244,6 +244,7 @@ pub(crate) async fn notify(
         .map(|m| m.file.sha256.to_hex())
         .unwrap_or_default();
     tracing::info!(target: "suitcase::audit", action = "notify", who = %who, publish_id = %id, version = version.seq, sha256 = %sha256, url = %url, devices = devices.len());
+    let sent_at = suitcase_fleet::now_ms();
     let results = notifier.notify(devices, url.clone(), options).await;
     for r in &results {
         st.metrics.trigger(&r.result);
@@ -251,7 +252,7 @@ pub(crate) async fn notify(
     if let Some(fleet) = &st.fleet {
         for r in results.iter().filter(|r| r.result == "ok") {
             let address = r.address.as_deref().and_then(|a| a.parse().ok());
-            fleet.notified(r.device.clone(), address, id.clone(), version.seq);
+            fleet.notified(r.device.clone(), address, id.clone(), version.seq, sent_at);
         }
     }
     Ok(Json(NotifyView {
