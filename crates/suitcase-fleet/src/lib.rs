@@ -178,6 +178,12 @@ pub(crate) enum Command {
         sent_at: i64,
     },
     Http(HttpServed),
+    CheckIn {
+        peer: Option<SocketAddr>,
+        identity: Option<String>,
+        publish_id: String,
+        running_semver: String,
+    },
     Slot {
         id: String,
         version: u64,
@@ -461,6 +467,24 @@ impl Fleet {
             publish_id,
             version,
             sent_at,
+        });
+    }
+
+    /// An HTTP device asked for updates of `publish_id` saying it runs `running_semver` (ESP
+    /// `x-ESP*-version`, esp32FOTA `vers`): recorded, and an update to that version (or an
+    /// older one) in progress is installed (never waits).
+    pub fn checked_in(
+        &self,
+        peer: Option<SocketAddr>,
+        identity: Option<String>,
+        publish_id: String,
+        running_semver: String,
+    ) {
+        self.event(Command::CheckIn {
+            peer,
+            identity,
+            publish_id,
+            running_semver,
         });
     }
 

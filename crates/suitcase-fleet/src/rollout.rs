@@ -610,13 +610,26 @@ impl Rollout {
         }
         let total = members.len();
         let mut wave_ends: Vec<usize> = plan.waves.iter().map(|w| w.end(total)).collect();
-        // Waves that add nobody (10 and 20 devices of 8) are dropped; the last takes all.
-        wave_ends.dedup();
-        if let Some(last) = wave_ends.last_mut() {
-            *last = total;
+        // Mixed percentages and counts must grow too, once counted; counts past the target
+        // set (10 and 20 devices of 8) collapse into one last wave.
+        for (i, pair) in wave_ends.windows(2).enumerate() {
+            if pair[1] <= pair[0] && pair[0] < total {
+                return Err(FleetError::Invalid(format!(
+                    "waves must increase: {} then {} are {} then {} of {total} devices",
+                    wave_text(plan.waves[i]),
+                    wave_text(plan.waves[i + 1]),
+                    pair[0],
+                    pair[1]
+                )));
+            }
         }
-        wave_ends.retain(|e| *e > 0);
+        if let Some(last) = wave_ends.last().copied().filter(|e| *e < total) {
+            return Err(FleetError::Invalid(format!(
+                "the waves end at {last} of {total} devices: the last wave must take them all (100%)"
+            )));
+        }
         wave_ends.dedup();
+        wave_ends.retain(|e| *e > 0);
         let mut m = Vec::with_capacity(total);
         let mut wave = 0;
         for (i, device) in members.into_iter().enumerate() {
@@ -723,6 +736,12 @@ impl Rollout {
     /// Advance: take the devices' outcomes, apply the timeout and the thresholds, start the
     /// next wave when this one is done, and pick the devices to trigger now.
     pub fn step<'d>(&mut self, now: i64, device: impl Fn(&str) -> Option<&'d Device>) -> Step {
+        self.step_within(now, usize::MAX, device)
+    }
+
+    /// [`Rollout::step`], triggering at most `budget` devices now (the tracker bounds the
+    /// triggers it has on its hands).
+    pub fn step_within<'d>(&mut self, now: i64, budget: usize, device: impl Fn(&str) -> Option<&'d Device>) -> Step {
         let mut step = Step::default();
         if matches!(self.state, RolloutState::Finished | RolloutState::Aborted) {
             return step;
@@ -822,7 +841,7 @@ impl Rollout {
             } else {
                 self.plan.max_concurrent
             };
-            let mut free = limit.saturating_sub(c.triggered);
+            let mut free = limit.saturating_sub(c.triggered).min(budget as u64);
             if free > 0 && c.pending > 0 {
                 for i in 0..self.members.len() {
                     if free == 0 {
@@ -910,9 +929,16 @@ impl Rollout {
 
     /// The view the API and the CLI show.
     pub fn view(&self, downloading: impl Fn(&str) -> bool) -> RolloutView {
-        let counts = (0..self.wave_ends.len())
-            .map(|w| self.counts(Some(w), &downloading))
-            .collect();
+        // One pass over the members, whatever the number of waves.
+        let mut counts = vec![Counts::default(); self.wave_ends.len()];
+        for m in &self.members {
+            if let Some(c) = counts.get_mut(m.wave) {
+                c.add(m.status);
+                if m.status == MemberStatus::Triggered && downloading(&m.device) {
+                    c.downloading += 1;
+                }
+            }
+        }
         self.view_with(counts)
     }
 
@@ -1137,6 +1163,12 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.wave_ends, vec![5, 8]);
+        // Mixed waves that do not grow, and waves that leave devices out, are refused.
+        let p = plan(&["50%", "10", "100%"], 0);
+        let err = Rollout::new(1, None, target(), p, ids.clone(), 0, None).unwrap_err();
+        assert!(err.to_string().contains("increase"), "{err}");
+        let err = Rollout::new(1, None, target(), plan(&["10"], 0), ids, 0, None).unwrap_err();
+        assert!(err.to_string().contains("take them all"), "{err}");
     }
 
     #[test]

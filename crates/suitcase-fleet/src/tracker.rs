@@ -31,6 +31,10 @@ pub(crate) struct Rollouts {
 /// Commands applied at most before the reports among them are committed together.
 const GROUP_COMMIT: usize = 512;
 
+/// Trigger tasks (sending or waiting for a permit) at most; rollouts trigger no more devices
+/// while this many are on hand.
+const MAX_TRIGGER_TASKS: usize = 4096;
+
 /// Triggers being sent at most at once (more wait for a permit).
 const TRIGGERS_IN_FLIGHT: usize = 256;
 
@@ -161,6 +165,8 @@ pub(crate) struct Tracker {
     /// The store generation the gates were built for.
     gates_store_generation: Option<u64>,
     trigger_permits: Arc<tokio::sync::Semaphore>,
+    /// Trigger tasks on hand.
+    trigger_tasks: Arc<std::sync::atomic::AtomicUsize>,
     /// MQTT topics sent per rollout and wave (a template without `{device}` is one message
     /// for all the devices that share it).
     sent_topics: HashSet<(u64, usize, String)>,
@@ -207,11 +213,14 @@ impl Tracker {
             gates_dirty: true,
             gates_store_generation: None,
             trigger_permits: Arc::new(tokio::sync::Semaphore::new(TRIGGERS_IN_FLIGHT)),
+            trigger_tasks: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             sent_topics: HashSet::new(),
         };
         for d in devices {
             t.insert(d);
         }
+        // Gates hold from the start, not from the first tick.
+        t.rebuild_gates();
         t
     }
 
@@ -422,6 +431,8 @@ impl Tracker {
         if changed {
             self.index(id);
             self.dirty.insert(id.to_string());
+            // A device a gate lets through is known there by its addresses.
+            self.gates_dirty = true;
         } else {
             self.progress.insert(id.to_string());
         }
@@ -671,6 +682,42 @@ impl Tracker {
         self.set_state(&id, State::Notified, now_ms());
     }
 
+    /// An HTTP device says which version it runs: the ESP clients' only sign of an install.
+    fn check_in(&mut self, peer: Option<SocketAddr>, identity: Option<String>, publish_id: &str, running: String) {
+        let id = match (&identity, peer) {
+            (Some(i), _) => self.by_http.get(i).cloned(),
+            (None, Some(p)) => self.lookup_peer(p),
+            (None, None) => None,
+        };
+        let Some(id) = id else { return };
+        let now = now_ms();
+        let parse = |s: &str| semver::Version::parse(s.trim_start_matches(['v', 'V'])).ok();
+        let Some(d) = self.devices.get_mut(&id) else { return };
+        if d.publish_id.as_deref().is_some_and(|p| p != publish_id) {
+            return;
+        }
+        d.last_seen = Some(now);
+        if d.running_semver.as_deref() != Some(running.as_str()) {
+            d.running_semver = Some(running.clone());
+            self.dirty.insert(id.clone());
+        } else {
+            self.progress.insert(id.clone());
+        }
+        let Some(d) = self.devices.get_mut(&id) else { return };
+        let reached = match (parse(&running), d.target_semver.as_deref().and_then(parse)) {
+            (Some(run), Some(target)) => run >= target,
+            _ => false,
+        };
+        if reached && d.target_version.is_some() && d.state != State::Installed {
+            tracing::info!(device = %id, version = %running, "fleet: the device runs the update's version: installed");
+            if d.running_semver.as_deref().and_then(parse) == d.target_semver.as_deref().and_then(parse) {
+                d.running_seq = d.target_seq.or(d.running_seq);
+            }
+            d.reason = None;
+            self.set_state(&id, State::Installed, now);
+        }
+    }
+
     /// Devices `downloaded` for longer than the install timeout fail.
     fn expire(&mut self, now: i64) {
         let limit = i64::try_from(self.config.install_timeout.as_millis()).unwrap_or(i64::MAX);
@@ -821,6 +868,12 @@ impl Tracker {
                 sent_at,
             } => self.notified(&target, address, &publish_id, version, sent_at),
             Command::Http(e) => self.http(e),
+            Command::CheckIn {
+                peer,
+                identity,
+                publish_id,
+                running_semver,
+            } => self.check_in(peer, identity, &publish_id, running_semver),
             // Handled by the loop.
             Command::Shutdown { reply } => {
                 let _ = reply.send(Ok(()));
@@ -1017,11 +1070,12 @@ impl Tracker {
         // A report about another version than the device's target (it reported before the
         // server saw its download, or a trigger's acknowledgement arrived late): that version
         // becomes the target, so the outcome is recorded against the right update.
+        // Never backwards: a device reporting an older version than its target's rolled back
+        // (or refused the update), which the checks below record as a failure.
         if let Some(f) = seq.and_then(|seq| self.version_with_seq(&id, seq)) {
             let d = self.devices.get(&id);
-            if d.is_some_and(|d| {
-                d.target_version != Some(f.version) || d.publish_id.as_deref() != Some(f.publish_id.as_str())
-            }) {
+            let newer = d.is_some_and(|d| d.target_seq.is_none_or(|t| f.seq.is_some_and(|s| s > t)));
+            if newer {
                 self.set_target(&id, &f);
             }
         }
@@ -1133,8 +1187,13 @@ impl Tracker {
         }
         let mut to_send: Vec<(u64, Vec<usize>)> = Vec::new();
         let devices = &self.devices;
+        let mut budget = MAX_TRIGGER_TASKS.saturating_sub(self.trigger_tasks.load(Ordering::Relaxed));
         for r in &mut self.rollouts.live {
-            let step = r.step(now, |id| devices.get(id));
+            let sends = matches!(r.plan.trigger, TriggerKind::Auto) || r.plan.trigger.sends();
+            let step = r.step_within(now, if sends { budget } else { usize::MAX }, |id| devices.get(id));
+            if sends {
+                budget = budget.saturating_sub(step.trigger.len());
+            }
             if step.changed.is_empty() && !step.rollout_changed {
                 continue;
             }
@@ -1204,7 +1263,10 @@ impl Tracker {
             .live
             .iter()
             .filter(|r| {
-                !matches!(r.state, RolloutState::Finished | RolloutState::Aborted)
+                let over = matches!(r.state, RolloutState::Finished | RolloutState::Aborted)
+                    || (r.state == RolloutState::Halted
+                        && !r.members.iter().any(|m| m.status == MemberStatus::Triggered));
+                !over
                     || newest.get(r.target.publish_id.as_str()) == Some(&r.id)
                     || self.rollout_dirty.contains_key(&r.id)
             })
@@ -1273,6 +1335,9 @@ impl Tracker {
             }
             if pulls {
                 self.set_state(device, State::Notified, now);
+            } else if self.devices.get(device).is_some_and(|d| d.state.is_final()) {
+                // Its last update's outcome is not this one's.
+                self.set_state(device, State::Idle, now);
             }
         }
         let Some(r) = self.rollouts.live.iter().find(|r| r.id == id) else {
@@ -1304,10 +1369,13 @@ impl Tracker {
                 failures.push((i, "trigger: the device has no CoAP address".to_string()));
                 continue;
             }
-            let topic = plan
-                .topic
-                .replace("{device}", &d.id)
-                .replace("{group}", d.groups.first().map_or("none", String::as_str));
+            let topic = plan.topic.replace("{device}", &d.id).replace(
+                "{group}",
+                plan.group
+                    .as_deref()
+                    .or(d.groups.first().map(String::as_str))
+                    .unwrap_or("none"),
+            );
             if kind == TriggerKind::Mqtt
                 && !plan.topic.contains("{device}")
                 && !self.sent_topics.insert((id, m.wave, topic.clone()))
@@ -1325,21 +1393,23 @@ impl Tracker {
         drop(me);
         for j in jobs {
             let (triggers, me, permits) = (triggers.clone(), self.me.clone(), self.trigger_permits.clone());
+            let tasks = self.trigger_tasks.clone();
+            tasks.fetch_add(1, Ordering::Relaxed);
             tokio::spawn(async move {
-                let Ok(_permit) = permits.acquire_owned().await else {
-                    return;
-                };
-                let (rollout, device) = (j.rollout, j.device.clone());
-                let result = triggers.send(j).await;
-                if let Some(me) = me.upgrade() {
-                    let _ = me
-                        .send(Command::Triggered {
-                            rollout,
-                            device,
-                            result,
-                        })
-                        .await;
+                if let Ok(_permit) = permits.acquire_owned().await {
+                    let (rollout, device) = (j.rollout, j.device.clone());
+                    let result = triggers.send(j).await;
+                    if let Some(me) = me.upgrade() {
+                        let _ = me
+                            .send(Command::Triggered {
+                                rollout,
+                                device,
+                                result,
+                            })
+                            .await;
+                    }
                 }
+                tasks.fetch_sub(1, Ordering::Relaxed);
             });
         }
     }
@@ -1368,7 +1438,22 @@ impl Tracker {
                     self.mark_notified(device, &publish_id, version);
                 }
             }
-            Err(e) => self.fail_member(rollout, i, format!("trigger: {e}")),
+            Err(e) => {
+                // A trigger whose answer was lost, to a device that went on all the same: its
+                // outcome will tell.
+                let quiet = self
+                    .devices
+                    .get(device)
+                    .is_none_or(|d| d.state_at.unwrap_or(0) <= since && d.report_at.unwrap_or(0) <= since);
+                if quiet {
+                    let reason = format!("trigger: {e}");
+                    if let Some(d) = self.devices.get_mut(device) {
+                        d.reason = Some(reason.clone());
+                    }
+                    self.set_state(device, State::Failed, now_ms());
+                    self.fail_member(rollout, i, reason);
+                }
+            }
         }
     }
 
@@ -1464,6 +1549,27 @@ impl Tracker {
             if let Some(missing) = list.iter().find(|d| !self.devices.contains_key(*d)) {
                 return Err(FleetError::Invalid(format!("no device {missing:?}")));
             }
+            if let Some(other) = list
+                .iter()
+                .filter_map(|d| self.devices.get(d))
+                .find(|d| d.publish_id.as_deref().is_some_and(|p| p != publish_id))
+            {
+                return Err(FleetError::Invalid(format!(
+                    "device {:?} follows {:?}, not {publish_id:?}",
+                    other.id,
+                    other.publish_id.as_deref().unwrap_or("")
+                )));
+            }
+        }
+        if plan.trigger == TriggerKind::Mqtt
+            && !plan.topic.contains("{device}")
+            && (plan.waves.len() > 1 || plan.max_concurrent > 0)
+        {
+            return Err(FleetError::Invalid(format!(
+                "topic {:?} reaches every device subscribed to it at once: waves and --max-concurrent need \
+                 a topic with {{device}}",
+                plan.topic
+            )));
         }
         if plan.trigger.sends() {
             match &self.rollouts.triggers {

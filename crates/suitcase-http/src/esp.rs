@@ -78,6 +78,14 @@ pub(crate) async fn firmware(
         .and_then(|h| h.to_str().ok())
         .unwrap_or("-");
     let allowed = st.allowed(&name, &peer, (mac != "-").then_some(mac));
+    if let Some(fleet) = &st.fleet {
+        fleet.checked_in(
+            peer.addr,
+            (mac != "-").then(|| mac.to_string()),
+            name.clone(),
+            current.to_string(),
+        );
+    }
     let v =
         newest(&st, &name, allowed).ok_or_else(|| ApiError::not_found(format!("no versioned firmware {name:?}")))?;
     let latest = v.semver.clone().unwrap_or_else(|| semver::Version::new(0, 0, 0));
@@ -265,6 +273,9 @@ pub(crate) async fn images_json(
     let mut out = Vec::new();
     for id in ids {
         let addr = q.addr.as_deref().filter(|a| !a.is_empty());
+        if let (Some(fleet), Some(running)) = (&st.fleet, &device) {
+            fleet.checked_in(peer.addr, addr.map(str::to_string), id.clone(), running.to_string());
+        }
         let Some(v) = newest(&st, &id, st.allowed(&id, &peer, addr)) else {
             continue;
         };

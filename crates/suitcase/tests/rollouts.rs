@@ -305,6 +305,8 @@ fn coap_triggers_run_the_waves_within_the_concurrency_limit_and_target_older_dev
         (vec!["--version", "99.0.0"], "no version"),
         (vec!["--group", "nobody"], "no device matches"),
         (vec!["--trigger", "mqtt"], "no MQTT broker"),
+        (vec!["--waves", "3"], "take them all"),
+        (vec!["--waves", "50%,2,100%"], "increase"),
     ] {
         let mut cmd = server.command();
         cmd.args(["rollout", "create", "--publish-id", "fw"]).args(&args);
@@ -732,14 +734,15 @@ fn esp_devices_are_offered_the_new_image_only_in_a_started_wave() {
     assert!(offered("AA:BB:CC:00:00:02").is_empty());
     assert!(offered("AA:BB:CC:00:00:03").is_empty());
     assert!(offered("unknown").is_empty());
-    // The devices of wave 1 report success: wave 2 starts and its devices are offered 1.1.0.
+    // The devices of wave 1 install it and ask again with their new version, as esp32FOTA
+    // does (they never report): installed, so wave 2 starts and its devices are offered 1.1.0.
     for i in 0..2 {
-        let url = format!("{}/api/v1/devices/esp{i}/report", server.http());
-        let (status, body) = support::curl_text(
-            &url,
-            &["-H", "Content-Type: application/json", "-d", r#"{"result": "ok"}"#],
+        let url = format!(
+            "{}/images/images.json?type=esp&vers=1.1.0&addr=AA:BB:CC:00:00:0{i}",
+            server.http()
         );
-        assert_eq!(status, 200, "{body}");
+        let (status, body) = support::curl_text(&url, &[]);
+        assert_eq!((status, body.as_str()), (200, "[]"));
     }
     let start = Instant::now();
     while offered("AA:BB:CC:00:00:03").is_empty() {
@@ -858,6 +861,25 @@ fn mqtt_triggers_go_through_a_real_broker_wave_by_wave() {
     std::fs::write(&file, support::random_bytes(3000, 33)).unwrap();
     server.publish("esp", &file, &["--version", "1.2.0"]);
     server.cli(&["rollout", "abort", &id.to_string()]);
+    let refused = server
+        .command()
+        .args([
+            "rollout",
+            "create",
+            "--publish-id",
+            "esp",
+            "--trigger",
+            "mqtt",
+            "--waves",
+            "50%,100%",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("reaches every device"),
+        "{err}"
+    );
     server.cli(&["rollout", "create", "--publish-id", "esp", "--trigger", "mqtt"]);
     let (topic, m) = next("the shared topic");
     assert_eq!(
