@@ -198,6 +198,33 @@ fn device_of(r: &AnyRow) -> Result<Device, FleetError> {
     })
 }
 
+/// `($1, $2, …), ($n+1, …), …`: `rows` tuples of `types.len()` placeholders, each written
+/// `CAST($k AS type)` where its type is not empty (VALUES lists whose types PostgreSQL
+/// cannot infer).
+fn values_sql(rows: usize, types: &[&str]) -> String {
+    let mut sql = String::new();
+    let mut k = 0;
+    for r in 0..rows {
+        if r > 0 {
+            sql.push_str(", ");
+        }
+        sql.push('(');
+        for (c, ty) in types.iter().enumerate() {
+            k += 1;
+            if c > 0 {
+                sql.push_str(", ");
+            }
+            if ty.is_empty() {
+                sql.push_str(&format!("${k}"));
+            } else {
+                sql.push_str(&format!("CAST(${k} AS {ty})"));
+            }
+        }
+        sql.push(')');
+    }
+    sql
+}
+
 fn i64_of(v: Option<u64>) -> Option<i64> {
     v.and_then(|v| i64::try_from(v).ok())
 }
@@ -215,19 +242,7 @@ pub(crate) async fn upsert_all(db: &Db, devices: &[&Device]) -> Result<(), Fleet
     let mut tx = db.pool.begin().await.map_err(db_err)?;
     for chunk in devices.chunks(ROWS_PER_STATEMENT) {
         let mut sql = format!("INSERT INTO devices ({COLUMNS}) VALUES ");
-        for r in 0..chunk.len() {
-            if r > 0 {
-                sql.push_str(", ");
-            }
-            sql.push('(');
-            for c in 0..25 {
-                if c > 0 {
-                    sql.push_str(", ");
-                }
-                sql.push_str(&format!("${}", r * 25 + c + 1));
-            }
-            sql.push(')');
-        }
+        sql.push_str(&values_sql(chunk.len(), &[""; 25]));
         sql.push_str(
             " ON CONFLICT (id) DO UPDATE SET registered = excluded.registered, coap = excluded.coap, \
              http_id = excluded.http_id, class = excluded.class, publish_id = excluded.publish_id, \
@@ -289,19 +304,7 @@ pub(crate) async fn update_progress(db: &Db, devices: &[&Device]) -> Result<(), 
         let mut sql = String::from(
             "UPDATE devices SET bytes_done = v.column2, bytes_total = v.column3, last_seen = v.column4 FROM (VALUES ",
         );
-        for r in 0..chunk.len() {
-            if r > 0 {
-                sql.push_str(", ");
-            }
-            let n = r * 4;
-            sql.push_str(&format!(
-                "(CAST(${} AS TEXT), CAST(${} AS BIGINT), CAST(${} AS BIGINT), CAST(${} AS BIGINT))",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4
-            ));
-        }
+        sql.push_str(&values_sql(chunk.len(), &["TEXT", "BIGINT", "BIGINT", "BIGINT"]));
         sql.push_str(") AS v WHERE devices.id = v.column1");
         let mut q = sqlx::query(&sql);
         for d in chunk {
@@ -379,15 +382,10 @@ const MEMBER_ROWS_PER_STATEMENT: usize = 500;
 /// transaction.
 pub(crate) async fn save_rollout(db: &Db, r: &Rollout, changed: Option<&[usize]>) -> Result<u64, FleetError> {
     let mut tx = db.pool.begin().await.map_err(db_err)?;
-    let mut sql = format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES (");
-    for c in 0..19 {
-        if c > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(&format!("${}", c + 1));
-    }
+    let mut sql = format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES ");
+    sql.push_str(&values_sql(1, &[""; 19]));
     sql.push_str(
-        ") ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason, wave = excluded.wave, \
+        " ON CONFLICT (id) DO UPDATE SET state = excluded.state, reason = excluded.reason, wave = excluded.wave, \
          wave_started = excluded.wave_started, wave_finished = excluded.wave_finished, ended_at = excluded.ended_at",
     );
     sqlx::query(&sql)
@@ -425,23 +423,7 @@ pub(crate) async fn save_rollout(db: &Db, r: &Rollout, changed: Option<&[usize]>
         let mut sql = String::from(
             "INSERT INTO rollout_devices (rollout, device, position, wave, status, triggered_at, done_at, detail) VALUES ",
         );
-        for (k, _) in chunk.iter().enumerate() {
-            if k > 0 {
-                sql.push_str(", ");
-            }
-            let n = k * 8;
-            sql.push_str(&format!(
-                "(${}, ${}, ${}, ${}, ${}, ${}, ${}, ${})",
-                n + 1,
-                n + 2,
-                n + 3,
-                n + 4,
-                n + 5,
-                n + 6,
-                n + 7,
-                n + 8
-            ));
-        }
+        sql.push_str(&values_sql(chunk.len(), &[""; 8]));
         sql.push_str(
             " ON CONFLICT (rollout, device) DO UPDATE SET status = excluded.status, \
              triggered_at = excluded.triggered_at, done_at = excluded.done_at, detail = excluded.detail",
@@ -582,5 +564,14 @@ mod tests {
         assert_eq!(redact("postgres://u:secret@h:5432/db"), "postgres://u:***@h:5432/db");
         assert_eq!(redact("postgres://h/db"), "postgres://h/db");
         assert_eq!(redact("sqlite:/x/fleet.db"), "sqlite:/x/fleet.db");
+    }
+}
+
+#[cfg(test)]
+mod sql_tests {
+    #[test]
+    fn values_lists() {
+        assert_eq!(super::values_sql(2, &["", ""]), "($1, $2), ($3, $4)");
+        assert_eq!(super::values_sql(1, &["TEXT", ""]), "(CAST($1 AS TEXT), $2)");
     }
 }
