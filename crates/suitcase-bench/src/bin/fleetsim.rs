@@ -27,7 +27,7 @@ use suitcase_bench::fleet::{self, Device, FleetConfig, Mode, Registration, Stats
 enum ModeArg {
     /// Devices wait for a CoAP POST of the manifest URL (any path).
     Coap,
-    /// Devices observe <publish-id>/manifest on --server.
+    /// Devices observe `<publish-id>/manifest` on --server.
     Observe,
     /// Not implemented (needs an MQTT client).
     Mqtt,
