@@ -18,7 +18,7 @@
 # lets the publish of v2 notify the observers; fleetsim ends 10 s after the last activity.
 #
 # Prints one TSV line (header first; appended to $OUT too when set) and fleetsim's JSON:
-# waves_s is each wave's start–finish in seconds after the rollout's started_at; server_cpu_s
+# waves_s is each wave's start–finish in seconds after the rollout's start_at; server_cpu_s
 # is the server's utime+stime from the rollout's creation to its end; server_peak_rss_kb its
 # VmHWM.
 #
@@ -89,6 +89,15 @@ until grep -q '^fleetsim: ready' "$work/fleetsim.log"; do
   sleep 0.2
 done
 
+# Observe: v1 goes out through a rollout first (every device runs it already, so it
+# finishes at once); from then on the server holds v2 back from observers until its own
+# rollout lets them through.
+if [ "$TRIGGER" = rollout ] && [ "$MODE" = observe ]; then
+  first=$("$BIN/suitcase" rollout create --publish-id sim --trigger observe --json)
+  fid=$(python3 -c 'import json,sys; print(json.loads(sys.argv[1])["id"])' "$first")
+  until "$BIN/suitcase" rollout status "$fid" --json | grep -q '"state":"finished"'; do sleep 0.5; done
+fi
+
 python3 -c "import os; open('$work/fw.bin','wb').write(os.urandom($IMAGE_BYTES))"
 seq2=$("$BIN/suitcase" publish --publish-id sim --publish "$work/fw.bin" --json --quiet | seq_of)
 t0=$(now_ms)
@@ -136,8 +145,8 @@ import json, os, sys
 mode, n, loss, fail, trigger, waves, maxc, state, status, sim, t0, t1, c0, c1, rss, seq2 = sys.argv[1:]
 st, s = json.loads(status), json.loads(sim)
 hz = os.sysconf("SC_CLK_TCK")
-start = st.get("started_at") or int(t0)
-end = st.get("finished_at") or s.get("last_report_ms") or int(t1)
+start = st.get("start_at") or int(t0)
+end = st.get("ended_at") or s.get("last_report_ms") or int(t1)
 sec = lambda ms: "-" if ms is None else f"{(ms - start) / 1000:.1f}"
 waves_s = ",".join(f'{sec(w.get("started_at"))}-{sec(w.get("finished_at"))}' for w in st.get("waves", [])) or "-"
 tot = st.get("totals", {})

@@ -847,10 +847,19 @@ impl Rollout {
                     if free == 0 {
                         break;
                     }
-                    let m = &mut self.members[i];
-                    if m.wave > self.wave || m.status != MemberStatus::Pending {
+                    if self.members[i].wave > self.wave || self.members[i].status != MemberStatus::Pending {
                         continue;
                     }
+                    // A device known to run this version (or a newer one) already is done.
+                    if device(&self.members[i].device).is_some_and(|d| !is_older(d, &self.target)) {
+                        let m = &mut self.members[i];
+                        m.status = MemberStatus::Installed;
+                        m.done_at = Some(now);
+                        m.detail = Some("already runs it".into());
+                        step.changed.push(i);
+                        continue;
+                    }
+                    let m = &mut self.members[i];
                     m.status = MemberStatus::Triggered;
                     m.triggered_at = Some(now);
                     step.trigger.push(i);
@@ -1250,6 +1259,18 @@ mod tests {
         assert_eq!(r.state, RolloutState::Finished);
         // An old outcome (before the trigger) does not count.
         finish(&mut devs, "d000", true, -5);
+    }
+
+    #[test]
+    fn devices_already_running_the_version_are_done_without_a_trigger() {
+        let mut devs = devices(3);
+        devs.get_mut("d001").unwrap().running_seq = Some(2);
+        let ids: Vec<String> = vec!["d000".into(), "d001".into(), "d002".into()];
+        let mut r = Rollout::new(1, None, target(), plan(&["100%"], 0), ids, 0, None).unwrap();
+        let s = r.step(0, |id| devs.get(id));
+        assert_eq!(s.trigger.len(), 2);
+        assert_eq!(r.members[1].status, MemberStatus::Installed);
+        assert_eq!(r.members[1].detail.as_deref(), Some("already runs it"));
     }
 
     #[test]
