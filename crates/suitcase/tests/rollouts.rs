@@ -272,6 +272,22 @@ fn register(server: &TestServer, devices: &[&SimDevice], running_seq: u64, dir: 
     server.cli(&["device", "import", file.to_str().unwrap()]);
 }
 
+/// `n` simulated devices `d0`… at `net.10`…, registered as running `running`.
+fn start_fleet(
+    server: &TestServer,
+    dir: &std::path::Path,
+    net: &str,
+    n: usize,
+    running: u64,
+    behaviour: impl Fn(usize) -> Behaviour,
+) -> Vec<SimDevice> {
+    let devices: Vec<SimDevice> = (0..n)
+        .map(|i| SimDevice::start(&format!("d{i}"), &format!("{net}.{}", 10 + i), "fw", behaviour(i)))
+        .collect();
+    register(server, &devices.iter().collect::<Vec<_>>(), running, dir);
+    devices
+}
+
 fn create(server: &TestServer, args: &[&str]) -> u64 {
     let mut all = vec!["rollout", "create", "--publish-id", "fw", "--json"];
     all.extend_from_slice(args);
@@ -284,18 +300,8 @@ fn coap_triggers_run_the_waves_within_the_concurrency_limit_and_target_older_dev
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_v4(&dir.path().join("data"), &[]);
     let (old, new) = publish_two(&server, dir.path());
-    let devices: Vec<SimDevice> = (0..9)
-        .map(|i| {
-            SimDevice::start(
-                &format!("d{i}"),
-                &format!("127.0.1.{}", 10 + i),
-                "fw",
-                Behaviour::Install,
-            )
-        })
-        .collect();
+    let devices = start_fleet(&server, dir.path(), "127.0.1", 9, old, |_| Behaviour::Install);
     let current = SimDevice::start("current", "127.0.1.30", "fw", Behaviour::Install);
-    register(&server, &devices.iter().collect::<Vec<_>>(), old, dir.path());
     register(&server, &[&current], new, dir.path());
 
     // Bad input creates nothing.
@@ -394,13 +400,13 @@ fn errors_halt_the_rollout_before_the_next_wave() {
     let dir = tempfile::tempdir().unwrap();
     let server = TestServer::start_v4(&dir.path().join("data"), &[]);
     let (old, _) = publish_two(&server, dir.path());
-    let devices: Vec<SimDevice> = (0..10)
-        .map(|i| {
-            let b = if i == 1 { Behaviour::Fail } else { Behaviour::Install };
-            SimDevice::start(&format!("d{i}"), &format!("127.0.2.{}", 10 + i), "fw", b)
-        })
-        .collect();
-    register(&server, &devices.iter().collect::<Vec<_>>(), old, dir.path());
+    let devices = start_fleet(&server, dir.path(), "127.0.2", 10, old, |i| {
+        if i == 1 {
+            Behaviour::Fail
+        } else {
+            Behaviour::Install
+        }
+    });
     let id = create(&server, &["--waves", "50%,100%", "--halt-on-errors", "5%"]);
     let r = until_state(&server, id, &["halted", "finished"], 60);
     assert_eq!(r["state"], "halted", "{r:#}");
@@ -459,10 +465,7 @@ fn pause_resume_restart(extra: &[&str], net: &str) {
     let (coap, http) = (format!("127.0.0.1:{coap_port}"), format!("127.0.0.1:{http_port}"));
     let server = TestServer::start_on(&data, &coap, &http, extra);
     let (old, new) = publish_two(&server, dir.path());
-    let devices: Vec<SimDevice> = (0..3)
-        .map(|i| SimDevice::start(&format!("d{i}"), &format!("{net}.{}", 10 + i), "fw", Behaviour::Slow))
-        .collect();
-    register(&server, &devices.iter().collect::<Vec<_>>(), old, dir.path());
+    let devices = start_fleet(&server, dir.path(), net, 3, old, |_| Behaviour::Slow);
     let id = create(&server, &["--max-concurrent", "1"]);
     // d0 is triggered; pause while it works; it finishes; nothing more is sent.
     let start = Instant::now();
