@@ -147,8 +147,7 @@ impl Resources for StoreResources {
             return self.resolve(segments);
         };
         // Immutable paths (`<id>/v/<n>/<file>`) and `/.well-known/core` are never gated.
-        let n = segments.len();
-        if n < 2 || (n >= 3 && segments[n - 3] == "v") || segments == [".well-known", "core"] {
+        if segments.len() < 2 || paths::is_immutable(segments) || segments == [".well-known", "core"] {
             return self.resolve(segments);
         }
         let who = Requester {

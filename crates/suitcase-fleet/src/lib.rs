@@ -528,7 +528,7 @@ impl Fleet {
         for r in self.db.list_rollouts(limit).await? {
             match live.iter().find(|v| v.id == r.id) {
                 Some(v) => out.push(v.clone()),
-                None => out.push(r.view_from(&self.db.member_counts(r.id).await?)),
+                None => out.push(self.stored_view(r).await?),
             }
         }
         Ok(out)
@@ -541,9 +541,14 @@ impl Fleet {
             return Ok(Some(v));
         }
         match self.db.get_rollout(id).await? {
-            Some(r) => Ok(Some(r.view_from(&self.db.member_counts(id).await?))),
+            Some(r) => Ok(Some(self.stored_view(r).await?)),
             None => Ok(None),
         }
+    }
+
+    /// The view of a rollout the tracker no longer holds, from the database.
+    async fn stored_view(&self, r: rollout::Rollout) -> Result<RolloutView, FleetError> {
+        Ok(r.view_from(&self.db.member_counts(r.id).await?))
     }
 
     /// A rollout's devices (at most `limit`), as last written.

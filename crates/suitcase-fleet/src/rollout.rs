@@ -94,14 +94,6 @@ impl RolloutState {
             RolloutState::Aborted => "aborted",
         }
     }
-
-    /// Whether it is over (nothing will be triggered again).
-    pub fn is_ended(self) -> bool {
-        matches!(
-            self,
-            RolloutState::Finished | RolloutState::Aborted | RolloutState::Halted
-        )
-    }
 }
 
 impl std::str::FromStr for RolloutState {
@@ -687,20 +679,11 @@ impl Rollout {
             .collect();
     }
 
-    /// Counts of the members of wave `w`, or of all waves up to the current one (`None`).
-    pub fn counts(&self, w: Option<usize>, downloading: impl Fn(&str) -> bool) -> Counts {
+    /// Counts of the members of the started waves.
+    pub fn counts_so_far(&self) -> Counts {
         let mut c = Counts::default();
-        for m in &self.members {
-            let take = match w {
-                Some(w) => m.wave == w,
-                None => m.wave <= self.wave,
-            };
-            if take {
-                c.add(m.status);
-                if m.status == MemberStatus::Triggered && downloading(&m.device) {
-                    c.downloading += 1;
-                }
-            }
+        for m in self.members.iter().filter(|m| m.wave <= self.wave) {
+            c.add(m.status);
         }
         c
     }
@@ -789,7 +772,7 @@ impl Rollout {
             return step;
         }
         loop {
-            let c = self.counts(None, |_| false);
+            let c = self.counts_so_far();
             // The error threshold, over every device of the started waves.
             if c.failed > 0 && pct(c.failed, c.devices) > self.plan.halt_on_errors {
                 self.end(
@@ -1216,7 +1199,7 @@ mod tests {
             assert!(now < 2000);
         }
         assert_eq!(r.state, RolloutState::Finished);
-        assert_eq!(r.counts(None, |_| false).installed, 20);
+        assert_eq!(r.counts_so_far().installed, 20);
     }
 
     #[test]

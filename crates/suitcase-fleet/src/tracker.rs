@@ -106,6 +106,17 @@ fn target_addr(coap: &str) -> Option<SocketAddr> {
 /// Block events older than a report by less than this belong to the update reported on.
 const LATE_EVENTS_MS: i64 = 5_000;
 
+/// Whether `d` changed state or reported after `t` (Unix ms).
+fn heard_since(d: &Device, t: i64) -> bool {
+    d.state_at.unwrap_or(0) > t || d.report_at.unwrap_or(0) > t
+}
+
+/// Whether `d`'s update is over and it reported less than [`LATE_EVENTS_MS`] ago: block
+/// events of that update may still be on their way.
+fn just_reported(d: &Device, now: i64) -> bool {
+    d.state.is_final() && d.report_at.is_some_and(|r| now.saturating_sub(r) < LATE_EVENTS_MS)
+}
+
 /// Downloads whose first block ended at most here count as starting over.
 const RESTART_BYTES: u64 = 1024;
 
@@ -561,7 +572,7 @@ impl Tracker {
         }
         // Block events reach the tracker up to a batch interval late: the manifest fetch of
         // an update the device has just reported on is that update, not a new one.
-        if same && d.state.is_final() && d.report_at.is_some_and(|r| now.saturating_sub(r) < LATE_EVENTS_MS) {
+        if same && just_reported(d, now) {
             return;
         }
         self.set_target(id, f);
@@ -575,7 +586,7 @@ impl Tracker {
         let restart = end <= RESTART_BYTES && end < size;
         let state = d.state;
         // Late block events of the download the device has just reported on.
-        if same && state.is_final() && d.report_at.is_some_and(|r| now.saturating_sub(r) < LATE_EVENTS_MS) {
+        if same && just_reported(d, now) {
             return;
         }
         if !same {
@@ -647,20 +658,17 @@ impl Tracker {
             .cloned()
             .or_else(|| address.and_then(|a| self.lookup_peer(a)));
         let Some(id) = id else { return };
-        // The acknowledgements of a batch arrive together, after it: a device that fetched,
-        // installed or reported since its trigger went out is further than "notified".
-        if self
-            .devices
-            .get(&id)
-            .is_some_and(|d| d.state_at.unwrap_or(0) > sent_at || d.report_at.unwrap_or(0) > sent_at)
-        {
-            return;
-        }
-        self.mark_notified(&id, publish_id, version);
+        self.mark_notified(&id, publish_id, version, sent_at);
     }
 
-    /// `id` took a trigger for `publish_id` version `version`.
-    fn mark_notified(&mut self, id: &str, publish_id: &str, version: u64) {
+    /// `id` took a trigger for `publish_id` version `version`, sent at `sent_at`.
+    fn mark_notified(&mut self, id: &str, publish_id: &str, version: u64, sent_at: i64) {
+        // Acknowledgements arrive after the trigger (those of a notify batch all together):
+        // a device that fetched, installed or reported since it went out is further than
+        // "notified".
+        if self.devices.get(id).is_some_and(|d| heard_since(d, sent_at)) {
+            return;
+        }
         let Some(v) = self.store.version(publish_id, version) else {
             return;
         };
@@ -1251,13 +1259,21 @@ impl Tracker {
         result
     }
 
+    /// The newest rollout of each publish-id (the one that governs it).
+    fn newest_rollouts(&self) -> HashMap<&str, &Rollout> {
+        let mut newest: HashMap<&str, &Rollout> = HashMap::new();
+        for r in &self.rollouts.live {
+            let e = newest.entry(r.target.publish_id.as_str()).or_insert(r);
+            if r.id > e.id {
+                *e = r;
+            }
+        }
+        newest
+    }
+
     /// Ended rollouts that are not the newest of their publish-id leave memory (once written).
     fn forget_ended(&mut self) {
-        let mut newest: HashMap<&str, u64> = HashMap::new();
-        for r in &self.rollouts.live {
-            let e = newest.entry(r.target.publish_id.as_str()).or_insert(r.id);
-            *e = (*e).max(r.id);
-        }
+        let newest: HashMap<&str, u64> = self.newest_rollouts().into_iter().map(|(p, r)| (p, r.id)).collect();
         let keep: HashSet<u64> = self
             .rollouts
             .live
@@ -1387,10 +1403,12 @@ impl Tracker {
         for (i, detail) in failures {
             self.fail_member(id, i, detail);
         }
-        let (Some(triggers), Some(me)) = (self.rollouts.triggers.clone(), self.me.clone().upgrade()) else {
+        let Some(triggers) = self.rollouts.triggers.clone() else {
             return;
         };
-        drop(me);
+        if self.me.upgrade().is_none() {
+            return; // the fleet is gone: nobody would take the results
+        }
         for j in jobs {
             let (triggers, me, permits) = (triggers.clone(), self.me.clone(), self.trigger_permits.clone());
             let tasks = self.trigger_tasks.clone();
@@ -1428,24 +1446,14 @@ impl Tracker {
                     m.detail = Some(detail);
                 }
                 self.rollout_dirty.entry(rollout).or_default().insert(i);
-                // Unless the device is already further (it downloaded, or reported, before
-                // the acknowledgement came back).
-                let quiet = self
-                    .devices
-                    .get(device)
-                    .is_some_and(|d| d.state_at.unwrap_or(0) <= since && d.report_at.unwrap_or(0) <= since);
-                if quiet {
-                    self.mark_notified(device, &publish_id, version);
+                if self.devices.contains_key(device) {
+                    self.mark_notified(device, &publish_id, version, since);
                 }
             }
             Err(e) => {
                 // A trigger whose answer was lost, to a device that went on all the same: its
                 // outcome will tell.
-                let quiet = self
-                    .devices
-                    .get(device)
-                    .is_none_or(|d| d.state_at.unwrap_or(0) <= since && d.report_at.unwrap_or(0) <= since);
-                if quiet {
+                if !self.devices.get(device).is_some_and(|d| heard_since(d, since)) {
                     let reason = format!("trigger: {e}");
                     if let Some(d) = self.devices.get_mut(device) {
                         d.reason = Some(reason.clone());
@@ -1466,15 +1474,8 @@ impl Tracker {
     fn rebuild_gates(&mut self) {
         self.gates_dirty = false;
         self.gates_store_generation = Some(self.store.generation());
-        let mut newest: HashMap<&str, &Rollout> = HashMap::new();
-        for r in &self.rollouts.live {
-            let e = newest.entry(r.target.publish_id.as_str()).or_insert(r);
-            if r.id > e.id {
-                *e = r;
-            }
-        }
         let mut gates = HashMap::new();
-        for (publish_id, r) in newest {
+        for (publish_id, r) in self.newest_rollouts() {
             if self.store.version(publish_id, r.target.version).is_none() {
                 continue; // its version was removed: the newest again
             }

@@ -34,6 +34,11 @@ fn peer(req: &Request) -> Option<SocketAddr> {
 #[derive(Clone, Debug)]
 pub struct Who(pub String);
 
+/// Who made a request, for the audit log (`-` when nobody signed in).
+pub(crate) fn who(w: Option<axum::Extension<Who>>) -> String {
+    w.map_or_else(|| "-".to_string(), |w| w.0 .0)
+}
+
 fn unreadable(req: &Request) -> Response {
     tracing::warn!(target: "suitcase::audit", peer = ?peer(req), path = %req.uri().path(), "rejected: the token file is unreadable");
     ApiError::new(

@@ -87,7 +87,7 @@ pub(crate) async fn remove(
     who: Option<axum::Extension<crate::auth::Who>>,
     Path(id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
+    let who = crate::auth::who(who);
     if fleet(&st)?.remove(&id).await? {
         tracing::info!(target: "suitcase::audit", action = "device-remove", who = %who, device = %id);
         Ok(StatusCode::NO_CONTENT)
@@ -130,7 +130,7 @@ pub(crate) async fn add(
         return Err(ApiError::bad_request(format!("at most {MAX_ADD} devices per request")));
     }
     let added = fleet.add(devices, q.replace).await?;
-    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
+    let who = crate::auth::who(who);
     // One line per device; a large import is one line (the log is not the inventory).
     if added.len() <= 100 {
         for d in &added {

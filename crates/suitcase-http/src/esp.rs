@@ -43,16 +43,11 @@ pub fn parse_version(s: &str) -> Option<semver::Version> {
 
 /// The version with the highest semver of those a rollout's gate lets the requester see.
 fn newest(st: &AppState, id: &str, allowed: suitcase_store::Allowed) -> Option<std::sync::Arc<Version>> {
-    use suitcase_store::Allowed;
     st.store
         .versions(id)
         .into_iter()
         .filter(|v| v.semver.is_some())
-        .filter(|v| match allowed {
-            Allowed::Newest => true,
-            Allowed::UpTo(max) => v.seq <= max,
-            Allowed::Nothing => false,
-        })
+        .filter(|v| allowed.admits(v.seq))
         .max_by(|a, b| a.semver.cmp(&b.semver).then(a.seq.cmp(&b.seq)))
 }
 
@@ -153,7 +148,7 @@ pub(crate) async fn put_image(
     who: Option<axum::Extension<crate::auth::Who>>,
     mut mp: Multipart,
 ) -> Result<(StatusCode, Json<ImageUploaded>), ApiError> {
-    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
+    let who = crate::auth::who(who);
     let mut image = None;
     while let Some(field) = mp
         .next_field()

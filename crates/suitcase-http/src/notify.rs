@@ -341,7 +341,7 @@ pub(crate) async fn remove(
     who: Option<axum::Extension<crate::auth::Who>>,
     body: Result<Json<RemoveBody>, axum::extract::rejection::JsonRejection>,
 ) -> Result<Json<VersionView>, ApiError> {
-    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
+    let who = crate::auth::who(who);
     let Json(body) = body.map_err(|e| ApiError::new(e.status(), e.body_text()))?;
     suitcase_store::validate_publish_id(&body.publish_id)?;
     let v = removal_target(&st, &body)?;

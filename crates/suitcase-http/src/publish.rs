@@ -24,7 +24,7 @@ pub(crate) async fn publish(
     who: Option<axum::Extension<crate::auth::Who>>,
     mut multipart: Multipart,
 ) -> Result<Json<VersionView>, ApiError> {
-    let who = who.map_or_else(|| "-".to_string(), |w| w.0 .0);
+    let who = crate::auth::who(who);
     tracing::info!(
         who = %who,
         bytes = ?headers.get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()),

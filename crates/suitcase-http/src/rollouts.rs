@@ -15,10 +15,6 @@ use crate::{ApiError, AppState};
 /// Rollouts listed at most.
 const MAX_ROLLOUTS: usize = 1000;
 
-fn who(w: Option<axum::Extension<crate::auth::Who>>) -> String {
-    w.map_or_else(|| "-".to_string(), |w| w.0 .0)
-}
-
 pub(crate) async fn create(
     State(st): State<AppState>,
     w: Option<axum::Extension<crate::auth::Who>>,
@@ -33,7 +29,7 @@ pub(crate) async fn create(
         http: Some(crate::esp::base_url(&st, &headers)),
     };
     let view = fleet.create_rollout(request, urls).await?;
-    tracing::info!(target: "suitcase::audit", action = "rollout-create", who = %who(w), rollout = view.id,
+    tracing::info!(target: "suitcase::audit", action = "rollout-create", who = %crate::auth::who(w), rollout = view.id,
         publish_id = %view.publish_id, version = view.version, devices = view.totals.devices);
     Ok((StatusCode::CREATED, Json(view)))
 }
@@ -96,6 +92,6 @@ pub(crate) async fn control(
         }
     };
     let view = fleet(&st)?.control_rollout(id, control).await?;
-    tracing::info!(target: "suitcase::audit", action = %format!("rollout-{action}"), who = %who(w), rollout = id, state = %view.state);
+    tracing::info!(target: "suitcase::audit", action = %format!("rollout-{action}"), who = %crate::auth::who(w), rollout = id, state = %view.state);
     Ok(Json(view))
 }

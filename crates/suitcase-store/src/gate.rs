@@ -26,6 +26,17 @@ pub enum Allowed {
     Nothing,
 }
 
+impl Allowed {
+    /// Whether version number `version` may be seen.
+    pub fn admits(self, version: u64) -> bool {
+        match self {
+            Allowed::Newest => true,
+            Allowed::UpTo(max) => version <= max,
+            Allowed::Nothing => false,
+        }
+    }
+}
+
 /// A source of gates (implemented by the fleet).
 pub trait Gate: Send + Sync + 'static {
     /// Whether any publish-id is gated (checked first, so an ungated server pays one load).

@@ -99,9 +99,9 @@ pub fn resolve_allowed(
 ) -> Option<Located> {
     use crate::gate::Allowed;
     let l = resolve(store, segments)?;
-    let (name, head) = segments.split_last()?;
-    if head.len() >= 2 && head[head.len() - 2] == "v" {
-        return Some(l); // `<id>/v/<n>/<file>`
+    let name = segments.last()?;
+    if is_immutable(segments) {
+        return Some(l);
     }
     let max = match allowed(&l.version.publish_id) {
         Allowed::Newest => return Some(l),
@@ -122,6 +122,11 @@ pub fn resolve_allowed(
         None if !manifest_alias(name) => Some(l),
         None => None,
     }
+}
+
+/// Whether `segments` name a file of one version (`<id>/v/<n>/<file>`), which never changes.
+pub fn is_immutable(segments: &[&str]) -> bool {
+    segments.len() >= 3 && segments[segments.len() - 3] == "v"
 }
 
 /// Find a version by what a user calls it: `latest` (or nothing), a version number, a

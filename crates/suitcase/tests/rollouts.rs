@@ -289,7 +289,12 @@ fn start_fleet(
 }
 
 fn create(server: &TestServer, args: &[&str]) -> u64 {
-    let mut all = vec!["rollout", "create", "--publish-id", "fw", "--json"];
+    create_for(server, "fw", args)
+}
+
+/// `suitcase rollout create --publish-id <publish_id> --json <args>`: the rollout's id.
+fn create_for(server: &TestServer, publish_id: &str, args: &[&str]) -> u64 {
+    let mut all = vec!["rollout", "create", "--publish-id", publish_id, "--json"];
     all.extend_from_slice(args);
     let v: serde_json::Value = serde_json::from_str(&server.cli(&all)).unwrap();
     v["id"].as_u64().unwrap()
@@ -716,20 +721,7 @@ fn esp_devices_are_offered_the_new_image_only_in_a_started_wave() {
             .collect()
     };
     // Two of four in the first wave, one at a time; the others are offered nothing newer.
-    let id = server.cli(&[
-        "rollout",
-        "create",
-        "--publish-id",
-        "esp",
-        "--trigger",
-        "http",
-        "--waves",
-        "2,100%",
-        "--json",
-    ]);
-    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()["id"]
-        .as_u64()
-        .unwrap();
+    let id = create_for(&server, "esp", &["--trigger", "http", "--waves", "2,100%"]);
     let r = rollout(&server, id);
     assert_eq!(r["waves"][0]["triggered"], 2, "{r:#}");
     assert_eq!(offered("AA:BB:CC:00:00:00"), vec!["1.1.0"]);
@@ -804,20 +796,11 @@ fn mqtt_triggers_go_through_a_real_broker_wave_by_wave() {
     std::fs::write(dir.path().join("esp.csv"), &csv).unwrap();
     server.cli(&["device", "import", dir.path().join("esp.csv").to_str().unwrap()]);
     let sub = broker.subscribe("#");
-    let id = server.cli(&[
-        "rollout",
-        "create",
-        "--publish-id",
+    let id = create_for(
+        &server,
         "esp",
-        "--topic",
-        "ota/{group}/{device}",
-        "--waves",
-        "2,100%",
-        "--json",
-    ]);
-    let id = serde_json::from_str::<serde_json::Value>(&id).unwrap()["id"]
-        .as_u64()
-        .unwrap();
+        &["--topic", "ota/{group}/{device}", "--waves", "2,100%"],
+    );
     let next = |what: &str| -> (String, serde_json::Value) {
         let (topic, payload) = sub
             .recv(Duration::from_secs(10))
