@@ -61,6 +61,7 @@ pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next
                 None => format!("token:{name}"),
             };
             req.extensions_mut().insert(Who(who));
+            req.extensions_mut().insert(PublisherName(name));
             next.run(req).await
         }
         None => {
@@ -78,6 +79,10 @@ pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next
         }
     }
 }
+
+/// The name of the publisher token a mutation showed.
+#[derive(Clone, Debug)]
+pub struct PublisherName(pub String);
 
 /// The name of the device token a request showed (not set for a publisher token).
 #[derive(Clone, Debug)]

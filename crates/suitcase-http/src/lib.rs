@@ -8,12 +8,12 @@ mod devices;
 mod download;
 mod error;
 pub mod esp;
-mod html;
 pub mod metrics;
 mod notify;
 mod publish;
 mod rollouts;
 mod server;
+mod ui;
 
 use std::sync::Arc;
 
@@ -148,6 +148,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/rollouts/{id}", get(rollouts::get_one))
         .route("/api/v1/rollouts/{id}/devices", get(rollouts::devices))
         .route("/api/v1/rollouts/{id}/{action}", post(rollouts::control))
+        .route("/api/v1/whoami", get(whoami))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::publisher));
     let downloads = Router::new()
         .route("/firmware/{*name}", get(esp::firmware))
@@ -160,7 +161,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(mutations)
         .merge(downloads)
-        .route("/", get(html::index))
+        .route("/", get(ui::index))
+        .route("/ui/section/{name}", get(ui::section))
+        .route("/ui/{asset}", get(ui::asset))
         .route("/coap/url/{*publish_id}", get(coap_url))
         .route("/api/v1/publish-ids", get(list_ids))
         .route("/api/v1/publish-ids/{*publish_id}", get(list_versions))
@@ -269,6 +272,13 @@ async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
         axum::http::StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(Readiness { ready, checks }))
+}
+
+/// `GET /api/v1/whoami`: the name of the publisher token shown (the page's sign-in check).
+async fn whoami(name: Option<axum::Extension<auth::PublisherName>>) -> Result<Json<serde_json::Value>, ApiError> {
+    let axum::Extension(auth::PublisherName(name)) =
+        name.ok_or_else(|| ApiError::internal("whoami reached without the publisher guard"))?;
+    Ok(Json(serde_json::json!({ "name": name, "role": "publisher" })))
 }
 
 async fn coap_url(State(st): State<AppState>, headers: HeaderMap, Path(id): Path<String>) -> Result<String, ApiError> {

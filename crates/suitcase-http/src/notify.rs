@@ -225,13 +225,15 @@ pub(crate) async fn notify(
             "notify is not available on this server",
         )
     })?;
-    // A registered device's id stands for its CoAP address.
+    // A registered device's id stands for its CoAP address; its results carry the id again.
     let mut devices = devices;
+    let mut ids = std::collections::HashMap::new();
     if let Some(fleet) = &st.fleet {
         for d in devices.iter_mut() {
             if suitcase_fleet::validate_id(d).is_ok() {
                 if let Ok(Some(found)) = fleet.get(d).await {
                     if let Some(coap) = found.coap {
+                        ids.entry(coap.clone()).or_insert_with(|| d.clone());
                         *d = coap;
                     }
                 }
@@ -253,6 +255,12 @@ pub(crate) async fn notify(
         for r in results.iter().filter(|r| r.result == "ok") {
             let address = r.address.as_deref().and_then(|a| a.parse().ok());
             fleet.notified(r.device.clone(), address, id.clone(), version.seq, sent_at);
+        }
+    }
+    let mut results = results;
+    for r in &mut results {
+        if let Some(name) = ids.get(&r.device) {
+            r.device = name.clone();
         }
     }
     Ok(Json(NotifyView {

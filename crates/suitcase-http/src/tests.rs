@@ -577,7 +577,7 @@ async fn tokens_guard_mutations_and_downloads() {
     let r = get_with(app(st), "/", &[]).await;
     let html = String::from_utf8(body_of(r).await).unwrap();
     assert!(
-        html.contains("<h2 id=\"a\">a</h2>") && html.contains("a_v1.1.0.bin"),
+        html.contains("<h3 id=\"pid-a\">a</h3>") && html.contains("a_v1.1.0.bin"),
         "{html}"
     );
 }
@@ -959,4 +959,73 @@ async fn the_server_builds_riot09_manifests_and_notify_takes_trigger_nul() {
     .await;
     assert_eq!(s, StatusCode::BAD_REQUEST, "{v}");
     assert!(v["error"].as_str().unwrap().contains("Ed25519"), "{v}");
+}
+
+#[tokio::test]
+async fn the_page_its_assets_and_sections() {
+    let dir = tempfile::tempdir().unwrap();
+    let (st, _) = state(dir.path());
+    let (s, _) = put_image(app(st.clone()), "a_v1.0.0.bin", b"x", None).await;
+    assert_eq!(s, StatusCode::CREATED);
+    let token = local_token(&st);
+    let bearer = format!("Bearer {token}");
+    let raw = || app_from(st.clone(), [127, 0, 0, 1]);
+
+    // The page: no inline script or style, a policy that forbids them, nothing from elsewhere.
+    let r = get_with(raw(), "/", &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let csp = r.headers()["content-security-policy"].to_str().unwrap().to_string();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let html = String::from_utf8(body_of(r).await).unwrap();
+    assert!(html.contains(r#"<script src="/ui/app.js" defer>"#), "{html}");
+    assert!(!html.contains("<style") && !html.contains(" style="), "{html}");
+    assert!(!html.contains("src=\"http") && !html.contains("href=\"http"), "{html}");
+    assert_eq!(html.matches("<script").count(), 1);
+    assert!(html.contains("a_v1.0.0.bin"));
+
+    // Assets, with validators.
+    for (path, kind) in [("/ui/app.js", "text/javascript"), ("/ui/app.css", "text/css")] {
+        let r = get_with(raw(), path, &[]).await;
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        assert!(r.headers()["content-type"].to_str().unwrap().starts_with(kind));
+        let tag = r.headers()["etag"].to_str().unwrap().to_string();
+        let r = get_with(raw(), path, &[("if-none-match", &tag)]).await;
+        assert_eq!(r.status(), StatusCode::NOT_MODIFIED, "{path}");
+    }
+    assert_eq!(
+        get_with(raw(), "/ui/nope.js", &[]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // Sections: public, signed in, or refused for a wrong token (the page then signs out).
+    let r = get_with(raw(), "/ui/section/firmware", &[]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(String::from_utf8(body_of(r).await)
+        .unwrap()
+        .contains(r#"id="firmware-live""#));
+    let r = get_with(raw(), "/ui/section/firmware", &[("authorization", &bearer)]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let r = get_with(raw(), "/ui/section/firmware", &[("authorization", "Bearer wrong")]).await;
+    assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        get_with(raw(), "/ui/section/fleet", &[]).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert_eq!(
+        get_with(raw(), "/ui/section/nope", &[]).await.status(),
+        StatusCode::NOT_FOUND
+    );
+
+    // The sign-in check.
+    assert_eq!(
+        get_with(raw(), "/api/v1/whoami", &[]).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+    let r = get_with(raw(), "/api/v1/whoami", &[("authorization", &bearer)]).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    let who: serde_json::Value = serde_json::from_slice(&body_of(r).await).unwrap();
+    assert_eq!(who["name"], "local");
 }

@@ -8,9 +8,11 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+pub mod browser;
 pub mod mosquitto;
 pub mod netns;
 pub mod postgres;
+pub mod simdevice;
 
 /// The binary under test; `SUITCASE_TEST_BIN` points the tests at another build (to check
 /// that a regression test fails against the code before its fix).
