@@ -208,7 +208,8 @@ pub(crate) fn serve(headers: &HeaderMap, data: Blob, entry: &FileEntry, content_
     let mut builder = Response::builder()
         .header(header::ETAG, &tag)
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_TYPE, content_type);
+        .header(header::CONTENT_TYPE, content_type)
+        .header(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
     if if_none_match(headers, &tag) {
         return builder
             .status(StatusCode::NOT_MODIFIED)

@@ -240,6 +240,9 @@ pub(crate) async fn notify(
             }
         }
     }
+    // A device named twice (by its id and its address) is triggered once.
+    let mut seen = std::collections::HashSet::new();
+    devices.retain(|d| seen.insert(d.clone()));
     let sha256 = version
         .manifest
         .as_ref()

@@ -1028,4 +1028,23 @@ async fn the_page_its_assets_and_sections() {
     assert_eq!(r.status(), StatusCode::OK);
     let who: serde_json::Value = serde_json::from_slice(&body_of(r).await).unwrap();
     assert_eq!(who["name"], "local");
+
+    // Once device tokens exist, rollouts are listed to publishers only.
+    let section = |auth: Option<String>| {
+        let raw = raw();
+        async move {
+            let h: Vec<(&str, &str)> = auth.as_deref().map(|a| vec![("authorization", a)]).unwrap_or_default();
+            let r = get_with(raw, "/ui/section/rollouts", &h).await;
+            (r.status(), String::from_utf8(body_of(r).await).unwrap())
+        }
+    };
+    assert!(section(None).await.1.contains("No rollout yet."));
+    st.tokens.create("fleet", auth::Role::Device).unwrap();
+    assert!(section(None).await.1.contains("rollouts are for publishers"));
+    assert!(section(Some(bearer.clone())).await.1.contains("No rollout yet."));
+    // An unreadable token file is the server's fault (503), not a reason to sign in again.
+    let raw_file = std::fs::read(st.tokens.path()).unwrap();
+    std::fs::write(st.tokens.path(), &raw_file[..raw_file.len() - 3]).unwrap();
+    st.tokens.refresh();
+    assert_eq!(section(Some(bearer)).await.0, StatusCode::SERVICE_UNAVAILABLE);
 }

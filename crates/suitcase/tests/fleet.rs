@@ -328,7 +328,10 @@ fn fleet_end_to_end(extra: &[&str]) {
     assert_eq!(device(&devices(&server), "d2")["state"], "failed");
     assert_eq!(report_as("d1"), 200);
     let (_, page) = support::curl_text(&format!("{}/", server.http()), &[]);
-    assert!(page.contains("not public") && !page.contains(">d1<"), "{page}");
+    assert!(
+        page.contains("the list of devices is for publishers") && !page.contains(">d1<"),
+        "{page}"
+    );
     // Nothing is downloading or due: watch ends at once with the tally.
     let watched = server.cli(&["device", "watch", "--exit-when-idle", "--interval", "0.2"]);
     assert!(watched.contains("idle: 2 installed, 1 failed, 4 in all"), "{watched}");

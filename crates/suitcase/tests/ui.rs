@@ -116,7 +116,15 @@ fn publish_copy_and_remove_in_chromium() {
     );
     let status = text(&b, "#publish-status");
     assert!(status.contains("Published version 1 of fw/ui/board"), "{status}");
+    // The bar followed the browser's upload progress events to the end.
     assert_eq!(b.js("document.querySelector('#upload-progress').value"), json!(100));
+    let loaded: u64 = b
+        .js("document.querySelector('#upload-progress').dataset.loaded")
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(loaded > 73_000, "the last progress event counted {loaded} bytes");
     b.screenshot("publish");
 
     // Listed without a reload, with URLs that serve exactly what was uploaded.
@@ -176,11 +184,12 @@ fn publish_copy_and_remove_in_chromium() {
 
     // A second version, so the page says what the devices get after the removal.
     server.publish("fw/ui/board", &app_path, &[]);
-    b.js("document.querySelector('#firmware-status').textContent = 'reload-marker'");
+    b.js("window.samePage = 'yes'");
     b.wait(
         "document.querySelector(\"[data-publish-id='fw/ui/board'] tr[data-version='2']\")",
         20,
     );
+    assert_eq!(b.js("window.samePage"), json!("yes"), "the page reloaded");
 
     // On a phone: nothing scrolls sideways, signed in, with the long URLs open.
     b.set_size(375, 812);
@@ -284,13 +293,13 @@ fn notify_progress_and_rollouts_in_chromium() {
     std::fs::write(&image, support::random_bytes(64 * 1024, 5)).unwrap();
     server.publish("fw/ui/sim", &image, &["--version", "1.0.0"]);
 
-    // A device on a slow link (64 blocks, 120 ms each) and two that wait to be let go.
+    // A device on a slow link (64 blocks, 200 ms each: the fleet records progress every 5 s) and two that wait to be let go.
     let slow_link = SimDevice::start_with(
         "sim-1",
         "127.0.3.10",
         "fw/ui/sim",
         Behaviour::Install,
-        Duration::from_millis(120),
+        Duration::from_millis(200),
     );
     let waiting = SimDevice::start("sim-2", "127.0.3.11", "fw/ui/sim", Behaviour::Slow);
     let aborted = SimDevice::start("sim-3", "127.0.3.12", "fw/ui/sim", Behaviour::Slow);
@@ -336,6 +345,10 @@ fn notify_progress_and_rollouts_in_chromium() {
         text(&b, "#notify-status")
     );
     b.screenshot("notify");
+    b.set_size(375, 812);
+    b.wait("window.innerWidth <= 400", 5);
+    no_horizontal_scroll(&b, "the notify dialog");
+    b.set_size(1280, 1400);
     b.click("#notify-close");
 
     // Its download, watched live: a progress between 0 and 100, then installed.
@@ -447,6 +460,12 @@ fn notify_progress_and_rollouts_in_chromium() {
     wait_rollout(&b, 2, "aborted", 15);
     assert_eq!(rollout_state(&b, 1), "finished");
     assert_eq!(b.js("window.samePage"), json!("yes"), "the page reloaded");
+
+    // On a phone, with devices and rollouts listed.
+    b.set_size(375, 812);
+    b.wait("window.innerWidth <= 400", 5);
+    no_horizontal_scroll(&b, "devices and rollouts");
+    b.set_size(1280, 1400);
 
     // The overview, signed in, at the top.
     b.js("window.scrollTo(0, 0)");

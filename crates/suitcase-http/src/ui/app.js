@@ -11,7 +11,6 @@
 
 (() => {
   const doc = document;
-  doc.documentElement.classList.add('js');
   const KEY = 'suitcase.publisher-token';
   let token = null;
   try { token = sessionStorage.getItem(KEY); } catch (_) { token = null; }
@@ -44,9 +43,18 @@
     return h;
   }
 
+  // A request of the page; a network failure comes back as a 599 answer with the reason,
+  // so every caller shows it like any other error.
   async function api(method, path, body, extra) {
-    const r = await fetch(path, { method, headers: headers(extra), body, cache: 'no-store', credentials: 'omit' });
-    if (r.status === 401 && token) signedOut('The server no longer accepts your token: sign in again.');
+    const sent = token;
+    let r;
+    try {
+      r = await fetch(path, { method, headers: headers(extra), body, cache: 'no-store', credentials: 'omit' });
+    } catch (e) {
+      return new Response(JSON.stringify({ error: 'the server cannot be reached (' + e.message + ')' }),
+        { status: 599, headers: { 'Content-Type': 'application/json' } });
+    }
+    if (r.status === 401 && sent && sent === token) signedOut('The server no longer accepts your token: sign in again.');
     return r;
   }
 
@@ -93,6 +101,8 @@
         headers: { Authorization: 'Bearer ' + candidate }, cache: 'no-store', credentials: 'omit',
       });
     } catch (e) {
+      // Kept in the tab for a later try, but not used while the page shows signed out.
+      token = null;
       say(sessionStatus, 'The server cannot be reached: ' + e.message, 'error');
       return;
     }
@@ -121,18 +131,33 @@
   // ---- live sections -------------------------------------------------------------------
 
   const etags = {};
+  const busy = {};
 
   // Replace a live section with the server's current rendering of it, keeping the focused
   // control and the open disclosures (matched by data-key).
+  // One request per section at a time: a poll never overtakes an older one, and a reply
+  // for another token (signed in or out meanwhile) is dropped.
   async function refresh(name) {
-    const cur = doc.getElementById(name + '-live');
-    if (!cur) return;
-    const mine = etags[name] && etags[name].token === token ? { 'If-None-Match': etags[name].tag } : {};
-    let r;
-    try { r = await api('GET', '/ui/section/' + name, undefined, mine); } catch (_) { return; }
-    if (r.status === 304 || !r.ok) return;
+    if (!doc.getElementById(name + '-live')) return;
+    if (busy[name]) { busy[name] = 'again'; return; }
+    busy[name] = true;
+    try {
+      await refreshOnce(name);
+    } finally {
+      const again = busy[name] === 'again';
+      busy[name] = false;
+      if (again) refresh(name);
+    }
+  }
+
+  async function refreshOnce(name) {
+    const sent = token;
+    const mine = etags[name] && etags[name].token === sent ? { 'If-None-Match': etags[name].tag } : {};
+    const r = await api('GET', '/ui/section/' + name, undefined, mine);
+    if (r.status === 304 || !r.ok || sent !== token) return;
     const text = await r.text();
-    etags[name] = { tag: r.headers.get('ETag'), token };
+    if (sent !== token) return;
+    etags[name] = { tag: r.headers.get('ETag'), token: sent };
     const fresh = new DOMParser().parseFromString(text, 'text/html').getElementById(name + '-live');
     if (!fresh) return;
     const live = doc.getElementById(name + '-live');
@@ -147,6 +172,13 @@
       if (again) again.focus();
     }
     if (name === 'firmware') syncPublishIds();
+  }
+
+  // Focus the control with this data-key as the page has it now (a refresh may have
+  // replaced the one that was clicked).
+  function focusKey(key) {
+    const n = key && $$('[data-key]').find((e) => e.dataset.key === key);
+    if (n) n.focus();
   }
 
   function syncPublishIds() {
@@ -196,8 +228,7 @@
     $('#file-list').replaceChildren(...chosen.map((f, i) => el('li', {},
       f.name + ' (' + size(f.size) + ') ',
       el('button', {
-        type: 'button', class: 'danger', textContent: 'Remove',
-        ariaLabel: 'do not publish ' + f.name,
+        type: 'button', class: 'danger', textContent: 'Remove', ariaLabel: 'Remove ' + f.name,
         onclick: () => { chosen.splice(i, 1); showChosen(); },
       }))));
   }
@@ -209,6 +240,9 @@
     }
     showChosen();
   }
+
+  // A file dropped beside the zone must not make the browser leave the page.
+  for (const ev of ['dragover', 'drop']) doc.addEventListener(ev, (e) => e.preventDefault());
 
   filesInput.addEventListener('change', () => { addFiles(filesInput.files); filesInput.value = ''; });
   for (const ev of ['dragenter', 'dragover']) {
@@ -234,6 +268,7 @@
       say(publishStatus, 'The files add up to ' + size(total) + '; this server accepts at most ' + size(limit) + ' per upload.', 'error');
       return;
     }
+    if (!token) { say(publishStatus, 'Sign in first.', 'error'); return; }
     const body = new FormData();
     body.append('publish_id', id);
     for (const k of ['version', 'class', 'profile']) {
@@ -253,13 +288,13 @@
     xhr.setRequestHeader('Authorization', 'Bearer ' + token);
     xhr.upload.addEventListener('progress', (p) => {
       if (p.lengthComputable) progress.value = Math.round((p.loaded * 100) / p.total);
+      progress.dataset.loaded = String(p.loaded);
     });
     xhr.addEventListener('load', () => {
       button.disabled = false;
       let answer = null;
       try { answer = JSON.parse(xhr.responseText); } catch (_) { answer = null; }
       if (xhr.status >= 200 && xhr.status < 300 && answer) {
-        progress.value = 100;
         const names = answer.files.map((f) => f.name).join(', ');
         say(publishStatus, 'Published version ' + answer.version + ' of ' + answer.publish_id + ': ' + names +
           (answer.manifest ? ' and a signed manifest' : '') + '.', 'ok');
@@ -316,8 +351,9 @@
         ? ' It is the newest version: devices asking for the latest get version ' + Math.max(...rest) + ' instead.'
         : ' It is the only version: the publish-id disappears.';
     }
+    const key = button.dataset.key;
     const ok = await confirmDialog('Remove ' + button.dataset.what + '?', text, files, 'Remove');
-    if (!ok) { button.focus(); return; }
+    if (!ok) { focusKey(key); return; }
     const r = await api('POST', '/remove', JSON.stringify({ publish_id: id, version }), { 'Content-Type': 'application/json' });
     if (r.ok) say(firmwareStatus, 'Removed ' + button.dataset.what + '.', 'ok');
     else say(firmwareStatus, 'Not removed: ' + await errorText(r), 'error');
@@ -327,11 +363,12 @@
   async function rolloutAction(button) {
     const action = button.dataset.rolloutAction;
     const id = button.dataset.id;
+    const key = button.dataset.key;
     if (action === 'abort') {
       const ok = await confirmDialog('Abort ' + button.dataset.what + '?',
         'No further device is triggered. Devices already updating finish on their own. An aborted rollout cannot be resumed.',
         [], 'Abort rollout');
-      if (!ok) { button.focus(); return; }
+      if (!ok) { focusKey(key); return; }
     }
     button.disabled = true;
     const r = await api('POST', '/api/v1/rollouts/' + encodeURIComponent(id) + '/' + action);
@@ -342,7 +379,8 @@
       say(rolloutsStatus, 'Rollout #' + id + ': ' + await errorText(r), 'error');
     }
     button.disabled = false;
-    refresh('rollouts');
+    await refresh('rollouts');
+    focusKey(key);
   }
 
   doc.addEventListener('click', (e) => {
@@ -361,7 +399,10 @@
   const notifyStatus = $('#notify-status');
   const results = $('#notify-results');
 
+  let notifyOpened = 0;
+
   async function openNotify(id) {
+    const mine = ++notifyOpened;
     notifyForm.reset();
     notifyForm.elements.publish_id.value = id;
     $('#notify-title').textContent = 'Notify devices of ' + id;
@@ -375,6 +416,7 @@
     notifyDialog.showModal();
 
     const vr = await api('GET', '/api/v1/publish-ids/' + id.split('/').map(encodeURIComponent).join('/'));
+    if (mine !== notifyOpened) return;
     if (vr.ok) {
       const versions = await vr.json();
       select.replaceChildren(...versions.map((v, i) => el('option', {
@@ -383,10 +425,16 @@
           (v.sequence_number !== null && v.sequence_number !== undefined ? ', sequence ' + v.sequence_number : ''),
       })));
     }
-    const dr = await api('GET', '/api/v1/devices?limit=1000');
+    const limit = 1000;
+    const dr = await api('GET', '/api/v1/devices?limit=' + limit + '&publish_id=' + encodeURIComponent(id));
+    if (mine !== notifyOpened) return;
     if (dr.ok) {
-      const devices = (await dr.json()).filter((d) => d.coap);
-      devices.sort((a, b) => (b.publish_id === id) - (a.publish_id === id) || a.id.localeCompare(b.id));
+      const all = await dr.json();
+      const devices = all.filter((d) => d.coap);
+      devices.sort((a, b) => a.id.localeCompare(b.id));
+      $('#notify-more').textContent = all.length >= limit
+        ? 'The first ' + limit + ' devices of ' + id + ' are listed; type further ids or addresses above.'
+        : '';
       $('#notify-picker').replaceChildren(...devices.map((d) => el('label', { class: 'check' },
         el('input', { type: 'checkbox', name: 'device', value: d.id }),
         ' ' + d.id + ' — ' + d.coap + (d.publish_id ? ' · ' + d.publish_id : '') + ' · ' + d.state)));
@@ -419,13 +467,14 @@
     send.disabled = false;
     if (!r.ok) { say(notifyStatus, 'Not sent: ' + await errorText(r), 'error'); return; }
     const answer = await r.json();
-    const rows = answer.results.map((d) => el('tr', { data: { result: d.result } },
-      el('td', { data: { label: 'device' } }, d.device),
-      el('td', { data: { label: 'address' } }, d.address || '–'),
-      el('td', { data: { label: 'result' }, class: 'result' }, d.result),
-      el('td', { data: { label: 'code' } }, d.code || '–'),
-      el('td', { data: { label: 'time' } }, d.elapsed_ms + ' ms'),
-      el('td', { data: { label: 'detail' } }, [d.message, d.download].filter(Boolean).join('; ') || '–')));
+    if (f.publish_id.value !== answer.publish_id) return;
+    const rows = answer.results.map((d) => el('tr', { role: 'row', data: { result: d.result } },
+      el('td', { role: 'cell', data: { label: 'device' } }, d.device),
+      el('td', { role: 'cell', data: { label: 'address' } }, d.address || '–'),
+      el('td', { role: 'cell', data: { label: 'result' }, class: 'result' }, d.result),
+      el('td', { role: 'cell', data: { label: 'code' } }, d.code || '–'),
+      el('td', { role: 'cell', data: { label: 'time' } }, d.elapsed_ms + ' ms'),
+      el('td', { role: 'cell', data: { label: 'detail' } }, [d.message, d.download].filter(Boolean).join('; ') || '–')));
     $('tbody', results).replaceChildren(...rows);
     results.hidden = false;
     const ok = answer.results.filter((d) => d.result === 'ok').length;
@@ -463,5 +512,7 @@
 
   // ---- start ---------------------------------------------------------------------------
 
+  // Only now that every handler is attached do the sign-in and action controls show.
+  doc.documentElement.classList.add('js');
   if (token) signIn(token, true);
 })();

@@ -100,6 +100,12 @@ fn viewer(st: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError
     let Some(v) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
+    if st.tokens.snapshot().any(suitcase_auth::Role::Publisher).is_none() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server's token file is unreadable (see the server log)",
+        ));
+    }
     let token = v
         .to_str()
         .ok()
@@ -114,6 +120,8 @@ fn viewer(st: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError
 
 /// What the page shows: everything it renders comes from here.
 struct View {
+    /// Devices and rollouts are listed (to a publisher, or while no device token exists).
+    open: bool,
     coap_base: String,
     http_base: String,
     max_upload: usize,
@@ -130,11 +138,15 @@ const FLEET_ROWS: usize = 500;
 /// Rollouts shown on the page at most (newest first).
 const ROLLOUT_ROWS: usize = 20;
 
+/// Devices and rollouts are listed to a publisher, and to anyone where downloads are open too
+/// (no device token exists); otherwise the page shows the counts per state.
+fn listings_open(st: &AppState, signed_in: bool) -> bool {
+    signed_in || st.tokens.snapshot().any(suitcase_auth::Role::Device) == Some(false)
+}
+
 async fn fleet_rows(st: &AppState, signed_in: bool) -> Option<FleetRows> {
     let f = st.fleet.as_ref()?;
-    // Devices are listed to a publisher, and to anyone where downloads are open too (no
-    // device token exists); otherwise the page shows the counts per state.
-    let open = signed_in || st.tokens.snapshot().any(suitcase_auth::Role::Device) == Some(false);
+    let open = listings_open(st, signed_in);
     let devices = if open {
         f.list(&suitcase_fleet::Filter::default(), FLEET_ROWS).await
     } else {
@@ -149,8 +161,11 @@ async fn fleet_rows(st: &AppState, signed_in: bool) -> Option<FleetRows> {
     }
 }
 
-async fn rollout_rows(st: &AppState) -> Option<Vec<suitcase_fleet::RolloutView>> {
+async fn rollout_rows(st: &AppState, open: bool) -> Option<Vec<suitcase_fleet::RolloutView>> {
     let f = st.fleet.as_ref()?;
+    if !open {
+        return Some(Vec::new());
+    }
     Some(f.rollouts(ROLLOUT_ROWS).await.unwrap_or_else(|e| {
         tracing::warn!(error = %e, "the rollout section could not be read");
         Vec::new()
@@ -160,6 +175,7 @@ async fn rollout_rows(st: &AppState) -> Option<Vec<suitcase_fleet::RolloutView>>
 impl View {
     async fn load(st: &AppState, headers: &HeaderMap, signed_in: bool, parts: Parts) -> View {
         View {
+            open: listings_open(st, signed_in),
             coap_base: st.coap_base(headers),
             http_base: crate::esp::base_url(st, headers),
             max_upload: st.config.max_body_bytes,
@@ -168,7 +184,11 @@ impl View {
             } else {
                 None
             },
-            rollouts: if parts.rollouts { rollout_rows(st).await } else { None },
+            rollouts: if parts.rollouts {
+                rollout_rows(st, listings_open(st, signed_in)).await
+            } else {
+                None
+            },
         }
     }
 }
@@ -218,7 +238,7 @@ pub(crate) async fn section(State(st): State<AppState>, headers: HeaderMap, Path
             Some(f) => fleet_section(f),
             None => return ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "device tracking is off").into_response(),
         },
-        "rollouts" => rollout_list(view.rollouts.as_deref().unwrap_or_default()),
+        "rollouts" => rollout_list(view.rollouts.as_deref().unwrap_or_default(), view.open),
         other => return ApiError::not_found(format!("no section {other:?}")).into_response(),
     };
     document(&headers, "text/html; charset=utf-8", markup.into_string(), "no-store")
@@ -240,31 +260,33 @@ fn copy_field(label: &str, url: &str) -> Markup {
     html! {
         div.copy {
             label { span.kind { (label) } input type="text" readonly value=(url) aria-label=(format!("{label} URL")); }
-            button.js type="button" data-copy { "Copy" }
+            button.js type="button" data-copy data-key=(format!("copy-{label}-{url}")) { "Copy" }
         }
     }
 }
 
-fn rollout_list(rollouts: &[suitcase_fleet::RolloutView]) -> Markup {
+fn rollout_list(rollouts: &[suitcase_fleet::RolloutView], open: bool) -> Markup {
     use suitcase_fleet::RolloutState as S;
     html! {
         div #rollouts-live .live data-section="rollouts" {
-            @if rollouts.is_empty() {
+            @if !open {
+                p.empty { "Device tokens are in use: rollouts are for publishers. Sign in, or see them with " code { "suitcase rollout list" } "." }
+            } @else if rollouts.is_empty() {
                 p.empty { "No rollout yet." }
             } @else {
-                table.cards {
-                    thead { tr { th { "#" } th { "publish-id" } th { "version" } th { "state" } th { "waves: installed / failed of devices" } th { "created" } th.pub { "" } } }
-                    tbody {
+                table.cards role="table" {
+                    thead role="rowgroup" { tr role="row" { th role="columnheader" { "#" } th role="columnheader" { "publish-id" } th role="columnheader" { "version" } th role="columnheader" { "state" } th role="columnheader" { "waves: installed / failed of devices" } th role="columnheader" { "created" } th.pub role="columnheader" { span.sr { "Actions" } } } }
+                    tbody role="rowgroup" {
                         @for r in rollouts {
-                            tr data-rollout=(r.id) data-state=(r.state.as_str()) {
-                                td data-label="#" { (r.id) @if let Some(n) = &r.name { " " small.dim { (n) } } }
-                                td data-label="publish-id" { (r.publish_id) }
-                                td data-label="version" { (version_text(r.seq, r.semver.as_deref())) }
-                                td data-label="state" {
+                            tr role="row" data-rollout=(r.id) data-state=(r.state.as_str()) {
+                                td role="cell" data-label="#" { (r.id) @if let Some(n) = &r.name { " " small.dim { (n) } } }
+                                td role="cell" data-label="publish-id" { (r.publish_id) }
+                                td role="cell" data-label="version" { (version_text(r.seq, r.semver.as_deref())) }
+                                td role="cell" data-label="state" {
                                     span.state { (r.state.as_str()) } " " small.dim { "wave " (r.wave + 1) "/" (r.waves.len()) }
                                     @if let Some(reason) = &r.reason { " " small.dim.reason { "(" (reason) ")" } }
                                 }
-                                td data-label="waves" {
+                                td role="cell" data-label="waves" {
                                     @for (i, w) in r.waves.iter().enumerate() {
                                         @let done = w.counts.installed + w.counts.failed;
                                         div.wave data-wave=(i + 1) data-installed=(w.counts.installed) data-failed=(w.counts.failed) data-devices=(w.counts.devices) {
@@ -274,14 +296,14 @@ fn rollout_list(rollouts: &[suitcase_fleet::RolloutView]) -> Markup {
                                         }
                                     }
                                 }
-                                td data-label="created" { (date_ms(Some(r.created_at))) }
-                                td.pub data-label="" {
+                                td role="cell" data-label="created" { (date_ms(Some(r.created_at))) }
+                                td.pub role="cell" data-label="" {
                                     div.actions {
                                         @if matches!(r.state, S::Running | S::Scheduled) {
-                                            button type="button" data-rollout-action="pause" data-id=(r.id) data-key=(format!("rollout-{}-pause", r.id)) { "Pause" }
+                                            button type="button" data-rollout-action="pause" data-id=(r.id) data-key=(format!("rollout-{}-toggle", r.id)) { "Pause" }
                                         }
                                         @if r.state == S::Paused {
-                                            button type="button" data-rollout-action="resume" data-id=(r.id) data-key=(format!("rollout-{}-resume", r.id)) { "Resume" }
+                                            button type="button" data-rollout-action="resume" data-id=(r.id) data-key=(format!("rollout-{}-toggle", r.id)) { "Resume" }
                                         }
                                         @if !matches!(r.state, S::Finished | S::Aborted) {
                                             button.danger type="button" data-rollout-action="abort" data-id=(r.id) data-key=(format!("rollout-{}-abort", r.id))
@@ -309,24 +331,27 @@ fn fleet_section(fleet: &FleetRows) -> Markup {
             } @else if devices.is_empty() {
                 p.empty { "No device known yet. Add one with " code { "suitcase device add ID --coap '[2001:db8::1]'" } ", or let devices fetch a manifest." }
             } @else {
-                table.cards {
-                    thead { tr { th { "device" } th { "class" } th { "publish-id" } th { "state" } th { "runs" } th { "update to" } th { "progress" } th { "last seen" } } }
-                    tbody {
+                @if i64::try_from(devices.len()).unwrap_or(i64::MAX) < total {
+                    p.dim { "The first " (devices.len()) " devices are shown; " code { "suitcase device list" } " and " code { "GET /api/v1/devices" } " list all." }
+                }
+                table.cards role="table" {
+                    thead role="rowgroup" { tr role="row" { th role="columnheader" { "device" } th role="columnheader" { "class" } th role="columnheader" { "publish-id" } th role="columnheader" { "state" } th role="columnheader" { "runs" } th role="columnheader" { "update to" } th role="columnheader" { "progress" } th role="columnheader" { "last seen" } } }
+                    tbody role="rowgroup" {
                         @for d in devices {
-                            tr data-device=(d.id) data-state=(d.state.as_str()) {
-                                td data-label="device" { (d.id) @if !d.registered { " " small.dim { "(seen)" } }
+                            tr role="row" data-device=(d.id) data-state=(d.state.as_str()) {
+                                td role="cell" data-label="device" { (d.id) @if !d.registered { " " small.dim { "(seen)" } }
                                     @if let Some(c) = &d.coap { br; small.dim.addr { (c) } } }
-                                td data-label="class" { (d.class.as_deref().unwrap_or("–")) }
-                                td data-label="publish-id" { (d.publish_id.as_deref().unwrap_or("–")) }
-                                td data-label="state" { span.state { (d.state.as_str()) } @if let Some(r) = &d.reason { " " small.dim { "(" (r) ")" } } }
-                                td data-label="runs" { (version_text(d.running_seq, d.running_semver.as_deref())) }
-                                td data-label="update to" { (if d.target_version.is_some() { version_text(d.target_seq, d.target_semver.as_deref()) } else { "–".to_string() }) }
-                                td data-label="progress" {
+                                td role="cell" data-label="class" { (d.class.as_deref().unwrap_or("–")) }
+                                td role="cell" data-label="publish-id" { (d.publish_id.as_deref().unwrap_or("–")) }
+                                td role="cell" data-label="state" { span.state { (d.state.as_str()) } @if let Some(r) = &d.reason { " " small.dim { "(" (r) ")" } } }
+                                td role="cell" data-label="runs" { (version_text(d.running_seq, d.running_semver.as_deref())) }
+                                td role="cell" data-label="update to" { (if d.target_version.is_some() { version_text(d.target_seq, d.target_semver.as_deref()) } else { "–".to_string() }) }
+                                td role="cell" data-label="progress" {
                                     @if let Some(p) = d.progress() {
                                         progress max="100" value=(p) aria-label=(format!("{} download", d.id)) {} " " span.pct { (p) "%" }
                                     } @else { "–" }
                                 }
-                                td data-label="last seen" { (date_ms(d.last_seen)) }
+                                td role="cell" data-label="last seen" { (date_ms(d.last_seen)) }
                             }
                         }
                     }
@@ -341,6 +366,7 @@ fn firmware_section(st: &AppState, view: &View) -> Markup {
     let base = &view.coap_base;
     html! {
         div #firmware-live .live data-section="firmware" {
+            p.counts { (ids.len()) " publish-id(s)" }
             @if ids.is_empty() {
                 p.empty { "Nothing published yet. Sign in and publish above, or try " code { "suitcase publish --publish-id fw/app/board --publish app.bin" } "." }
             }
@@ -354,32 +380,32 @@ fn firmware_section(st: &AppState, view: &View) -> Markup {
                     @if versions.last().is_some_and(|v| v.manifest.is_some()) {
                         div.url { (copy_field("manifest (CoAP)", &format!("{base}/{id}/manifest"))) }
                     }
-                    table.cards {
-                        thead { tr { th { "version" } th { "semver" } th { "sequence" } th { "published" } th { "files" } th.pub { "" } } }
-                        tbody {
+                    table.cards role="table" {
+                        thead role="rowgroup" { tr role="row" { th role="columnheader" { "version" } th role="columnheader" { "semver" } th role="columnheader" { "sequence" } th role="columnheader" { "published" } th role="columnheader" { "files" } th.pub role="columnheader" { span.sr { "Actions" } } } }
+                        tbody role="rowgroup" {
                             @for v in versions.iter().rev() {
                                 @let seq = v.manifest.as_ref().and_then(|m| m.sequence_number);
-                                tr data-version=(v.seq) {
-                                    td data-label="version" { (v.seq) }
-                                    td data-label="semver" { (v.semver.as_ref().map_or("–".to_string(), ToString::to_string)) }
-                                    td data-label="sequence" { (seq.map_or("–".to_string(), |n| n.to_string())) }
-                                    td data-label="published" { (date(v.created_at)) }
-                                    td data-label="files" { ul.files {
+                                tr role="row" data-version=(v.seq) {
+                                    td role="cell" data-label="version" { (v.seq) }
+                                    td role="cell" data-label="semver" { (v.semver.as_ref().map_or("–".to_string(), ToString::to_string)) }
+                                    td role="cell" data-label="sequence" { (seq.map_or("–".to_string(), |n| n.to_string())) }
+                                    td role="cell" data-label="published" { (date(v.created_at)) }
+                                    td role="cell" data-label="files" { ul.files {
                                         @for f in v.files.iter().chain(v.manifest.as_ref().map(|m| &m.file)) {
                                             @let path = suitcase_store::paths::version_file_path(id, v.seq, &f.name);
                                             li data-file=(f.name) data-size=(size(f.size)) {
-                                                a href=(format!("/files/{path}")) { (f.name) }
+                                                a href=(format!("/files/{path}")) data-key=(format!("link-{path}")) { (f.name) }
                                                 " " span.dim { (size(f.size)) }
                                                 " " code.dim title=(format!("sha256 {}", f.sha256.to_hex())) { (&f.sha256.to_hex()[..12]) "…" }
                                                 details.urls data-key=(format!("urls-{path}")) {
-                                                    summary { "URLs" }
+                                                    summary data-key=(format!("urls-open-{path}")) { "URLs" }
                                                     (copy_field("CoAP", &format!("{base}/{path}")))
                                                     (copy_field("HTTP", &format!("{}/files/{path}", view.http_base)))
                                                 }
                                             }
                                         }
                                     } }
-                                    td.pub data-label="" {
+                                    td.pub role="cell" data-label="" {
                                         button.danger type="button" data-remove=(id) data-version=(v.seq)
                                             data-key=(format!("remove-{id}-{}", v.seq))
                                             data-what=(format!("version {}{} of {id}", v.seq, v.semver.as_ref().map_or(String::new(), |s| format!(" ({s})"))))
@@ -467,7 +493,7 @@ fn rollout_form() -> Markup {
 
 fn dialogs() -> Markup {
     html! {
-        dialog #confirm aria-labelledby="confirm-title" {
+        dialog #confirm aria-labelledby="confirm-title" aria-describedby="confirm-text confirm-list" {
             form method="dialog" {
                 h2 #confirm-title { "Are you sure?" }
                 p #confirm-text {}
@@ -489,6 +515,7 @@ fn dialogs() -> Markup {
                 fieldset #notify-devices hidden {
                     legend { "Devices of the fleet" }
                     div #notify-picker .picker {}
+                    p #notify-more .dim {}
                 }
                 label.check { input type="checkbox" name="watch" value="30"; " wait up to 30 s to see what each device downloads" }
                 div.row {
@@ -496,9 +523,9 @@ fn dialogs() -> Markup {
                     button #notify-close type="button" { "Close" }
                 }
                 p #notify-status .status role="status" aria-live="polite" {}
-                table #notify-results .cards hidden {
-                    thead { tr { th { "device" } th { "address" } th { "result" } th { "code" } th { "time" } th { "detail" } } }
-                    tbody {}
+                table #notify-results .cards hidden role="table" {
+                    thead role="rowgroup" { tr role="row" { th role="columnheader" { "device" } th role="columnheader" { "address" } th role="columnheader" { "result" } th role="columnheader" { "code" } th role="columnheader" { "time" } th role="columnheader" { "detail" } } }
+                    tbody role="rowgroup" {}
                 }
             }
         }
@@ -526,7 +553,7 @@ fn page(st: &AppState, view: &View) -> Markup {
                         @if view.rollouts.is_some() { a href="#rollouts" { "Rollouts" } }
                     }
                     div #session .js {
-                        form #signin {
+                        form #signin method="post" {
                             label { span.sr { "Publisher token" }
                                 input #token type="password" name="token" autocomplete="off" placeholder="publisher token" required; }
                             button type="submit" { "Sign in" }
@@ -542,7 +569,7 @@ fn page(st: &AppState, view: &View) -> Markup {
                     datalist #publish-ids { @for id in &ids { option value=(id) {} } }
                     (publish_form(view))
                     section #firmware aria-labelledby="firmware-h" {
-                        h2 #firmware-h { "Firmware " small.dim { (ids.len()) " publish-id(s)" } }
+                        h2 #firmware-h { "Firmware" }
                         p #firmware-status .status.js role="status" aria-live="polite" {}
                         (firmware_section(st, view))
                     }
@@ -557,7 +584,7 @@ fn page(st: &AppState, view: &View) -> Markup {
                             h2 #rollouts-h { "Rollouts" }
                             (rollout_form())
                             p #rollouts-status .status.js role="status" aria-live="polite" {}
-                            (rollout_list(r))
+                            (rollout_list(r, view.open))
                         }
                     }
                 }

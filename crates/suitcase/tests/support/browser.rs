@@ -184,11 +184,24 @@ impl Browser {
         }
     }
 
-    /// Click the element `css` matches, as a user would (WebDriver element click).
+    /// Click the element `css` matches, as a user would (WebDriver element click). A live
+    /// section may replace the element between finding and clicking it: then it is found
+    /// again.
     pub fn click(&self, css: &str) {
-        self.rt
-            .block_on(async { self.client().find(Locator::Css(css)).await?.click().await })
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let mut tries = 0;
+        loop {
+            let r = self
+                .rt
+                .block_on(async { self.client().find(Locator::Css(css)).await?.click().await });
+            match r {
+                Ok(()) => return,
+                Err(e) if tries < 10 && e.to_string().contains("stale") => {
+                    tries += 1;
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     /// Type `text` into the element `css` matches (keys; for a file input, a path per line).
