@@ -27,8 +27,6 @@ pub(crate) struct Db {
     pub(crate) backend: Backend,
 }
 
-static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
-
 const COLUMNS: &str = "id, registered, coap, http_id, class, publish_id, groups, running_seq, running_semver, \
     target_version, target_seq, target_semver, state, reason, bytes_done, bytes_total, peer, slot_before, \
     first_seen, last_seen, state_at, report_at, report, created_at, trigger";
@@ -70,7 +68,11 @@ impl Db {
             .connect(url)
             .await
             .map_err(|e| FleetError::Database(format!("connecting to {}: {e}", redact(url))))?;
-        MIGRATOR
+        // The shared store's migrations (suitcase-store-shared, from 1001) may share the
+        // table in the same PostgreSQL database.
+        let mut migrator = sqlx::migrate!("./migrations");
+        migrator.set_ignore_missing(true);
+        migrator
             .run(&pool)
             .await
             .map_err(|e| FleetError::Database(format!("migrating: {e}")))?;

@@ -60,6 +60,7 @@ impl From<StoreError> for ApiError {
             StoreError::Manifest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             StoreError::NotFound(_) => StatusCode::NOT_FOUND,
             StoreError::NoSpace | StoreError::ReadOnly => StatusCode::INSUFFICIENT_STORAGE,
+            StoreError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             _ => return ApiError::internal(e),
         };
         ApiError {

@@ -164,6 +164,73 @@ pub struct PublishRequest {
     pub block_size: Option<u16>,
 }
 
+/// The checked file entries of a publish request (publish-id, names, block size), for
+/// every backend.
+pub fn prepare_files(req: &PublishRequest) -> Result<Vec<FileEntry>, StoreError> {
+    validate_publish_id(&req.publish_id)?;
+    if req.files.is_empty() {
+        return Err(StoreError::BadRequest("a publish needs at least one file".into()));
+    }
+    if let Some(b) = req.block_size.filter(|b| !valid_block_size(*b)) {
+        return Err(StoreError::BadRequest(format!(
+            "block size {b}: a power of two from 16 to 1024"
+        )));
+    }
+    let mut entries = Vec::with_capacity(req.files.len());
+    for f in &req.files {
+        validate_file_name(&f.name)?;
+        if entries.iter().any(|e: &FileEntry| e.name == f.name) {
+            return Err(StoreError::BadRequest(format!("file {:?} given twice", f.name)));
+        }
+        entries.push(FileEntry {
+            name: f.name.clone(),
+            sha256: Sha256::of(&f.data),
+            size: f.data.len() as u64,
+        });
+    }
+    Ok(entries)
+}
+
+/// The checked entry of a version's manifest: a valid name that is not a file's, and a
+/// sequence number above every one the publish-id had.
+pub fn prepare_manifest(
+    m: &NewManifest,
+    files: &[FileEntry],
+    max_sequence_number: Option<u64>,
+) -> Result<ManifestEntry, StoreError> {
+    validate_file_name(&m.name)?;
+    if files.iter().any(|e| e.name == m.name) {
+        return Err(StoreError::BadRequest(format!(
+            "manifest name {:?} is also a file",
+            m.name
+        )));
+    }
+    if let (Some(new), Some(current)) = (m.sequence_number, max_sequence_number) {
+        if new <= current {
+            return Err(StoreError::SequenceNotIncreasing { new, current });
+        }
+    }
+    Ok(ManifestEntry {
+        file: FileEntry {
+            name: m.name.clone(),
+            sha256: Sha256::of(&m.data),
+            size: m.data.len() as u64,
+        },
+        sequence_number: m.sequence_number,
+        server_built: m.server_built,
+    })
+}
+
+/// A version as JSON: the record the local store writes, which other backends store too.
+pub fn version_to_json(v: &Version) -> String {
+    local::record_json(v)
+}
+
+/// A version read back from [`version_to_json`]'s JSON, checked; `origin` names it in errors.
+pub fn version_from_json(json: &str, origin: &str) -> Result<Version, StoreError> {
+    local::record_from_json(json, origin)
+}
+
 /// Is `n` a CoAP block size (16, 32, … 1024)?
 pub fn valid_block_size(n: u16) -> bool {
     n.is_power_of_two() && (16..=1024).contains(&n)
@@ -213,6 +280,10 @@ pub enum StoreError {
         /// The error.
         source: std::io::Error,
     },
+    /// A service the store depends on (its database, its object store) does not answer;
+    /// the request may succeed later.
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
     /// A stored record is corrupt.
     #[error("corrupt store record {path}: {what}")]
     Corrupt {

@@ -25,8 +25,8 @@ use bytes::Bytes;
 // cannot leave the index refusing reads or durable publishes missing from it.
 use parking_lot::{Mutex, RwLock};
 
-use crate::id::{dir_name, from_dir_name, validate_file_name, validate_publish_id};
-use crate::{Blob, BuildManifest, Draft, FileEntry, ManifestEntry, PublishRequest, Sha256, Store, StoreError, Version};
+use crate::id::{dir_name, from_dir_name, validate_publish_id};
+use crate::{Blob, BuildManifest, Draft, FileEntry, PublishRequest, Sha256, Store, StoreError, Version};
 use record::VersionRecord;
 
 const FORMAT: &str = "suitcase-store 1\n";
@@ -413,27 +413,7 @@ fn now_unix() -> u64 {
 
 impl Store for LocalStore {
     fn publish(&self, req: PublishRequest, build: Box<BuildManifest<'_>>) -> Result<Arc<Version>, StoreError> {
-        validate_publish_id(&req.publish_id)?;
-        if req.files.is_empty() {
-            return Err(StoreError::BadRequest("a publish needs at least one file".into()));
-        }
-        if let Some(b) = req.block_size.filter(|b| !crate::valid_block_size(*b)) {
-            return Err(StoreError::BadRequest(format!(
-                "block size {b}: a power of two from 16 to 1024"
-            )));
-        }
-        let mut entries = Vec::with_capacity(req.files.len());
-        for f in &req.files {
-            validate_file_name(&f.name)?;
-            if entries.iter().any(|e: &FileEntry| e.name == f.name) {
-                return Err(StoreError::BadRequest(format!("file {:?} given twice", f.name)));
-            }
-            entries.push(FileEntry {
-                name: f.name.clone(),
-                sha256: Sha256::of(&f.data),
-                size: f.data.len() as u64,
-            });
-        }
+        let entries = crate::prepare_files(&req)?;
         // Blobs first: outside the lock, idempotent.
         for (f, e) in req.files.iter().zip(&entries) {
             self.put_blob(&e.sha256, &f.data)?;
@@ -471,29 +451,9 @@ impl Store for LocalStore {
         let manifest = match manifest {
             None => None,
             Some(m) => {
-                validate_file_name(&m.name)?;
-                if entries.iter().any(|e| e.name == m.name) {
-                    return Err(StoreError::BadRequest(format!(
-                        "manifest name {:?} is also a file",
-                        m.name
-                    )));
-                }
-                if let (Some(new), Some(current)) = (m.sequence_number, max_sequence_number) {
-                    if new <= current {
-                        return Err(StoreError::SequenceNotIncreasing { new, current });
-                    }
-                }
-                let file = FileEntry {
-                    name: m.name,
-                    sha256: Sha256::of(&m.data),
-                    size: m.data.len() as u64,
-                };
-                self.put_blob(&file.sha256, &m.data)?;
-                Some(ManifestEntry {
-                    file,
-                    sequence_number: m.sequence_number,
-                    server_built: m.server_built,
-                })
+                let entry = crate::prepare_manifest(&m, &entries, max_sequence_number)?;
+                self.put_blob(&entry.file.sha256, &m.data)?;
+                Some(entry)
             }
         };
         let version = Version {
@@ -612,3 +572,18 @@ impl LocalStore {
 mod record;
 #[cfg(test)]
 mod tests;
+
+/// [`crate::version_to_json`].
+pub(crate) fn record_json(v: &Version) -> String {
+    // A record of strings and numbers always serializes.
+    serde_json::to_string(&VersionRecord::from_version(v)).unwrap_or_default()
+}
+
+/// [`crate::version_from_json`].
+pub(crate) fn record_from_json(json: &str, origin: &str) -> Result<Version, StoreError> {
+    let rec: VersionRecord = serde_json::from_str(json).map_err(|e| StoreError::Corrupt {
+        path: origin.to_string(),
+        what: e.to_string(),
+    })?;
+    rec.into_version(Path::new(origin))
+}

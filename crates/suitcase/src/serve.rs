@@ -9,7 +9,7 @@ use anyhow::{bail, Context as _};
 use clap::Args;
 use suitcase_coap::{driver, Server, StoreResources};
 use suitcase_http::{AppState, Signer};
-use suitcase_store::LocalStore;
+use suitcase_store::{LocalStore, Store};
 use suitcase_suit::{Algorithm, SigningKey};
 use tokio_util::sync::CancellationToken;
 
@@ -116,6 +116,18 @@ pub struct ServeArgs {
     /// in <data>/fleet.db.
     #[arg(long, env = "SUITCASE_DATABASE")]
     database: Option<String>,
+    /// Shared store for several nodes: file contents in this S3-compatible bucket
+    /// (s3://bucket[/prefix]; credentials and region from the AWS_* variables), versions in
+    /// the --database PostgreSQL. Every node given the same two serves the same publish-ids.
+    #[arg(long, env = "SUITCASE_BLOBS", value_name = "S3_URL")]
+    blobs: Option<String>,
+    /// The S3 endpoint of --blobs (e.g. http://127.0.0.1:9000 for a local server); default:
+    /// AWS, or AWS_ENDPOINT_URL.
+    #[arg(long, env = "SUITCASE_S3_ENDPOINT")]
+    s3_endpoint: Option<String>,
+    /// With --blobs: local disk kept for file contents, in MiB (<data>/blob-cache).
+    #[arg(long, default_value_t = 4096)]
+    blob_cache_mib: u64,
     /// Do not follow CoAP downloads block by block (device progress); the device inventory,
     /// reports and triggers still work.
     #[arg(long)]
@@ -184,10 +196,34 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
-    let store = Arc::new(
-        LocalStore::open(&args.data).with_context(|| format!("opening the store in {}", args.data.display()))?,
-    );
-    store.set_cache_budget(args.cache_mib.saturating_mul(1024 * 1024));
+    let store: Arc<dyn Store> = match &args.blobs {
+        Some(blobs) => {
+            let database = args
+                .database
+                .as_deref()
+                .filter(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"))
+                .ok_or_else(|| {
+                    anyhow::anyhow!("--blobs needs --database postgres://… (where the versions are kept)")
+                })?;
+            let shared = suitcase_store_shared::SharedStore::open(&suitcase_store_shared::SharedConfig {
+                database: database.to_string(),
+                blobs: blobs.clone(),
+                endpoint: args.s3_endpoint.clone(),
+                cache_dir: args.data.join("blob-cache"),
+                memory_bytes: args.cache_mib.saturating_mul(1024 * 1024),
+                disk_bytes: args.blob_cache_mib.saturating_mul(1024 * 1024),
+            })
+            .await
+            .context("opening the shared store")?;
+            Arc::new(shared)
+        }
+        None => {
+            let local = LocalStore::open(&args.data)
+                .with_context(|| format!("opening the store in {}", args.data.display()))?;
+            local.set_cache_budget(args.cache_mib.saturating_mul(1024 * 1024));
+            Arc::new(local)
+        }
+    };
     let key = load_or_create_key(&args.data, args.key.as_deref())?;
     let trusted_keys = args
         .trust

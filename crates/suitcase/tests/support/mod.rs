@@ -12,6 +12,7 @@ pub mod browser;
 pub mod mosquitto;
 pub mod netns;
 pub mod postgres;
+pub mod s3;
 pub mod simdevice;
 
 /// The binary under test; `SUITCASE_TEST_BIN` points the tests at another build (to check
@@ -82,13 +83,31 @@ impl TestServer {
         Self::launch(None, &host, (coap, http), data, extra)
     }
 
-    fn launch(netns: Option<&str>, host: &str, (coap, http): (&str, &str), data: &Path, extra: &[&str]) -> TestServer {
+    fn launch(netns: Option<&str>, host: &str, addrs: (&str, &str), data: &Path, extra: &[&str]) -> TestServer {
+        Self::launch_env(netns, host, addrs, data, extra, &[])
+    }
+
+    /// [`TestServer::start`] with environment variables (credentials that do not belong on
+    /// a command line).
+    pub fn start_env(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+        Self::launch_env(None, "[::1]", ("[::1]:0", "[::1]:0"), data, extra, env)
+    }
+
+    fn launch_env(
+        netns: Option<&str>,
+        host: &str,
+        (coap, http): (&str, &str),
+        data: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestServer {
         let mut child = base_command(netns)
             .arg("serve")
             .arg("--data")
             .arg(data)
             .args(["--coap", coap, "--http", http])
             .args(extra)
+            .envs(env.iter().copied())
             .env("SUITCASE_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())

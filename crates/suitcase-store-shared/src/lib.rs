@@ -1,0 +1,710 @@
+//! The shared store of a suitcase cluster: any number of nodes serve the same publish-ids.
+//!
+//! * **Metadata** (publish-ids, versions, removals) lives in PostgreSQL. A publish locks its
+//!   publish-id's row (`store_ids … FOR UPDATE`), so version numbers and manifest sequence
+//!   numbers grow across nodes; `(publish_id, seq)` is the primary key, so no two nodes can
+//!   ever store the same version. A version becomes visible in the one transaction that
+//!   inserts it, after its contents are in the object store.
+//! * **Contents** live in an S3-compatible object store (`object_store`), content-addressed
+//!   by SHA-256 under `<prefix>/blobs/<hex>`. A blob is written only when absent (a `HEAD`
+//!   first); the same name always holds the same bytes, so a concurrent second write of it
+//!   is harmless.
+//! * **Each node** keeps the whole index in memory (like the local store) and a bounded cache
+//!   of contents: small files in memory, others in a directory on local disk with an LRU
+//!   byte budget. It learns of other nodes' publishes and removals from PostgreSQL
+//!   `LISTEN/NOTIFY` (channel `suitcase_store`), reading every change numbered after the
+//!   last it saw (`store_versions.changed`), and polls the same query every few seconds in
+//!   case a notification was lost. New versions' contents are fetched into the cache as soon
+//!   as they are learnt of, so the first device rarely waits for the object store.
+//!
+//! The [`Store`] trait is synchronous; the database and object store calls run on the tokio
+//! runtime the store was opened on (from a blocking thread, or `block_in_place` from a
+//! runtime worker).
+
+mod cache;
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt as _};
+use parking_lot::RwLock;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::Row as _;
+use suitcase_store::{
+    Blob, BuildManifest, CacheStats, Draft, FileEntry, PublishRequest, Sha256, Store, StoreError, Version,
+};
+use tokio::runtime::Handle;
+
+use crate::cache::{ByLength, DiskCache};
+
+/// The channel nodes announce changes on.
+pub const CHANNEL: &str = "suitcase_store";
+
+/// How often a node reads changes even without a notification.
+const POLL: Duration = Duration::from_secs(5);
+
+/// Longest wait for one object store or database call a device's request depends on.
+const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Changes read per query.
+const CHANGES_PER_READ: i64 = 10_000;
+
+/// How the shared store is reached and how much it caches.
+#[derive(Clone, Debug)]
+pub struct SharedConfig {
+    /// `postgres://user:password@host/db`.
+    pub database: String,
+    /// `s3://bucket[/prefix]`.
+    pub blobs: String,
+    /// The S3 endpoint (`http://127.0.0.1:9000` for a local server); `None`: AWS, or
+    /// `AWS_ENDPOINT_URL`.
+    pub endpoint: Option<String>,
+    /// Directory of the local content cache (emptied at start).
+    pub cache_dir: PathBuf,
+    /// Bytes of contents held in memory at most.
+    pub memory_bytes: u64,
+    /// Bytes of contents kept on local disk at most.
+    pub disk_bytes: u64,
+}
+
+/// Errors opening the shared store.
+#[derive(Debug, thiserror::Error)]
+pub enum SharedError {
+    /// The configuration is not usable.
+    #[error("{0}")]
+    Config(String),
+    /// The database failed.
+    #[error("database: {0}")]
+    Database(String),
+    /// The object store failed.
+    #[error("object store: {0}")]
+    Objects(String),
+    /// The local cache directory failed.
+    #[error("cache directory {path}: {source}")]
+    Cache {
+        /// The directory.
+        path: String,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// The database URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let creds = &url[s + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> StoreError {
+    StoreError::Unavailable(format!("{what}: {e}"))
+}
+
+fn db(e: sqlx::Error) -> StoreError {
+    unavailable("database", e)
+}
+
+fn to_i64(n: u64, what: &str) -> Result<i64, StoreError> {
+    i64::try_from(n).map_err(|_| StoreError::BadRequest(format!("{what} {n} is too large")))
+}
+
+fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
+    u64::try_from(n).map_err(|_| StoreError::Corrupt {
+        path: "database".into(),
+        what: format!("{what} {n}"),
+    })
+}
+
+/// A store shared by many nodes (see the crate documentation).
+#[derive(Clone)]
+pub struct SharedStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    rt: Handle,
+    pool: PgPool,
+    objects: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    index: RwLock<BTreeMap<String, BTreeMap<u64, Arc<Version>>>>,
+    last_change: AtomicI64,
+    generation: AtomicU64,
+    memory: quick_cache::sync::Cache<Sha256, Bytes, ByLength>,
+    /// Files up to this size are held in memory; larger ones on disk.
+    memory_item: u64,
+    disk: DiskCache,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    refresh: tokio::sync::Mutex<()>,
+}
+
+impl SharedStore {
+    /// Connect, create the tables if needed, read the index and start following changes.
+    /// Must be called on the tokio runtime the store will use.
+    pub async fn open(config: &SharedConfig) -> Result<SharedStore, SharedError> {
+        let (objects, prefix) = object_store_of(config)?;
+        let pool = PgPoolOptions::new()
+            .max_connections(8)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect(&config.database)
+            .await
+            .map_err(|e| SharedError::Database(format!("connecting to {}: {e}", redact(&config.database))))?;
+        let mut migrator = sqlx::migrate!("./migrations");
+        // The fleet's migrations share the table.
+        migrator.set_ignore_missing(true);
+        migrator
+            .run(&pool)
+            .await
+            .map_err(|e| SharedError::Database(format!("migrating: {e}")))?;
+        let disk = DiskCache::open(&config.cache_dir, config.disk_bytes).map_err(|source| SharedError::Cache {
+            path: config.cache_dir.display().to_string(),
+            source,
+        })?;
+        let (memory, memory_item) = cache::memory(config.memory_bytes.max(1 << 20));
+        let inner = Arc::new(Inner {
+            rt: Handle::current(),
+            pool,
+            objects,
+            prefix,
+            index: RwLock::new(BTreeMap::new()),
+            last_change: AtomicI64::new(0),
+            generation: AtomicU64::new(1),
+            memory,
+            memory_item,
+            disk,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            refresh: tokio::sync::Mutex::new(()),
+        });
+        inner
+            .refresh()
+            .await
+            .map_err(|e| SharedError::Database(e.to_string()))?;
+        tokio::spawn(follow(Arc::downgrade(&inner)));
+        let ids = inner.index.read().len();
+        tracing::info!(database = %redact(&config.database), blobs = %config.blobs, publish_ids = ids, "shared store open");
+        Ok(SharedStore { inner })
+    }
+
+    /// Read the changes made since the last read (other nodes' publishes and removals).
+    pub async fn refresh(&self) -> Result<(), StoreError> {
+        self.inner.refresh().await
+    }
+
+    /// Whether the database answers (readiness).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        sqlx::query("SELECT 1")
+            .execute(&self.inner.pool)
+            .await
+            .map(|_| ())
+            .map_err(db)
+    }
+}
+
+/// The object store and key prefix of `config.blobs`.
+fn object_store_of(config: &SharedConfig) -> Result<(Arc<dyn ObjectStore>, ObjectPath), SharedError> {
+    let rest = config
+        .blobs
+        .strip_prefix("s3://")
+        .ok_or_else(|| SharedError::Config(format!("--blobs {:?}: s3://bucket[/prefix]", config.blobs)))?;
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(SharedError::Config(format!("--blobs {:?}: no bucket", config.blobs)));
+    }
+    let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(endpoint) = &config.endpoint {
+        builder = builder
+            .with_endpoint(endpoint)
+            .with_allow_http(endpoint.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    let store = builder.build().map_err(|e| SharedError::Objects(e.to_string()))?;
+    let prefix = ObjectPath::parse(prefix.trim_matches('/'))
+        .map_err(|e| SharedError::Config(format!("--blobs prefix {prefix:?}: {e}")))?;
+    Ok((Arc::new(store), prefix))
+}
+
+/// Follow other nodes' changes until the store is dropped: LISTEN, and a poll as a backstop.
+async fn follow(inner: Weak<Inner>) {
+    let mut listener: Option<PgListener> = None;
+    loop {
+        let Some(me) = inner.upgrade() else { return };
+        if listener.is_none() {
+            match PgListener::connect_with(&me.pool).await {
+                Ok(mut l) => match l.listen(CHANNEL).await {
+                    Ok(()) => listener = Some(l),
+                    Err(e) => tracing::warn!(error = %e, "shared store: LISTEN failed; polling"),
+                },
+                Err(e) => tracing::warn!(error = %e, "shared store: no listener connection; polling"),
+            }
+        }
+        let heard = match listener.as_mut() {
+            Some(l) => match tokio::time::timeout(POLL, l.recv()).await {
+                Ok(Ok(_)) => true,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "shared store: the listener failed; reconnecting");
+                    listener = None;
+                    false
+                }
+                Err(_) => false,
+            },
+            None => {
+                drop(me);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if let Err(e) = me.refresh().await {
+            tracing::warn!(error = %e, notified = heard, "shared store: reading changes failed");
+        }
+    }
+}
+
+impl Inner {
+    /// Run `f` to completion on the store's runtime from a synchronous caller: a plain or
+    /// blocking thread, or a worker of a multi-threaded runtime (`block_in_place`). A
+    /// current-thread runtime cannot wait here (its one thread would stop): refused.
+    fn block<T, F: Future<Output = Result<T, StoreError>>>(&self, f: F) -> Result<T, StoreError> {
+        use tokio::runtime::RuntimeFlavor;
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) => self.rt.block_on(f),
+            Ok(RuntimeFlavor::MultiThread) => tokio::task::block_in_place(|| self.rt.block_on(f)),
+            Ok(_) => Err(StoreError::Unavailable(
+                "the shared store was called from a current-thread runtime".into(),
+            )),
+        }
+    }
+
+    /// [`Inner::fetch`] for a synchronous caller on any thread (the CoAP thread runs its own
+    /// current-thread runtime: the fetch then runs on the store's runtime while it waits).
+    fn fetch_blocking(self: &Arc<Self>, d: &Sha256) -> Result<Bytes, StoreError> {
+        use tokio::runtime::RuntimeFlavor;
+        match Handle::try_current().map(|h| h.runtime_flavor()) {
+            Err(_) | Ok(RuntimeFlavor::MultiThread) => self.block(self.fetch(d)),
+            Ok(_) => {
+                let (tx, rx) = std::sync::mpsc::sync_channel(1);
+                let (me, d) = (self.clone(), *d);
+                self.rt.spawn(async move {
+                    let _ = tx.send(me.fetch(&d).await);
+                });
+                rx.recv_timeout(CALL_TIMEOUT + Duration::from_secs(1))
+                    .unwrap_or_else(|_| Err(unavailable("object store", "no answer within 30 s")))
+            }
+        }
+    }
+
+    fn key(&self, d: &Sha256) -> ObjectPath {
+        self.prefix.clone().join("blobs").join(d.to_hex())
+    }
+
+    async fn refresh(self: &Arc<Self>) -> Result<(), StoreError> {
+        let _one = self.refresh.lock().await;
+        loop {
+            let last = self.last_change.load(Ordering::Acquire);
+            let rows = sqlx::query(
+                "SELECT publish_id, seq, record, removed, changed FROM store_versions \
+                 WHERE changed > $1 ORDER BY changed LIMIT $2",
+            )
+            .bind(last)
+            .bind(CHANGES_PER_READ)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(db)?;
+            let n = rows.len();
+            let mut fresh = Vec::new();
+            let mut newest = last;
+            {
+                let mut idx = self.index.write();
+                for row in rows {
+                    let id: String = row.try_get("publish_id").map_err(db)?;
+                    let seq = to_u64(row.try_get("seq").map_err(db)?, "version")?;
+                    let removed: bool = row.try_get("removed").map_err(db)?;
+                    newest = newest.max(row.try_get("changed").map_err(db)?);
+                    if removed {
+                        if let Some(versions) = idx.get_mut(&id) {
+                            versions.remove(&seq);
+                            if versions.is_empty() {
+                                idx.remove(&id);
+                            }
+                        }
+                        continue;
+                    }
+                    let record: String = row.try_get("record").map_err(db)?;
+                    match suitcase_store::version_from_json(&record, &format!("database: {id} version {seq}")) {
+                        Ok(v) => {
+                            let v = Arc::new(v);
+                            let known = idx.get(&id).is_some_and(|m| m.contains_key(&seq));
+                            if !known {
+                                fresh.push(v.clone());
+                            }
+                            idx.entry(id).or_default().insert(seq, v);
+                        }
+                        Err(e) => tracing::error!(error = %e, "shared store: a version record is unreadable; skipped"),
+                    }
+                }
+            }
+            self.last_change.store(newest, Ordering::Release);
+            if newest != last {
+                self.generation.fetch_add(1, Ordering::AcqRel);
+            }
+            for v in fresh {
+                let me = self.clone();
+                tokio::spawn(async move { me.prefetch(&v).await });
+            }
+            if (n as i64) < CHANGES_PER_READ {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Bring a version's contents into the cache (errors are logged: a device's request
+    /// fetches again).
+    async fn prefetch(&self, v: &Version) {
+        for f in v.files.iter().chain(v.manifest.as_ref().map(|m| &m.file)) {
+            if self.cached(f) {
+                continue;
+            }
+            match self.fetch(&f.sha256).await {
+                Ok(data) => self.keep(&f.sha256, &data),
+                Err(e) => {
+                    tracing::warn!(error = %e, publish_id = %v.publish_id, file = %f.name, "shared store: prefetch failed")
+                }
+            }
+        }
+    }
+
+    fn cached(&self, f: &FileEntry) -> bool {
+        if f.size <= self.memory_item {
+            self.memory.get(&f.sha256).is_some() || self.disk.contains(&f.sha256)
+        } else {
+            self.disk.contains(&f.sha256)
+        }
+    }
+
+    /// Put contents the node has into its cache.
+    fn keep(&self, d: &Sha256, data: &Bytes) {
+        if data.len() as u64 <= self.memory_item {
+            self.memory.insert(*d, data.clone());
+        } else if let Err(e) = self.disk.insert(d, data) {
+            tracing::warn!(error = %e, "shared store: the cache directory cannot take a file");
+        }
+    }
+
+    /// A blob from the object store, checked against its digest.
+    async fn fetch(&self, d: &Sha256) -> Result<Bytes, StoreError> {
+        self.misses.fetch_add(1, Ordering::Relaxed);
+        let key = self.key(d);
+        let get = async {
+            let r = self.objects.get(&key).await?;
+            r.bytes().await
+        };
+        let data = match tokio::time::timeout(CALL_TIMEOUT, get).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(object_store::Error::NotFound { .. })) => {
+                return Err(StoreError::NotFound(format!("blob {} in the object store", d.to_hex())))
+            }
+            Ok(Err(e)) => return Err(unavailable("object store", e)),
+            Err(_) => return Err(unavailable("object store", "no answer within 30 s")),
+        };
+        if Sha256::of(&data) != *d {
+            return Err(StoreError::Corrupt {
+                path: key.to_string(),
+                what: "content does not match its digest".into(),
+            });
+        }
+        Ok(data)
+    }
+
+    /// Store a blob unless the object store has it.
+    async fn put(&self, d: &Sha256, data: Bytes) -> Result<(), StoreError> {
+        let key = self.key(d);
+        let put = async {
+            match self.objects.head(&key).await {
+                Ok(_) => return Ok(()),
+                Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(e),
+            }
+            self.objects.put(&key, data.into()).await.map(|_| ())
+        };
+        match tokio::time::timeout(CALL_TIMEOUT, put).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(unavailable("object store", e)),
+            Err(_) => Err(unavailable("object store", "no answer within 30 s")),
+        }
+    }
+
+    async fn publish(&self, req: PublishRequest, build: Box<BuildManifest<'_>>) -> Result<Arc<Version>, StoreError> {
+        let entries = suitcase_store::prepare_files(&req)?;
+        // Contents first, outside any transaction: idempotent.
+        for (f, e) in req.files.iter().zip(&entries) {
+            self.put(&e.sha256, f.data.clone()).await?;
+        }
+        let id = req.publish_id.clone();
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        sqlx::query("INSERT INTO store_ids (publish_id, max_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING")
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        // Every node's publish of this id waits here for the one before it.
+        let row = sqlx::query("SELECT max_seq, max_sequence_number FROM store_ids WHERE publish_id = $1 FOR UPDATE")
+            .bind(&id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(db)?;
+        let max_seq = to_u64(row.try_get("max_seq").map_err(db)?, "version")?;
+        let max_sequence_number = row
+            .try_get::<Option<i64>, _>("max_sequence_number")
+            .map_err(db)?
+            .map(|n| to_u64(n, "sequence number"))
+            .transpose()?;
+        if req.unique_semver {
+            if let Some(sv) = &req.semver {
+                let taken = sqlx::query(
+                    "SELECT 1 FROM store_versions WHERE publish_id = $1 AND semver = $2 AND NOT removed LIMIT 1",
+                )
+                .bind(&id)
+                .bind(sv.to_string())
+                .fetch_optional(&mut *tx)
+                .await
+                .map_err(db)?;
+                if taken.is_some() {
+                    return Err(StoreError::Conflict(format!(
+                        "{id} {sv} exists already (versions are immutable)"
+                    )));
+                }
+            }
+        }
+        let previous = sqlx::query(
+            "SELECT record FROM store_versions WHERE publish_id = $1 AND NOT removed ORDER BY seq DESC LIMIT 1",
+        )
+        .bind(&id)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .map(|r| r.try_get::<String, _>("record").map_err(db))
+        .transpose()?
+        .map(|json| suitcase_store::version_from_json(&json, &format!("database: {id} newest version")))
+        .transpose()?;
+        let seq = max_seq
+            .checked_add(1)
+            .ok_or_else(|| StoreError::BadRequest(format!("{id}: version numbers are exhausted")))?;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let draft = Draft {
+            publish_id: &id,
+            seq,
+            previous: previous.as_ref(),
+            max_sequence_number,
+            files: &entries,
+            now,
+        };
+        let manifest = match build(&draft).map_err(StoreError::Manifest)? {
+            None => None,
+            Some(m) => {
+                let entry = suitcase_store::prepare_manifest(&m, &entries, max_sequence_number)?;
+                self.put(&entry.file.sha256, m.data.clone()).await?;
+                self.keep(&entry.file.sha256, &m.data);
+                Some(entry)
+            }
+        };
+        let version = Version {
+            publish_id: id.clone(),
+            seq,
+            created_at: now,
+            semver: req.semver.clone(),
+            manifest,
+            files: entries,
+            block_size: req.block_size,
+        };
+        let sequence_number = version
+            .manifest
+            .as_ref()
+            .and_then(|m| m.sequence_number)
+            .map(|n| to_i64(n, "sequence number"))
+            .transpose()?;
+        sqlx::query(
+            "INSERT INTO store_versions (publish_id, seq, record, semver, changed) \
+             VALUES ($1, $2, $3, $4, nextval('store_changes'))",
+        )
+        .bind(&id)
+        .bind(to_i64(seq, "version")?)
+        .bind(suitcase_store::version_to_json(&version))
+        .bind(version.semver.as_ref().map(ToString::to_string))
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query(
+            "UPDATE store_ids SET max_seq = $2, \
+             max_sequence_number = GREATEST(max_sequence_number, $3) WHERE publish_id = $1",
+        )
+        .bind(&id)
+        .bind(to_i64(seq, "version")?)
+        .bind(sequence_number)
+        .execute(&mut *tx)
+        .await
+        .map_err(db)?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(&id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        for (f, e) in req.files.iter().zip(&version.files) {
+            self.keep(&e.sha256, &f.data);
+        }
+        let version = Arc::new(version);
+        self.index.write().entry(id).or_default().insert(seq, version.clone());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(publish_id = %version.publish_id, seq, files = version.files.len(), "version published");
+        Ok(version)
+    }
+
+    async fn remove(&self, publish_id: &str, seq: u64) -> Result<Arc<Version>, StoreError> {
+        suitcase_store::validate_publish_id(publish_id)?;
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        let row = sqlx::query(
+            "UPDATE store_versions SET removed = TRUE, changed = nextval('store_changes') \
+             WHERE publish_id = $1 AND seq = $2 AND NOT removed RETURNING record",
+        )
+        .bind(publish_id)
+        .bind(to_i64(seq, "version")?)
+        .fetch_optional(&mut *tx)
+        .await
+        .map_err(db)?
+        .ok_or_else(|| StoreError::NotFound(format!("version {seq} of {publish_id:?}")))?;
+        let record: String = row.try_get("record").map_err(db)?;
+        let version = suitcase_store::version_from_json(&record, &format!("database: {publish_id} version {seq}"))?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(CHANNEL)
+            .bind(publish_id)
+            .execute(&mut *tx)
+            .await
+            .map_err(db)?;
+        tx.commit().await.map_err(db)?;
+        {
+            let mut idx = self.index.write();
+            if let Some(versions) = idx.get_mut(publish_id) {
+                versions.remove(&seq);
+                if versions.is_empty() {
+                    idx.remove(publish_id);
+                }
+            }
+        }
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        tracing::info!(publish_id, seq, "version removed");
+        Ok(Arc::new(version))
+    }
+}
+
+impl Store for SharedStore {
+    fn publish(&self, req: PublishRequest, build: Box<BuildManifest<'_>>) -> Result<Arc<Version>, StoreError> {
+        self.inner.block(self.inner.publish(req, build))
+    }
+
+    fn remove(&self, publish_id: &str, seq: u64) -> Result<Arc<Version>, StoreError> {
+        self.inner.block(self.inner.remove(publish_id, seq))
+    }
+
+    fn latest(&self, publish_id: &str) -> Option<Arc<Version>> {
+        self.inner
+            .index
+            .read()
+            .get(publish_id)
+            .and_then(|m| m.values().next_back().cloned())
+    }
+
+    fn version(&self, publish_id: &str, seq: u64) -> Option<Arc<Version>> {
+        self.inner
+            .index
+            .read()
+            .get(publish_id)
+            .and_then(|m| m.get(&seq).cloned())
+    }
+
+    fn versions(&self, publish_id: &str) -> Vec<Arc<Version>> {
+        self.inner
+            .index
+            .read()
+            .get(publish_id)
+            .map(|m| m.values().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn publish_ids(&self) -> Vec<String> {
+        self.inner.index.read().keys().cloned().collect()
+    }
+
+    fn read(&self, digest: &Sha256) -> Result<Bytes, StoreError> {
+        let inner = &self.inner;
+        if let Some(b) = inner.memory.get(digest) {
+            inner.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        if let Some(b) = inner.disk.read(digest) {
+            inner.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(b);
+        }
+        let data = inner.fetch_blocking(digest)?;
+        inner.keep(digest, &data);
+        Ok(data)
+    }
+
+    fn blob(&self, entry: &FileEntry) -> Result<Blob, StoreError> {
+        let inner = &self.inner;
+        if entry.size <= inner.memory_item {
+            return self.read(&entry.sha256).map(Blob::Memory);
+        }
+        if let Some((file, len)) = inner.disk.file(&entry.sha256) {
+            inner.hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(Blob::File { file, len });
+        }
+        let data = inner.fetch_blocking(&entry.sha256)?;
+        inner.keep(&entry.sha256, &data);
+        match inner.disk.file(&entry.sha256) {
+            Some((file, len)) => Ok(Blob::File { file, len }),
+            // The disk cache could not take it: serve this once from memory.
+            None => Ok(Blob::Memory(data)),
+        }
+    }
+
+    fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    fn cache_stats(&self) -> CacheStats {
+        let inner = &self.inner;
+        CacheStats {
+            hits: inner.hits.load(Ordering::Relaxed),
+            misses: inner.misses.load(Ordering::Relaxed),
+            bytes: inner.memory.weight() + inner.disk.used(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_are_redacted() {
+        assert_eq!(redact("postgres://u:secret@h/db"), "postgres://u:***@h/db");
+        assert_eq!(redact("postgres://h/db"), "postgres://h/db");
+    }
+}

@@ -1,0 +1,252 @@
+//! Several suitcase nodes on one shared store: a real PostgreSQL (versions) and a real
+//! S3-compatible server (s3s-fs, file contents), three nodes on loopback. A publish on one
+//! node is served byte for byte by another and notified to an observer of a third; a
+//! removal on one stops the others serving it; with the object store down, a publish is a
+//! clear 503 while what the nodes cached is still served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+use std::net::{SocketAddr, UdpSocket};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use support::postgres::Postgres;
+use support::s3::S3;
+use support::TestServer;
+
+fn node(dir: &std::path::Path, name: &str, pg: &Postgres, s3: &S3, key: Option<&str>) -> TestServer {
+    let blobs = format!("s3://{}/cluster", s3.bucket);
+    let mut args = vec!["--database", &pg.url, "--blobs", &blobs, "--s3-endpoint", &s3.endpoint];
+    if let Some(k) = key {
+        args.extend(["--key", k]);
+    }
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    TestServer::start_env(&dir.join(name), &args, &env)
+}
+
+/// GET `path` from `server` over CoAP with 1024-byte blocks: the code and the whole payload.
+fn coap_fetch(server: SocketAddr, path: &str) -> (ResponseType, Vec<u8>) {
+    let sock = UdpSocket::bind("[::1]:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 1500];
+    for num in 0u32..4096 {
+        let mut p = Packet::new();
+        p.header.set_type(MessageType::Confirmable);
+        p.header.code = MessageClass::Request(RequestType::Get);
+        p.header.message_id = num as u16;
+        p.set_token(vec![1, 2]);
+        for s in path.split('/') {
+            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+        }
+        let v = (num << 4) | 6;
+        let b: Vec<u8> = v.to_be_bytes().iter().copied().skip_while(|x| *x == 0).collect();
+        p.add_option(CoapOption::Block2, if b.is_empty() { vec![0] } else { b });
+        let bytes = p.to_bytes().unwrap();
+        let reply = (0..8).find_map(|_| {
+            sock.send_to(&bytes, server).unwrap();
+            let (n, _) = sock.recv_from(&mut buf).ok()?;
+            let r = Packet::from_bytes(&buf[..n]).ok()?;
+            (r.header.message_id == num as u16).then_some(r)
+        });
+        let r = reply.unwrap_or_else(|| panic!("no answer from {server} for {path}"));
+        let MessageClass::Response(code) = r.header.code else {
+            panic!("not a response")
+        };
+        if code != ResponseType::Content {
+            return (code, Vec::new());
+        }
+        out.extend_from_slice(&r.payload);
+        let more = r
+            .get_first_option(CoapOption::Block2)
+            .and_then(|b| b.last().copied())
+            .is_some_and(|last| last & 0x08 != 0);
+        if !more {
+            return (code, out);
+        }
+    }
+    panic!("{path}: too many blocks");
+}
+
+fn coap_addr(s: &TestServer) -> SocketAddr {
+    format!("[::1]:{}", s.coap_port).parse().unwrap()
+}
+
+/// Wait until `server` serves `path` as `want`; how long it took.
+fn until_served(server: &TestServer, path: &str, want: &[u8], secs: u64) -> Duration {
+    let start = Instant::now();
+    loop {
+        let (code, body) = coap_fetch(coap_addr(server), path);
+        if code == ResponseType::Content && body == want {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{path} not served by the node after {secs} s: {code:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// An observer of `path` on `server`: the manifests it was shown, with when.
+fn observe(server: SocketAddr, path: &str) -> Arc<Mutex<Vec<(Vec<u8>, Instant)>>> {
+    let sock = UdpSocket::bind("[::1]:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let mut p = Packet::new();
+    p.header.set_type(MessageType::Confirmable);
+    p.header.code = MessageClass::Request(RequestType::Get);
+    p.header.message_id = 77;
+    p.set_token(vec![7, 7]);
+    p.add_option(CoapOption::Observe, vec![]);
+    for s in path.split('/') {
+        p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
+    }
+    p.add_option(CoapOption::Block2, vec![0x06]);
+    sock.send_to(&p.to_bytes().unwrap(), server).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let out = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 1500];
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(120) {
+            let Ok((n, peer)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let Ok(note) = Packet::from_bytes(&buf[..n]) else {
+                continue;
+            };
+            if note.header.get_type() == MessageType::Confirmable {
+                let mut ack = Packet::new();
+                ack.header.set_type(MessageType::Acknowledgement);
+                ack.header.message_id = note.header.message_id;
+                let _ = sock.send_to(&ack.to_bytes().unwrap(), peer);
+            }
+            if note.header.code == MessageClass::Response(ResponseType::Content) {
+                out.lock().unwrap().push((note.payload, Instant::now()));
+            }
+        }
+    });
+    seen
+}
+
+#[test]
+fn three_nodes_share_one_store() {
+    let Some(pg) = Postgres::start() else { return };
+    let Some(mut s3) = S3::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(dir.path(), "a", &pg, &s3, None);
+    // One signing key for the cluster: the first node's.
+    let key = dir.path().join("a/keys/signing-key.pem");
+    let key = key.to_str().unwrap();
+    let b = node(dir.path(), "b", &pg, &s3, Some(key));
+    let c = node(dir.path(), "c", &pg, &s3, Some(key));
+
+    // Version 1, published on A, served by C.
+    let v1 = support::random_bytes(200_000, 31);
+    let file = dir.path().join("app.bin");
+    std::fs::write(&file, &v1).unwrap();
+    a.publish("fw/cluster", &file, &["--version", "1.0.0"]);
+    until_served(&c, "fw/cluster/app.bin", &v1, 10);
+    let (_, manifest1) = coap_fetch(coap_addr(&c), "fw/cluster/manifest");
+    let (_, on_a) = coap_fetch(coap_addr(&a), "fw/cluster/manifest");
+    assert_eq!(manifest1, on_a, "two nodes serve different manifests");
+
+    // An observer of the manifest on B; version 2 published on A.
+    let seen = observe(coap_addr(&b), "fw/cluster/manifest");
+    let start = Instant::now();
+    while seen.lock().unwrap().is_empty() {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the observation was not accepted"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let v2 = support::random_bytes(300_000, 32);
+    std::fs::write(&file, &v2).unwrap();
+    a.publish("fw/cluster", &file, &["--version", "2.0.0"]);
+    let published = Instant::now();
+    // C serves it, byte for byte, at both block sizes libcoap asks for.
+    let took = until_served(&c, "fw/cluster/app.bin", &v2, 10);
+    println!("publish on A to its first byte-identical download from C: {took:?}");
+    // The nodes poll every 5 s as a backstop: sooner means LISTEN/NOTIFY carried it.
+    assert!(
+        took < Duration::from_secs(3),
+        "C learnt of the publish only after {took:?}"
+    );
+    if support::require_coap_client() {
+        let got = support::coap_get(&c.coap("fw/cluster/v/2/app.bin"), Some(64), &dir.path().join("out64"));
+        assert!(got == v2, "64-byte blocks from C differ");
+        let got = support::coap_get(&c.coap("fw/cluster/v/1/app.bin"), Some(1024), &dir.path().join("out1k"));
+        assert!(got == v1, "version 1 from C differs");
+    }
+    // B's observer was shown version 2's manifest.
+    let (_, manifest2) = coap_fetch(coap_addr(&a), "fw/cluster/manifest");
+    assert_ne!(manifest1, manifest2);
+    let start = Instant::now();
+    loop {
+        if let Some((_, at)) = seen.lock().unwrap().iter().find(|(m, _)| *m == manifest2) {
+            println!(
+                "publish on A to the notification from B: {:?}",
+                at.duration_since(published)
+            );
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "B never notified its observer of version 2"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Version numbers come from one sequence across nodes.
+    let listed: serde_json::Value =
+        serde_json::from_str(&support::curl_text(&format!("{}/api/v1/publish-ids/fw/cluster", c.http()), &[]).1)
+            .unwrap();
+    let numbers: Vec<u64> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, vec![2, 1]);
+    let v3 = support::random_bytes(1000, 33);
+    std::fs::write(&file, &v3).unwrap();
+    b.publish("fw/cluster", &file, &[]);
+    until_served(&a, "fw/cluster/v/3/app.bin", &v3, 10);
+
+    // A removal on B: A stops serving the version.
+    let auth = format!("Authorization: Bearer {}", b.token());
+    let (code, body) = support::curl_text(
+        &format!("{}/remove", b.http()),
+        &[
+            "-H",
+            &auth,
+            "-H",
+            "Content-Type: application/json",
+            "-d",
+            r#"{"publish_id": "fw/cluster", "version": 3}"#,
+        ],
+    );
+    assert_eq!(code, 200, "{body}");
+    let start = Instant::now();
+    while coap_fetch(coap_addr(&a), "fw/cluster/v/3/app.bin").0 != ResponseType::NotFound {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "A still serves a removed version"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    // The object store down: a publish is refused with the reason, cached contents still
+    // come from every node.
+    s3.stop();
+    let out = a.publish_command("fw/cluster", &file).output().unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("503"), "{said}");
+    assert!(said.contains("unavailable"), "{said}");
+    until_served(&c, "fw/cluster/app.bin", &v2, 5);
+    until_served(&b, "fw/cluster/v/1/app.bin", &v1, 5);
+}
