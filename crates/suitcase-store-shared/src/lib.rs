@@ -9,13 +9,18 @@
 //!   by SHA-256 under `<prefix>/blobs/<hex>`. A blob is written only when absent (a `HEAD`
 //!   first); the same name always holds the same bytes, so a concurrent second write of it
 //!   is harmless.
+//! * **Changes are numbered in commit order:** every publish and removal takes one advisory
+//!   lock before it draws its number from the `store_changes` sequence and keeps it until it
+//!   commits, so a node reading "changes after n" never misses one that commits late.
 //! * **Each node** keeps the whole index in memory (like the local store) and a bounded cache
 //!   of contents: small files in memory, others in a directory on local disk with an LRU
 //!   byte budget. It learns of other nodes' publishes and removals from PostgreSQL
 //!   `LISTEN/NOTIFY` (channel `suitcase_store`), reading every change numbered after the
 //!   last it saw (`store_versions.changed`), and polls the same query every few seconds in
-//!   case a notification was lost. New versions' contents are fetched into the cache as soon
-//!   as they are learnt of, so the first device rarely waits for the object store.
+//!   case a notification was lost. The newest version of each publish-id a change brings
+//!   (at start: of every publish-id) is fetched into the cache at once, four at a time, so
+//!   the first device rarely waits for the object store; older ones are fetched when asked
+//!   for.
 //!
 //! The [`Store`] trait is synchronous; the database and object store calls run on the tokio
 //! runtime the store was opened on (from a blocking thread, or `block_in_place` from a
@@ -54,6 +59,21 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Changes read per query.
 const CHANGES_PER_READ: i64 = 10_000;
+
+/// The advisory lock every change takes before it draws its `changed` number and holds
+/// until it commits: changes then commit in the order of their numbers, so a node that read
+/// up to number n can never later see a smaller one appear.
+const CHANGE_LOCK: i64 = 0x7375_6974_6361_7365; // "suitcase"
+
+/// Take [`CHANGE_LOCK`] for the rest of the transaction.
+async fn change_lock(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    sqlx::query("SELECT pg_advisory_xact_lock($1)")
+        .bind(CHANGE_LOCK)
+        .execute(tx)
+        .await
+        .map(|_| ())
+        .map_err(db)
+}
 
 /// How the shared store is reached and how much it caches.
 #[derive(Clone, Debug)]
@@ -149,6 +169,7 @@ struct Inner {
     hits: AtomicU64,
     misses: AtomicU64,
     refresh: tokio::sync::Mutex<()>,
+    prefetching: tokio::sync::Semaphore,
 }
 
 impl SharedStore {
@@ -188,6 +209,7 @@ impl SharedStore {
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             refresh: tokio::sync::Mutex::new(()),
+            prefetching: tokio::sync::Semaphore::new(4),
         });
         inner
             .refresh()
@@ -360,9 +382,26 @@ impl Inner {
             if newest != last {
                 self.generation.fetch_add(1, Ordering::AcqRel);
             }
+            // The newest version of each publish-id the change brought: what devices ask
+            // for next (at start that is one version per publish-id, not the whole history).
+            let mut newest_of: BTreeMap<String, Arc<Version>> = BTreeMap::new();
             for v in fresh {
+                match newest_of.get(&v.publish_id) {
+                    Some(n) if n.seq >= v.seq => {}
+                    _ => {
+                        newest_of.insert(v.publish_id.clone(), v);
+                    }
+                }
+            }
+            for v in newest_of.into_values() {
                 let me = self.clone();
-                tokio::spawn(async move { me.prefetch(&v).await });
+                tokio::spawn(async move {
+                    // A few at a time: a node starting on a large store does not flood it.
+                    let Ok(_slot) = me.prefetching.acquire().await else {
+                        return;
+                    };
+                    me.prefetch(&v).await;
+                });
             }
             if (n as i64) < CHANGES_PER_READ {
                 return Ok(());
@@ -373,16 +412,25 @@ impl Inner {
     /// Bring a version's contents into the cache (errors are logged: a device's request
     /// fetches again).
     async fn prefetch(&self, v: &Version) {
+        let start = std::time::Instant::now();
+        let mut bytes = 0;
         for f in v.files.iter().chain(v.manifest.as_ref().map(|m| &m.file)) {
             if self.cached(f) {
                 continue;
             }
             match self.fetch(&f.sha256).await {
-                Ok(data) => self.keep(&f.sha256, &data),
+                Ok(data) => {
+                    bytes += data.len();
+                    self.keep(&f.sha256, &data);
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, publish_id = %v.publish_id, file = %f.name, "shared store: prefetch failed")
                 }
             }
+        }
+        if bytes > 0 {
+            let elapsed_ms = start.elapsed().as_millis() as u64;
+            tracing::info!(publish_id = %v.publish_id, version = v.seq, bytes, elapsed_ms, "shared store: contents fetched into the cache");
         }
     }
 
@@ -538,6 +586,7 @@ impl Inner {
             .and_then(|m| m.sequence_number)
             .map(|n| to_i64(n, "sequence number"))
             .transpose()?;
+        change_lock(&mut *tx).await?;
         sqlx::query(
             "INSERT INTO store_versions (publish_id, seq, record, semver, changed) \
              VALUES ($1, $2, $3, $4, nextval('store_changes'))",
@@ -579,6 +628,7 @@ impl Inner {
     async fn remove(&self, publish_id: &str, seq: u64) -> Result<Arc<Version>, StoreError> {
         suitcase_store::validate_publish_id(publish_id)?;
         let mut tx = self.pool.begin().await.map_err(db)?;
+        change_lock(&mut *tx).await?;
         let row = sqlx::query(
             "UPDATE store_versions SET removed = TRUE, changed = nextval('store_changes') \
              WHERE publish_id = $1 AND seq = $2 AND NOT removed RETURNING record",

@@ -125,6 +125,11 @@ pub struct ServeArgs {
     /// AWS, or AWS_ENDPOINT_URL.
     #[arg(long, env = "SUITCASE_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
+    /// With --blobs: this node's device inventory and rollouts (sqlite:PATH or postgres://…;
+    /// default SQLite in <data>/fleet.db). Not shared between nodes yet: each node tracks the
+    /// devices that talk to it, and a rollout triggers the devices of its own node.
+    #[arg(long, env = "SUITCASE_FLEET_DATABASE", requires = "blobs")]
+    fleet_database: Option<String>,
     /// With --blobs: local disk kept for file contents, in MiB (<data>/blob-cache).
     #[arg(long, default_value_t = 4096)]
     blob_cache_mib: u64,
@@ -295,10 +300,20 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let database = match &args.database {
+    // With a shared store, --database holds the store's versions; the fleet stays the
+    // node's own (sharing one fleet between nodes is not built yet).
+    let fleet_database = if args.blobs.is_some() {
+        args.fleet_database.as_ref()
+    } else {
+        args.database.as_ref()
+    };
+    let database = match fleet_database {
         Some(url) => url.clone(),
         None => format!("sqlite:{}?mode=rwc", args.data.join("fleet.db").display()),
     };
+    if args.blobs.is_some() && args.fleet_database.as_ref() == args.database.as_ref() {
+        bail!("--fleet-database must not be the shared --database: each node keeps its own fleet for now");
+    }
     let fleet = suitcase_fleet::Fleet::open(
         &database,
         store.clone(),

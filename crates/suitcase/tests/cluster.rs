@@ -1,8 +1,9 @@
 //! Several suitcase nodes on one shared store: a real PostgreSQL (versions) and a real
 //! S3-compatible server (s3s-fs, file contents), three nodes on loopback. A publish on one
 //! node is served byte for byte by another and notified to an observer of a third; a
-//! removal on one stops the others serving it; with the object store down, a publish is a
-//! clear 503 while what the nodes cached is still served.
+//! removal on one stops the others serving it; a node killed during an upload leaves
+//! nothing half-published and comes back numbering where the cluster is; with the object
+//! store down, a publish is a clear 503 while what the nodes cached is still served.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -72,6 +73,21 @@ fn coap_fetch(server: SocketAddr, path: &str) -> (ResponseType, Vec<u8>) {
     panic!("{path}: too many blocks");
 }
 
+/// The version numbers a node lists for `id`, newest first.
+fn listed_versions_of(s: &TestServer, id: &str) -> Vec<u64> {
+    let (_, body) = support::curl_text(&format!("{}/api/v1/publish-ids/{id}", s.http()), &[]);
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_u64().unwrap())
+        .collect()
+}
+
+fn listed_versions(s: &TestServer) -> Vec<u64> {
+    listed_versions_of(s, "fw/cluster")
+}
+
 fn coap_addr(s: &TestServer) -> SocketAddr {
     format!("[::1]:{}", s.coap_port).parse().unwrap()
 }
@@ -92,8 +108,11 @@ fn until_served(server: &TestServer, path: &str, want: &[u8], secs: u64) -> Dura
     }
 }
 
-/// An observer of `path` on `server`: the manifests it was shown, with when.
-fn observe(server: SocketAddr, path: &str) -> Arc<Mutex<Vec<(Vec<u8>, Instant)>>> {
+/// The manifests an observer was shown, with when.
+type Shown = Arc<Mutex<Vec<(Vec<u8>, Instant)>>>;
+
+/// An observer of `path` on `server`.
+fn observe(server: SocketAddr, path: &str) -> Shown {
     let sock = UdpSocket::bind("[::1]:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     let mut p = Packet::new();
@@ -171,7 +190,7 @@ fn three_nodes_share_one_store() {
     let published = Instant::now();
     // C serves it, byte for byte, at both block sizes libcoap asks for.
     let took = until_served(&c, "fw/cluster/app.bin", &v2, 10);
-    println!("publish on A to its first byte-identical download from C: {took:?}");
+    eprintln!("publish on A to its first byte-identical download from C: {took:?}");
     // The nodes poll every 5 s as a backstop: sooner means LISTEN/NOTIFY carried it.
     assert!(
         took < Duration::from_secs(3),
@@ -189,7 +208,7 @@ fn three_nodes_share_one_store() {
     let start = Instant::now();
     loop {
         if let Some((_, at)) = seen.lock().unwrap().iter().find(|(m, _)| *m == manifest2) {
-            println!(
+            eprintln!(
                 "publish on A to the notification from B: {:?}",
                 at.duration_since(published)
             );
@@ -217,6 +236,32 @@ fn three_nodes_share_one_store() {
     b.publish("fw/cluster", &file, &[]);
     until_served(&a, "fw/cluster/v/3/app.bin", &v3, 10);
 
+    // Publishes of one publish-id on two nodes at once: every one gets its own number.
+    let before = listed_versions(&c).len();
+    std::thread::scope(|scope| {
+        for (n, node) in [&a, &b].into_iter().enumerate() {
+            let path = dir.path().join(format!("race{n}.bin"));
+            scope.spawn(move || {
+                for i in 0..5 {
+                    std::fs::write(&path, support::random_bytes(2000, 100 + n as u64 * 10 + i)).unwrap();
+                    node.publish("fw/race", &path, &[]);
+                }
+            });
+        }
+    });
+    let start = Instant::now();
+    let mut raced = listed_versions_of(&c, "fw/race");
+    while raced.len() < 10 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(20));
+        raced = listed_versions_of(&c, "fw/race");
+    }
+    assert_eq!(
+        raced,
+        (1..=10).rev().collect::<Vec<u64>>(),
+        "numbers taken twice or skipped"
+    );
+    assert_eq!(listed_versions(&c).len(), before);
+
     // A removal on B: A stops serving the version.
     let auth = format!("Authorization: Bearer {}", b.token());
     let (code, body) = support::curl_text(
@@ -240,6 +285,46 @@ fn three_nodes_share_one_store() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
+    // SIGKILL A in the middle of an upload: nothing half-published shows anywhere, and A
+    // comes back (same data directory) to go on numbering where the cluster is.
+    let big = dir.path().join("big.bin");
+    std::fs::write(&big, support::random_bytes(4 << 20, 34)).unwrap();
+    let auth_a = format!("Authorization: Bearer {}", a.token());
+    let mut upload = std::process::Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--limit-rate", "512k", "-H", &auth_a])
+        .args(["-F", "publish_id=fw/cluster"])
+        .arg("-F")
+        .arg(format!("file=@{}", big.display()))
+        .arg(format!("{}/publish", a.http()))
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = upload.wait();
+    drop(a);
+    let listed = |s: &TestServer| -> Vec<u64> {
+        let v: serde_json::Value =
+            serde_json::from_str(&support::curl_text(&format!("{}/api/v1/publish-ids/fw/cluster", s.http()), &[]).1)
+                .unwrap();
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v["version"].as_u64().unwrap())
+            .collect()
+    };
+    assert_eq!(listed(&b), vec![2, 1], "a killed publish left a version behind");
+    let a = node(dir.path(), "a", &pg, &s3, Some(key));
+    assert_eq!(listed(&a), vec![2, 1]);
+    let v4 = support::random_bytes(5000, 35);
+    std::fs::write(&file, &v4).unwrap();
+    a.publish("fw/cluster", &file, &[]);
+    until_served(&b, "fw/cluster/v/4/app.bin", &v4, 10);
+    assert_eq!(listed(&c).first(), Some(&4), "numbers are never reused");
+
     // The object store down: a publish is refused with the reason, cached contents still
     // come from every node.
     s3.stop();
@@ -247,6 +332,7 @@ fn three_nodes_share_one_store() {
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("503"), "{said}");
     assert!(said.contains("unavailable"), "{said}");
-    until_served(&c, "fw/cluster/app.bin", &v2, 5);
+    until_served(&c, "fw/cluster/app.bin", &v4, 5);
+    until_served(&c, "fw/cluster/v/2/app.bin", &v2, 5);
     until_served(&b, "fw/cluster/v/1/app.bin", &v1, 5);
 }

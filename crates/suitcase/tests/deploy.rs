@@ -692,3 +692,79 @@ fn the_docs_point_to_deploy() {
         assert!(deploy.contains(must), "deploy/README.md should say `{must}`");
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// The cluster examples (deploy/cluster/): each node's command line, from the compose file
+// and from the systemd drop-in, run for real against a real PostgreSQL and a real S3
+// server, with their hosts swapped for the test's.
+
+/// The `command:` lists of the compose file's suitcase services.
+fn compose_commands() -> Vec<Vec<String>> {
+    read("deploy/cluster/compose.yaml")
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("command: "))
+        .map(|list| serde_json::from_str(list).unwrap_or_else(|e| panic!("command: {list}: {e}")))
+        .collect()
+}
+
+/// The drop-in's ExecStart, without the program.
+fn dropin_command() -> Vec<String> {
+    let text = read("deploy/cluster/suitcase-node.conf");
+    let line = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("ExecStart="))
+        .find(|l| !l.is_empty())
+        .expect("the drop-in sets ExecStart");
+    let mut words = line.split_whitespace().map(str::to_string);
+    assert_eq!(words.next().as_deref(), Some("/usr/local/bin/suitcase"));
+    assert!(
+        text.contains("LoadCredential=signing-key.pem:"),
+        "the key must come as a credential"
+    );
+    words.collect()
+}
+
+#[test]
+fn the_cluster_examples_run_the_real_server() {
+    let Some(pg) = support::postgres::Postgres::start() else {
+        return;
+    };
+    let Some(s3) = support::s3::S3::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("signing-key.pem");
+    support::suitcase(&["keygen", "--out", key.to_str().unwrap()]);
+    let mut commands = compose_commands();
+    assert_eq!(commands.len(), 3, "three nodes");
+    assert!(
+        commands.windows(2).all(|w| w[0] == w[1]),
+        "the nodes' command lines differ"
+    );
+    commands.push(dropin_command());
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    for (i, args) in commands.iter().enumerate() {
+        let mut args = serve_extra(args);
+        let swap = |args: &mut Vec<String>, flag: &str, value: &str| {
+            let at = args
+                .iter()
+                .position(|a| a == flag)
+                .unwrap_or_else(|| panic!("{flag} missing in {args:?}"));
+            args[at + 1] = value.to_string();
+        };
+        swap(&mut args, "--database", &pg.url);
+        swap(&mut args, "--blobs", &format!("s3://{}/suitcase", s3.bucket));
+        swap(&mut args, "--s3-endpoint", &s3.endpoint);
+        swap(&mut args, "--key", key.to_str().unwrap());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let node = TestServer::start_env(&dir.path().join(format!("node{i}")), &args, &env);
+        let health = http_get(node.http_port, "/readyz");
+        assert!(health.contains(" 200 "), "{health}");
+        assert!(
+            node.log().iter().any(|l| l.contains("shared store open")),
+            "{:?}",
+            node.log()
+        );
+        let (status, log) = node.terminate(Duration::from_secs(20));
+        assert_eq!(status, Some(0), "{log:?}");
+    }
+}
