@@ -93,16 +93,35 @@ impl DiskCache {
     /// The open file and its length, if cached.
     pub(crate) fn file(&self, d: &Sha256) -> Option<(Arc<File>, u64)> {
         let size = self.touch(d)?;
-        // An evicted file may vanish between the lookup and the open: then it is a miss.
-        File::open(self.path(d)).ok().map(|f| (Arc::new(f), size))
+        match File::open(self.path(d)) {
+            Ok(f) => Some((Arc::new(f), size)),
+            Err(_) => {
+                self.forget(d);
+                None
+            }
+        }
+    }
+
+    /// Drop an entry whose file is gone or wrong, so the next insert writes it again.
+    fn forget(&self, d: &Sha256) {
+        let mut entries = self.entries.lock();
+        if let Some(e) = entries.remove(d) {
+            self.used.fetch_sub(e.size, Ordering::Relaxed);
+            let _ = std::fs::remove_file(self.path(d));
+        }
     }
 
     /// The whole content, if cached.
     pub(crate) fn read(&self, d: &Sha256) -> Option<Bytes> {
         self.touch(d)?;
-        let data = std::fs::read(self.path(d)).ok()?;
         // Checked on the way out too: a disk may corrupt what it was given.
-        (Sha256::of(&data) == *d).then(|| Bytes::from(data))
+        match std::fs::read(self.path(d)) {
+            Ok(data) if Sha256::of(&data) == *d => Some(Bytes::from(data)),
+            _ => {
+                self.forget(d);
+                None
+            }
+        }
     }
 
     /// Keep `data` (whose digest is `d`), evicting the least recently used files over the
@@ -119,15 +138,19 @@ impl DiskCache {
         ));
         let written = (|| {
             let mut f = File::create(&tmp)?;
-            f.write_all(data)?;
-            std::fs::rename(&tmp, self.path(d))
+            f.write_all(data)
         })();
         if let Err(e) = written {
             let _ = std::fs::remove_file(&tmp);
             return Err(e);
         }
         let now = self.clock.fetch_add(1, Ordering::Relaxed);
+        // The rename and the entry together, under the lock an eviction takes too.
         let mut entries = self.entries.lock();
+        if let Err(e) = std::fs::rename(&tmp, self.path(d)) {
+            let _ = std::fs::remove_file(&tmp);
+            return Err(e);
+        }
         if entries.insert(*d, Entry { size, used: now }).is_none() {
             self.used.fetch_add(size, Ordering::Relaxed);
         }
@@ -183,5 +206,8 @@ mod tests {
         // A corrupted file is a miss, not wrong bytes.
         std::fs::write(c.path(&ds[0]), vec![7u8; 1000]).unwrap();
         assert!(c.read(&ds[0]).is_none());
+        assert!(!c.contains(&ds[0]), "a corrupt file stays registered");
+        c.insert(&ds[0], &blobs[0]).unwrap();
+        assert_eq!(c.read(&ds[0]).unwrap(), Bytes::from(blobs[0].clone()));
     }
 }

@@ -57,6 +57,9 @@ const POLL: Duration = Duration::from_secs(5);
 /// Longest wait for one object store or database call a device's request depends on.
 const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest wait of the CoAP thread for a file missing from the cache.
+const COAP_WAIT: Duration = Duration::from_secs(2);
+
 /// Changes read per query.
 const CHANGES_PER_READ: i64 = 10_000;
 
@@ -66,6 +69,15 @@ const CHANGES_PER_READ: i64 = 10_000;
 const CHANGE_LOCK: i64 = 0x7375_6974_6361_7365; // "suitcase"
 
 /// Take [`CHANGE_LOCK`] for the rest of the transaction.
+/// Bound what one transaction may wait for (a stalled node holding a lock must not hang
+/// every publish of the cluster).
+async fn bounded(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
+    for set in ["SET LOCAL lock_timeout = '10s'", "SET LOCAL statement_timeout = '30s'"] {
+        sqlx::query(set).execute(&mut *tx).await.map_err(db)?;
+    }
+    Ok(())
+}
+
 async fn change_lock(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
     sqlx::query("SELECT pg_advisory_xact_lock($1)")
         .bind(CHANGE_LOCK)
@@ -76,7 +88,7 @@ async fn change_lock(tx: &mut sqlx::PgConnection) -> Result<(), StoreError> {
 }
 
 /// How the shared store is reached and how much it caches.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct SharedConfig {
     /// `postgres://user:password@host/db`.
     pub database: String,
@@ -91,6 +103,19 @@ pub struct SharedConfig {
     pub memory_bytes: u64,
     /// Bytes of contents kept on local disk at most.
     pub disk_bytes: u64,
+}
+
+impl std::fmt::Debug for SharedConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedConfig")
+            .field("database", &redact(&self.database))
+            .field("blobs", &self.blobs)
+            .field("endpoint", &self.endpoint)
+            .field("cache_dir", &self.cache_dir)
+            .field("memory_bytes", &self.memory_bytes)
+            .field("disk_bytes", &self.disk_bytes)
+            .finish()
+    }
 }
 
 /// Errors opening the shared store.
@@ -170,6 +195,8 @@ struct Inner {
     misses: AtomicU64,
     refresh: tokio::sync::Mutex<()>,
     prefetching: tokio::sync::Semaphore,
+    /// Files being fetched for the CoAP thread.
+    inflight: parking_lot::Mutex<std::collections::HashSet<Sha256>>,
 }
 
 impl SharedStore {
@@ -210,6 +237,7 @@ impl SharedStore {
             misses: AtomicU64::new(0),
             refresh: tokio::sync::Mutex::new(()),
             prefetching: tokio::sync::Semaphore::new(4),
+            inflight: parking_lot::Mutex::new(std::collections::HashSet::new()),
         });
         inner
             .refresh()
@@ -284,8 +312,13 @@ async fn follow(inner: Weak<Inner>) {
                 Err(_) => false,
             },
             None => {
+                // No listener (a pooler that refuses LISTEN, a lost connection): poll.
                 drop(me);
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(POLL).await;
+                let Some(me) = inner.upgrade() else { return };
+                if let Err(e) = me.refresh().await {
+                    tracing::warn!(error = %e, "shared store: reading changes failed");
+                }
                 continue;
             }
         };
@@ -317,13 +350,29 @@ impl Inner {
         match Handle::try_current().map(|h| h.runtime_flavor()) {
             Err(_) | Ok(RuntimeFlavor::MultiThread) => self.block(self.fetch(d)),
             Ok(_) => {
-                let (tx, rx) = std::sync::mpsc::sync_channel(1);
-                let (me, d) = (self.clone(), *d);
-                self.rt.spawn(async move {
-                    let _ = tx.send(me.fetch(&d).await);
-                });
-                rx.recv_timeout(CALL_TIMEOUT + Duration::from_secs(1))
-                    .unwrap_or_else(|_| Err(unavailable("object store", "no answer within 30 s")))
+                // The CoAP thread serves every device of the node: it waits for the object
+                // store at most COAP_WAIT, while one fetch per file goes on in the
+                // background and fills the cache for the device's retransmission.
+                if self.inflight.lock().insert(*d) {
+                    let (me, d) = (self.clone(), *d);
+                    self.rt.spawn(async move {
+                        match me.fetch(&d).await {
+                            Ok(data) => me.keep(&d, &data),
+                            Err(e) => tracing::warn!(error = %e, "shared store: fetching a file failed"),
+                        }
+                        me.inflight.lock().remove(&d);
+                    });
+                }
+                let start = std::time::Instant::now();
+                loop {
+                    if let Some(b) = self.memory.get(d).or_else(|| self.disk.read(d)) {
+                        return Ok(b);
+                    }
+                    if !self.inflight.lock().contains(d) || start.elapsed() >= COAP_WAIT {
+                        return Err(unavailable("object store", "the file is being fetched into the cache"));
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
             }
         }
     }
@@ -462,7 +511,10 @@ impl Inner {
         let data = match tokio::time::timeout(CALL_TIMEOUT, get).await {
             Ok(Ok(b)) => b,
             Ok(Err(object_store::Error::NotFound { .. })) => {
-                return Err(StoreError::NotFound(format!("blob {} in the object store", d.to_hex())))
+                return Err(StoreError::Corrupt {
+                    path: key.to_string(),
+                    what: "a stored version's content is missing from the object store".into(),
+                })
             }
             Ok(Err(e)) => return Err(unavailable("object store", e)),
             Err(_) => return Err(unavailable("object store", "no answer within 30 s")),
@@ -494,7 +546,11 @@ impl Inner {
         }
     }
 
-    async fn publish(&self, req: PublishRequest, build: Box<BuildManifest<'_>>) -> Result<Arc<Version>, StoreError> {
+    async fn publish(
+        self: &Arc<Self>,
+        req: PublishRequest,
+        build: Box<BuildManifest<'_>>,
+    ) -> Result<Arc<Version>, StoreError> {
         let entries = suitcase_store::prepare_files(&req)?;
         // Contents first, outside any transaction: idempotent.
         for (f, e) in req.files.iter().zip(&entries) {
@@ -502,6 +558,7 @@ impl Inner {
         }
         let id = req.publish_id.clone();
         let mut tx = self.pool.begin().await.map_err(db)?;
+        bounded(&mut tx).await?;
         sqlx::query("INSERT INTO store_ids (publish_id, max_seq) VALUES ($1, 0) ON CONFLICT DO NOTHING")
             .bind(&id)
             .execute(&mut *tx)
@@ -586,7 +643,7 @@ impl Inner {
             .and_then(|m| m.sequence_number)
             .map(|n| to_i64(n, "sequence number"))
             .transpose()?;
-        change_lock(&mut *tx).await?;
+        change_lock(&mut tx).await?;
         sqlx::query(
             "INSERT INTO store_versions (publish_id, seq, record, semver, changed) \
              VALUES ($1, $2, $3, $4, nextval('store_changes'))",
@@ -618,17 +675,27 @@ impl Inner {
         for (f, e) in req.files.iter().zip(&version.files) {
             self.keep(&e.sha256, &f.data);
         }
-        let version = Arc::new(version);
-        self.index.write().entry(id).or_default().insert(seq, version.clone());
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        tracing::info!(publish_id = %version.publish_id, seq, files = version.files.len(), "version published");
-        Ok(version)
+        // The index takes the version from the change stream, in commit order: a removal
+        // of it by another node, committed just after, is never undone here.
+        if let Err(e) = self.refresh().await {
+            tracing::warn!(error = %e, "shared store: the new version shows here with the next change read");
+        }
+        tracing::info!(publish_id = %id, seq, files = version.files.len(), "version published");
+        Ok(Arc::new(version))
     }
 
     async fn remove(&self, publish_id: &str, seq: u64) -> Result<Arc<Version>, StoreError> {
         suitcase_store::validate_publish_id(publish_id)?;
         let mut tx = self.pool.begin().await.map_err(db)?;
-        change_lock(&mut *tx).await?;
+        bounded(&mut tx).await?;
+        // The publish-id's row first, as a publish takes it: a publish never reads a
+        // previous version that is being removed.
+        sqlx::query("SELECT 1 FROM store_ids WHERE publish_id = $1 FOR UPDATE")
+            .bind(publish_id)
+            .fetch_optional(&mut *tx)
+            .await
+            .map_err(db)?;
+        change_lock(&mut tx).await?;
         let row = sqlx::query(
             "UPDATE store_versions SET removed = TRUE, changed = nextval('store_changes') \
              WHERE publish_id = $1 AND seq = $2 AND NOT removed RETURNING record",

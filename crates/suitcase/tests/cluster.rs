@@ -325,6 +325,12 @@ fn three_nodes_share_one_store() {
     until_served(&b, "fw/cluster/v/4/app.bin", &v4, 10);
     assert_eq!(listed(&c).first(), Some(&4), "numbers are never reused");
 
+    // A node that never had version 1 in its cache (it prefetches only the newest): the
+    // CoAP thread's miss fetches it, and the download is whole and exact.
+    let d = node(dir.path(), "d", &pg, &s3, Some(key));
+    until_served(&d, "fw/cluster/v/1/app.bin", &v1, 10);
+    assert!(d.log().iter().all(|l| !l.contains("panicked")), "{:?}", d.log());
+
     // The object store down: a publish is refused with the reason, cached contents still
     // come from every node.
     s3.stop();

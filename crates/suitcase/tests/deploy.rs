@@ -721,6 +721,10 @@ fn dropin_command() -> Vec<String> {
         text.contains("LoadCredential=signing-key.pem:"),
         "the key must come as a credential"
     );
+    assert!(
+        !line.contains("--database") && text.contains("EnvironmentFile="),
+        "the database password must not be on the command line: {line}"
+    );
     words.collect()
 }
 
@@ -740,7 +744,9 @@ fn the_cluster_examples_run_the_real_server() {
         "the nodes' command lines differ"
     );
     commands.push(dropin_command());
-    let env = s3.env();
+    // What the drop-in's EnvironmentFile holds (the compose file's flags win over it).
+    let mut env = s3.env();
+    env.push(("SUITCASE_DATABASE", pg.url.clone()));
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     for (i, args) in commands.iter().enumerate() {
         let mut args = serve_extra(args);
@@ -751,7 +757,9 @@ fn the_cluster_examples_run_the_real_server() {
                 .unwrap_or_else(|| panic!("{flag} missing in {args:?}"));
             args[at + 1] = value.to_string();
         };
-        swap(&mut args, "--database", &pg.url);
+        if args.iter().any(|a| a == "--database") {
+            swap(&mut args, "--database", &pg.url);
+        }
         swap(&mut args, "--blobs", &format!("s3://{}/suitcase", s3.bucket));
         swap(&mut args, "--s3-endpoint", &s3.endpoint);
         swap(&mut args, "--key", key.to_str().unwrap());
