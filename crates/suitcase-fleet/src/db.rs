@@ -147,19 +147,7 @@ impl Db {
     }
 }
 
-/// A URL with its password hidden (for messages and logs).
-pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => {
-            let userinfo = &url[s + 3..at];
-            match userinfo.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
-}
+pub use suitcase_store::redact_url as redact;
 
 fn opt_u64(r: &AnyRow, col: &str) -> Result<Option<u64>, FleetError> {
     Ok(r.try_get::<Option<i64>, _>(col)

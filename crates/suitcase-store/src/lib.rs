@@ -231,6 +231,21 @@ pub fn version_from_json(json: &str, origin: &str) -> Result<Version, StoreError
     local::record_from_json(json, origin)
 }
 
+/// A URL with its password hidden (`scheme://user:***@host/…`), for messages and logs: the
+/// database URLs of the fleet and of the shared store carry credentials.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Is `n` a CoAP block size (16, 32, … 1024)?
 pub fn valid_block_size(n: u16) -> bool {
     n.is_power_of_two() && (16..=1024).contains(&n)

@@ -138,12 +138,7 @@ fn observe(server: SocketAddr, path: &str) -> Shown {
             let Ok(note) = Packet::from_bytes(&buf[..n]) else {
                 continue;
             };
-            if note.header.get_type() == MessageType::Confirmable {
-                let mut ack = Packet::new();
-                ack.header.set_type(MessageType::Acknowledgement);
-                ack.header.message_id = note.header.message_id;
-                let _ = sock.send_to(&ack.to_bytes().unwrap(), peer);
-            }
+            support::simdevice::ack_if_confirmable(&sock, &note, peer);
             if note.header.code == MessageClass::Response(ResponseType::Content) {
                 out.lock().unwrap().push((note.payload, Instant::now()));
             }

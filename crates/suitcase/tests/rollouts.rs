@@ -12,7 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
+use coap_lite::{CoapOption, MessageClass, Packet, RequestType, ResponseType};
 use suitcase_suit::manifest::{param, ParamValue};
 use support::TestServer;
 
@@ -396,12 +396,7 @@ impl Observer {
                 let Ok(note) = Packet::from_bytes(&buf[..n]) else {
                     continue;
                 };
-                if note.header.get_type() == MessageType::Confirmable {
-                    let mut ack = Packet::new();
-                    ack.header.set_type(MessageType::Acknowledgement);
-                    ack.header.message_id = note.header.message_id;
-                    let _ = link.sock.send_to(&ack.to_bytes().unwrap(), peer);
-                }
+                support::simdevice::ack_if_confirmable(&link.sock, &note, peer);
                 if note.header.code == MessageClass::Response(ResponseType::Content) {
                     shown.push(note.payload);
                 }

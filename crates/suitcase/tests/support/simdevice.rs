@@ -228,3 +228,16 @@ impl SimDevice {
         self.events().iter().filter(|e| e.what == "trigger").count()
     }
 }
+
+/// Acknowledge `msg` from `peer` if it is confirmable (an Observe notification), as a
+/// client must or the server retransmits it and then drops the observation.
+pub fn ack_if_confirmable(sock: &UdpSocket, msg: &Packet, peer: SocketAddr) {
+    if msg.header.get_type() == MessageType::Confirmable {
+        let mut ack = Packet::new();
+        ack.header.set_type(MessageType::Acknowledgement);
+        ack.header.message_id = msg.header.message_id;
+        if let Ok(bytes) = ack.to_bytes() {
+            let _ = sock.send_to(&bytes, peer);
+        }
+    }
+}
