@@ -78,6 +78,14 @@ pub struct Health {
     pub coap_running: Option<std::sync::atomic::AtomicBool>,
     /// The store's directory, checked readable.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The services a shared store depends on (its database and object store).
+    pub store: Option<Arc<dyn Probe>>,
+}
+
+/// A dependency `/readyz` asks whether it answers.
+pub trait Probe: Send + Sync + std::fmt::Debug {
+    /// `Ok` when it answers; else what failed (logged, not sent).
+    fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>>;
 }
 
 impl AppState {
@@ -253,6 +261,17 @@ async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
                 Err("the CoAP thread has stopped".into())
             },
         );
+    }
+    if let Some(probe) = &st.health.store {
+        let r = match tokio::time::timeout(std::time::Duration::from_secs(2), probe.check()).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "readiness: the shared store fails");
+                Err("unreachable".to_string())
+            }
+            Err(_) => Err("no answer within 2 s".to_string()),
+        };
+        check("shared-store", r);
     }
     if let Some(fleet) = &st.fleet {
         // The reason goes to the log only: a public endpoint names no hosts or errors.

@@ -242,13 +242,19 @@ impl SharedStore {
         self.inner.refresh().await
     }
 
-    /// Whether the database answers (readiness).
+    /// Whether the database and the object store answer (readiness). The object store is
+    /// asked for a key that does not exist: "not found" is an answer.
     pub async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1")
             .execute(&self.inner.pool)
             .await
             .map(|_| ())
-            .map_err(db)
+            .map_err(db)?;
+        let probe = self.inner.prefix.clone().join("readyz-probe");
+        match self.inner.objects.head(&probe).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(unavailable("object store", e)),
+        }
     }
 }
 

@@ -201,6 +201,7 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 
 async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
+    let mut probe: Option<Arc<dyn suitcase_http::Probe>> = None;
     let store: Arc<dyn Store> = match &args.blobs {
         Some(blobs) => {
             let database = args
@@ -220,6 +221,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             })
             .await
             .context("opening the shared store")?;
+            probe = Some(Arc::new(SharedProbe(shared.clone())));
             Arc::new(shared)
         }
         None => {
@@ -359,6 +361,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     let health = Arc::new(suitcase_http::Health {
         coap_running: Some(std::sync::atomic::AtomicBool::new(true)),
         data_dir: Some(args.data.clone()),
+        store: probe,
     });
 
     let state = AppState {
@@ -564,6 +567,21 @@ async fn wait_for_signal() {
     #[cfg(not(unix))]
     {
         let _ = ctrl_c.await;
+    }
+}
+
+/// `/readyz`'s check of a shared store: its database and object store answer.
+struct SharedProbe(suitcase_store_shared::SharedStore);
+
+impl std::fmt::Debug for SharedProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedProbe")
+    }
+}
+
+impl suitcase_http::Probe for SharedProbe {
+    fn check(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { self.0.ping().await.map_err(|e| e.to_string()) })
     }
 }
 

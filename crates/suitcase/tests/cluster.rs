@@ -328,7 +328,12 @@ fn three_nodes_share_one_store() {
 
     // The object store down: a publish is refused with the reason, cached contents still
     // come from every node.
+    let (code, body) = support::curl_text(&format!("{}/readyz", c.http()), &[]);
+    assert_eq!(code, 200, "{body}");
     s3.stop();
+    let (code, body) = support::curl_text(&format!("{}/readyz", c.http()), &[]);
+    assert_eq!(code, 503, "a node without its object store says it is ready: {body}");
+    assert!(body.contains("shared-store"), "{body}");
     let out = a.publish_command("fw/cluster", &file).output().unwrap();
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && said.contains("503"), "{said}");
