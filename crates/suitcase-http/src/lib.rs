@@ -232,6 +232,22 @@ struct Readiness {
     checks: std::collections::BTreeMap<&'static str, String>,
 }
 
+/// Whether `ping` answers within 2 s. The reason goes to the log only: a public endpoint
+/// names no hosts or errors.
+async fn answers<E: std::fmt::Display>(
+    what: &str,
+    ping: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), String> {
+    match tokio::time::timeout(std::time::Duration::from_secs(2), ping).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %e, "readiness: {what} fails");
+            Err("unreachable".to_string())
+        }
+        Err(_) => Err("no answer within 2 s".to_string()),
+    }
+}
+
 /// `GET /readyz`: 200 when the store's directory is readable, the CoAP thread runs and the
 /// fleet database answers (within 2 s); else 503 naming what failed.
 async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
@@ -263,27 +279,10 @@ async fn readyz(State(st): State<AppState>) -> impl IntoResponse {
         );
     }
     if let Some(probe) = &st.health.store {
-        let r = match tokio::time::timeout(std::time::Duration::from_secs(2), probe.check()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "readiness: the shared store fails");
-                Err("unreachable".to_string())
-            }
-            Err(_) => Err("no answer within 2 s".to_string()),
-        };
-        check("shared-store", r);
+        check("shared-store", answers("the shared store", probe.check()).await);
     }
     if let Some(fleet) = &st.fleet {
-        // The reason goes to the log only: a public endpoint names no hosts or errors.
-        let r = match tokio::time::timeout(std::time::Duration::from_secs(2), fleet.ping()).await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "readiness: the fleet database fails");
-                Err("unreachable".to_string())
-            }
-            Err(_) => Err("no answer within 2 s".to_string()),
-        };
-        check("database", r);
+        check("database", answers("the fleet database", fleet.ping()).await);
     }
     let status = if ready {
         axum::http::StatusCode::OK
