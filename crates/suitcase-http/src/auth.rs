@@ -13,8 +13,9 @@ pub use suitcase_auth::*;
 
 use crate::{ApiError, AppState};
 
-fn credential<'a>(req: &'a Request, schemes: &[&str]) -> Option<&'a str> {
-    let v = req.headers().get(header::AUTHORIZATION)?.to_str().ok()?;
+/// The credential of an `Authorization` header in one of `schemes`.
+pub(crate) fn credential<'a>(headers: &'a axum::http::HeaderMap, schemes: &[&str]) -> Option<&'a str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, rest) = v.split_once(' ')?;
     schemes
         .iter()
@@ -54,7 +55,7 @@ pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next
     let Some(any) = snap.any(Role::Publisher) else {
         return unreadable(&req);
     };
-    match credential(&req, &["Bearer"]).and_then(|t| snap.check(t, &[Role::Publisher])) {
+    match credential(req.headers(), &["Bearer"]).and_then(|t| snap.check(t, &[Role::Publisher])) {
         Some(name) => {
             let who = match peer(&req) {
                 Some(p) => format!("token:{name}@{p}"),
@@ -96,7 +97,7 @@ pub(crate) async fn device(State(st): State<AppState>, mut req: Request, next: N
         Some(false) => return next.run(req).await,
         Some(true) => {}
     }
-    let presented = credential(&req, &["token", "Bearer"]);
+    let presented = credential(req.headers(), &["token", "Bearer"]);
     let device = presented.and_then(|t| snap.check(t, &[Role::Device]));
     let publisher = presented.and_then(|t| snap.check(t, &[Role::Publisher]));
     match (device, publisher) {

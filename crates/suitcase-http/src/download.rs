@@ -156,7 +156,8 @@ pub(crate) fn etag(entry: &FileEntry) -> String {
     format!("\"{}\"", entry.sha256.to_hex())
 }
 
-fn if_none_match(headers: &HeaderMap, tag: &str) -> bool {
+/// Whether `If-None-Match` names `tag` (weak comparison, or `*`).
+pub(crate) fn if_none_match(headers: &HeaderMap, tag: &str) -> bool {
     headers
         .get_all(header::IF_NONE_MATCH)
         .iter()

@@ -1,6 +1,6 @@
-//! A node's cache of contents: small files in memory (weighted by bytes), larger ones in a
-//! directory on local disk under a byte budget, least recently used out first. Files are
-//! named by their SHA-256 and written whole (a temporary name, then a rename), so a file in
+//! A node's cache of contents on local disk, for the files too large for the memory cache
+//! (`suitcase_store::content_cache`, the local store's own): a directory under a byte
+//! budget, least recently used out first. Files are named by their SHA-256 and written whole (a temporary name, then a rename), so a file in
 //! the directory is always complete; the directory is emptied at start, since its files
 //! were not checked since.
 
@@ -14,25 +14,6 @@ use std::sync::Arc;
 use bytes::Bytes;
 use parking_lot::Mutex;
 use suitcase_store::Sha256;
-
-/// Weighs cached contents by their length (never zero, or nothing would be evicted).
-#[derive(Clone)]
-pub(crate) struct ByLength;
-
-impl quick_cache::Weighter<Sha256, Bytes> for ByLength {
-    fn weight(&self, _: &Sha256, v: &Bytes) -> u64 {
-        (v.len() as u64).max(1)
-    }
-}
-
-/// A memory cache of `budget` bytes and the largest item it admits.
-pub(crate) fn memory(budget: u64) -> (quick_cache::sync::Cache<Sha256, Bytes, ByLength>, u64) {
-    let items = (budget / (64 * 1024)).clamp(16, 1 << 20) as usize;
-    let cache = quick_cache::sync::Cache::with_weighter(items, budget.max(1), ByLength);
-    // An item heavier than a shard's share is never admitted: stay well below it.
-    let item = (4 << 20).min(cache.shard_capacity() / 2);
-    (cache, item)
-}
 
 struct Entry {
     size: u64,

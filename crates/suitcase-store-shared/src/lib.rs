@@ -46,7 +46,7 @@ use suitcase_store::{
 };
 use tokio::runtime::Handle;
 
-use crate::cache::{ByLength, DiskCache};
+use crate::cache::DiskCache;
 
 /// The channel nodes announce changes on.
 pub const CHANNEL: &str = "suitcase_store";
@@ -161,6 +161,19 @@ fn to_u64(n: i64, what: &str) -> Result<u64, StoreError> {
     })
 }
 
+/// The versions of each publish-id a node serves.
+type Index = BTreeMap<String, BTreeMap<u64, Arc<Version>>>;
+
+/// Take a removed version out of the index (and its publish-id with its last version).
+fn forget(idx: &mut Index, publish_id: &str, seq: u64) {
+    if let Some(versions) = idx.get_mut(publish_id) {
+        versions.remove(&seq);
+        if versions.is_empty() {
+            idx.remove(publish_id);
+        }
+    }
+}
+
 /// A store shared by many nodes (see the crate documentation).
 #[derive(Clone)]
 pub struct SharedStore {
@@ -172,10 +185,10 @@ struct Inner {
     pool: PgPool,
     objects: Arc<dyn ObjectStore>,
     prefix: ObjectPath,
-    index: RwLock<BTreeMap<String, BTreeMap<u64, Arc<Version>>>>,
+    index: RwLock<Index>,
     last_change: AtomicI64,
     generation: AtomicU64,
-    memory: quick_cache::sync::Cache<Sha256, Bytes, ByLength>,
+    memory: suitcase_store::ContentCache,
     /// Files up to this size are held in memory; larger ones on disk.
     memory_item: u64,
     disk: DiskCache,
@@ -209,7 +222,7 @@ impl SharedStore {
             path: config.cache_dir.display().to_string(),
             source,
         })?;
-        let (memory, memory_item) = cache::memory(config.memory_bytes.max(1 << 20));
+        let (memory, memory_item) = suitcase_store::content_cache(config.memory_bytes.max(1 << 20));
         let inner = Arc::new(Inner {
             rt: Handle::current(),
             pool,
@@ -337,12 +350,12 @@ impl Inner {
         }
     }
 
-    /// [`Inner::fetch`] for a synchronous caller on any thread (the CoAP thread runs its own
-    /// current-thread runtime: the fetch then runs on the store's runtime while it waits).
+    /// [`Inner::fetch_into_cache`] for a synchronous caller on any thread (the CoAP thread
+    /// runs its own current-thread runtime: the fetch then runs on the store's runtime).
     fn fetch_blocking(self: &Arc<Self>, d: &Sha256) -> Result<Bytes, StoreError> {
         use tokio::runtime::RuntimeFlavor;
         match Handle::try_current().map(|h| h.runtime_flavor()) {
-            Err(_) | Ok(RuntimeFlavor::MultiThread) => self.block(self.fetch(d)),
+            Err(_) | Ok(RuntimeFlavor::MultiThread) => self.block(self.fetch_into_cache(d)),
             Ok(_) => {
                 // The CoAP thread serves every device of the node: it waits for the object
                 // store at most COAP_WAIT, while one fetch per file goes on in the
@@ -350,9 +363,8 @@ impl Inner {
                 if self.inflight.lock().insert(*d) {
                     let (me, d) = (self.clone(), *d);
                     self.rt.spawn(async move {
-                        match me.fetch(&d).await {
-                            Ok(data) => me.keep(&d, &data),
-                            Err(e) => tracing::warn!(error = %e, "shared store: fetching a file failed"),
+                        if let Err(e) = me.fetch_into_cache(&d).await {
+                            tracing::warn!(error = %e, "shared store: fetching a file failed");
                         }
                         me.inflight.lock().remove(&d);
                     });
@@ -399,12 +411,7 @@ impl Inner {
                     let removed: bool = row.try_get("removed").map_err(db)?;
                     newest = newest.max(row.try_get("changed").map_err(db)?);
                     if removed {
-                        if let Some(versions) = idx.get_mut(&id) {
-                            versions.remove(&seq);
-                            if versions.is_empty() {
-                                idx.remove(&id);
-                            }
-                        }
+                        forget(&mut idx, &id, seq);
                         continue;
                     }
                     let record: String = row.try_get("record").map_err(db)?;
@@ -461,11 +468,8 @@ impl Inner {
             if self.cached(f) {
                 continue;
             }
-            match self.fetch(&f.sha256).await {
-                Ok(data) => {
-                    bytes += data.len();
-                    self.keep(&f.sha256, &data);
-                }
+            match self.fetch_into_cache(&f.sha256).await {
+                Ok(data) => bytes += data.len(),
                 Err(e) => {
                     tracing::warn!(error = %e, publish_id = %v.publish_id, file = %f.name, "shared store: prefetch failed")
                 }
@@ -479,7 +483,7 @@ impl Inner {
 
     fn cached(&self, f: &FileEntry) -> bool {
         if f.size <= self.memory_item {
-            self.memory.get(&f.sha256).is_some() || self.disk.contains(&f.sha256)
+            self.memory.get(&f.sha256).is_some()
         } else {
             self.disk.contains(&f.sha256)
         }
@@ -492,6 +496,13 @@ impl Inner {
         } else if let Err(e) = self.disk.insert(d, data) {
             tracing::warn!(error = %e, "shared store: the cache directory cannot take a file");
         }
+    }
+
+    /// A blob from the object store, checked against its digest, and kept in the cache.
+    async fn fetch_into_cache(&self, d: &Sha256) -> Result<Bytes, StoreError> {
+        let data = self.fetch(d).await?;
+        self.keep(d, &data);
+        Ok(data)
     }
 
     /// A blob from the object store, checked against its digest.
@@ -709,15 +720,7 @@ impl Inner {
             .await
             .map_err(db)?;
         tx.commit().await.map_err(db)?;
-        {
-            let mut idx = self.index.write();
-            if let Some(versions) = idx.get_mut(publish_id) {
-                versions.remove(&seq);
-                if versions.is_empty() {
-                    idx.remove(publish_id);
-                }
-            }
-        }
+        forget(&mut self.index.write(), publish_id, seq);
         self.generation.fetch_add(1, Ordering::AcqRel);
         tracing::info!(publish_id, seq, "version removed");
         Ok(Arc::new(version))
@@ -772,9 +775,7 @@ impl Store for SharedStore {
             inner.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(b);
         }
-        let data = inner.fetch_blocking(digest)?;
-        inner.keep(digest, &data);
-        Ok(data)
+        inner.fetch_blocking(digest)
     }
 
     fn blob(&self, entry: &FileEntry) -> Result<Blob, StoreError> {
@@ -787,7 +788,6 @@ impl Store for SharedStore {
             return Ok(Blob::File { file, len });
         }
         let data = inner.fetch_blocking(&entry.sha256)?;
-        inner.keep(&entry.sha256, &data);
         match inner.disk.file(&entry.sha256) {
             Some((file, len)) => Ok(Blob::File { file, len }),
             // The disk cache could not take it: serve this once from memory.

@@ -21,7 +21,7 @@ use bytes::Bytes;
 pub use blob::Blob;
 pub use gate::{Allowed, Gate, Requester};
 pub use id::{validate_file_name, validate_publish_id, MAX_FILE_NAME_LEN, MAX_PUBLISH_ID_LEN, RESERVED_SEGMENTS};
-pub use local::LocalStore;
+pub use local::{content_cache, ByLength, ContentCache, LocalStore};
 
 /// A SHA-256 digest.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

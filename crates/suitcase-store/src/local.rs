@@ -39,8 +39,8 @@ const MAX_INLINE_BYTES: u64 = 4 * 1024 * 1024;
 const OPEN_FILES: usize = 64;
 
 /// Weighs cached contents by their length.
-#[derive(Clone)]
-struct ByLength;
+#[derive(Clone, Debug)]
+pub struct ByLength;
 
 impl quick_cache::Weighter<Sha256, Bytes> for ByLength {
     fn weight(&self, _: &Sha256, v: &Bytes) -> u64 {
@@ -49,7 +49,8 @@ impl quick_cache::Weighter<Sha256, Bytes> for ByLength {
     }
 }
 
-type ContentCache = quick_cache::sync::Cache<Sha256, Bytes, ByLength>;
+/// File contents held in memory, weighed in bytes: every backend's memory cache.
+pub type ContentCache = quick_cache::sync::Cache<Sha256, Bytes, ByLength>;
 
 /// The embedded, local-disk store.
 pub struct LocalStore {
@@ -87,7 +88,9 @@ impl IdState {
     }
 }
 
-fn content_cache(budget: u64) -> (ContentCache, u64) {
+/// A content cache of `budget` bytes and the largest file it admits (at most 4 MiB, and
+/// half a shard: an item heavier than a shard's share is never admitted).
+pub fn content_cache(budget: u64) -> (ContentCache, u64) {
     let items = (budget / (64 * 1024)).clamp(16, 1 << 20) as usize;
     let cache = ContentCache::with_weighter(items, budget.max(1), ByLength);
     // An item heavier than a shard's share is never admitted: stay well below it.

@@ -200,6 +200,9 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
+    if args.blobs.is_some() && args.fleet_database.is_some() && args.fleet_database == args.database {
+        bail!("--fleet-database must not be the shared --database: each node keeps its own fleet for now");
+    }
     std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
     let mut probe: Option<Arc<dyn suitcase_http::Probe>> = None;
     let store: Arc<dyn Store> = match &args.blobs {
@@ -313,9 +316,6 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         Some(url) => url.clone(),
         None => format!("sqlite:{}?mode=rwc", args.data.join("fleet.db").display()),
     };
-    if args.blobs.is_some() && args.fleet_database.as_ref() == args.database.as_ref() {
-        bail!("--fleet-database must not be the shared --database: each node keeps its own fleet for now");
-    }
     let fleet = suitcase_fleet::Fleet::open(
         &database,
         store.clone(),

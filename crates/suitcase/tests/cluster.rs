@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use support::postgres::Postgres;
 use support::s3::S3;
+use support::simdevice::Link;
 use support::TestServer;
 
 fn node(dir: &std::path::Path, name: &str, pg: &Postgres, s3: &S3, key: Option<&str>) -> TestServer {
@@ -33,44 +34,16 @@ fn node(dir: &std::path::Path, name: &str, pg: &Postgres, s3: &S3, key: Option<&
 fn coap_fetch(server: SocketAddr, path: &str) -> (ResponseType, Vec<u8>) {
     let sock = UdpSocket::bind("[::1]:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 1500];
-    for num in 0u32..4096 {
-        let mut p = Packet::new();
-        p.header.set_type(MessageType::Confirmable);
-        p.header.code = MessageClass::Request(RequestType::Get);
-        p.header.message_id = num as u16;
-        p.set_token(vec![1, 2]);
-        for s in path.split('/') {
-            p.add_option(CoapOption::UriPath, s.as_bytes().to_vec());
-        }
-        let v = (num << 4) | 6;
-        let b: Vec<u8> = v.to_be_bytes().iter().copied().skip_while(|x| *x == 0).collect();
-        p.add_option(CoapOption::Block2, if b.is_empty() { vec![0] } else { b });
-        let bytes = p.to_bytes().unwrap();
-        let reply = (0..8).find_map(|_| {
-            sock.send_to(&bytes, server).unwrap();
-            let (n, _) = sock.recv_from(&mut buf).ok()?;
-            let r = Packet::from_bytes(&buf[..n]).ok()?;
-            (r.header.message_id == num as u16).then_some(r)
-        });
-        let r = reply.unwrap_or_else(|| panic!("no answer from {server} for {path}"));
-        let MessageClass::Response(code) = r.header.code else {
-            panic!("not a response")
-        };
-        if code != ResponseType::Content {
-            return (code, Vec::new());
-        }
-        out.extend_from_slice(&r.payload);
-        let more = r
-            .get_first_option(CoapOption::Block2)
-            .and_then(|b| b.last().copied())
-            .is_some_and(|last| last & 0x08 != 0);
-        if !more {
-            return (code, out);
-        }
+    let mut link = Link {
+        sock,
+        mid: 0,
+        pause: Duration::ZERO,
+    };
+    match link.fetch(server, path) {
+        Some(Ok(body)) => (ResponseType::Content, body),
+        Some(Err(code)) => (code, Vec::new()),
+        None => panic!("no answer from {server} for {path}"),
     }
-    panic!("{path}: too many blocks");
 }
 
 /// The version numbers a node lists for `id`, newest first.

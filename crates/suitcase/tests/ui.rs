@@ -43,7 +43,10 @@ fn shown(b: &Browser, css: &str) -> bool {
     ) == json!(true)
 }
 
-fn no_horizontal_scroll(b: &Browser, what: &str) {
+/// Narrow the window to a 375 px phone and check that nothing scrolls sideways.
+fn fits_a_phone(b: &Browser, what: &str) {
+    b.set_size(375, 812);
+    b.wait("window.innerWidth <= 400", 5);
     let widths = b.js("[document.documentElement.scrollWidth, window.innerWidth, document.body.scrollWidth]");
     let w: Vec<u64> = widths.as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
     assert!(w[1] <= 400, "{what}: the window is {} px wide, not a phone's", w[1]);
@@ -192,9 +195,7 @@ fn publish_copy_and_remove_in_chromium() {
     assert_eq!(b.js("window.samePage"), json!("yes"), "the page reloaded");
 
     // On a phone: nothing scrolls sideways, signed in, with the long URLs open.
-    b.set_size(375, 812);
-    b.wait("window.innerWidth <= 400", 5);
-    no_horizontal_scroll(&b, "signed in");
+    fits_a_phone(&b, "signed in");
     b.screenshot("phone-top");
     b.js("document.querySelector(\"[data-publish-id='fw/ui/board']\").scrollIntoView()");
     b.screenshot("phone");
@@ -345,9 +346,7 @@ fn notify_progress_and_rollouts_in_chromium() {
         text(&b, "#notify-status")
     );
     b.screenshot("notify");
-    b.set_size(375, 812);
-    b.wait("window.innerWidth <= 400", 5);
-    no_horizontal_scroll(&b, "the notify dialog");
+    fits_a_phone(&b, "the notify dialog");
     b.set_size(1280, 1400);
     b.click("#notify-close");
 
@@ -462,9 +461,7 @@ fn notify_progress_and_rollouts_in_chromium() {
     assert_eq!(b.js("window.samePage"), json!("yes"), "the page reloaded");
 
     // On a phone, with devices and rollouts listed.
-    b.set_size(375, 812);
-    b.wait("window.innerWidth <= 400", 5);
-    no_horizontal_scroll(&b, "devices and rollouts");
+    fits_a_phone(&b, "devices and rollouts");
     b.set_size(1280, 1400);
 
     // The overview, signed in, at the top.

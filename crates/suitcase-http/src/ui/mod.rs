@@ -58,11 +58,7 @@ fn etag(body: &[u8]) -> String {
 /// A response of `body` with the page's headers, or 304 when the client has it.
 fn document(headers: &HeaderMap, content_type: &'static str, body: String, cache: &'static str) -> Response {
     let tag = etag(body.as_bytes());
-    let fresh = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim() == tag));
-    let mut r = if fresh {
+    let mut r = if crate::download::if_none_match(headers, &tag) {
         StatusCode::NOT_MODIFIED.into_response()
     } else {
         ([(header::CONTENT_TYPE, content_type)], body).into_response()
@@ -97,23 +93,18 @@ pub(crate) async fn asset(headers: HeaderMap, Path(name): Path<String>) -> Respo
 /// Who looks at the page: `Some(name)` with a valid publisher token, `None` without any;
 /// a wrong token is refused, so the page can tell its user to sign in again.
 fn viewer(st: &AppState, headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get(header::AUTHORIZATION) else {
+    if !headers.contains_key(header::AUTHORIZATION) {
         return Ok(None);
-    };
-    if st.tokens.snapshot().any(suitcase_auth::Role::Publisher).is_none() {
+    }
+    let snap = st.tokens.snapshot();
+    if snap.any(suitcase_auth::Role::Publisher).is_none() {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "the server's token file is unreadable (see the server log)",
         ));
     }
-    let token = v
-        .to_str()
-        .ok()
-        .and_then(|v| v.split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("Bearer"))
-        .map(|(_, t)| t.trim());
-    token
-        .and_then(|t| st.tokens.check(t, &[suitcase_auth::Role::Publisher]))
+    crate::auth::credential(headers, &["Bearer"])
+        .and_then(|t| snap.check(t, &[suitcase_auth::Role::Publisher]))
         .map(Some)
         .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "the publisher token is not valid (any more)"))
 }

@@ -88,6 +88,12 @@ impl Link {
 
     /// GET `path` block-wise (1024-byte blocks).
     pub fn get(&mut self, server: SocketAddr, path: &str) -> Option<Vec<u8>> {
+        self.fetch(server, path)?.ok()
+    }
+
+    /// GET `path` block-wise (1024-byte blocks): the content, or the code of a reply other
+    /// than 2.05; `None` when the server does not answer.
+    pub fn fetch(&mut self, server: SocketAddr, path: &str) -> Option<Result<Vec<u8>, ResponseType>> {
         let mut out = Vec::new();
         for num in 0u32..10_000 {
             let mut p = Self::request(RequestType::Get, path);
@@ -95,8 +101,10 @@ impl Link {
             let b: Vec<u8> = v.to_be_bytes().iter().copied().skip_while(|x| *x == 0).collect();
             p.add_option(CoapOption::Block2, if b.is_empty() { vec![0] } else { b });
             let r = self.exchange(server, p)?;
-            if r.header.code != MessageClass::Response(ResponseType::Content) {
-                return None;
+            match r.header.code {
+                MessageClass::Response(ResponseType::Content) => {}
+                MessageClass::Response(code) => return Some(Err(code)),
+                _ => return None,
             }
             out.extend_from_slice(&r.payload);
             if !self.pause.is_zero() {
@@ -107,7 +115,7 @@ impl Link {
                 .and_then(|b| b.last().copied())
                 .is_some_and(|last| last & 0x08 != 0);
             if !more {
-                return Some(out);
+                return Some(Ok(out));
             }
         }
         None
