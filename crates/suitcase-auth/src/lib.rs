@@ -32,17 +32,88 @@ pub enum Role {
     Device,
 }
 
-/// A stored token (its hash, never the token).
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// A stored token (its hash, never the token), or a device's DTLS credential.
+#[derive(Clone, Serialize, Deserialize)]
 pub struct TokenEntry {
-    /// Name given at creation (appears in the audit log).
+    /// Name given at creation (appears in the audit log; a device's id in the fleet).
     pub name: String,
     /// What it may do.
     pub role: Role,
-    /// Hex SHA-256 of the token.
+    /// Hex SHA-256 of the token (empty for a DTLS credential, which has no HTTP token).
+    #[serde(default)]
     pub sha256: String,
     /// Unix time of creation.
     pub created: u64,
+    /// DTLS pre-shared key: the identity the device sends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk_identity: Option<String>,
+    /// DTLS pre-shared key, hex. The server needs the key itself for the handshake, so it
+    /// cannot be hashed: the file is mode 0600 and the key is never logged nor shown again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub psk: Option<String>,
+    /// DTLS with a device key: hex SHA-256 of its SubjectPublicKeyInfo.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_key_sha256: Option<String>,
+}
+
+impl std::fmt::Debug for TokenEntry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenEntry")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field("created", &self.created)
+            .field("psk_identity", &self.psk_identity)
+            .field("psk", &self.psk.as_ref().map(|_| "<redacted>"))
+            .field("public_key_sha256", &self.public_key_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TokenEntry {
+    fn new(name: &str, role: Role, sha256: String) -> Self {
+        TokenEntry {
+            name: name.to_string(),
+            role,
+            sha256,
+            created: SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            psk_identity: None,
+            psk: None,
+            public_key_sha256: None,
+        }
+    }
+
+    /// What kind of credential this is: `token`, `psk` or `public-key`.
+    pub fn kind(&self) -> &'static str {
+        if self.psk.is_some() {
+            "psk"
+        } else if self.public_key_sha256.is_some() {
+            "public-key"
+        } else {
+            "token"
+        }
+    }
+
+    fn is_token(&self) -> bool {
+        !self.sha256.is_empty()
+    }
+}
+
+/// A device's DTLS pre-shared key as created: shown once.
+#[derive(Clone)]
+pub struct Psk {
+    /// The identity.
+    pub identity: String,
+    /// The key.
+    pub key: Vec<u8>,
+}
+
+impl std::fmt::Debug for Psk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Psk").field("identity", &self.identity).finish_non_exhaustive()
+    }
 }
 
 /// Errors of the token file.
@@ -60,6 +131,9 @@ pub enum TokenError {
     /// Bad name.
     #[error("token names are 1-64 characters of [A-Za-z0-9._@-]")]
     BadName,
+    /// A PSK identity or key that cannot be used.
+    #[error("{0}")]
+    BadCredential(String),
     /// Larger than any token file.
     #[error("{0}: larger than 1 MiB, not a token file")]
     TooLarge(String),
@@ -87,7 +161,7 @@ impl Snapshot {
     /// Whether any token of `role` exists (`None`: unreadable).
     pub fn any(&self, role: Role) -> Option<bool> {
         match self {
-            Snapshot::Entries(e) => Some(e.iter().any(|e| e.role == role)),
+            Snapshot::Entries(e) => Some(e.iter().any(|e| e.role == role && e.is_token())),
             Snapshot::Unreadable => None,
         }
     }
@@ -106,6 +180,27 @@ impl Snapshot {
             }
         }
         found
+    }
+
+    /// The device and key of a DTLS PSK identity.
+    pub fn psk(&self, identity: &[u8]) -> Option<(String, Vec<u8>)> {
+        let Snapshot::Entries(entries) = self else { return None };
+        entries.iter().find_map(|e| {
+            let key = e.psk.as_deref()?;
+            (e.psk_identity.as_deref()?.as_bytes() == identity)
+                .then(|| hex::decode(key).ok().map(|k| (e.name.clone(), k)))
+                .flatten()
+        })
+    }
+
+    /// The device whose DTLS public key has this SubjectPublicKeyInfo SHA-256.
+    pub fn public_key(&self, spki_sha256: &[u8; 32]) -> Option<String> {
+        let Snapshot::Entries(entries) = self else { return None };
+        let want = hex::encode(spki_sha256);
+        entries
+            .iter()
+            .find(|e| e.public_key_sha256.as_deref() == Some(want.as_str()))
+            .map(|e| e.name.clone())
     }
 }
 
@@ -276,12 +371,7 @@ impl Tokens {
 
     /// Create a token; returns it (shown once, only its hash is kept).
     pub fn create(&self, name: &str, role: Role) -> Result<String, TokenError> {
-        if name.is_empty()
-            || name.len() > 64
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
-        {
-            return Err(TokenError::BadName);
-        }
+        Self::check_name(name)?;
         let _writing = self.writing.lock().map_err(|_| TokenError::Poisoned)?;
         let mut entries = self.list()?;
         if entries.iter().any(|e| e.name == name) {
@@ -290,18 +380,73 @@ impl Tokens {
         let mut raw = [0u8; 20];
         rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
         let token = hex::encode(raw);
-        let created = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        entries.push(TokenEntry {
-            name: name.to_string(),
-            role,
-            sha256: hex::encode(digest(&token)),
-            created,
-        });
+        entries.push(TokenEntry::new(name, role, hex::encode(digest(&token))));
         self.save(&entries)?;
         Ok(token)
+    }
+
+    fn check_name(name: &str) -> Result<(), TokenError> {
+        if name.is_empty()
+            || name.len() > 64
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
+        {
+            return Err(TokenError::BadName);
+        }
+        Ok(())
+    }
+
+    /// Add a device's DTLS credential entry (named like the device), refusing a taken name.
+    fn add_credential(&self, entry: TokenEntry) -> Result<(), TokenError> {
+        Self::check_name(&entry.name)?;
+        let _writing = self.writing.lock().map_err(|_| TokenError::Poisoned)?;
+        let mut entries = self.list()?;
+        if entries.iter().any(|e| e.name == entry.name) {
+            return Err(TokenError::Exists(entry.name));
+        }
+        if let Some(i) = &entry.psk_identity {
+            if entries.iter().any(|e| e.psk_identity.as_ref() == Some(i)) {
+                return Err(TokenError::BadCredential(format!("the PSK identity {i:?} is taken")));
+            }
+        }
+        if let Some(k) = &entry.public_key_sha256 {
+            if let Some(e) = entries.iter().find(|e| e.public_key_sha256.as_ref() == Some(k)) {
+                return Err(TokenError::BadCredential(format!("that key belongs to {:?} already", e.name)));
+            }
+        }
+        entries.push(entry);
+        self.save(&entries)
+    }
+
+    /// A DTLS pre-shared key for device `name`: `identity` (default: the name) and `key`
+    /// (default: 16 random bytes; 1-64 bytes). Returned once.
+    pub fn create_psk(&self, name: &str, identity: Option<&str>, key: Option<Vec<u8>>) -> Result<Psk, TokenError> {
+        let identity = identity.unwrap_or(name).to_string();
+        if identity.is_empty() || identity.len() > 128 || identity.bytes().any(|b| b.is_ascii_control()) {
+            return Err(TokenError::BadCredential(
+                "a PSK identity is 1-128 bytes without control characters".into(),
+            ));
+        }
+        let key = match key {
+            Some(k) if !k.is_empty() && k.len() <= 64 => k,
+            Some(_) => return Err(TokenError::BadCredential("a PSK is 1-64 bytes".into())),
+            None => {
+                let mut k = vec![0u8; 16];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut k);
+                k
+            }
+        };
+        let mut e = TokenEntry::new(name, Role::Device, String::new());
+        e.psk_identity = Some(identity.clone());
+        e.psk = Some(hex::encode(&key));
+        self.add_credential(e)?;
+        Ok(Psk { identity, key })
+    }
+
+    /// Admit device `name` over DTLS by its public key (SubjectPublicKeyInfo SHA-256).
+    pub fn create_public_key(&self, name: &str, spki_sha256: [u8; 32]) -> Result<(), TokenError> {
+        let mut e = TokenEntry::new(name, Role::Device, String::new());
+        e.public_key_sha256 = Some(hex::encode(spki_sha256));
+        self.add_credential(e)
     }
 
     /// Revoke by name; whether it existed.
@@ -332,7 +477,7 @@ impl Tokens {
     /// Never logs the token.
     pub fn create_local_publisher(&self, token_file: &Path) -> Result<Option<String>, TokenError> {
         let entries = self.list()?;
-        if entries.iter().any(|e| e.role == Role::Publisher) {
+        if entries.iter().any(|e| e.role == Role::Publisher && e.is_token()) {
             return Ok(None);
         }
         let name = (1..100)
@@ -389,6 +534,34 @@ mod tests {
         }
         assert!(t.revoke("ci").unwrap());
         assert_eq!(t.check(&tok, &[Role::Publisher]), None, "a revoke is in force at once");
+    }
+
+    #[test]
+    fn dtls_credentials_are_found_by_identity_and_key_and_turn_on_no_http_guard() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        let p = t.create_psk("sensor-1", None, None).unwrap();
+        assert_eq!(p.identity, "sensor-1");
+        assert_eq!(p.key.len(), 16);
+        let q = t.create_psk("sensor-2", Some("id-2"), Some(b"secret".to_vec())).unwrap();
+        assert!(matches!(t.create_psk("sensor-3", Some("id-2"), None), Err(TokenError::BadCredential(_))));
+        assert!(matches!(t.create_psk("sensor-3", None, Some(vec![])), Err(TokenError::BadCredential(_))));
+        assert!(matches!(t.create_psk("sensor-1", Some("x"), None), Err(TokenError::Exists(_))));
+        t.create_public_key("board-7", [7; 32]).unwrap();
+        assert!(matches!(t.create_public_key("board-8", [7; 32]), Err(TokenError::BadCredential(_))));
+        let s = t.snapshot();
+        assert_eq!(s.psk(b"sensor-1"), Some(("sensor-1".to_string(), p.key.clone())));
+        assert_eq!(s.psk(b"id-2"), Some(("sensor-2".to_string(), q.key)));
+        assert_eq!(s.psk(b"sensor-2"), None);
+        assert_eq!(s.public_key(&[7; 32]).as_deref(), Some("board-7"));
+        assert_eq!(s.public_key(&[8; 32]), None);
+        // DTLS credentials are no HTTP tokens: they neither guard downloads nor pass a check.
+        assert_eq!(s.any(Role::Device), Some(false));
+        assert_eq!(s.check("", &[Role::Device]), None);
+        assert!(!format!("{:?}", t.list().unwrap()).contains(&hex::encode(&p.key)), "Debug never shows a key");
+        assert!(!format!("{p:?}").contains(&hex::encode(&p.key)));
+        assert!(t.revoke("sensor-1").unwrap());
+        assert_eq!(t.snapshot().psk(b"sensor-1"), None);
     }
 
     #[test]

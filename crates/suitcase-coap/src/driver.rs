@@ -283,7 +283,7 @@ pub async fn run<R: Resources>(
     }
 }
 
-async fn next_reply(rx: &mut Option<mpsc::Receiver<AppReply>>) -> Option<AppReply> {
+pub(crate) async fn next_reply(rx: &mut Option<mpsc::Receiver<AppReply>>) -> Option<AppReply> {
     match rx {
         Some(rx) => rx.recv().await,
         None => std::future::pending().await,
@@ -293,7 +293,7 @@ async fn next_reply(rx: &mut Option<mpsc::Receiver<AppReply>>) -> Option<AppRepl
 /// Give the blocks served and the requests received this round to whoever takes them,
 /// without waiting: what does not fit is dropped (blocks, counted) or answered 5.03
 /// (requests).
-fn hand_over<R: Resources>(
+pub(crate) fn hand_over<R: Resources>(
     server: &mut Server<R>,
     blocks: Option<&BlockSink>,
     app: Option<&mpsc::Sender<AppRequest>>,

@@ -6,6 +6,7 @@
 #[cfg(target_os = "linux")]
 pub mod batch;
 pub mod driver;
+pub mod dtls_driver;
 pub mod resources;
 pub mod trigger_client;
 

@@ -32,6 +32,8 @@ pub struct StoreResources {
     reports: bool,
     /// Rollouts' gates: which version of a publish-id each peer sees through the aliases.
     gate: Option<Arc<dyn Gate>>,
+    /// Serve nothing but `/.well-known/core` (plain CoAP when DTLS is required).
+    discovery_only: bool,
 }
 
 /// Paths remembered (unknown paths included, so scans stay cheap).
@@ -70,7 +72,15 @@ impl StoreResources {
             link_format: Mutex::new(None),
             reports: false,
             gate: None,
+            discovery_only: false,
         }
+    }
+
+    /// Serve nothing but `/.well-known/core`: every other path is 4.04 and no POST is taken
+    /// (`--coap-require-dtls`: files only over `coaps://`).
+    pub fn discovery_only(mut self) -> Self {
+        self.discovery_only = true;
+        self
     }
 
     /// Let `gate` decide which version each peer sees through `<id>/manifest` and the other
@@ -143,7 +153,7 @@ impl Resources for StoreResources {
     }
 
     fn resolve_for(&self, peer: std::net::SocketAddr, segments: &[&str]) -> Option<Resource> {
-        let Some(gate) = self.gate.as_ref().filter(|g| g.active()) else {
+        let Some(gate) = self.gate.as_ref().filter(|g| g.active() && !self.discovery_only) else {
             return self.resolve(segments);
         };
         // Immutable paths (`<id>/v/<n>/<file>`) and `/.well-known/core` are never gated.
@@ -161,6 +171,9 @@ impl Resources for StoreResources {
     fn resolve(&self, segments: &[&str]) -> Option<Resource> {
         if segments == [".well-known", "core"] {
             return Some(self.well_known_core());
+        }
+        if self.discovery_only {
+            return None;
         }
         // Only well-formed paths are looked up or remembered: their segments never hold
         // '/', so the joined key names exactly one path.
@@ -190,7 +203,7 @@ impl Resources for StoreResources {
 
     fn accepts_post(&self, segments: &[&str]) -> bool {
         match segments.split_last() {
-            Some((&"report", id)) if self.reports && !id.is_empty() && paths::segments_ok(id) => {
+            Some((&"report", id)) if self.reports && !self.discovery_only && !id.is_empty() && paths::segments_ok(id) => {
                 let id = id.join("/");
                 suitcase_store::validate_publish_id(&id).is_ok() && self.store.latest(&id).is_some()
             }
@@ -199,6 +212,9 @@ impl Resources for StoreResources {
     }
 
     fn resolve_etag(&self, segments: &[&str], etag: &[u8; 8]) -> Option<Resource> {
+        if self.discovery_only {
+            return self.resolve(segments).filter(|r| r.etag == *etag);
+        }
         if let Some(r) = self.resolve(segments).filter(|r| r.etag == *etag) {
             return Some(r);
         }
@@ -241,5 +257,13 @@ mod tests {
         assert_eq!(ok.body.slice(0, 5).unwrap(), Bytes::from_static(b"image"));
         assert!(r.resolve(&["fw", "app", "v", "01", "board"]).is_none());
         assert!(r.resolve(&["fw", "app", "v", "1", "board"]).is_some());
+        let only = StoreResources::new(r.store.clone()).with_reports().discovery_only();
+        for path in [&["fw", "app", "board"][..], &["fw", "app", "v", "1", "board"]] {
+            assert!(only.resolve(path).is_none());
+            assert!(only.resolve_for("[::1]:1".parse().unwrap(), path).is_none());
+            assert!(only.resolve_etag(path, &ok.etag).is_none());
+        }
+        assert!(!only.accepts_post(&["fw", "app", "report"]));
+        assert!(only.resolve(&[".well-known", "core"]).is_some());
     }
 }

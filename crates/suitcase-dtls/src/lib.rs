@@ -534,7 +534,7 @@ impl Endpoint {
                 s.device = Some(device.clone());
                 self.handshaking.remove(&peer);
                 self.stats.handshakes += 1;
-                tracing::debug!(%peer, device = %device, cipher = s.stream.ssl().current_cipher().map_or("", |c| c.name()), "dtls: session established");
+                tracing::debug!(%peer, device = %device, cipher = Self::cipher_of(&s.stream), "dtls: session established");
                 Received::Connected(device)
             }
             Err(e) if e.code() == ErrorCode::WANT_READ || e.code() == ErrorCode::WANT_WRITE => Received::Nothing,
@@ -545,6 +545,15 @@ impl Endpoint {
                 Received::Closed
             }
         }
+    }
+
+    fn cipher_of(stream: &SslStream<Dgram>) -> &'static str {
+        stream.ssl().current_cipher().map_or("?", |c| c.standard_name().unwrap_or_else(|| c.name()))
+    }
+
+    /// The cipher suite of `peer`'s session (RFC name, e.g. TLS_PSK_WITH_AES_128_CCM_8).
+    pub fn cipher(&self, peer: SocketAddr) -> Option<&'static str> {
+        self.sessions.get(&peer).map(|s| Self::cipher_of(&s.stream))
     }
 
     fn remove(&mut self, peer: SocketAddr) -> Option<Session> {

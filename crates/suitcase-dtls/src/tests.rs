@@ -71,6 +71,7 @@ fn a_psk_client_handshakes_through_the_cookie_and_exchanges_data() {
     assert!(said.contains(&Received::Connected(Arc::from("device-one"))), "{said:?}");
     assert_eq!(s.stats().hello_verify, 1);
     assert_eq!(s.device(peer).map(|d| &**d), Some("device-one"));
+    assert_eq!(s.cipher(peer), Some("TLS_PSK_WITH_AES_128_CCM_8"));
     // Data both ways.
     c.send(b"hello").unwrap();
     let mut d = Vec::new();
@@ -126,6 +127,9 @@ fn a_certificate_client_is_admitted_only_with_a_pinned_key() {
         let (said, _) = pump(&mut s, &mut c, peer);
         assert_eq!(said.contains(&Received::Connected(Arc::from("device-two"))), ok, "{said:?}");
         assert_eq!(c.is_established(), ok);
+        if ok {
+            assert_eq!(s.cipher(peer), Some("TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8"));
+        }
     }
 }
 

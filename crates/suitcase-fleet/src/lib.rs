@@ -178,6 +178,10 @@ pub(crate) enum Command {
         sent_at: i64,
     },
     Http(HttpServed),
+    Secured {
+        id: String,
+        peer: SocketAddr,
+    },
     CheckIn {
         peer: Option<SocketAddr>,
         identity: Option<String>,
@@ -486,6 +490,13 @@ impl Fleet {
             publish_id,
             running_semver,
         });
+    }
+
+    /// Device `id` (a DTLS credential's name) opened a `coaps://` session from `peer`: the
+    /// fleet knows it at that address from now on (recorded as unregistered if nobody added
+    /// it; never waits).
+    pub fn secured(&self, id: String, peer: SocketAddr) {
+        self.event(Command::Secured { id, peer });
     }
 
     /// Bytes of a file were sent over HTTP (never waits).

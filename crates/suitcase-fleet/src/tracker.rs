@@ -424,6 +424,27 @@ impl Tracker {
         Some(id)
     }
 
+    /// Device `id` proved who it is over DTLS from `peer`.
+    fn secured(&mut self, id: String, peer: SocketAddr) {
+        let now = now_ms();
+        if !self.devices.contains_key(&id) {
+            let Some(new) = self.unregistered(id.clone(), "", now) else { return };
+            if let Some(d) = self.devices.get_mut(&new) {
+                d.publish_id = None;
+            }
+        }
+        // Another device that was last seen at this address is not there any more.
+        if let Some(other) = self.by_addr.get(&canonical(peer)).filter(|o| **o != id).cloned() {
+            self.unindex(&other);
+            if let Some(d) = self.devices.get_mut(&other) {
+                d.peer = None;
+            }
+            self.index(&other);
+            self.dirty.insert(other);
+        }
+        self.touch(&id, peer, now);
+    }
+
     /// The device was heard from at `peer`.
     fn touch(&mut self, id: &str, peer: SocketAddr, now: i64) {
         let peer = canonical(peer).to_string();
@@ -876,6 +897,7 @@ impl Tracker {
                 sent_at,
             } => self.notified(&target, address, &publish_id, version, sent_at),
             Command::Http(e) => self.http(e),
+            Command::Secured { id, peer } => self.secured(id, peer),
             Command::CheckIn {
                 peer,
                 identity,

@@ -28,6 +28,29 @@ pub struct ServeArgs {
     /// CoAP (UDP) address to listen on; port 0 picks a free one.
     #[arg(long, env = "SUITCASE_COAP", default_value = "[::]:5683")]
     coap: SocketAddr,
+    /// coaps:// (CoAP over DTLS 1.2) address to listen on, e.g. [::]:5684; port 0 picks a
+    /// free one. Devices need a credential: `suitcase token create NAME --device --psk` or
+    /// `--public-key FILE`.
+    #[arg(long, env = "SUITCASE_COAPS")]
+    coaps: Option<SocketAddr>,
+    /// With --coaps: the server's certificate chain (PEM, a P-256 key) for the ECDHE_ECDSA
+    /// suites. Default: <data>/keys/coaps-cert.pem, created self-signed on first start.
+    #[arg(long, requires = "coaps_key", requires = "coaps")]
+    coaps_cert: Option<PathBuf>,
+    /// With --coaps-cert: its private key (PEM).
+    #[arg(long, requires = "coaps_cert")]
+    coaps_key: Option<PathBuf>,
+    /// With --coaps: DTLS sessions at most (a quarter of them, at most 256, handshaking).
+    #[arg(long, default_value_t = 4096)]
+    coaps_max_sessions: usize,
+    /// With --coaps: a DTLS session idle this many seconds is closed (the device handshakes
+    /// again when it comes back).
+    #[arg(long, default_value_t = 600)]
+    coaps_idle_secs: u64,
+    /// Plain CoAP serves nothing but /.well-known/core: firmware, manifests and reports only
+    /// over coaps:// (needs --coaps).
+    #[arg(long, env = "SUITCASE_COAP_REQUIRE_DTLS", requires = "coaps")]
+    coap_require_dtls: bool,
     /// HTTP address to listen on; port 0 picks a free one.
     #[arg(long, env = "SUITCASE_HTTP", default_value = "[::]:8080")]
     http: SocketAddr,
@@ -166,6 +189,52 @@ fn szx_of(block_size: u16) -> anyhow::Result<u8> {
     match block_size {
         16 | 32 | 64 | 128 | 256 | 512 | 1024 => Ok((block_size.trailing_zeros() - 4) as u8),
         other => bail!("--block-size {other}: must be a power of two from 16 to 1024"),
+    }
+}
+
+/// The coaps server's certificate: the files given, or `<data>/keys/coaps-{cert,key}.pem`,
+/// created (self-signed P-256) on first start.
+fn load_or_create_coaps_identity(
+    data: &Path,
+    cert: Option<&Path>,
+    key: Option<&Path>,
+) -> anyhow::Result<suitcase_dtls::Identity> {
+    let (cert, key, given) = match (cert, key) {
+        (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf(), true),
+        _ => (data.join("keys/coaps-cert.pem"), data.join("keys/coaps-key.pem"), false),
+    };
+    if !given && !cert.exists() {
+        let made = suitcase_dtls::Identity::self_signed("suitcase").context("creating the coaps certificate")?;
+        if let Some(dir) = key.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
+        std::io::Write::write_all(
+            &mut opts.open(&key).with_context(|| format!("creating {}", key.display()))?,
+            &made.key_pem,
+        )?;
+        std::fs::write(&cert, &made.cert_pem).with_context(|| format!("writing {}", cert.display()))?;
+        tracing::info!(cert = %cert.display(), "created a self-signed P-256 certificate for coaps");
+    }
+    let c = std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
+    let k = zeroize::Zeroizing::new(std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?);
+    let id = suitcase_dtls::Identity::from_pem(&c, &k).with_context(|| format!("{} / {}", cert.display(), key.display()))?;
+    Ok(id)
+}
+
+/// Device credentials for DTLS, read from the token file's snapshot at each handshake (a
+/// credential created or revoked with `suitcase token` counts from the next handshake).
+struct TokenCredentials(Arc<suitcase_auth::Tokens>);
+
+impl suitcase_dtls::Credentials for TokenCredentials {
+    fn psk(&self, identity: &[u8]) -> Option<(Arc<str>, zeroize::Zeroizing<Vec<u8>>)> {
+        let (name, key) = self.0.snapshot().psk(identity)?;
+        Some((Arc::from(name), zeroize::Zeroizing::new(key)))
+    }
+    fn public_key(&self, spki_sha256: &[u8; 32]) -> Option<Arc<str>> {
+        self.0.snapshot().public_key(spki_sha256).map(Arc::from)
     }
 }
 
@@ -332,11 +401,18 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("opening the fleet database {}", suitcase_fleet::redact(&database)))?;
-    let coap = Server::new(
-        config,
+    let resources = || {
         StoreResources::new(store.clone())
             .with_reports()
-            .with_gate(fleet.gates()),
+            .with_gate(fleet.gates())
+    };
+    let coap = Server::new(
+        config.clone(),
+        if args.coap_require_dtls {
+            resources().discovery_only()
+        } else {
+            resources()
+        },
         std::time::Instant::now(),
         seed,
     );
@@ -347,6 +423,8 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     let (app_replies, app_replies_rx) = tokio::sync::mpsc::channel(256);
     tokio::spawn(crate::fleet::coap_reports(fleet.clone(), app_requests_rx, app_replies));
     let coap_metrics = Arc::new(driver::Metrics::default());
+    let coaps_metrics = Arc::new(driver::Metrics::default());
+    let dtls_stats: suitcase_coap::dtls_driver::DtlsStats = Arc::default();
     let hooks = driver::Hooks {
         metrics: Some(coap_metrics.clone()),
         transfers: Some(transfers.clone()),
@@ -358,12 +436,74 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     };
     let coap_thread =
         driver::spawn_thread(coap_socket, coap, cancel.clone(), hooks).context("starting the CoAP thread")?;
+    let coaps = match args.coaps {
+        Some(addr) => {
+            let identity =
+                load_or_create_coaps_identity(&args.data, args.coaps_cert.as_deref(), args.coaps_key.as_deref())?;
+            let socket = driver::bind(addr).with_context(|| format!("binding coaps to {addr}"))?;
+            let local = socket.local_addr()?;
+            let mut dtls = suitcase_dtls::ServerConfig::new(Arc::new(TokenCredentials(tokens.clone())));
+            dtls.certificate = Some(identity.clone());
+            dtls.max_sessions = args.coaps_max_sessions.max(1);
+            dtls.max_handshakes = (dtls.max_sessions / 4).clamp(1, 256);
+            dtls.idle_timeout = std::time::Duration::from_secs(args.coaps_idle_secs.clamp(1, 86_400));
+            let mut secret = [0u8; 32];
+            getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the DTLS cookies: {e}"))?;
+            let endpoint = suitcase_dtls::Endpoint::new(dtls, secret, std::time::Instant::now())
+                .context("setting up DTLS")?;
+            // Amplification needs no Echo here: the cookie proved the address.
+            let server = Server::new(
+                suitcase_coap::Config {
+                    amplification_limit: 0,
+                    ..config
+                },
+                resources(),
+                std::time::Instant::now(),
+                seed ^ 0x5eed,
+            );
+            let (requests, requests_rx) = tokio::sync::mpsc::channel(256);
+            let (replies, replies_rx) = tokio::sync::mpsc::channel(256);
+            tokio::spawn(crate::fleet::coap_reports(fleet.clone(), requests_rx, replies));
+            let hooks = driver::Hooks {
+                metrics: Some(coaps_metrics.clone()),
+                transfers: Some(transfers.clone()),
+                blocks: (!args.no_tracking).then(|| fleet.block_sink()),
+                app: Some(driver::AppChannel {
+                    requests,
+                    replies: replies_rx,
+                }),
+            };
+            let on_session = {
+                let fleet = fleet.clone();
+                Box::new(move |peer, device: &str| fleet.secured(device.to_string(), peer))
+                    as suitcase_coap::dtls_driver::OnSession
+            };
+            let thread = suitcase_coap::dtls_driver::spawn_thread(
+                socket,
+                server,
+                endpoint,
+                cancel.clone(),
+                hooks,
+                Some(on_session),
+                Some(dtls_stats.clone()),
+            )
+            .context("starting the coaps thread")?;
+            tracing::info!(
+                server_key_sha256 = %identity.spki_sha256().map(hex::encode).unwrap_or_default(),
+                require_dtls = args.coap_require_dtls,
+                "listening for coaps (DTLS 1.2) on {local}"
+            );
+            Some(thread)
+        }
+        None => None,
+    };
     let health = Arc::new(suitcase_http::Health {
         coap_running: Some(std::sync::atomic::AtomicBool::new(true)),
         data_dir: Some(args.data.clone()),
         store: probe,
     });
 
+    let coaps_on = coaps.is_some();
     let state = AppState {
         store,
         signer: Arc::new(
@@ -385,7 +525,10 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         fleet: Some(fleet.clone()),
         health: health.clone(),
         metrics: Arc::new(suitcase_http::metrics::Metrics::with_extra(Box::new(move |r| {
-            crate::fleet::coap_metrics(&coap_metrics, r)
+            crate::fleet::coap_metrics(&coap_metrics, r);
+            if coaps_on {
+                crate::fleet::coaps_metrics(&coaps_metrics, &dtls_stats, r);
+            }
         }))),
     };
     tracing::info!("listening for CoAP on {coap_addr}");
@@ -433,7 +576,20 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             }
         }
     };
-    let result = supervise(http, coap_thread, cancel, health).await;
+    let result = supervise(http, coap_thread, cancel.clone(), health).await;
+    // The coaps thread stops with the rest (it cancels everything when it fails on its own).
+    let result = match coaps {
+        Some(t) => {
+            let joined = tokio::task::spawn_blocking(move || t.join()).await;
+            match (result, joined) {
+                (Err(e), _) => Err(e),
+                (Ok(()), Ok(Ok(Ok(())))) => Ok(()),
+                (Ok(()), Ok(Ok(Err(e)))) => Err(anyhow::Error::new(e).context("coaps server")),
+                (Ok(()), _) => Err(anyhow::anyhow!("the coaps thread panicked")),
+            }
+        }
+        None => result,
+    };
     // What the tracker holds (progress since its last write) goes to the database first.
     if let Err(e) = fleet.shutdown().await {
         tracing::warn!(error = %e, "the fleet's last changes could not be written");
