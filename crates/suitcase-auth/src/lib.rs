@@ -112,7 +112,9 @@ pub struct Psk {
 
 impl std::fmt::Debug for Psk {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Psk").field("identity", &self.identity).finish_non_exhaustive()
+        f.debug_struct("Psk")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
     }
 }
 
@@ -410,7 +412,10 @@ impl Tokens {
         }
         if let Some(k) = &entry.public_key_sha256 {
             if let Some(e) = entries.iter().find(|e| e.public_key_sha256.as_ref() == Some(k)) {
-                return Err(TokenError::BadCredential(format!("that key belongs to {:?} already", e.name)));
+                return Err(TokenError::BadCredential(format!(
+                    "that key belongs to {:?} already",
+                    e.name
+                )));
             }
         }
         entries.push(entry);
@@ -543,12 +548,26 @@ mod tests {
         let p = t.create_psk("sensor-1", None, None).unwrap();
         assert_eq!(p.identity, "sensor-1");
         assert_eq!(p.key.len(), 16);
-        let q = t.create_psk("sensor-2", Some("id-2"), Some(b"secret".to_vec())).unwrap();
-        assert!(matches!(t.create_psk("sensor-3", Some("id-2"), None), Err(TokenError::BadCredential(_))));
-        assert!(matches!(t.create_psk("sensor-3", None, Some(vec![])), Err(TokenError::BadCredential(_))));
-        assert!(matches!(t.create_psk("sensor-1", Some("x"), None), Err(TokenError::Exists(_))));
+        let q = t
+            .create_psk("sensor-2", Some("id-2"), Some(b"secret".to_vec()))
+            .unwrap();
+        assert!(matches!(
+            t.create_psk("sensor-3", Some("id-2"), None),
+            Err(TokenError::BadCredential(_))
+        ));
+        assert!(matches!(
+            t.create_psk("sensor-3", None, Some(vec![])),
+            Err(TokenError::BadCredential(_))
+        ));
+        assert!(matches!(
+            t.create_psk("sensor-1", Some("x"), None),
+            Err(TokenError::Exists(_))
+        ));
         t.create_public_key("board-7", [7; 32]).unwrap();
-        assert!(matches!(t.create_public_key("board-8", [7; 32]), Err(TokenError::BadCredential(_))));
+        assert!(matches!(
+            t.create_public_key("board-8", [7; 32]),
+            Err(TokenError::BadCredential(_))
+        ));
         let s = t.snapshot();
         assert_eq!(s.psk(b"sensor-1"), Some(("sensor-1".to_string(), p.key.clone())));
         assert_eq!(s.psk(b"id-2"), Some(("sensor-2".to_string(), q.key)));
@@ -558,7 +577,10 @@ mod tests {
         // DTLS credentials are no HTTP tokens: they neither guard downloads nor pass a check.
         assert_eq!(s.any(Role::Device), Some(false));
         assert_eq!(s.check("", &[Role::Device]), None);
-        assert!(!format!("{:?}", t.list().unwrap()).contains(&hex::encode(&p.key)), "Debug never shows a key");
+        assert!(
+            !format!("{:?}", t.list().unwrap()).contains(&hex::encode(&p.key)),
+            "Debug never shows a key"
+        );
         assert!(!format!("{p:?}").contains(&hex::encode(&p.key)));
         assert!(t.revoke("sensor-1").unwrap());
         assert_eq!(t.snapshot().psk(b"sensor-1"), None);

@@ -203,7 +203,9 @@ impl Resources for StoreResources {
 
     fn accepts_post(&self, segments: &[&str]) -> bool {
         match segments.split_last() {
-            Some((&"report", id)) if self.reports && !self.discovery_only && !id.is_empty() && paths::segments_ok(id) => {
+            Some((&"report", id))
+                if self.reports && !self.discovery_only && !id.is_empty() && paths::segments_ok(id) =>
+            {
                 let id = id.join("/");
                 suitcase_store::validate_publish_id(&id).is_ok() && self.store.latest(&id).is_some()
             }

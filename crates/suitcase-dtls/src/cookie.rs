@@ -95,8 +95,20 @@ mod tests {
         let n = k.generate(Context { peer: a, now: start }, &mut c);
         assert_eq!(n, LEN);
         assert!(k.verify(Context { peer: a, now: start }, &c[..n]));
-        assert!(k.verify(Context { peer: a, now: start + WINDOW }, &c[..n]));
-        assert!(!k.verify(Context { peer: a, now: start + 2 * WINDOW }, &c[..n]));
+        assert!(k.verify(
+            Context {
+                peer: a,
+                now: start + WINDOW
+            },
+            &c[..n]
+        ));
+        assert!(!k.verify(
+            Context {
+                peer: a,
+                now: start + 2 * WINDOW
+            },
+            &c[..n]
+        ));
         assert!(!k.verify(Context { peer: b, now: start }, &c[..n]));
         let mut bad = c;
         bad[5] ^= 1;

@@ -243,6 +243,8 @@ pub struct Stats {
     pub handshake_timeouts: u64,
     /// Valid ClientHellos refused because the session table was full.
     pub refused_full: u64,
+    /// Handshakes dropped to make room for a newer one (the handshake bound was reached).
+    pub handshakes_evicted: u64,
     /// Sessions closed for being idle.
     pub idle_closed: u64,
     /// Datagrams from addresses without a session that were not ClientHellos.
@@ -271,7 +273,6 @@ struct Session {
     started: Instant,
     last: Instant,
 }
-
 
 /// The server side: every peer's session, in one table.
 pub struct Endpoint {
@@ -476,11 +477,22 @@ impl Endpoint {
             // A broken ClientHello; the listener is not reused after a fatal error.
             return Received::Nothing;
         }
-        // A valid cookie: this peer proved its address. Room for it?
+        // A valid cookie: this peer proved its address. Room for it? When the handshakes are
+        // at their bound the oldest one goes (as a SYN cache does): peers that stall their
+        // handshakes cannot keep out one that completes its own.
+        if self.handshaking.len() >= self.config.max_handshakes && !self.handshaking.contains(&peer) {
+            let oldest = self
+                .handshaking
+                .iter()
+                .filter_map(|p| self.sessions.get(p).map(|s| (s.started, *p)))
+                .min();
+            if let Some((_, p)) = oldest {
+                self.stats.handshakes_evicted += 1;
+                self.remove(p);
+            }
+        }
         let replacing = self.sessions.contains_key(&peer);
-        if !replacing && self.sessions.len() >= self.config.max_sessions
-            || self.handshaking.len() >= self.config.max_handshakes
-        {
+        if !replacing && self.sessions.len() >= self.config.max_sessions {
             self.stats.refused_full += 1;
             tracing::debug!(%peer, "dtls: session table full; ClientHello dropped");
             return Received::Nothing;
@@ -548,7 +560,10 @@ impl Endpoint {
     }
 
     fn cipher_of(stream: &SslStream<Dgram>) -> &'static str {
-        stream.ssl().current_cipher().map_or("?", |c| c.standard_name().unwrap_or_else(|| c.name()))
+        stream
+            .ssl()
+            .current_cipher()
+            .map_or("?", |c| c.standard_name().unwrap_or_else(|| c.name()))
     }
 
     /// The cipher suite of `peer`'s session (RFC name, e.g. TLS_PSK_WITH_AES_128_CCM_8).
@@ -614,13 +629,17 @@ impl Endpoint {
         }
         let mut gone = Vec::new();
         for &peer in &self.handshaking {
-            let Some(s) = self.sessions.get_mut(&peer) else { continue };
+            let Some(s) = self.sessions.get_mut(&peer) else {
+                continue;
+            };
             if now.saturating_duration_since(s.started) >= self.config.handshake_timeout {
                 gone.push(peer);
                 self.stats.handshake_timeouts += 1;
                 continue;
             }
-            if ffi::timeout(s.stream.ssl()).is_some_and(|left| left.is_zero()) && ffi::handle_timeout(s.stream.ssl()) < 0 {
+            if ffi::timeout(s.stream.ssl()).is_some_and(|left| left.is_zero())
+                && ffi::handle_timeout(s.stream.ssl()) < 0
+            {
                 gone.push(peer);
                 self.stats.handshake_failures += 1;
             }
@@ -639,7 +658,12 @@ impl Endpoint {
         for peer in gone {
             self.remove(peer);
         }
-        self.next_sweep = now + if self.handshaking.is_empty() { IDLE_TICK } else { HANDSHAKE_TICK };
+        self.next_sweep = now
+            + if self.handshaking.is_empty() {
+                IDLE_TICK
+            } else {
+                HANDSHAKE_TICK
+            };
     }
 }
 
@@ -659,7 +683,10 @@ pub struct ClientConfig {
 impl std::fmt::Debug for ClientConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientConfig")
-            .field("psk_identity", &self.psk.as_ref().map(|p| String::from_utf8_lossy(&p.0).into_owned()))
+            .field(
+                "psk_identity",
+                &self.psk.as_ref().map(|p| String::from_utf8_lossy(&p.0).into_owned()),
+            )
             .field("certificate", &self.certificate)
             .finish_non_exhaustive()
     }

@@ -91,7 +91,10 @@ fn a_psk_client_handshakes_through_the_cookie_and_exchanges_data() {
 
 #[test]
 fn a_wrong_key_or_an_unknown_identity_is_refused() {
-    for (identity, key) in [(&b"dev-1"[..], &b"0123456789abcdeX"[..]), (b"nobody", b"0123456789abcdef")] {
+    for (identity, key) in [
+        (&b"dev-1"[..], &b"0123456789abcdeX"[..]),
+        (b"nobody", b"0123456789abcdef"),
+    ] {
         let mut s = server(vec![]);
         let peer = addr(40001);
         let ctx = ClientConfig::psk(identity, key).context().unwrap();
@@ -125,7 +128,11 @@ fn a_certificate_client_is_admitted_only_with_a_pinned_key() {
         };
         let mut c = Client::connect(&cfg.context().unwrap(), peer).unwrap();
         let (said, _) = pump(&mut s, &mut c, peer);
-        assert_eq!(said.contains(&Received::Connected(Arc::from("device-two"))), ok, "{said:?}");
+        assert_eq!(
+            said.contains(&Received::Connected(Arc::from("device-two"))),
+            ok,
+            "{said:?}"
+        );
         assert_eq!(c.is_established(), ok);
         if ok {
             assert_eq!(s.cipher(peer), Some("TLS_ECDHE_ECDSA_WITH_AES_128_CCM_8"));
@@ -196,22 +203,32 @@ fn handshakes_and_sessions_are_bounded_and_expire() {
         s.drain(|_, _| {});
         clients.push(c);
     }
+    // The oldest go to make room for the newest.
     assert_eq!(s.handshaking(), 4);
-    assert_eq!(s.stats().refused_full, 6);
-    // They time out.
+    assert_eq!(s.stats().handshakes_evicted, 6);
+    // A client that completes its handshake gets in while they stall.
+    let peer = addr(42001);
+    let mut c = Client::connect(&ctx, peer).unwrap();
+    pump(&mut s, &mut c, peer).1.unwrap();
+    assert!(c.is_established());
+    assert_eq!(s.handshaking(), 3);
+    // The stalled ones time out.
     let later = Instant::now() + Duration::from_secs(31);
     s.handle_timeout(later);
     assert_eq!(s.handshaking(), 0);
-    assert_eq!(s.sessions(), 0);
-    assert_eq!(s.stats().handshake_timeouts, 4);
-    // An established session closes when idle.
-    let peer = addr(42000);
-    let mut c = Client::connect(&ctx, peer).unwrap();
-    pump(&mut s, &mut c, peer).1.unwrap();
     assert_eq!(s.sessions(), 1);
+    assert_eq!(s.stats().handshake_timeouts, 3);
+    // The table's bound (8): established sessions beyond it are refused.
+    for port in 0..10u16 {
+        let peer = addr(44000 + port);
+        let mut c = Client::connect(&ctx, peer).unwrap();
+        pump(&mut s, &mut c, peer);
+    }
+    assert_eq!(s.sessions(), 8);
+    assert_eq!(s.stats().refused_full, 3);
     s.handle_timeout(Instant::now() + Duration::from_secs(601));
     assert_eq!(s.sessions(), 0);
-    assert_eq!(s.stats().idle_closed, 1);
+    assert_eq!(s.stats().idle_closed, 8);
 }
 
 #[test]

@@ -428,7 +428,9 @@ impl Tracker {
     fn secured(&mut self, id: String, peer: SocketAddr) {
         let now = now_ms();
         if !self.devices.contains_key(&id) {
-            let Some(new) = self.unregistered(id.clone(), "", now) else { return };
+            let Some(new) = self.unregistered(id.clone(), "", now) else {
+                return;
+            };
             if let Some(d) = self.devices.get_mut(&new) {
                 d.publish_id = None;
             }

@@ -186,12 +186,27 @@ pub fn coaps_metrics(
 ) {
     use std::sync::atomic::Ordering::Relaxed;
     use suitcase_http::metrics::{counter, gauge};
-    counter(r, "coaps_datagrams_in", "coaps (DTLS) datagrams received", m.datagrams_in.load(Relaxed));
-    counter(r, "coaps_datagrams_out", "coaps (DTLS) datagrams sent", m.datagrams_out.load(Relaxed));
+    counter(
+        r,
+        "coaps_datagrams_in",
+        "coaps (DTLS) datagrams received",
+        m.datagrams_in.load(Relaxed),
+    );
+    counter(
+        r,
+        "coaps_datagrams_out",
+        "coaps (DTLS) datagrams sent",
+        m.datagrams_out.load(Relaxed),
+    );
     let replies: u64 = m.replies.iter().map(|n| n.load(Relaxed)).sum();
     counter(r, "coaps_replies", "CoAP replies sent over DTLS", replies);
     let (s, sessions) = dtls.lock().clone();
-    gauge(r, "dtls_sessions", "DTLS sessions in the table (handshaking included)", sessions as i64);
+    gauge(
+        r,
+        "dtls_sessions",
+        "DTLS sessions in the table (handshaking included)",
+        sessions as i64,
+    );
     counter(r, "dtls_handshakes", "DTLS handshakes completed", s.handshakes);
     counter(
         r,
@@ -199,9 +214,40 @@ pub fn coaps_metrics(
         "DTLS handshakes failed (unknown identity or key, protocol error)",
         s.handshake_failures,
     );
-    counter(r, "dtls_handshake_timeouts", "DTLS handshakes not finished in time", s.handshake_timeouts);
-    counter(r, "dtls_hello_verify", "HelloVerifyRequests sent (stateless cookies)", s.hello_verify);
-    counter(r, "dtls_refused_full", "Valid ClientHellos refused: session table full", s.refused_full);
-    counter(r, "dtls_idle_closed", "DTLS sessions closed for being idle", s.idle_closed);
-    counter(r, "dtls_stray", "Datagrams without a session that were no ClientHello", s.stray);
+    counter(
+        r,
+        "dtls_handshake_timeouts",
+        "DTLS handshakes not finished in time",
+        s.handshake_timeouts,
+    );
+    counter(
+        r,
+        "dtls_hello_verify",
+        "HelloVerifyRequests sent (stateless cookies)",
+        s.hello_verify,
+    );
+    counter(
+        r,
+        "dtls_refused_full",
+        "Valid ClientHellos refused: session table full",
+        s.refused_full,
+    );
+    counter(
+        r,
+        "dtls_handshakes_evicted",
+        "DTLS handshakes dropped for newer ones (handshake bound reached)",
+        s.handshakes_evicted,
+    );
+    counter(
+        r,
+        "dtls_idle_closed",
+        "DTLS sessions closed for being idle",
+        s.idle_closed,
+    );
+    counter(
+        r,
+        "dtls_stray",
+        "Datagrams without a session that were no ClientHello",
+        s.stray,
+    );
 }

@@ -220,7 +220,8 @@ fn load_or_create_coaps_identity(
     }
     let c = std::fs::read(&cert).with_context(|| format!("reading {}", cert.display()))?;
     let k = zeroize::Zeroizing::new(std::fs::read(&key).with_context(|| format!("reading {}", key.display()))?);
-    let id = suitcase_dtls::Identity::from_pem(&c, &k).with_context(|| format!("{} / {}", cert.display(), key.display()))?;
+    let id =
+        suitcase_dtls::Identity::from_pem(&c, &k).with_context(|| format!("{} / {}", cert.display(), key.display()))?;
     Ok(id)
 }
 
@@ -449,8 +450,8 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             dtls.idle_timeout = std::time::Duration::from_secs(args.coaps_idle_secs.clamp(1, 86_400));
             let mut secret = [0u8; 32];
             getrandom::fill(&mut secret).map_err(|e| anyhow::anyhow!("no randomness for the DTLS cookies: {e}"))?;
-            let endpoint = suitcase_dtls::Endpoint::new(dtls, secret, std::time::Instant::now())
-                .context("setting up DTLS")?;
+            let endpoint =
+                suitcase_dtls::Endpoint::new(dtls, secret, std::time::Instant::now()).context("setting up DTLS")?;
             // Amplification needs no Echo here: the cookie proved the address.
             let server = Server::new(
                 suitcase_coap::Config {

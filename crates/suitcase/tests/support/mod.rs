@@ -144,6 +144,13 @@ impl TestServer {
         }
     }
 
+    /// The coaps port, when the server listens for DTLS.
+    pub fn coaps_port(&self) -> Option<u16> {
+        self.log()
+            .iter()
+            .find_map(|l| port_after(l, "listening for coaps (DTLS 1.2) on "))
+    }
+
     /// The server's process id.
     pub fn pid(&self) -> u32 {
         self.child.id()
