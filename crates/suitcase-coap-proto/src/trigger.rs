@@ -317,9 +317,12 @@ impl Exchange {
 }
 
 /// A device to notify, as the user wrote it: `[2001:db8::1]`, `[fe80::1%tap0]:5683`,
-/// `10.0.0.7`, `node.local:5684`, optionally with `coap://` and a path.
+/// `10.0.0.7`, `node.local:5684`, optionally with `coap://` (or `coaps://`: DTLS, port 5684
+/// by default) and a path.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Target {
+    /// `coaps://`: the trigger goes over DTLS.
+    pub secure: bool,
     /// Host as written (brackets removed).
     pub host: String,
     /// UDP port.
@@ -338,9 +341,13 @@ impl Target {
     pub fn parse(s: &str) -> Result<Self, TargetError> {
         let bad = |why| TargetError(s.to_string(), why);
         let t = s.trim();
-        let t = t.strip_prefix("coap://").unwrap_or(t);
+        let (secure, t) = match t.strip_prefix("coaps://") {
+            Some(rest) => (true, rest),
+            None => (false, t.strip_prefix("coap://").unwrap_or(t)),
+        };
+        let default_port = if secure { 5684 } else { 5683 };
         if t.is_empty() || t.contains("://") {
-            return Err(bad("expected host, [ipv6] or coap://host[:port][/path]"));
+            return Err(bad("expected host, [ipv6] or coap[s]://host[:port][/path]"));
         }
         let (authority, path) = match t.find('/') {
             Some(i) => (&t[..i], &t[i + 1..]),
@@ -352,17 +359,17 @@ impl Target {
             let after = &rest[end + 1..];
             let port = match after.strip_prefix(':') {
                 Some(p) => p.parse().map_err(|_| bad("bad port"))?,
-                None if after.is_empty() => 5683,
+                None if after.is_empty() => default_port,
                 None => return Err(bad("junk after ']'")),
             };
             (host.to_string(), port)
         } else if authority.matches(':').count() > 1 {
             // A bare IPv6 address without brackets.
-            (authority.to_string(), 5683)
+            (authority.to_string(), default_port)
         } else if let Some((h, p)) = authority.split_once(':') {
             (h.to_string(), p.parse().map_err(|_| bad("bad port"))?)
         } else {
-            (authority.to_string(), 5683)
+            (authority.to_string(), default_port)
         };
         if host.is_empty() || host.len() > 255 || host.chars().any(|c| c.is_whitespace() || c.is_control()) {
             return Err(bad("bad host"));
@@ -372,7 +379,12 @@ impl Target {
         if path.is_empty() {
             path = vec!["suit".into(), "trigger".into()];
         }
-        Ok(Target { host, port, path })
+        Ok(Target {
+            secure,
+            host,
+            port,
+            path,
+        })
     }
 }
 
@@ -400,6 +412,12 @@ mod tests {
             t("2001:db8::2"),
             Ok(("2001:db8::2".into(), 5683, "suit/trigger".into()))
         );
+        assert_eq!(
+            t("coaps://[2001:db8::3]"),
+            Ok(("2001:db8::3".into(), 5684, "suit/trigger".into()))
+        );
+        assert!(Target::parse("coaps://n:1").unwrap().secure);
+        assert!(!Target::parse("coap://n:1").unwrap().secure);
         // Found by the `paths` fuzz target: a path of only slashes left no segment at all.
         assert_eq!(t("0.//"), Ok(("0.".into(), 5683, "suit/trigger".into())));
         for bad in ["", "[::1", "[::1]x", "h:port", "http://x", "a b"] {

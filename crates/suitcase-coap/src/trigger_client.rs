@@ -36,6 +36,15 @@ enum Method<'a> {
     Get(&'a [&'a str]),
 }
 
+/// Where a trigger to a `coaps://` device finds that device's pre-shared key.
+pub trait DtlsKeys: Send + Sync {
+    /// The PSK identity and key of the device at `device` (its address as written).
+    fn psk<'a>(
+        &'a self,
+        device: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)>> + Send + 'a>>;
+}
+
 /// Exchanges in flight across every caller of one [`TriggerClient`], by default.
 pub const DEFAULT_MAX_IN_FLIGHT: usize = 1024;
 
@@ -163,6 +172,7 @@ pub struct TriggerClient {
     permits: tokio::sync::Semaphore,
     endpoints: tokio::sync::Mutex<[Option<Arc<Endpoint>>; 2]>,
     receivers: Mutex<Vec<tokio::task::AbortHandle>>,
+    dtls_keys: Option<Arc<dyn DtlsKeys>>,
 }
 
 impl Drop for TriggerClient {
@@ -181,7 +191,14 @@ impl TriggerClient {
             permits: tokio::sync::Semaphore::new(max_in_flight.max(1)),
             endpoints: tokio::sync::Mutex::new([None, None]),
             receivers: Mutex::new(Vec::new()),
+            dtls_keys: None,
         }
+    }
+
+    /// Send triggers to `coaps://` devices over DTLS, with the keys `keys` finds.
+    pub fn with_dtls_keys(mut self, keys: Arc<dyn DtlsKeys>) -> Self {
+        self.dtls_keys = Some(keys);
+        self
     }
 
     async fn endpoint(&self, v6: bool) -> Result<Arc<Endpoint>, String> {
@@ -252,6 +269,9 @@ impl TriggerClient {
             .next()
             .ok_or_else(|| format!("{} resolves to nothing", target.host))?;
         result.address = Some(addr);
+        if target.secure {
+            return self.run_dtls(device, &target, addr, method, result).await;
+        }
         let endpoint = self.endpoint(addr.is_ipv6()).await?;
         let (route, mut inbox) = endpoint.register(addr)?;
         let seed = random_seed(addr);
@@ -291,6 +311,122 @@ impl TriggerClient {
                 () = tokio::time::sleep_until(due.into()) => ex.handle_timeout(Instant::now()),
             }
         }
+    }
+
+    /// One exchange over DTLS: a socket of its own, a PSK handshake with the device's key (its
+    /// flights retransmitted by OpenSSL's timer, the whole handshake bounded like an exchange),
+    /// then the same [`Exchange`] with every datagram through the session.
+    async fn run_dtls(
+        &self,
+        device: &str,
+        target: &Target,
+        addr: SocketAddr,
+        method: Method<'_>,
+        result: &mut NotifyResult,
+    ) -> Result<Outcome, String> {
+        let keys = self
+            .dtls_keys
+            .as_ref()
+            .ok_or("coaps:// triggers are not available here (no DTLS keys)")?;
+        let (identity, key) = keys.psk(device).await.ok_or_else(|| {
+            format!(
+                "no DTLS key for {device}: add the device with this address and give it one (suitcase token create ID --device --psk)"
+            )
+        })?;
+        let local: SocketAddr = if addr.is_ipv6() {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = tokio::net::UdpSocket::bind(local)
+            .await
+            .map_err(|e| format!("socket: {e}"))?;
+        socket.connect(addr).await.map_err(|e| format!("socket: {e}"))?;
+        let ctx = suitcase_dtls::ClientConfig::psk(&identity, &key)
+            .context()
+            .map_err(|e| e.to_string())?;
+        let mut dtls = suitcase_dtls::Client::connect(&ctx, addr).map_err(|e| e.to_string())?;
+        // As long as a whole exchange may take (RFC 7252 MAX_TRANSMIT_WAIT with our settings).
+        let limit = self
+            .config
+            .ack_timeout
+            .saturating_mul(
+                2u32.saturating_pow(self.config.max_retransmit.saturating_add(1))
+                    .saturating_sub(1),
+            )
+            .max(Duration::from_secs(1));
+        let give_up = Instant::now() + limit;
+        let mut buf = vec![0u8; 2048];
+        let mut plain = vec![0u8; 2048];
+        let send = |dtls: &mut suitcase_dtls::Client, socket: &tokio::net::UdpSocket| {
+            dtls.drain(|d| {
+                let _ = socket.try_send(d);
+            });
+        };
+        while !dtls.is_established() {
+            send(&mut dtls, &socket);
+            let wait = dtls
+                .poll_timeout()
+                .unwrap_or(Duration::from_millis(500))
+                .max(Duration::from_millis(10));
+            if Instant::now() >= give_up {
+                return Err(format!(
+                    "DTLS handshake with {addr}: no answer (wrong key or no DTLS server)"
+                ));
+            }
+            tokio::select! {
+                r = socket.recv(&mut buf) => {
+                    let n = r.map_err(|e| format!("socket: {e}"))?;
+                    dtls.handle_datagram(&buf[..n])
+                        .map_err(|e| format!("DTLS handshake with {addr}: {e}"))?;
+                }
+                () = tokio::time::sleep(wait) => dtls.handle_timeout().map_err(|e| e.to_string())?,
+            }
+        }
+        let (mid, token) = (
+            random_seed(addr) as u16,
+            (random_seed(addr) ^ 0x9e37_79b9_7f4a_7c15).to_be_bytes(),
+        );
+        let path: Vec<&str> = target.path.iter().map(String::as_str).collect();
+        let request = match method {
+            Method::Post(url, nul) => post_request(mid, &token, &path, &trigger_payload(url, &target.path, nul)),
+            Method::Get(path) => get_request(mid, &token, path),
+        };
+        let jitter = (random_seed(addr) >> 11) as f64 / (1u64 << 53) as f64;
+        let mut ex = Exchange::with_request(
+            self.config.clone(),
+            mid,
+            token.to_vec(),
+            request,
+            Instant::now(),
+            jitter,
+        );
+        let outcome = loop {
+            while let Some(d) = ex.poll_transmit() {
+                if d.len() > 4 || d[1] != 0 {
+                    result.transmissions += 1;
+                }
+                dtls.send(&d).map_err(|e| e.to_string())?;
+            }
+            send(&mut dtls, &socket);
+            if let Some(o) = ex.outcome() {
+                break o.clone();
+            }
+            let due = ex.poll_timeout().unwrap_or_else(Instant::now);
+            tokio::select! {
+                r = socket.recv(&mut buf) => {
+                    let n = r.map_err(|e| format!("socket: {e}"))?;
+                    dtls.handle_datagram(&buf[..n]).map_err(|e| e.to_string())?;
+                    while let Some(n) = dtls.recv(&mut plain).map_err(|e| e.to_string())? {
+                        ex.handle_datagram(Instant::now(), &plain[..n]);
+                    }
+                }
+                () = tokio::time::sleep_until(due.into()) => ex.handle_timeout(Instant::now()),
+            }
+        };
+        dtls.close();
+        send(&mut dtls, &socket);
+        Ok(outcome)
     }
 
     /// Notify every device concurrently (within the bound); results in the order given.

@@ -96,6 +96,15 @@ impl Db {
         row.as_ref().map(device_of).transpose()
     }
 
+    pub(crate) async fn id_of_coap(&self, coap: &str) -> Result<Option<String>, FleetError> {
+        let row = sqlx::query("SELECT id FROM devices WHERE coap = $1 ORDER BY id LIMIT 1")
+            .bind(coap)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(db_err)?;
+        row.map(|r| r.try_get::<String, _>(0).map_err(db_err)).transpose()
+    }
+
     pub(crate) async fn list(&self, f: &Filter, limit: usize) -> Result<Vec<Device>, FleetError> {
         let mut sql = format!("SELECT {COLUMNS} FROM devices WHERE 1 = 1");
         let mut n = 0;

@@ -433,6 +433,11 @@ impl Fleet {
         self.db.get(id).await
     }
 
+    /// The id of the device registered with this CoAP address (as written).
+    pub async fn id_of_coap(&self, coap: &str) -> Result<Option<String>, FleetError> {
+        self.db.id_of_coap(coap).await
+    }
+
     /// Devices matching `filter`, by id, at most `limit` ([`MAX_LIST`]).
     pub async fn list(&self, filter: &Filter, limit: usize) -> Result<Vec<Device>, FleetError> {
         if let Some(g) = &filter.group {

@@ -239,6 +239,32 @@ impl suitcase_dtls::Credentials for TokenCredentials {
     }
 }
 
+/// The PSK of a `coaps://` device for triggers: the credential named like the fleet device
+/// registered with that address.
+struct FleetDtlsKeys {
+    fleet: tokio::sync::OnceCell<suitcase_fleet::Fleet>,
+    tokens: Arc<suitcase_auth::Tokens>,
+}
+
+impl suitcase_coap::trigger_client::DtlsKeys for FleetDtlsKeys {
+    fn psk<'a>(
+        &'a self,
+        device: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)>> + Send + 'a>>
+    {
+        Box::pin(async move {
+            let id = self.fleet.get()?.id_of_coap(device).await.ok().flatten()?;
+            let snapshot = self.tokens.snapshot();
+            let suitcase_auth::Snapshot::Entries(entries) = snapshot else {
+                return None;
+            };
+            let e = entries.iter().find(|e| e.name == id && e.psk.is_some())?;
+            let key = hex::decode(e.psk.as_deref()?).ok()?;
+            Some((e.psk_identity.clone()?.into_bytes(), zeroize::Zeroizing::new(key)))
+        })
+    }
+}
+
 /// Load the signing key, or create one at the default place.
 fn load_or_create_key(data: &Path, key: Option<&Path>) -> anyhow::Result<SigningKey> {
     if let Some(path) = key {
@@ -352,16 +378,23 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         max_block_events: if args.no_tracking { 0 } else { 2 * driver::BLOCK_BATCH },
         ..Default::default()
     };
-    let trigger_client = Arc::new(suitcase_coap::trigger_client::TriggerClient::new(
-        suitcase_coap::trigger::NotifyConfig {
-            // Clamped: retransmission back-off doubles it four times (no overflow).
-            ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms.clamp(1, 600_000)),
-            max_retransmit: args.notify_max_retransmit,
-            trigger_nul: args.trigger_nul.parse().map_err(anyhow::Error::msg)?,
-            ..Default::default()
-        },
-        args.notify_max_in_flight,
-    ));
+    let dtls_keys = Arc::new(FleetDtlsKeys {
+        fleet: tokio::sync::OnceCell::new(),
+        tokens: tokens.clone(),
+    });
+    let trigger_client = Arc::new(
+        suitcase_coap::trigger_client::TriggerClient::new(
+            suitcase_coap::trigger::NotifyConfig {
+                // Clamped: retransmission back-off doubles it four times (no overflow).
+                ack_timeout: std::time::Duration::from_millis(args.notify_ack_timeout_ms.clamp(1, 600_000)),
+                max_retransmit: args.notify_max_retransmit,
+                trigger_nul: args.trigger_nul.parse().map_err(anyhow::Error::msg)?,
+                ..Default::default()
+            },
+            args.notify_max_in_flight,
+        )
+        .with_dtls_keys(dtls_keys.clone()),
+    );
     let mqtt = match &args.mqtt {
         Some(url) => {
             let m = crate::mqtt::Mqtt::start(&crate::mqtt::MqttConfig {
@@ -402,6 +435,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     )
     .await
     .with_context(|| format!("opening the fleet database {}", suitcase_fleet::redact(&database)))?;
+    let _ = dtls_keys.fleet.set(fleet.clone());
     let resources = || {
         StoreResources::new(store.clone())
             .with_reports()

@@ -290,3 +290,109 @@ fn a_client_hello_flood_leaves_the_server_bounded() {
         start.elapsed()
     );
 }
+
+/// A free UDP port pair on IPv6 loopback (libcoap's coap-server takes coaps on port + 1).
+fn free_pair() -> u16 {
+    loop {
+        let a = UdpSocket::bind("[::1]:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < 65000 && UdpSocket::bind(format!("[::1]:{}", p + 1)).is_ok() {
+            return p;
+        }
+    }
+}
+
+#[test]
+fn triggers_reach_coaps_devices_with_their_own_key() {
+    if !tools() || !require("coap-server-openssl", "-h", "apt-get install libcoap3-bin") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::start(
+        &data,
+        &["--notify-ack-timeout-ms", "300", "--notify-max-retransmit", "2"],
+    );
+    let d = data.display().to_string();
+    // A DTLS device: libcoap's server with a PSK, creating resources on POST (-d), so what
+    // the trigger carried can be read back.
+    let port = free_pair();
+    let mut device = Command::new("coap-server-openssl")
+        .args(["-A", "::1", "-p", &port.to_string(), "-k", "dev1ce-key", "-d", "4"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let addr = format!("coaps://[::1]:{}", port + 1);
+    server.cli(&["device", "add", "dtls-dev", "--coap", &addr]);
+    server.cli(&[
+        "token",
+        "create",
+        "dtls-dev",
+        "--device",
+        "--psk",
+        "--psk-key",
+        "dev1ce-key",
+        "--data",
+        &d,
+    ]);
+    // One with the wrong key, one with none.
+    server.cli(&["device", "add", "wrong-key", "--coap", &format!("{addr}/other")]);
+    server.cli(&[
+        "token",
+        "create",
+        "wrong-key",
+        "--device",
+        "--psk",
+        "--psk-key",
+        "nope",
+        "--data",
+        &d,
+    ]);
+    server.cli(&["device", "add", "no-key", "--coap", &format!("{addr}/third")]);
+    std::thread::sleep(Duration::from_millis(1200));
+    let f = dir.path().join("app.bin");
+    std::fs::write(&f, random_bytes(1000, 2)).unwrap();
+    server.publish("fw/dtls", &f, &[]);
+    std::thread::sleep(Duration::from_millis(300));
+    // Some devices fail: the command says so with its exit status, the JSON says which.
+    let out = server
+        .command()
+        .args([
+            "notify",
+            "--publish-id",
+            "fw/dtls",
+            "dtls-dev",
+            "wrong-key",
+            "no-key",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = v["results"].as_array().unwrap();
+    let by = |id: &str| {
+        results
+            .iter()
+            .find(|r| r["device"] == id)
+            .unwrap_or_else(|| panic!("{id}: {v}"))
+    };
+    assert_eq!(by("dtls-dev")["result"], "ok", "{v}");
+    assert_eq!(by("dtls-dev")["code"], "2.01", "{v}");
+    assert_ne!(by("wrong-key")["result"], "ok", "{v}");
+    assert!(by("no-key")["message"].as_str().unwrap().contains("no DTLS key"), "{v}");
+    // The device holds the manifest URL the trigger carried (read back over DTLS).
+    let got = fetch(
+        "coap-client-openssl",
+        &["-u", "x", "-k", "dev1ce-key"],
+        &format!("{addr}/suit/trigger"),
+        1024,
+        &dir.path().join("trig"),
+    )
+    .unwrap();
+    let url = String::from_utf8_lossy(&got);
+    assert!(url.trim_end_matches('\0').ends_with("/fw/dtls/manifest"), "{url:?}");
+    let _ = device.kill();
+    let _ = device.wait();
+}
