@@ -28,6 +28,8 @@ pub struct DeviceConfig {
     /// Device `id` binds local port `base_port + id` (so a fleet of known addresses can be
     /// registered beforehand); `None`: an ephemeral port.
     pub base_port: Option<u16>,
+    /// coaps://: handshake first (PSK), then every request and reply through the session.
+    pub dtls: Option<suitcase_dtls::ClientContext>,
 }
 
 /// What one download did.
@@ -37,8 +39,10 @@ pub struct Outcome {
     pub blocks: u64,
     /// Retransmissions.
     pub retransmissions: u64,
-    /// Wall time of the whole download.
+    /// Wall time of the whole download (the handshake included).
     pub elapsed: Duration,
+    /// Time the DTLS handshake took.
+    pub handshake: Duration,
     /// The first error, if the download failed.
     pub error: Option<String>,
 }
@@ -65,6 +69,16 @@ async fn run(cfg: &DeviceConfig, id: u64, expected: &[u8], out: &mut Outcome) ->
     }
     let sock = UdpSocket::bind(bind).await.map_err(|e| format!("bind: {e}"))?;
     sock.connect(cfg.server).await.map_err(|e| format!("connect: {e}"))?;
+    let mut dtls = match &cfg.dtls {
+        Some(ctx) => {
+            let t = Instant::now();
+            let c = handshake(ctx, &sock, cfg.server).await?;
+            out.handshake = t.elapsed();
+            Some(c)
+        }
+        None => None,
+    };
+    let mut plain = vec![0u8; 2048];
     let path: Vec<&str> = cfg.path.iter().map(String::as_str).collect();
     let mut rng = Rng::from_state(0x9e37_79b9_7f4a_7c15 ^ (id.wrapping_mul(0x2545_f491_4f6c_dd1d)) | 1);
     let mut mid = (id as u16).wrapping_mul(7919);
@@ -82,7 +96,15 @@ async fn run(cfg: &DeviceConfig, id: u64, expected: &[u8], out: &mut Outcome) ->
         let mut attempt = 0;
         let n = 'exchange: loop {
             if !rng.chance(cfg.loss) {
-                sock.send(&req).await.map_err(|e| format!("send: {e}"))?;
+                match &mut dtls {
+                    Some(c) => {
+                        c.send(&req).map_err(|e| e.to_string())?;
+                        flush(c, &sock).await;
+                    }
+                    None => {
+                        sock.send(&req).await.map_err(|e| format!("send: {e}"))?;
+                    }
+                }
             }
             let deadline = tokio::time::Instant::now() + timeout;
             loop {
@@ -91,6 +113,17 @@ async fn run(cfg: &DeviceConfig, id: u64, expected: &[u8], out: &mut Outcome) ->
                         if rng.chance(cfg.loss) {
                             continue;
                         }
+                        let n = match &mut dtls {
+                            Some(c) => {
+                                c.handle_datagram(&buf[..n]).map_err(|e| e.to_string())?;
+                                let Some(m) = c.recv(&mut plain).map_err(|e| e.to_string())? else {
+                                    continue;
+                                };
+                                buf[..m].copy_from_slice(&plain[..m]);
+                                m
+                            }
+                            None => n,
+                        };
                         let Some(r) = coap::parse(&buf[..n]) else {
                             return Err("unparsable reply".into());
                         };
@@ -142,8 +175,72 @@ async fn run(cfg: &DeviceConfig, id: u64, expected: &[u8], out: &mut Outcome) ->
             if received != expected.len() {
                 return Err(format!("got {received} bytes, want {}", expected.len()));
             }
+            if let Some(c) = &mut dtls {
+                c.close();
+                flush(c, &sock).await;
+            }
             return Ok(());
         }
         num += 1;
     }
+}
+
+/// Send what the session has to send. Awaited, not `try_send`: tokio answers `try_send` on a
+/// socket its reactor has not polled yet with WouldBlock, which would lose the ClientHello.
+async fn flush(c: &mut suitcase_dtls::Client, sock: &UdpSocket) {
+    let mut out = Vec::new();
+    c.drain(|d| out.push(d.to_vec()));
+    for d in out {
+        let _ = sock.send(&d).await;
+    }
+}
+
+/// A DTLS handshake over the connected socket, with OpenSSL's retransmissions, at most 30 s.
+async fn handshake(
+    ctx: &suitcase_dtls::ClientContext,
+    sock: &UdpSocket,
+    server: SocketAddr,
+) -> Result<suitcase_dtls::Client, String> {
+    let mut c = suitcase_dtls::Client::connect(ctx, server).map_err(|e| e.to_string())?;
+    let give_up = Instant::now() + Duration::from_secs(30);
+    let mut buf = vec![0u8; 2048];
+    while !c.is_established() {
+        flush(&mut c, sock).await;
+        if Instant::now() >= give_up {
+            return Err("DTLS handshake timed out".into());
+        }
+        let wait = c
+            .poll_timeout()
+            .unwrap_or(Duration::from_millis(500))
+            .max(Duration::from_millis(5));
+        match tokio::time::timeout(wait, sock.recv(&mut buf)).await {
+            Ok(Ok(n)) => {
+                c.handle_datagram(&buf[..n]).map_err(|e| format!("handshake: {e}"))?;
+            }
+            Ok(Err(e)) => return Err(format!("recv: {e}")),
+            Err(_) => c.handle_timeout().map_err(|e| e.to_string())?,
+        }
+    }
+    flush(&mut c, sock).await;
+    Ok(c)
+}
+
+/// Handshake `count` times in a row, each from a fresh socket, closing each session: the
+/// handshake durations.
+pub async fn handshakes(cfg: &DeviceConfig, count: usize) -> Result<Vec<Duration>, String> {
+    let ctx = cfg.dtls.as_ref().ok_or("handshakes need --psk")?;
+    let bind: SocketAddr = if cfg.server.is_ipv6() { "[::1]:0" } else { "127.0.0.1:0" }
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let sock = UdpSocket::bind(bind).await.map_err(|e| format!("bind: {e}"))?;
+        sock.connect(cfg.server).await.map_err(|e| format!("connect: {e}"))?;
+        let t = Instant::now();
+        let mut c = handshake(ctx, &sock, cfg.server).await?;
+        times.push(t.elapsed());
+        c.close();
+        flush(&mut c, &sock).await;
+    }
+    Ok(times)
 }

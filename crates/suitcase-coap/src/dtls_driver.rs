@@ -43,19 +43,16 @@ pub async fn run<R: Resources>(
         None => (None, None),
     };
     let mut blocks_sent = Instant::now();
-    // A datagram, the plaintext of one record, one reply.
+    // A datagram (batches on Linux), the plaintext of one record, one reply.
+    #[cfg(target_os = "linux")]
+    let mut batch = crate::batch::Batch::default();
+    #[cfg(not(target_os = "linux"))]
     let mut buf = vec![0u8; MAX_DATAGRAM + 1];
     let mut plain = vec![0u8; 16 * 1024 + 256];
     let mut reply = Vec::with_capacity(MAX_DATAGRAM);
-    let send_all = |endpoint: &mut Endpoint| {
-        endpoint.drain(|peer, d| {
-            metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
-            // Replies are never waited for: a full send buffer drops, the peer retransmits.
-            if let Err(e) = socket.try_send_to(d, peer) {
-                tracing::debug!(%peer, error = %e, "coaps send failed");
-            }
-        });
-    };
+    // Datagrams the socket would not take at once (a full send buffer): sent after the
+    // drain, waiting for room as the plain driver does.
+    let mut blocked: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     loop {
         if cancel.is_cancelled() {
             return Ok(());
@@ -76,7 +73,7 @@ pub async fn run<R: Resources>(
         while let Some(t) = server.poll_transmit() {
             endpoint.send(now, t.peer, &t.data);
         }
-        send_all(&mut endpoint);
+        send_all(&mut endpoint, &socket, &metrics, &mut blocked).await;
         *metrics.server.lock() = (
             server.stats().clone(),
             server.observer_count(),
@@ -109,6 +106,53 @@ pub async fn run<R: Resources>(
             }
             () = tokio::time::sleep_until(deadline.max(now + Duration::from_millis(1)).into()) => continue,
         }
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::fd::AsRawFd;
+            let fd = socket.as_raw_fd();
+            let mut handled = 0;
+            while handled < IO_LOOP_BOUND {
+                match socket.try_io(tokio::io::Interest::READABLE, || batch.recv(fd)) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e)
+                        if matches!(
+                            e.kind(),
+                            io::ErrorKind::ConnectionReset | io::ErrorKind::ConnectionRefused
+                        ) =>
+                    {
+                        handled += 1;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+                handled += batch.received.len().max(1);
+                let now = Instant::now();
+                batch.each_received(|peer, datagram, replies| {
+                    handle(
+                        &mut endpoint,
+                        &mut server,
+                        &metrics,
+                        on_session.as_ref(),
+                        now,
+                        peer,
+                        datagram,
+                        &mut plain,
+                        &mut reply,
+                    );
+                    endpoint.drain(|p, d| {
+                        metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
+                        replies.queue(p, d);
+                    });
+                });
+                for (peer, data) in batch.flush(fd) {
+                    if let Err(e) = socket.send_to(&data, peer).await {
+                        tracing::debug!(%peer, error = %e, "coaps send failed");
+                    }
+                }
+            }
+        }
+        #[cfg(not(target_os = "linux"))]
         for _ in 0..IO_LOOP_BOUND {
             let (n, peer) = match socket.try_recv_from(&mut buf) {
                 Ok(x) => x,
@@ -126,28 +170,18 @@ pub async fn run<R: Resources>(
             if n > MAX_DATAGRAM {
                 continue;
             }
-            metrics.datagrams_in.fetch_add(1, Ordering::Relaxed);
-            let now = Instant::now();
-            match endpoint.handle_datagram(now, peer, &buf[..n]) {
-                Received::Connected(device) => {
-                    if let Some(f) = &on_session {
-                        f(peer, &device);
-                    }
-                }
-                Received::Data => {
-                    while let Some(len) = endpoint.recv(peer, &mut plain) {
-                        reply.clear();
-                        if server.handle_datagram_into(now, peer, &plain[..len], &mut reply) {
-                            if let Some(code) = reply.get(1) {
-                                metrics.replies[usize::from(*code)].fetch_add(1, Ordering::Relaxed);
-                            }
-                            endpoint.send(now, peer, &reply);
-                        }
-                    }
-                }
-                Received::Nothing | Received::Closed => {}
-            }
-            send_all(&mut endpoint);
+            handle(
+                &mut endpoint,
+                &mut server,
+                &metrics,
+                on_session.as_ref(),
+                Instant::now(),
+                peer,
+                &buf[..n],
+                &mut plain,
+                &mut reply,
+            );
+            send_all(&mut endpoint, &socket, &metrics, &mut blocked).await;
         }
         tokio::task::yield_now().await;
     }
@@ -177,4 +211,62 @@ pub fn spawn_thread<R: Resources + Send + 'static>(
         }
         r
     })
+}
+
+async fn send_all(
+    endpoint: &mut Endpoint,
+    socket: &UdpSocket,
+    metrics: &crate::driver::Metrics,
+    blocked: &mut Vec<(SocketAddr, Vec<u8>)>,
+) {
+    endpoint.drain(|peer, d| {
+        metrics.datagrams_out.fetch_add(1, Ordering::Relaxed);
+        match socket.try_send_to(d, peer) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => blocked.push((peer, d.to_vec())),
+            Err(e) => tracing::debug!(%peer, error = %e, "coaps send failed"),
+            Ok(_) => {}
+        }
+    });
+    for (peer, d) in blocked.drain(..) {
+        if let Err(e) = socket.send_to(&d, peer).await {
+            tracing::debug!(%peer, error = %e, "coaps send failed");
+        }
+    }
+}
+
+/// One datagram: through the session table, and each plaintext request through the server;
+/// replies go back into the session (drained by the caller).
+// The loop's state, borrowed apart so the batch can lend its buffers meanwhile.
+#[allow(clippy::too_many_arguments)]
+fn handle<R: Resources>(
+    endpoint: &mut Endpoint,
+    server: &mut Server<R>,
+    metrics: &crate::driver::Metrics,
+    on_session: Option<&OnSession>,
+    now: Instant,
+    peer: SocketAddr,
+    datagram: &[u8],
+    plain: &mut [u8],
+    reply: &mut Vec<u8>,
+) {
+    metrics.datagrams_in.fetch_add(1, Ordering::Relaxed);
+    match endpoint.handle_datagram(now, peer, datagram) {
+        Received::Connected(device) => {
+            if let Some(f) = on_session {
+                f(peer, &device);
+            }
+        }
+        Received::Data => {
+            while let Some(len) = endpoint.recv(peer, plain) {
+                reply.clear();
+                if server.handle_datagram_into(now, peer, &plain[..len], reply) {
+                    if let Some(code) = reply.get(1) {
+                        metrics.replies[usize::from(*code)].fetch_add(1, Ordering::Relaxed);
+                    }
+                    endpoint.send(now, peer, reply);
+                }
+            }
+        }
+        Received::Nothing | Received::Closed => {}
+    }
 }

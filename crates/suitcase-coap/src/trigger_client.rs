@@ -36,13 +36,16 @@ enum Method<'a> {
     Get(&'a [&'a str]),
 }
 
+/// A device's PSK identity and key.
+pub type DevicePsk = (Vec<u8>, zeroize::Zeroizing<Vec<u8>>);
+
 /// Where a trigger to a `coaps://` device finds that device's pre-shared key.
 pub trait DtlsKeys: Send + Sync {
     /// The PSK identity and key of the device at `device` (its address as written).
     fn psk<'a>(
         &'a self,
         device: &'a str,
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<(Vec<u8>, zeroize::Zeroizing<Vec<u8>>)>> + Send + 'a>>;
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Option<DevicePsk>> + Send + 'a>>;
 }
 
 /// Exchanges in flight across every caller of one [`TriggerClient`], by default.
@@ -358,13 +361,17 @@ impl TriggerClient {
         let give_up = Instant::now() + limit;
         let mut buf = vec![0u8; 2048];
         let mut plain = vec![0u8; 2048];
-        let send = |dtls: &mut suitcase_dtls::Client, socket: &tokio::net::UdpSocket| {
-            dtls.drain(|d| {
-                let _ = socket.try_send(d);
-            });
-        };
+        // Awaited sends: tokio's try_send on a socket its reactor has not polled yet says
+        // WouldBlock, which would lose the ClientHello to a one-second retransmission.
+        async fn send(dtls: &mut suitcase_dtls::Client, socket: &tokio::net::UdpSocket) {
+            let mut out = Vec::new();
+            dtls.drain(|d| out.push(d.to_vec()));
+            for d in out {
+                let _ = socket.send(&d).await;
+            }
+        }
         while !dtls.is_established() {
-            send(&mut dtls, &socket);
+            send(&mut dtls, &socket).await;
             let wait = dtls
                 .poll_timeout()
                 .unwrap_or(Duration::from_millis(500))
@@ -408,7 +415,7 @@ impl TriggerClient {
                 }
                 dtls.send(&d).map_err(|e| e.to_string())?;
             }
-            send(&mut dtls, &socket);
+            send(&mut dtls, &socket).await;
             if let Some(o) = ex.outcome() {
                 break o.clone();
             }
@@ -425,7 +432,7 @@ impl TriggerClient {
             }
         };
         dtls.close();
-        send(&mut dtls, &socket);
+        send(&mut dtls, &socket).await;
         Ok(outcome)
     }
 

@@ -282,8 +282,10 @@ pub struct Endpoint {
     /// The datagram being handled, for the cookie callbacks (one at a time: `&mut self`).
     cookie_cx: Arc<Mutex<cookie::Context>>,
     listener: Option<SslStream<Dgram>>,
-    sessions: HashMap<SocketAddr, Session>,
-    handshaking: HashSet<SocketAddr>,
+    /// foldhash, randomly seeded per table (as the CoAP transfer table: SipHash cost per
+    /// datagram, measured there).
+    sessions: HashMap<SocketAddr, Session, foldhash::fast::RandomState>,
+    handshaking: HashSet<SocketAddr, foldhash::fast::RandomState>,
     out: Arc<Mutex<Outbox>>,
     config: ServerConfig,
     credentials: Arc<dyn Credentials>,
@@ -377,8 +379,8 @@ impl Endpoint {
             device_idx,
             cookie_cx,
             listener: None,
-            sessions: HashMap::new(),
-            handshaking: HashSet::new(),
+            sessions: HashMap::default(),
+            handshaking: HashSet::default(),
             out: Arc::default(),
             config,
             credentials,

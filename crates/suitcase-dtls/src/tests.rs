@@ -222,7 +222,7 @@ fn handshakes_and_sessions_are_bounded_and_expire() {
     for port in 0..10u16 {
         let peer = addr(44000 + port);
         let mut c = Client::connect(&ctx, peer).unwrap();
-        pump(&mut s, &mut c, peer);
+        let _ = pump(&mut s, &mut c, peer);
     }
     assert_eq!(s.sessions(), 8);
     assert_eq!(s.stats().refused_full, 3);

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use suitcase_bench::device::{download, DeviceConfig};
+use suitcase_bench::device::{download, handshakes, DeviceConfig};
 
 #[derive(Parser)]
 struct Args {
@@ -48,6 +48,17 @@ struct Args {
     /// Device i sends from local port BASE_PORT + i (a fleet registered beforehand).
     #[arg(long)]
     base_port: Option<u16>,
+    /// coaps://: PSK identity (with --psk-key): every device handshakes DTLS 1.2
+    /// (TLS_PSK_WITH_AES_128_CCM_8) before it downloads.
+    #[arg(long, requires = "psk_key")]
+    psk_identity: Option<String>,
+    /// coaps://: the PSK (its bytes as written).
+    #[arg(long, requires = "psk_identity")]
+    psk_key: Option<String>,
+    /// Instead of downloading: each device handshakes this many times in a row (a fresh
+    /// socket each time, the session closed after), reporting handshakes/s.
+    #[arg(long, requires = "psk_identity")]
+    handshakes: Option<usize>,
     /// Label printed with the results.
     #[arg(long, default_value = "")]
     label: String,
@@ -81,7 +92,14 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
         loss: args.loss,
         empty_token: args.empty_token,
         base_port: args.base_port,
+        dtls: match (&args.psk_identity, &args.psk_key) {
+            (Some(i), Some(k)) => Some(suitcase_dtls::ClientConfig::psk(i.as_bytes(), k.as_bytes()).context()?),
+            _ => None,
+        },
     });
+    if let Some(count) = args.handshakes {
+        return handshake_run(&args, &cfg, count);
+    }
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let start = Instant::now();
     let outcomes = rt.block_on(async {
@@ -101,6 +119,9 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     });
     let wall = start.elapsed();
     let blocks: u64 = outcomes.iter().map(|o| o.blocks).sum();
+    let mut hs: Vec<Duration> = outcomes.iter().map(|o| o.handshake).collect();
+    hs.sort();
+    let handshake_p95_ms = percentile(&hs, 0.95).as_secs_f64() * 1e3;
     let retx: u64 = outcomes.iter().map(|o| o.retransmissions).sum();
     let errors: Vec<&String> = outcomes.iter().filter_map(|o| o.error.as_ref()).collect();
     let ok = outcomes.len() - errors.len();
@@ -118,17 +139,63 @@ fn main() -> anyhow::Result<std::process::ExitCode> {
     );
     if args.json {
         println!(
-            "{{\"label\":\"{}\",\"devices\":{},\"ok\":{},\"errors\":{},\"blocks\":{},\"wall_s\":{:.3},\"blocks_per_s\":{:.0},\"images_per_s\":{:.2},\"p50_ms\":{:.1},\"p95_ms\":{:.1},\"max_ms\":{:.1},\"retransmissions\":{}}}",
+            "{{\"label\":\"{}\",\"devices\":{},\"ok\":{},\"errors\":{},\"blocks\":{},\"wall_s\":{:.3},\"blocks_per_s\":{:.0},\"images_per_s\":{:.2},\"p50_ms\":{:.1},\"p95_ms\":{:.1},\"max_ms\":{:.1},\"retransmissions\":{},\"handshake_p95_ms\":{:.1}}}",
             args.label, args.devices, ok, errors.len(), blocks, secs, blocks as f64 / secs, ok as f64 / secs,
-            p50.as_secs_f64() * 1e3, p95.as_secs_f64() * 1e3, max.as_secs_f64() * 1e3, retx
+            p50.as_secs_f64() * 1e3, p95.as_secs_f64() * 1e3, max.as_secs_f64() * 1e3, retx, handshake_p95_ms
         );
     } else {
         println!(
-            "label={} devices={} ok={} errors={} blocks={} wall_s={:.3} blocks_per_s={:.0} images_per_s={:.2} p50_ms={:.1} p95_ms={:.1} max_ms={:.1} retransmissions={}",
+            "label={} devices={} ok={} errors={} blocks={} wall_s={:.3} blocks_per_s={:.0} images_per_s={:.2} p50_ms={:.1} p95_ms={:.1} max_ms={:.1} retransmissions={} handshake_p95_ms={:.1}",
             args.label, args.devices, ok, errors.len(), blocks, secs, blocks as f64 / secs, ok as f64 / secs,
-            p50.as_secs_f64() * 1e3, p95.as_secs_f64() * 1e3, max.as_secs_f64() * 1e3, retx
+            p50.as_secs_f64() * 1e3, p95.as_secs_f64() * 1e3, max.as_secs_f64() * 1e3, retx, handshake_p95_ms
         );
     }
+    for e in errors.iter().take(5) {
+        eprintln!("error: {e}");
+    }
+    Ok(if errors.is_empty() {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::from(1)
+    })
+}
+
+/// `--handshakes K`: every device handshakes K times; one result line.
+fn handshake_run(args: &Args, cfg: &Arc<DeviceConfig>, count: usize) -> anyhow::Result<std::process::ExitCode> {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let start = Instant::now();
+    let results = rt.block_on(async {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..args.devices {
+            let cfg = cfg.clone();
+            set.spawn(async move { handshakes(&cfg, count).await });
+        }
+        let mut v = Vec::new();
+        while let Some(r) = set.join_next().await {
+            v.push(r.unwrap_or_else(|e| Err(e.to_string())));
+        }
+        v
+    });
+    let wall = start.elapsed().as_secs_f64();
+    let mut times: Vec<Duration> = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .flatten()
+        .copied()
+        .collect();
+    times.sort();
+    let errors: Vec<&String> = results.iter().filter_map(|r| r.as_ref().err()).collect();
+    println!(
+        "label={} devices={} handshakes={} errors={} wall_s={:.3} handshakes_per_s={:.0} p50_ms={:.2} p95_ms={:.2}",
+        args.label,
+        args.devices,
+        times.len(),
+        errors.len(),
+        wall,
+        times.len() as f64 / wall,
+        percentile(&times, 0.5).as_secs_f64() * 1e3,
+        percentile(&times, 0.95).as_secs_f64() * 1e3,
+    );
     for e in errors.iter().take(5) {
         eprintln!("error: {e}");
     }
