@@ -6,7 +6,7 @@
 //! - **Stateless cookies.** A datagram from an address without a session is only looked at
 //!   if it is a ClientHello; one listening `SSL` answers it with a HelloVerifyRequest through
 //!   `DTLSv1_listen`, keeping nothing. Only a ClientHello that returns a valid cookie
-//!   ([`cookie`]: an HMAC of the source address and a 30 s window) becomes a session, so a
+//!   (`cookie.rs`: an HMAC of the source address and a 30 s window) becomes a session, so a
 //!   spoofed source can neither make the server keep state nor use it to amplify.
 //! - **Bounds.** At most `max_sessions` sessions, of which at most `max_handshakes` still
 //!   handshaking; a handshake not finished within `handshake_timeout` and a session idle for
