@@ -49,6 +49,27 @@ fn unreadable(req: &Request) -> Response {
     .into_response()
 }
 
+/// Read and drop the body of a refused request when it is small (at most [`LINGER_BYTES`],
+/// within [`LINGER_TIME`]): a client still sending it would otherwise meet a connection
+/// reset instead of the refusal (the server closes a connection whose body it did not read).
+/// A larger body is not read: the connection just closes.
+async fn linger(req: Request) {
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > LINGER_BYTES as u64) {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER_TIME, axum::body::to_bytes(req.into_body(), LINGER_BYTES)).await;
+}
+
+/// The largest refused body read before the refusal is sent.
+const LINGER_BYTES: usize = 256 * 1024;
+/// The longest time spent reading it.
+const LINGER_TIME: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Guard for mutations: a valid publisher token, from any peer (loopback included).
 pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next: Next) -> Response {
     let snap = st.tokens.snapshot();
@@ -67,6 +88,7 @@ pub(crate) async fn publisher(State(st): State<AppState>, mut req: Request, next
         }
         None => {
             tracing::warn!(target: "suitcase::audit", peer = ?peer(&req), path = %req.uri().path(), "rejected: no valid publisher token");
+            linger(req).await;
             let msg = if any {
                 "a valid publisher token is required (Authorization: Bearer <token>)"
             } else {
