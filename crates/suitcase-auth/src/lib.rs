@@ -33,7 +33,7 @@ pub enum Role {
 }
 
 /// A stored token (its hash, never the token), or a device's DTLS credential.
-#[derive(Clone, Serialize, Deserialize)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TokenEntry {
     /// Name given at creation (appears in the audit log; a device's id in the fleet).
     pub name: String,
@@ -99,6 +99,77 @@ impl TokenEntry {
     fn is_token(&self) -> bool {
         !self.sha256.is_empty()
     }
+
+    /// A new HTTP token named `name`: its entry (the hash) and the token (shown once).
+    pub fn new_token(name: &str, role: Role) -> Result<(TokenEntry, String), TokenError> {
+        check_name(name)?;
+        let mut raw = [0u8; 20];
+        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
+        let token = hex::encode(raw);
+        Ok((TokenEntry::new(name, role, hex::encode(digest(&token))), token))
+    }
+
+    /// A DTLS pre-shared key for device `name`: `identity` (default: the name) and `key`
+    /// (default: 16 random bytes; 1-64 bytes).
+    pub fn new_psk(name: &str, identity: Option<&str>, key: Option<Vec<u8>>) -> Result<(TokenEntry, Psk), TokenError> {
+        check_name(name)?;
+        let identity = identity.unwrap_or(name).to_string();
+        if identity.is_empty() || identity.len() > 128 || identity.bytes().any(|b| b.is_ascii_control()) {
+            return Err(TokenError::BadCredential(
+                "a PSK identity is 1-128 bytes without control characters".into(),
+            ));
+        }
+        let key = match key {
+            Some(k) if !k.is_empty() && k.len() <= 64 => k,
+            Some(_) => return Err(TokenError::BadCredential("a PSK is 1-64 bytes".into())),
+            None => {
+                let mut k = vec![0u8; 16];
+                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut k);
+                k
+            }
+        };
+        let mut e = TokenEntry::new(name, Role::Device, String::new());
+        e.psk_identity = Some(identity.clone());
+        e.psk = Some(hex::encode(&key));
+        Ok((e, Psk { identity, key }))
+    }
+
+    /// Device `name` admitted over DTLS by its public key (SubjectPublicKeyInfo SHA-256).
+    pub fn new_public_key(name: &str, spki_sha256: [u8; 32]) -> Result<TokenEntry, TokenError> {
+        check_name(name)?;
+        let mut e = TokenEntry::new(name, Role::Device, String::new());
+        e.public_key_sha256 = Some(hex::encode(spki_sha256));
+        Ok(e)
+    }
+
+    /// Whether this entry may join `entries`: its name, PSK identity and device key are
+    /// nobody's yet.
+    pub fn fits(&self, entries: &[TokenEntry]) -> Result<(), TokenError> {
+        if entries.iter().any(|e| e.name == self.name) {
+            return Err(TokenError::Exists(self.name.clone()));
+        }
+        if let Some(i) = &self.psk_identity {
+            if entries.iter().any(|e| e.psk_identity.as_ref() == Some(i)) {
+                return Err(TokenError::BadCredential(format!("the PSK identity {i:?} is taken")));
+            }
+        }
+        if let Some(k) = &self.public_key_sha256 {
+            if let Some(e) = entries.iter().find(|e| e.public_key_sha256.as_ref() == Some(k)) {
+                return Err(TokenError::BadCredential(format!(
+                    "that key belongs to {:?} already",
+                    e.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn check_name(name: &str) -> Result<(), TokenError> {
+    if name.is_empty() || name.len() > 64 || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b)) {
+        return Err(TokenError::BadName);
+    }
+    Ok(())
 }
 
 /// A device's DTLS pre-shared key as created: shown once.
@@ -216,6 +287,11 @@ pub struct Tokens {
     writing: Mutex<()>,
     /// The file existed once: its disappearance later is damage, not "no tokens".
     existed: std::sync::atomic::AtomicBool,
+    /// Entries of a table several servers share (PostgreSQL), in force beside the file's.
+    shared: RwLock<Arc<Vec<TokenEntry>>>,
+    /// What requests read: the file's entries and the shared ones (unreadable when the
+    /// file is).
+    merged: RwLock<Snapshot>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -234,9 +310,43 @@ impl Tokens {
             snapshot: RwLock::new((None, Snapshot::Entries(Arc::default()))),
             writing: Mutex::new(()),
             existed: std::sync::atomic::AtomicBool::new(false),
+            shared: RwLock::new(Arc::default()),
+            merged: RwLock::new(Snapshot::Entries(Arc::default())),
         };
         t.refresh();
         t
+    }
+
+    /// The entries of the shared table, as last read (they hold beside the file's).
+    pub fn set_shared(&self, entries: Vec<TokenEntry>) {
+        if let Ok(mut s) = self.shared.write() {
+            if **s == entries {
+                return;
+            }
+            *s = Arc::new(entries);
+        }
+        self.remerge();
+    }
+
+    /// Rebuild what requests read from the file's snapshot and the shared entries.
+    fn remerge(&self) {
+        let file = match self.snapshot.read() {
+            Ok(s) => s.1.clone(),
+            Err(_) => Snapshot::Unreadable,
+        };
+        let shared = self.shared.read().map(|s| s.clone()).unwrap_or_default();
+        let merged = match file {
+            Snapshot::Entries(e) if !shared.is_empty() => {
+                let mut all = Vec::with_capacity(e.len() + shared.len());
+                all.extend(e.iter().cloned());
+                all.extend(shared.iter().cloned());
+                Snapshot::Entries(Arc::new(all))
+            }
+            other => other,
+        };
+        if let Ok(mut m) = self.merged.write() {
+            *m = merged;
+        }
     }
 
     /// Keep the snapshot current from a background thread, every `every`; the thread ends
@@ -254,10 +364,10 @@ impl Tokens {
             })
     }
 
-    /// What requests are checked against.
+    /// What requests are checked against: the file's entries and the shared table's.
     pub fn snapshot(&self) -> Snapshot {
-        match self.snapshot.read() {
-            Ok(s) => s.1.clone(),
+        match self.merged.read() {
+            Ok(s) => s.clone(),
             Err(_) => Snapshot::Unreadable,
         }
     }
@@ -301,6 +411,7 @@ impl Tokens {
             }
             *s = (hash, snap);
         }
+        self.remerge();
     }
 
     fn set_unreadable(&self, e: &TokenError) {
@@ -310,6 +421,7 @@ impl Tokens {
             }
             *s = (None, Snapshot::Unreadable);
         }
+        self.remerge();
     }
 
     /// The file's bytes (`None`: no file), at most [`MAX_FILE_BYTES`].
@@ -368,90 +480,36 @@ impl Tokens {
                 Snapshot::Entries(Arc::new(entries.to_vec())),
             );
         }
+        self.remerge();
         Ok(())
     }
 
     /// Create a token; returns it (shown once, only its hash is kept).
     pub fn create(&self, name: &str, role: Role) -> Result<String, TokenError> {
-        Self::check_name(name)?;
-        let _writing = self.writing.lock().map_err(|_| TokenError::Poisoned)?;
-        let mut entries = self.list()?;
-        if entries.iter().any(|e| e.name == name) {
-            return Err(TokenError::Exists(name.to_string()));
-        }
-        let mut raw = [0u8; 20];
-        rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut raw);
-        let token = hex::encode(raw);
-        entries.push(TokenEntry::new(name, role, hex::encode(digest(&token))));
-        self.save(&entries)?;
+        let (entry, token) = TokenEntry::new_token(name, role)?;
+        self.add(entry)?;
         Ok(token)
     }
 
-    fn check_name(name: &str) -> Result<(), TokenError> {
-        if name.is_empty()
-            || name.len() > 64
-            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._@-".contains(&b))
-        {
-            return Err(TokenError::BadName);
-        }
-        Ok(())
-    }
-
-    /// Add a device's DTLS credential entry (named like the device), refusing a taken name.
-    fn add_credential(&self, entry: TokenEntry) -> Result<(), TokenError> {
-        Self::check_name(&entry.name)?;
+    /// Add an entry, refusing a taken name, PSK identity or key.
+    pub fn add(&self, entry: TokenEntry) -> Result<(), TokenError> {
         let _writing = self.writing.lock().map_err(|_| TokenError::Poisoned)?;
         let mut entries = self.list()?;
-        if entries.iter().any(|e| e.name == entry.name) {
-            return Err(TokenError::Exists(entry.name));
-        }
-        if let Some(i) = &entry.psk_identity {
-            if entries.iter().any(|e| e.psk_identity.as_ref() == Some(i)) {
-                return Err(TokenError::BadCredential(format!("the PSK identity {i:?} is taken")));
-            }
-        }
-        if let Some(k) = &entry.public_key_sha256 {
-            if let Some(e) = entries.iter().find(|e| e.public_key_sha256.as_ref() == Some(k)) {
-                return Err(TokenError::BadCredential(format!(
-                    "that key belongs to {:?} already",
-                    e.name
-                )));
-            }
-        }
+        entry.fits(&entries)?;
         entries.push(entry);
         self.save(&entries)
     }
 
-    /// A DTLS pre-shared key for device `name`: `identity` (default: the name) and `key`
-    /// (default: 16 random bytes; 1-64 bytes). Returned once.
+    /// A DTLS pre-shared key for device `name` (see [`TokenEntry::new_psk`]). Returned once.
     pub fn create_psk(&self, name: &str, identity: Option<&str>, key: Option<Vec<u8>>) -> Result<Psk, TokenError> {
-        let identity = identity.unwrap_or(name).to_string();
-        if identity.is_empty() || identity.len() > 128 || identity.bytes().any(|b| b.is_ascii_control()) {
-            return Err(TokenError::BadCredential(
-                "a PSK identity is 1-128 bytes without control characters".into(),
-            ));
-        }
-        let key = match key {
-            Some(k) if !k.is_empty() && k.len() <= 64 => k,
-            Some(_) => return Err(TokenError::BadCredential("a PSK is 1-64 bytes".into())),
-            None => {
-                let mut k = vec![0u8; 16];
-                rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut k);
-                k
-            }
-        };
-        let mut e = TokenEntry::new(name, Role::Device, String::new());
-        e.psk_identity = Some(identity.clone());
-        e.psk = Some(hex::encode(&key));
-        self.add_credential(e)?;
-        Ok(Psk { identity, key })
+        let (entry, psk) = TokenEntry::new_psk(name, identity, key)?;
+        self.add(entry)?;
+        Ok(psk)
     }
 
     /// Admit device `name` over DTLS by its public key (SubjectPublicKeyInfo SHA-256).
     pub fn create_public_key(&self, name: &str, spki_sha256: [u8; 32]) -> Result<(), TokenError> {
-        let mut e = TokenEntry::new(name, Role::Device, String::new());
-        e.public_key_sha256 = Some(hex::encode(spki_sha256));
-        self.add_credential(e)
+        self.add(TokenEntry::new_public_key(name, spki_sha256)?)
     }
 
     /// Revoke by name; whether it existed.
@@ -517,6 +575,41 @@ impl Tokens {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn shared_entries_hold_beside_the_file_and_an_unreadable_file_still_refuses_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let t = Tokens::new(dir.path().join("tokens.json"));
+        let local = t.create("local", Role::Publisher).unwrap();
+        let (entry, shared) = TokenEntry::new_token("ci", Role::Publisher).unwrap();
+        assert!(entry.fits(&t.list().unwrap()).is_ok());
+        assert!(matches!(
+            TokenEntry::new_token("local", Role::Device)
+                .unwrap()
+                .0
+                .fits(&t.list().unwrap()),
+            Err(TokenError::Exists(_))
+        ));
+        assert_eq!(t.check(&shared, &[Role::Publisher]), None);
+        t.set_shared(vec![entry]);
+        assert_eq!(t.check(&shared, &[Role::Publisher]).as_deref(), Some("ci"));
+        assert_eq!(t.check(&local, &[Role::Publisher]).as_deref(), Some("local"));
+        // A file change keeps the shared entries; a revoke in the table drops them.
+        let other = t.create("other", Role::Device).unwrap();
+        assert_eq!(t.check(&shared, &[Role::Publisher]).as_deref(), Some("ci"));
+        assert_eq!(t.check(&other, &[Role::Device]).as_deref(), Some("other"));
+        std::fs::write(t.path(), b"not json").unwrap();
+        t.refresh();
+        assert!(
+            matches!(t.snapshot(), Snapshot::Unreadable),
+            "a damaged file refuses everyone"
+        );
+        std::fs::write(t.path(), b"[]").unwrap();
+        t.refresh();
+        assert_eq!(t.check(&shared, &[Role::Publisher]).as_deref(), Some("ci"));
+        t.set_shared(Vec::new());
+        assert_eq!(t.check(&shared, &[Role::Publisher]), None);
+    }
 
     #[test]
     fn create_check_revoke() {

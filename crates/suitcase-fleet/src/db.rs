@@ -25,6 +25,9 @@ pub enum Backend {
 pub(crate) struct Db {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
+    /// A shared fleet's tracker writes only while the session `fence` (the lease
+    /// connection's backend pid) holds the lease: checked in every write transaction.
+    pub(crate) fence: Option<i32>,
 }
 
 const COLUMNS: &str = "id, registered, coap, http_id, class, publish_id, groups, running_seq, running_semver, \
@@ -36,6 +39,18 @@ fn db_err(e: sqlx::Error) -> FleetError {
 }
 
 impl Db {
+    /// A write transaction; for a shared fleet's tracker, refused once its lease is gone (a
+    /// node that lost it must not overwrite what the next leader writes).
+    pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>, FleetError> {
+        let mut tx = self.pool.begin().await.map_err(db_err)?;
+        if let Some(pid) = self.fence {
+            if !crate::cluster::holds_lease(&mut tx, pid).await? {
+                return Err(FleetError::Database("this node lost the fleet's lease".into()));
+            }
+        }
+        Ok(tx)
+    }
+
     /// Connect (creating a SQLite file if needed) and migrate.
     pub(crate) async fn open(url: &str) -> Result<Db, FleetError> {
         sqlx::any::install_default_drivers();
@@ -76,7 +91,11 @@ impl Db {
             .run(&pool)
             .await
             .map_err(|e| FleetError::Database(format!("migrating: {e}")))?;
-        Ok(Db { pool, backend })
+        Ok(Db {
+            pool,
+            backend,
+            fence: None,
+        })
     }
 
     pub(crate) async fn load_all(&self) -> Result<Vec<Device>, FleetError> {
@@ -238,7 +257,7 @@ pub(crate) async fn upsert_all(db: &Db, devices: &[&Device]) -> Result<(), Fleet
     if devices.is_empty() {
         return Ok(());
     }
-    let mut tx = db.pool.begin().await.map_err(db_err)?;
+    let mut tx = db.begin_write().await?;
     for chunk in devices.chunks(ROWS_PER_STATEMENT) {
         let mut sql = format!("INSERT INTO devices ({COLUMNS}) VALUES ");
         sql.push_str(&values_sql(chunk.len(), &[""; 25]));
@@ -298,7 +317,7 @@ pub(crate) async fn update_progress(db: &Db, devices: &[&Device]) -> Result<(), 
     if devices.is_empty() {
         return Ok(());
     }
-    let mut tx = db.pool.begin().await.map_err(db_err)?;
+    let mut tx = db.begin_write().await?;
     for chunk in devices.chunks(PROGRESS_ROWS_PER_STATEMENT) {
         let mut sql = String::from(
             "UPDATE devices SET bytes_done = v.column2, bytes_total = v.column3, last_seen = v.column4 FROM (VALUES ",
@@ -320,11 +339,13 @@ pub(crate) async fn update_progress(db: &Db, devices: &[&Device]) -> Result<(), 
 
 /// Delete a device; whether it existed.
 pub(crate) async fn delete(db: &Db, id: &str) -> Result<bool, FleetError> {
+    let mut tx = db.begin_write().await?;
     let r = sqlx::query("DELETE FROM devices WHERE id = $1")
         .bind(id)
-        .execute(&db.pool)
+        .execute(&mut *tx)
         .await
         .map_err(db_err)?;
+    tx.commit().await.map_err(db_err)?;
     Ok(r.rows_affected() > 0)
 }
 
@@ -380,7 +401,7 @@ const MEMBER_ROWS_PER_STATEMENT: usize = 500;
 /// Write a rollout's row and the members `changed` (indices; all with `None`) in one
 /// transaction.
 pub(crate) async fn save_rollout(db: &Db, r: &Rollout, changed: Option<&[usize]>) -> Result<u64, FleetError> {
-    let mut tx = db.pool.begin().await.map_err(db_err)?;
+    let mut tx = db.begin_write().await?;
     let mut sql = format!("INSERT INTO rollouts ({ROLLOUT_COLUMNS}) VALUES ");
     sql.push_str(&values_sql(1, &[""; 19]));
     sql.push_str(

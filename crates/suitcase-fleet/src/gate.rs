@@ -10,8 +10,9 @@ use std::sync::Arc;
 use parking_lot::RwLock;
 use suitcase_store::{Allowed, Gate, Requester};
 
-/// One publish-id's gate.
-#[derive(Debug, Default)]
+/// One publish-id's gate (serialisable: the leader of a shared fleet hands its gates to the
+/// other nodes).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct OneGate {
     /// The newest version the devices let through see (the rollout's).
     pub(crate) through: u64,
@@ -35,6 +36,11 @@ pub struct Gates {
 }
 
 impl Gates {
+    /// The gates as they stand.
+    pub(crate) fn current(&self) -> Arc<HashMap<String, OneGate>> {
+        self.gates.read().clone()
+    }
+
     pub(crate) fn set(&self, gates: HashMap<String, OneGate>) {
         let active = !gates.is_empty();
         *self.gates.write() = Arc::new(gates);

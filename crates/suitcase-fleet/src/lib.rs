@@ -8,6 +8,7 @@
 //! acknowledged; state changes are written every `flush_interval` (1 s), progress alone
 //! every `progress_interval` (5 s). Reads go to the database.
 
+mod cluster;
 mod db;
 mod gate;
 pub mod model;
@@ -20,7 +21,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use suitcase_coap::BlockServed;
 use suitcase_store::Store;
 use tokio::sync::{mpsc, oneshot};
@@ -31,8 +32,9 @@ pub use model::{validate_id, version_text, Device, Filter, NewDevice, State};
 pub use report::{Report, ReportError};
 pub use rollout::{RolloutRequest, RolloutState, RolloutView, TriggerKind};
 
-/// What went wrong.
-#[derive(Debug, thiserror::Error)]
+/// What went wrong (serialisable: a node that does not run the tracker gets it back from
+/// the one that does).
+#[derive(Debug, thiserror::Error, Serialize, Deserialize)]
 pub enum FleetError {
     /// Bad input (answered 400 / 4.00).
     #[error("{0}")]
@@ -110,6 +112,10 @@ pub struct Counters {
     pub transactions: AtomicU64,
     /// Peers not recorded because of `max_unregistered`.
     pub unrecorded: AtomicU64,
+    /// Shared fleet: whether this node holds the lease and runs the tracker.
+    pub leading: std::sync::atomic::AtomicBool,
+    /// Shared fleet: requests and event batches this node handed to the leader.
+    pub forwarded: AtomicU64,
 }
 
 /// A snapshot of [`Counters`].
@@ -127,10 +133,14 @@ pub struct CountersView {
     pub transactions: u64,
     /// Peers not recorded.
     pub unrecorded: u64,
+    /// Whether this node runs the tracker (always, on SQLite; the lease holder, on PostgreSQL).
+    pub leading: bool,
+    /// Requests and event batches handed to the leader (PostgreSQL).
+    pub forwarded: u64,
 }
 
 /// An HTTP download (or a part of one) served to a device.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct HttpServed {
     /// Who.
     pub peer: SocketAddr,
@@ -147,7 +157,7 @@ pub struct HttpServed {
 }
 
 /// Who a report comes from.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub enum Reporter {
     /// A device by id (HTTP).
     Id(String),
@@ -221,7 +231,7 @@ pub(crate) enum Command {
 }
 
 /// What a publisher does to a rollout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Control {
     /// Stop triggering until resumed.
     Pause,
@@ -233,7 +243,7 @@ pub enum Control {
 
 /// This server's base URLs, as the device-facing side sees them (from the request that
 /// creates a rollout, or the `--coap-url`/`--http-url` settings).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct BaseUrls {
     /// `coap://host:port` (manifest URLs of CoAP and MQTT triggers).
     pub coap: Option<String>,
@@ -289,6 +299,8 @@ pub struct Fleet {
     blocks: mpsc::Sender<Vec<BlockServed>>,
     counters: Arc<Counters>,
     gates: Arc<Gates>,
+    /// A shared fleet (PostgreSQL): this node's side of it.
+    shared: Option<Arc<cluster::Shared>>,
 }
 
 /// Commands queued for the tracker at most.
@@ -319,13 +331,40 @@ impl Fleet {
         triggers: Option<Arc<dyn Triggers>>,
     ) -> Result<Fleet, FleetError> {
         let db = db::Db::open(url).await?;
-        let devices = db.load_all().await?;
-        let rollouts = db.load_rollouts().await?;
-        let next_rollout = db.max_rollout_id().await? + 1;
         let gates = Arc::new(Gates::default());
         let (commands, commands_rx) = mpsc::channel(QUEUE);
         let (blocks, blocks_rx) = mpsc::channel(BLOCK_QUEUE);
         let counters = Arc::new(Counters::default());
+        if db.backend == Backend::Postgres {
+            // Many nodes may share this database: the lease holder runs the tracker.
+            let shared = cluster::start(
+                url,
+                db.clone(),
+                cluster::Parts {
+                    store,
+                    config,
+                    counters: counters.clone(),
+                    slots,
+                    triggers,
+                    gates: gates.clone(),
+                },
+                commands_rx,
+                blocks_rx,
+            )
+            .await?;
+            return Ok(Fleet {
+                db,
+                commands,
+                blocks,
+                counters,
+                gates,
+                shared: Some(shared),
+            });
+        }
+        let devices = db.load_all().await?;
+        let rollouts = db.load_rollouts().await?;
+        let next_rollout = db.max_rollout_id().await? + 1;
+        counters.leading.store(true, Ordering::Relaxed);
         let tracker = tracker::Tracker::new(
             db.clone(),
             store,
@@ -339,6 +378,7 @@ impl Fleet {
                 next_id: next_rollout,
                 gates: gates.clone(),
                 triggers,
+                shared: None,
             },
         );
         tokio::spawn(tracker.run(commands_rx, blocks_rx));
@@ -348,7 +388,17 @@ impl Fleet {
             blocks,
             counters,
             gates,
+            shared: None,
         })
+    }
+
+    /// The node that runs the tracker: `None` on SQLite (this one); on PostgreSQL the lease
+    /// holder as it wrote itself down (`host:pid`).
+    pub async fn leader(&self) -> Result<Option<String>, FleetError> {
+        match &self.shared {
+            Some(s) => s.leader().await,
+            None => Ok(None),
+        }
     }
 
     /// Which database.
@@ -376,6 +426,8 @@ impl Fleet {
             rows_written: l(&c.rows_written),
             transactions: l(&c.transactions),
             unrecorded: l(&c.unrecorded),
+            leading: c.leading.load(Ordering::Relaxed),
+            forwarded: l(&c.forwarded),
         }
     }
 

@@ -17,7 +17,7 @@ use serde::Serialize;
 pub const MAX_REASON: usize = 200;
 
 /// A device's report.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 pub struct Report {
     /// The sequence number the report is about (`None`: the update in progress).
     pub sequence_number: Option<u64>,

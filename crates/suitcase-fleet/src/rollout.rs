@@ -160,7 +160,7 @@ impl WaveSize {
 }
 
 /// A number given as `95`, `"95"` or `"95%"`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum Percent {
     /// A number.
@@ -181,7 +181,7 @@ impl Percent {
 }
 
 /// A wave given as `"10%"`, `"100"` or `100`.
-#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(untagged)]
 pub enum WaveText {
     /// A device count.
@@ -191,7 +191,7 @@ pub enum WaveText {
 }
 
 /// What a publisher asks for (`POST /api/v1/rollouts`, `suitcase rollout create`).
-#[derive(Clone, Debug, Default, Deserialize)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutRequest {
     /// The publish-id.

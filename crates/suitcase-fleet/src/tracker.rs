@@ -26,6 +26,10 @@ pub(crate) struct Rollouts {
     pub(crate) next_id: u64,
     pub(crate) gates: Arc<Gates>,
     pub(crate) triggers: Option<Arc<dyn Triggers>>,
+    /// A shared fleet: the gates are written to the database for the other nodes, before
+    /// the triggers that rely on them are sent.
+    /// (This node's name, for the gates barrier.)
+    pub(crate) shared: Option<String>,
 }
 
 /// Commands applied at most before the reports among them are committed together.
@@ -175,6 +179,8 @@ pub(crate) struct Tracker {
     gates_dirty: bool,
     /// The store generation the gates were built for.
     gates_store_generation: Option<u64>,
+    /// A shared fleet's gates changed since they were last written for the other nodes.
+    gates_unpublished: bool,
     trigger_permits: Arc<tokio::sync::Semaphore>,
     /// Trigger tasks on hand.
     trigger_tasks: Arc<std::sync::atomic::AtomicUsize>,
@@ -223,6 +229,7 @@ impl Tracker {
             rollout_dirty: HashMap::new(),
             gates_dirty: true,
             gates_store_generation: None,
+            gates_unpublished: true,
             trigger_permits: Arc::new(tokio::sync::Semaphore::new(TRIGGERS_IN_FLIGHT)),
             trigger_tasks: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
             sent_topics: HashSet::new(),
@@ -1250,12 +1257,36 @@ impl Tracker {
             }
             return;
         }
-        for (id, idxs) in to_send {
-            self.send_triggers(id, idxs);
-        }
         self.forget_ended();
         if self.gates_dirty {
             self.rebuild_gates();
+        }
+        // The other nodes of a shared fleet learn the gates before the devices are told.
+        self.publish_gates().await;
+        for (id, idxs) in to_send {
+            self.send_triggers(id, idxs);
+        }
+    }
+
+    /// A shared fleet: write the gates for the other nodes when they changed (a failure is
+    /// retried at the next tick).
+    async fn publish_gates(&mut self) {
+        let Some(me) = &self.rollouts.shared else { return };
+        if !self.gates_unpublished {
+            return;
+        }
+        let r = match crate::cluster::save_gates(&self.db, &self.rollouts.gates.current()).await {
+            Ok(v) => crate::cluster::await_gates(&self.db, v, me).await,
+            Err(e) => Err(e),
+        };
+        match r {
+            Ok(all) => {
+                self.gates_unpublished = false;
+                if !all {
+                    tracing::warn!("fleet: not every node applied the new gates within 1 s; triggering anyway");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "fleet: writing the gates for the other nodes failed; retrying"),
         }
     }
 
@@ -1546,6 +1577,7 @@ impl Tracker {
         }
         tracing::debug!(gates = gates.len(), "fleet: rollout gates rebuilt");
         self.rollouts.gates.set(gates);
+        self.gates_unpublished = true;
     }
 
     async fn create_rollout(

@@ -244,6 +244,19 @@ pub(crate) async fn scrape(State(st): State<AppState>) -> Result<Response, ApiEr
             "Peers not recorded (unregistered limit)",
             c.unrecorded,
         );
+        counter(
+            &mut r,
+            "fleet_forwarded",
+            "Requests and event batches handed to the fleet's leader (PostgreSQL)",
+            c.forwarded,
+        );
+        let leading = Gauge::<i64>::default();
+        leading.set(i64::from(c.leading));
+        r.register(
+            "fleet_leading",
+            "1 when this node runs the fleet tracker (holds the lease on PostgreSQL)",
+            leading,
+        );
     }
     if let Some(extra) = &st.metrics.extra {
         extra(&mut r);

@@ -27,6 +27,7 @@
 //! runtime worker).
 
 mod cache;
+pub mod tokens;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -39,41 +39,49 @@ impl suitcase_fleet::SlotReader for RiotSlots {
 /// report is written, 4.00 with the reason for a bad one (nothing changed), 5.03 when the
 /// fleet cannot take it now.
 pub async fn coap_reports(fleet: Fleet, mut requests: mpsc::Receiver<AppRequest>, replies: mpsc::Sender<AppReply>) {
+    // Several at once: on a shared fleet a report is a round trip to the leader.
+    let permits = Arc::new(tokio::sync::Semaphore::new(REPORTS_IN_FLIGHT));
     while let Some(req) = requests.recv().await {
-        let (code, payload) = match report(&fleet, &req).await {
-            Ok(()) => (Code::CHANGED, Bytes::new()),
-            Err(FleetError::Invalid(m)) => (Code::BAD_REQUEST, Bytes::from(m)),
-            Err(e @ (FleetError::NotFound(_) | FleetError::Exists(_))) => {
-                (Code::BAD_REQUEST, Bytes::from(e.to_string()))
-            }
-            // Not a device the server knows, and no room to record another: retrying won't help.
-            Err(FleetError::Full(m)) => (Code::FORBIDDEN, Bytes::from(m)),
-            Err(e) => {
-                tracing::warn!(peer = %req.peer, error = %e, "a CoAP report could not be recorded");
-                (
-                    Code::SERVICE_UNAVAILABLE,
-                    Bytes::from_static(b"the report could not be recorded: try again"),
-                )
-            }
-        };
-        if code == Code::BAD_REQUEST {
-            tracing::info!(peer = %req.peer, path = %req.path, reason = %String::from_utf8_lossy(&payload), "CoAP report refused");
-        }
-        let mut payload = payload;
-        payload.truncate(200);
-        if replies
-            .send(AppReply {
-                id: req.id,
-                code,
-                payload,
-            })
-            .await
-            .is_err()
-        {
+        let Ok(permit) = permits.clone().acquire_owned().await else {
             return;
-        }
+        };
+        let (fleet, replies) = (fleet.clone(), replies.clone());
+        tokio::spawn(async move {
+            let _permit = permit;
+            let (code, payload) = match report(&fleet, &req).await {
+                Ok(()) => (Code::CHANGED, Bytes::new()),
+                Err(FleetError::Invalid(m)) => (Code::BAD_REQUEST, Bytes::from(m)),
+                Err(e @ (FleetError::NotFound(_) | FleetError::Exists(_))) => {
+                    (Code::BAD_REQUEST, Bytes::from(e.to_string()))
+                }
+                // Not a device the server knows, and no room to record another: retrying won't help.
+                Err(FleetError::Full(m)) => (Code::FORBIDDEN, Bytes::from(m)),
+                Err(e) => {
+                    tracing::warn!(peer = %req.peer, error = %e, "a CoAP report could not be recorded");
+                    (
+                        Code::SERVICE_UNAVAILABLE,
+                        Bytes::from_static(b"the report could not be recorded: try again"),
+                    )
+                }
+            };
+            if code == Code::BAD_REQUEST {
+                tracing::info!(peer = %req.peer, path = %req.path, reason = %String::from_utf8_lossy(&payload), "CoAP report refused");
+            }
+            let mut payload = payload;
+            payload.truncate(200);
+            let _ = replies
+                .send(AppReply {
+                    id: req.id,
+                    code,
+                    payload,
+                })
+                .await;
+        });
     }
 }
+
+/// CoAP reports being recorded at once, at most.
+const REPORTS_IN_FLIGHT: usize = 64;
 
 async fn report(fleet: &Fleet, req: &AppRequest) -> Result<(), FleetError> {
     let publish_id = req

@@ -148,9 +148,9 @@ pub struct ServeArgs {
     /// AWS, or AWS_ENDPOINT_URL.
     #[arg(long, env = "SUITCASE_S3_ENDPOINT")]
     s3_endpoint: Option<String>,
-    /// With --blobs: this node's device inventory and rollouts (sqlite:PATH or postgres://…;
-    /// default SQLite in <data>/fleet.db). Not shared between nodes yet: each node tracks the
-    /// devices that talk to it, and a rollout triggers the devices of its own node.
+    /// With --blobs: the device inventory and rollouts somewhere else than --database
+    /// (sqlite:PATH keeps them to this node; postgres://… shares them with every node given
+    /// the same URL). Default: --database, shared by the nodes.
     #[arg(long, env = "SUITCASE_FLEET_DATABASE", requires = "blobs")]
     fleet_database: Option<String>,
     /// With --blobs: local disk kept for file contents, in MiB (<data>/blob-cache).
@@ -296,9 +296,6 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
 }
 
 async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
-    if args.blobs.is_some() && args.fleet_database.is_some() && args.fleet_database == args.database {
-        bail!("--fleet-database must not be the shared --database: each node keeps its own fleet for now");
-    }
     std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
     let mut probe: Option<Arc<dyn suitcase_http::Probe>> = None;
     let store: Arc<dyn Store> = match &args.blobs {
@@ -364,6 +361,23 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     tokens
         .watch(std::time::Duration::from_millis(500))
         .context("starting the token file watcher")?;
+    // On PostgreSQL, the tokens every node honours (`suitcase token … --database`) too.
+    if let Some(url) = args
+        .database
+        .as_deref()
+        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
+    {
+        let table = suitcase_store_shared::tokens::SharedTokens::connect(url)
+            .await
+            .with_context(|| format!("the token table in {}", suitcase_store_shared::redact(url)))?;
+        let entries = table.list().await.context("reading the shared tokens")?;
+        tracing::info!(
+            entries = entries.len(),
+            "tokens of the shared table are honoured beside the token file"
+        );
+        tokens.set_shared(entries);
+        tokio::spawn(table.follow(Arc::downgrade(&tokens)));
+    }
 
     let seed = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -408,13 +422,9 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         }
         None => None,
     };
-    // With a shared store, --database holds the store's versions; the fleet stays the
-    // node's own (sharing one fleet between nodes is not built yet).
-    let fleet_database = if args.blobs.is_some() {
-        args.fleet_database.as_ref()
-    } else {
-        args.database.as_ref()
-    };
+    // On PostgreSQL the fleet is shared: whichever node holds its lease runs the tracker,
+    // the others hand it what they hear (suitcase_fleet::cluster).
+    let fleet_database = args.fleet_database.as_ref().or(args.database.as_ref());
     let database = match fleet_database {
         Some(url) => url.clone(),
         None => format!("sqlite:{}?mode=rwc", args.data.join("fleet.db").display()),

@@ -1,11 +1,14 @@
-//! `suitcase token {create,list,revoke}`: the server re-reads the token file on change.
+//! `suitcase token {create,list,revoke}`: in the token file of a data directory (the server
+//! re-reads it on change), or with `--database postgres://…` in the table every node sharing
+//! that database honours (each follows it within a second).
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Subcommand;
-use suitcase_auth::{Role, Tokens};
+use suitcase_auth::{Role, TokenEntry, Tokens};
+use suitcase_store_shared::tokens::SharedTokens;
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
@@ -34,12 +37,20 @@ pub enum TokenCommand {
         /// The server's data directory.
         #[arg(long, env = "SUITCASE_DATA", default_value = "suitcase-data")]
         data: PathBuf,
+        /// Keep it in this PostgreSQL database (postgres://…) instead: every server whose
+        /// --database it is honours it. A sqlite: URL means the data directory's file.
+        #[arg(long, env = "SUITCASE_DATABASE", value_name = "URL")]
+        database: Option<String>,
     },
     /// List tokens (names, roles, dates; never the tokens).
     List {
         /// The server's data directory.
         #[arg(long, env = "SUITCASE_DATA", default_value = "suitcase-data")]
         data: PathBuf,
+        /// Keep it in this PostgreSQL database (postgres://…) instead: every server whose
+        /// --database it is honours it. A sqlite: URL means the data directory's file.
+        #[arg(long, env = "SUITCASE_DATABASE", value_name = "URL")]
+        database: Option<String>,
     },
     /// Revoke a token by name.
     Revoke {
@@ -48,7 +59,53 @@ pub enum TokenCommand {
         /// The server's data directory.
         #[arg(long, env = "SUITCASE_DATA", default_value = "suitcase-data")]
         data: PathBuf,
+        /// Keep it in this PostgreSQL database (postgres://…) instead: every server whose
+        /// --database it is honours it. A sqlite: URL means the data directory's file.
+        #[arg(long, env = "SUITCASE_DATABASE", value_name = "URL")]
+        database: Option<String>,
     },
+}
+
+/// Where tokens are kept.
+enum Place {
+    File(Tokens),
+    Table(tokio::runtime::Runtime, SharedTokens),
+}
+
+impl Place {
+    fn of(data: &std::path::Path, database: Option<String>) -> anyhow::Result<Place> {
+        match database.filter(|d| d.starts_with("postgres://") || d.starts_with("postgresql://")) {
+            None => Ok(Place::File(Tokens::new(data.join("tokens.json")))),
+            Some(url) => {
+                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+                let table = rt
+                    .block_on(SharedTokens::connect(&url))
+                    .with_context(|| format!("the token table in {}", suitcase_store_shared::redact(&url)))?;
+                Ok(Place::Table(rt, table))
+            }
+        }
+    }
+
+    fn add(&self, entry: TokenEntry) -> anyhow::Result<()> {
+        match self {
+            Place::File(t) => Ok(t.add(entry)?),
+            Place::Table(rt, t) => Ok(rt.block_on(t.add(&entry))?),
+        }
+    }
+
+    fn list(&self) -> anyhow::Result<Vec<TokenEntry>> {
+        match self {
+            Place::File(t) => Ok(t.list()?),
+            Place::Table(rt, t) => Ok(rt.block_on(t.list())?),
+        }
+    }
+
+    fn revoke(&self, name: &str) -> anyhow::Result<bool> {
+        match self {
+            Place::File(t) => Ok(t.revoke(name)?),
+            Place::Table(rt, t) => Ok(rt.block_on(t.revoke(name))?),
+        }
+    }
 }
 
 pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
@@ -56,12 +113,13 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Create {
             name,
             data,
+            database,
             psk: true,
             psk_identity,
             psk_key,
             ..
         } => {
-            let tokens = Tokens::new(data.join("tokens.json"));
+            let place = Place::of(&data, database)?;
             let key = match psk_key {
                 Some(k) => k.into_bytes(),
                 None => {
@@ -70,7 +128,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                     hex::encode(raw).into_bytes()
                 }
             };
-            let p = tokens.create_psk(&name, psk_identity.as_deref(), Some(key))?;
+            let (entry, p) = TokenEntry::new_psk(&name, psk_identity.as_deref(), Some(key))?;
+            place.add(entry)?;
             println!("psk-identity: {}", p.identity);
             println!("psk-key: {}", String::from_utf8_lossy(&p.key));
             eprintln!(
@@ -81,21 +140,29 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         TokenCommand::Create {
             name,
             data,
+            database,
             public_key: Some(file),
             ..
         } => {
             let pem = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let spki = suitcase_dtls::spki_sha256_of_pem(&pem).with_context(|| file.display().to_string())?;
-            Tokens::new(data.join("tokens.json")).create_public_key(&name, spki)?;
+            Place::of(&data, database)?.add(TokenEntry::new_public_key(&name, spki)?)?;
             eprintln!(
                 "device {name:?} admitted over coaps:// by its key (SPKI SHA-256 {})",
                 hex::encode(spki)
             );
         }
-        TokenCommand::Create { name, device, data, .. } => {
-            let tokens = Tokens::new(data.join("tokens.json"));
+        TokenCommand::Create {
+            name,
+            device,
+            data,
+            database,
+            ..
+        } => {
+            let place = Place::of(&data, database)?;
             let role = if device { Role::Device } else { Role::Publisher };
-            let token = tokens.create(&name, role)?;
+            let (entry, token) = TokenEntry::new_token(&name, role)?;
+            place.add(entry)?;
             println!("{token}");
             eprintln!(
                 "{} token {name:?} created; send it as `Authorization: {} {token}`",
@@ -103,8 +170,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 if device { "token" } else { "Bearer" }
             );
         }
-        TokenCommand::List { data } => {
-            for e in Tokens::new(data.join("tokens.json")).list()? {
+        TokenCommand::List { data, database } => {
+            for e in Place::of(&data, database)?.list()? {
                 println!(
                     "{:<24} {:<9} {:<10} created {}",
                     e.name,
@@ -114,8 +181,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        TokenCommand::Revoke { name, data } => {
-            if !Tokens::new(data.join("tokens.json")).revoke(&name)? {
+        TokenCommand::Revoke { name, data, database } => {
+            if !Place::of(&data, database)?.revoke(&name)? {
                 eprintln!("no token named {name:?}");
                 return Ok(ExitCode::from(1));
             }

@@ -4,19 +4,22 @@
 //! removal on one stops the others serving it; a node killed during an upload leaves
 //! nothing half-published and comes back numbering where the cluster is; with the object
 //! store down, a publish is a clear 503 while what the nodes cached is still served.
+//! The fleet is one for all nodes: devices added on one are known to all, and a rollout
+//! created on a follower goes on from another node when its leader is SIGKILLed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
 
 use std::net::{SocketAddr, UdpSocket};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use coap_lite::{CoapOption, MessageClass, MessageType, Packet, RequestType, ResponseType};
 use support::postgres::Postgres;
 use support::s3::S3;
-use support::simdevice::Link;
+use support::simdevice::{Behaviour, Link, SimDevice};
 use support::TestServer;
 
 fn node(dir: &std::path::Path, name: &str, pg: &Postgres, s3: &S3, key: Option<&str>) -> TestServer {
@@ -28,6 +31,45 @@ fn node(dir: &std::path::Path, name: &str, pg: &Postgres, s3: &S3, key: Option<&
     let env = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     TestServer::start_env(&dir.join(name), &args, &env)
+}
+
+/// A node on IPv4 loopback (simulated devices on 127.0.9.x are told apart).
+fn node_v4(dir: &std::path::Path, name: &str, pg: &Postgres, s3: &S3, key: Option<&str>) -> TestServer {
+    let blobs = format!("s3://{}/fleet", s3.bucket);
+    let mut args = vec!["--database", &pg.url, "--blobs", &blobs, "--s3-endpoint", &s3.endpoint];
+    if let Some(k) = key {
+        args.extend(["--key", k]);
+    }
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    TestServer::start_env_v4(&dir.join(name), &args, &env)
+}
+
+/// Whether `s` runs the fleet's tracker (its `/metrics`).
+fn leads(s: &TestServer) -> bool {
+    let (code, body) = support::curl_text(&format!("{}/metrics", s.http()), &[]);
+    assert_eq!(code, 200, "{body}");
+    body.lines()
+        .find_map(|l| l.strip_prefix("suitcase_fleet_leading "))
+        .unwrap_or_else(|| panic!("no suitcase_fleet_leading in {body}"))
+        .trim()
+        == "1"
+}
+
+fn rollout_status(s: &TestServer, id: u64) -> serde_json::Value {
+    serde_json::from_str(&s.cli(&["rollout", "status", &id.to_string(), "--json"])).unwrap()
+}
+
+fn wait_for(what: &str, secs: u64, mut done: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !done() {
+        assert!(
+            start.elapsed() < Duration::from_secs(secs),
+            "{what}: not within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    start.elapsed()
 }
 
 /// GET `path` from `server` over CoAP with 1024-byte blocks: the code and the whole payload.
@@ -314,4 +356,166 @@ fn three_nodes_share_one_store() {
     until_served(&c, "fw/cluster/app.bin", &v4, 5);
     until_served(&c, "fw/cluster/v/2/app.bin", &v2, 5);
     until_served(&b, "fw/cluster/v/1/app.bin", &v1, 5);
+}
+
+#[test]
+fn one_fleet_whose_rollout_outlives_its_leader() {
+    let Some(pg) = Postgres::start() else { return };
+    let Some(s3) = S3::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    // A starts first and takes the fleet's lease; B and C follow.
+    let a = node_v4(dir.path(), "a", &pg, &s3, None);
+    let key = dir.path().join("a/keys/signing-key.pem");
+    let key = key.to_str().unwrap();
+    let b = node_v4(dir.path(), "b", &pg, &s3, Some(key));
+    let c = node_v4(dir.path(), "c", &pg, &s3, Some(key));
+    assert_eq!((leads(&a), leads(&b), leads(&c)), (true, false, false));
+
+    // A publisher token made for the cluster (in PostgreSQL) holds on every node; so does
+    // its revocation, within a second or two.
+    let dir_cli = dir.path().join("cli");
+    let token = support::suitcase(&[
+        "token",
+        "create",
+        "ci",
+        "--database",
+        &pg.url,
+        "--data",
+        dir_cli.to_str().unwrap(),
+    ]);
+    let token = token.trim().to_string();
+    let remove_with = |n: &TestServer, token: &str| -> u16 {
+        support::curl_text(
+            &format!("{}/remove", n.http()),
+            &[
+                "-H",
+                &format!("Authorization: Bearer {token}"),
+                "-H",
+                "Content-Type: application/json",
+                "-d",
+                r#"{"publish_id": "no/such/id"}"#,
+            ],
+        )
+        .0
+    };
+    for n in [&a, &b, &c] {
+        wait_for("the cluster's token honoured", 5, || remove_with(n, &token) == 404);
+    }
+    assert_eq!(remove_with(&b, "0123456789abcdef0123456789abcdef01234567"), 401);
+    let listed = support::suitcase(&["token", "list", "--database", &pg.url]);
+    assert!(listed.contains("ci") && listed.contains("publisher"), "{listed}");
+    assert!(!listed.contains(&token), "{listed}");
+    support::suitcase(&["token", "revoke", "ci", "--database", &pg.url]);
+    for n in [&a, &b, &c] {
+        let took = wait_for("the revocation in force", 5, || remove_with(n, &token) == 401);
+        eprintln!("token revoked in PostgreSQL to refused by a node: {took:?}");
+    }
+
+    // Two versions, published on C (their manifests name C: the node the devices use).
+    let file = dir.path().join("roll.bin");
+    let mut seqs = Vec::new();
+    for seed in [41, 42] {
+        std::fs::write(&file, support::random_bytes(6000, seed)).unwrap();
+        c.publish("fw/roll", &file, &[]);
+        let listed: serde_json::Value = serde_json::from_str(&c.cli(&["list", "fw/roll", "--json"])).unwrap();
+        seqs.push(
+            listed
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v["sequence_number"].as_u64())
+                .max()
+                .unwrap(),
+        );
+    }
+    let (old, new) = (seqs[0], seqs[1]);
+
+    // Four devices that wait to be let go after a trigger, added through C (a follower:
+    // the leader adds them) and known to every node.
+    let devices: Vec<SimDevice> = (0..4)
+        .map(|i| {
+            SimDevice::start(
+                &format!("r{i}"),
+                &format!("127.0.9.{}", 10 + i),
+                "fw/roll",
+                Behaviour::Slow,
+            )
+        })
+        .collect();
+    let mut csv = String::from("id,coap,publish_id,groups,running_seq\n");
+    for d in &devices {
+        csv += &format!("{},{},fw/roll,lab,{old}\n", d.id, d.addr);
+    }
+    let list = dir.path().join("devices.csv");
+    std::fs::write(&list, csv).unwrap();
+    c.cli(&["device", "import", list.to_str().unwrap()]);
+    for n in [&a, &b] {
+        let listed: serde_json::Value = serde_json::from_str(&n.cli(&["device", "list", "--json"])).unwrap();
+        assert_eq!(listed.as_array().unwrap().len(), 4, "{listed:#}");
+    }
+
+    // A rollout created on C, one device at a time: A (the leader) triggers r0, which
+    // downloads from C (let through by the gates A handed to C) and reports to C.
+    let created: serde_json::Value = serde_json::from_str(&c.cli(&[
+        "rollout",
+        "create",
+        "--publish-id",
+        "fw/roll",
+        "--json",
+        "--max-concurrent",
+        "1",
+    ]))
+    .unwrap();
+    let id = created["id"].as_u64().unwrap();
+    wait_for("r0 triggered", 15, || devices[0].triggers() == 1);
+    devices[0].go.store(true, Ordering::Relaxed);
+    wait_for("r0 installed", 20, || {
+        rollout_status(&b, id)["totals"]["installed"] == 1
+    });
+    wait_for("r1 triggered", 15, || devices[1].triggers() == 1);
+
+    // SIGKILL the leader while r1 works: B or C takes the lease and runs the rollout on.
+    let killed = std::process::Command::new("kill")
+        .args(["-9", &a.pid().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    drop(a);
+    let took = wait_for("a new leader", 15, || leads(&b) || leads(&c));
+    eprintln!("SIGKILL of the leader to a new one: {took:?}");
+    assert!(!(leads(&b) && leads(&c)), "two leaders");
+    for d in &devices[1..] {
+        d.go.store(true, Ordering::Relaxed);
+    }
+    let start = Instant::now();
+    let r = loop {
+        let r = rollout_status(&c, id);
+        if r["state"] == "finished" || r["state"] == "halted" {
+            break r;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "the rollout stopped with its leader: {r:#}\n{:#?}",
+            b.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(r["state"], "finished", "{r:#}");
+    assert_eq!(r["totals"]["installed"], 4, "{r:#}");
+    assert_eq!(
+        devices.iter().map(SimDevice::triggers).collect::<Vec<_>>(),
+        vec![1, 1, 1, 1],
+        "a device was triggered twice or never"
+    );
+    for n in [&b, &c] {
+        let d3: serde_json::Value = serde_json::from_str(&n.cli(&["device", "show", "r3", "--json"])).unwrap();
+        assert_eq!(
+            (d3["state"].as_str(), d3["running_seq"].as_u64()),
+            (Some("installed"), Some(new)),
+            "{d3:#}"
+        );
+    }
+    for n in [&b, &c] {
+        assert!(n.log().iter().all(|l| !l.contains("panicked")), "{:?}", n.log());
+    }
 }

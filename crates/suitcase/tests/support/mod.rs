@@ -93,6 +93,11 @@ impl TestServer {
         Self::launch_env(None, "[::1]", ("[::1]:0", "[::1]:0"), data, extra, env)
     }
 
+    /// [`TestServer::start_env`] on IPv4 loopback (devices on 127.0.x.y are told apart).
+    pub fn start_env_v4(data: &Path, extra: &[&str], env: &[(&str, &str)]) -> TestServer {
+        Self::launch_env(None, "127.0.0.1", ("127.0.0.1:0", "127.0.0.1:0"), data, extra, env)
+    }
+
     fn launch_env(
         netns: Option<&str>,
         host: &str,
