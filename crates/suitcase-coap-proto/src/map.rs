@@ -15,6 +15,8 @@ use crate::server::{content_format, Resource, Resources};
 pub struct MapResources {
     map: RwLock<HashMap<String, Resource>>,
     posts: RwLock<std::collections::HashSet<String>>,
+    /// Paths that exist but cannot be read now (answered 5.03).
+    unavailable: RwLock<std::collections::HashSet<String>>,
     generation: AtomicU64,
 }
 
@@ -45,6 +47,18 @@ impl MapResources {
         }
     }
 
+    /// Say that `path` exists but cannot be read now (`false`: not any more): a GET is
+    /// answered 5.03 with Max-Age instead of 4.04. Only a path without a resource is.
+    pub fn set_unavailable(&self, path: &str, unavailable: bool) {
+        if let Ok(mut u) = self.unavailable.write() {
+            if unavailable {
+                u.insert(path.to_string());
+            } else {
+                u.remove(path);
+            }
+        }
+    }
+
     /// Stop serving `path`.
     pub fn remove(&self, path: &str) {
         if let Ok(mut m) = self.map.write() {
@@ -67,6 +81,9 @@ impl Resources for MapResources {
     }
     fn accepts_post(&self, segments: &[&str]) -> bool {
         self.posts.read().is_ok_and(|p| p.contains(&segments.join("/")))
+    }
+    fn unavailable(&self, segments: &[&str]) -> bool {
+        self.unavailable.read().is_ok_and(|u| u.contains(&segments.join("/")))
     }
     fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)

@@ -82,6 +82,8 @@ pub struct ResponseSpec {
     pub observe: Option<u32>,
     /// Content-Format option.
     pub content_format: Option<u16>,
+    /// Max-Age option (a 5.03's "try again in", RFC 7252 §5.9.3.4).
+    pub max_age: Option<u32>,
     /// Block2 option.
     pub block2: Option<BlockValue>,
     /// Size2 option.
@@ -103,6 +105,7 @@ impl ResponseSpec {
             etag: None,
             observe: None,
             content_format: None,
+            max_age: None,
             block2: None,
             size2: None,
             echo: None,
@@ -161,6 +164,9 @@ pub fn encode_append(out: &mut Vec<u8>, ty: MsgType, mid: u16, token: &[u8], spe
     if let Some(cf) = spec.content_format {
         put_option(out, &mut last, 12, &uint_option(u32::from(cf)));
     }
+    if let Some(a) = spec.max_age {
+        put_option(out, &mut last, 14, &uint_option(a));
+    }
     if let Some(b) = &spec.block2 {
         put_option(out, &mut last, 23, &b.encode());
     }
@@ -194,6 +200,7 @@ mod tests {
             etag: Some(*b"abcdefgh"),
             observe: Some(5),
             content_format: Some(42),
+            max_age: None,
             block2: Some(BlockValue {
                 num: 300,
                 more: true,

@@ -142,6 +142,13 @@ pub trait Resources {
     fn resolve_etag(&self, segments: &[&str], etag: &[u8; 8]) -> Option<Resource> {
         self.resolve(segments).filter(|r| r.etag == *etag)
     }
+    /// Asked after a lookup of `segments` found nothing: whether the resource exists but
+    /// cannot be read at the moment (a shared store's object store down): answered 5.03
+    /// with Max-Age, so a device retries instead of giving up on a 4.04. Default: never.
+    fn unavailable(&self, segments: &[&str]) -> bool {
+        let _ = segments;
+        false
+    }
     /// Whether a POST to `segments` goes to the application ([`Server::poll_request`]);
     /// other POSTs are answered 4.05. (suitcase: device reports.)
     fn accepts_post(&self, segments: &[&str]) -> bool {
@@ -250,6 +257,9 @@ pub struct TransferDone {
 /// Completed transfers kept for [`Server::poll_transfer_done`] at most; older ones are
 /// dropped (and counted) when nobody collects them.
 const MAX_DONE: usize = 1024;
+
+/// The Max-Age of a 5.03 for a resource that exists but cannot be read now (seconds).
+const UNAVAILABLE_RETRY_SECS: u32 = 5;
 
 /// Counters for logs and benchmarks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -469,6 +479,7 @@ impl<R: Resources> Server<R> {
         }
         let spec = ResponseSpec {
             content_format: (!payload.is_empty()).then_some(content_format::TEXT),
+            max_age: None,
             payload,
             ..ResponseSpec::error(code, "")
         };
@@ -980,6 +991,15 @@ impl<R: Resources> Server<R> {
                     "If-Match: no such resource",
                 ));
             }
+            if self.resources.unavailable(&p.path) {
+                return none(ResponseSpec {
+                    max_age: Some(UNAVAILABLE_RETRY_SECS),
+                    ..ResponseSpec::error(
+                        Code::SERVICE_UNAVAILABLE,
+                        "the file cannot be read at the moment: try again",
+                    )
+                });
+            }
             return none(ResponseSpec::error(Code::NOT_FOUND, "not found"));
         };
         if !p.if_match.is_empty() && !p.if_match.iter().any(|e| e.is_empty() || *e == res.etag) {
@@ -1038,6 +1058,7 @@ impl<R: Resources> Server<R> {
             code: Code::CONTENT,
             etag: Some(res.etag),
             content_format: Some(res.content_format),
+            max_age: None,
             size2: size2_requested.then_some(u32::try_from(len).unwrap_or(u32::MAX)),
             ..ResponseSpec::error(Code::CONTENT, "")
         };

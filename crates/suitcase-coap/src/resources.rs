@@ -4,6 +4,7 @@
 //! ([`suitcase_store::paths`]), which accepts exactly one spelling per resource.
 
 use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -34,6 +35,9 @@ pub struct StoreResources {
     gate: Option<Arc<dyn Gate>>,
     /// Serve nothing but `/.well-known/core` (plain CoAP when DTLS is required).
     discovery_only: bool,
+    /// The last lookup found its file but the store could not read it now (cleared at the
+    /// start of every lookup; read by [`Resources::unavailable`] right after it).
+    unavailable: AtomicBool,
 }
 
 /// Paths remembered (unknown paths included, so scans stay cheap).
@@ -73,6 +77,7 @@ impl StoreResources {
             reports: false,
             gate: None,
             discovery_only: false,
+            unavailable: AtomicBool::new(false),
         }
     }
 
@@ -109,7 +114,12 @@ impl StoreResources {
                 default_szx: block_size.map(|b| (b.trailing_zeros().saturating_sub(4)) as u8),
             }),
             Err(e) => {
-                tracing::error!(file = %entry.name, error = %e, "stored file cannot be read");
+                if matches!(e, suitcase_store::StoreError::Unavailable(_)) {
+                    tracing::warn!(file = %entry.name, error = %e, "stored file unavailable for now");
+                    self.unavailable.store(true, Ordering::Relaxed);
+                } else {
+                    tracing::error!(file = %entry.name, error = %e, "stored file cannot be read");
+                }
                 None
             }
         }
@@ -160,6 +170,7 @@ impl Resources for StoreResources {
         if segments.len() < 2 || paths::is_immutable(segments) || segments == [".well-known", "core"] {
             return self.resolve(segments);
         }
+        self.unavailable.store(false, Ordering::Relaxed);
         let who = Requester {
             addr: Some(peer),
             identity: None,
@@ -169,6 +180,7 @@ impl Resources for StoreResources {
     }
 
     fn resolve(&self, segments: &[&str]) -> Option<Resource> {
+        self.unavailable.store(false, Ordering::Relaxed);
         if segments == [".well-known", "core"] {
             return Some(self.well_known_core());
         }
@@ -199,6 +211,12 @@ impl Resources for StoreResources {
         };
         let (entry, block_size) = file.as_deref()?;
         self.file(entry, *block_size)
+    }
+
+    fn unavailable(&self, segments: &[&str]) -> bool {
+        // Set by the lookup just before this one (each lookup clears it first).
+        let _ = segments;
+        self.unavailable.swap(false, Ordering::Relaxed)
     }
 
     fn accepts_post(&self, segments: &[&str]) -> bool {

@@ -356,6 +356,23 @@ fn three_nodes_share_one_store() {
     until_served(&c, "fw/cluster/app.bin", &v4, 5);
     until_served(&c, "fw/cluster/v/2/app.bin", &v2, 5);
     until_served(&b, "fw/cluster/v/1/app.bin", &v1, 5);
+    // A file D never fetched (it prefetched only each publish-id's newest): 5.03 with a
+    // Max-Age, so a device tries again, not a 4.04 that says it does not exist.
+    let listed: serde_json::Value =
+        serde_json::from_str(&support::curl_text(&format!("{}/api/v1/publish-ids/fw/race", d.http()), &[]).1).unwrap();
+    let mut codes = Vec::new();
+    for v in listed.as_array().unwrap().iter().skip(1) {
+        let name = v["files"][0]["name"].as_str().unwrap();
+        let path = format!("fw/race/v/{}/{name}", v["version"]);
+        codes.push(coap_fetch(coap_addr(&d), &path).0);
+    }
+    assert!(
+        codes.contains(&ResponseType::ServiceUnavailable)
+            && codes
+                .iter()
+                .all(|c| matches!(c, ResponseType::ServiceUnavailable | ResponseType::Content)),
+        "{codes:?}"
+    );
 }
 
 #[test]

@@ -932,3 +932,24 @@ fn under_the_amplification_limit_a_report_needs_a_verified_address() {
     assert!(h(&mut s, &p.to_bytes().unwrap()).is_none());
     assert!(s.poll_request().is_some(), "with the Echo value it is");
 }
+
+#[test]
+fn a_resource_that_cannot_be_read_now_is_a_5_03_with_max_age_not_a_4_04() {
+    let mut s = server(100);
+    s.resources().set_unavailable("fw/app/board/old.bin", true);
+    let p = roundtrip(
+        &mut s,
+        &get(MessageType::Confirmable, 7, b"t", "fw/app/board/old.bin", None),
+    );
+    assert_eq!(p.header.code, MessageClass::Response(ResponseType::ServiceUnavailable));
+    let max_age = p.get_option(CoapOption::MaxAge).and_then(|v| v.front().cloned());
+    assert_eq!(max_age, Some(uint_option(UNAVAILABLE_RETRY_SECS)));
+    // Readable again: a path nobody has is still 4.04.
+    s.resources().set_unavailable("fw/app/board/old.bin", false);
+    let p = roundtrip(
+        &mut s,
+        &get(MessageType::Confirmable, 8, b"u", "fw/app/board/old.bin", None),
+    );
+    assert_eq!(p.header.code, MessageClass::Response(ResponseType::NotFound));
+    assert_eq!(p.get_option(CoapOption::MaxAge), None);
+}
