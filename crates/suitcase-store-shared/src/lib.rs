@@ -27,7 +27,10 @@
 //! runtime worker).
 
 mod cache;
+mod gc;
 pub mod tokens;
+
+pub use gc::GcReport;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -104,6 +107,29 @@ pub struct SharedConfig {
     pub memory_bytes: u64,
     /// Bytes of contents kept on local disk at most.
     pub disk_bytes: u64,
+    /// S3 access key id and secret, and region, given in code; `None`: from the `AWS_*`
+    /// environment variables (as the server does).
+    pub credentials: Option<S3Credentials>,
+}
+
+/// S3 credentials given in code.
+#[derive(Clone)]
+pub struct S3Credentials {
+    /// `AWS_ACCESS_KEY_ID`.
+    pub access_key_id: String,
+    /// `AWS_SECRET_ACCESS_KEY`.
+    pub secret_access_key: String,
+    /// `AWS_REGION`.
+    pub region: String,
+}
+
+impl std::fmt::Debug for S3Credentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Credentials")
+            .field("access_key_id", &self.access_key_id)
+            .field("region", &self.region)
+            .finish_non_exhaustive()
+    }
 }
 
 impl std::fmt::Debug for SharedConfig {
@@ -115,6 +141,7 @@ impl std::fmt::Debug for SharedConfig {
             .field("cache_dir", &self.cache_dir)
             .field("memory_bytes", &self.memory_bytes)
             .field("disk_bytes", &self.disk_bytes)
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -283,6 +310,12 @@ fn object_store_of(config: &SharedConfig) -> Result<(Arc<dyn ObjectStore>, Objec
         return Err(SharedError::Config(format!("--blobs {:?}: no bucket", config.blobs)));
     }
     let mut builder = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(c) = &config.credentials {
+        builder = builder
+            .with_access_key_id(&c.access_key_id)
+            .with_secret_access_key(&c.secret_access_key)
+            .with_region(&c.region);
+    }
     if let Some(endpoint) = &config.endpoint {
         builder = builder
             .with_endpoint(endpoint)
@@ -558,6 +591,9 @@ impl Inner {
         build: Box<BuildManifest<'_>>,
     ) -> Result<Arc<Version>, StoreError> {
         let entries = suitcase_store::prepare_files(&req)?;
+        // Claimed before they are looked for: a collection never deletes them under us.
+        let claims: Vec<String> = entries.iter().map(|e| e.sha256.to_hex()).collect();
+        self.claim(&claims).await?;
         // Contents first, outside any transaction: idempotent.
         for (f, e) in req.files.iter().zip(&entries) {
             self.put(&e.sha256, f.data.clone()).await?;
@@ -629,6 +665,7 @@ impl Inner {
             None => None,
             Some(m) => {
                 let entry = suitcase_store::prepare_manifest(&m, &entries, max_sequence_number)?;
+                self.claim(&[entry.file.sha256.to_hex()]).await?;
                 self.put(&entry.file.sha256, m.data.clone()).await?;
                 self.keep(&entry.file.sha256, &m.data);
                 Some(entry)

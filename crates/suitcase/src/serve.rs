@@ -295,6 +295,27 @@ pub fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Blobs no version references (removed versions, failed publishes) are marked every hour
+/// and deleted an hour after, by one node of the cluster at a time.
+async fn collect_blobs(store: suitcase_store_shared::SharedStore) {
+    const EVERY: std::time::Duration = std::time::Duration::from_secs(3600);
+    tokio::time::sleep(std::time::Duration::from_secs(300)).await;
+    loop {
+        match store.collect_garbage(EVERY).await {
+            Ok(r) if r.skipped => tracing::debug!("blob collection: another node is at it"),
+            Ok(r) => tracing::info!(
+                marked = r.marked,
+                deleted = r.deleted,
+                deleted_bytes = r.deleted_bytes,
+                spared = r.spared,
+                "blob collection"
+            ),
+            Err(e) => tracing::warn!(error = %e, "blob collection failed; again in an hour"),
+        }
+        tokio::time::sleep(EVERY).await;
+    }
+}
+
 async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.data).with_context(|| format!("creating {}", args.data.display()))?;
     let mut probe: Option<Arc<dyn suitcase_http::Probe>> = None;
@@ -314,10 +335,12 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
                 cache_dir: args.data.join("blob-cache"),
                 memory_bytes: args.cache_mib.saturating_mul(1024 * 1024),
                 disk_bytes: args.blob_cache_mib.saturating_mul(1024 * 1024),
+                credentials: None,
             })
             .await
             .context("opening the shared store")?;
             probe = Some(Arc::new(SharedProbe(shared.clone())));
+            tokio::spawn(collect_blobs(shared.clone()));
             Arc::new(shared)
         }
         None => {

@@ -536,3 +536,75 @@ fn one_fleet_whose_rollout_outlives_its_leader() {
         assert!(n.log().iter().all(|l| !l.contains("panicked")), "{:?}", n.log());
     }
 }
+
+#[test]
+fn blobs_nobody_references_are_collected_but_never_one_a_publish_claimed() {
+    use suitcase_store::{NewFile, PublishRequest, Store};
+    use suitcase_store_shared::{S3Credentials, SharedConfig, SharedStore};
+    let Some(pg) = Postgres::start() else { return };
+    let Some(s3) = S3::start() else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let env = s3.env();
+    let var = |k: &str| env.iter().find(|(n, _)| *n == k).unwrap().1.clone();
+    let config = |cache: &str| SharedConfig {
+        database: pg.url.clone(),
+        blobs: format!("s3://{}/gc", s3.bucket),
+        endpoint: Some(s3.endpoint.clone()),
+        cache_dir: dir.path().join(cache),
+        memory_bytes: 1 << 20,
+        disk_bytes: 1 << 26,
+        credentials: Some(S3Credentials {
+            access_key_id: var("AWS_ACCESS_KEY_ID"),
+            secret_access_key: var("AWS_SECRET_ACCESS_KEY"),
+            region: var("AWS_REGION"),
+        }),
+    };
+    let store = rt.block_on(SharedStore::open(&config("a"))).unwrap();
+    let publish = |data: &[u8], fail: bool| {
+        store.publish(
+            PublishRequest {
+                publish_id: "fw/gc".into(),
+                files: vec![NewFile {
+                    name: "app.bin".into(),
+                    data: bytes::Bytes::copy_from_slice(data),
+                }],
+                ..Default::default()
+            },
+            Box::new(move |_| if fail { Err("refused".into()) } else { Ok(None) }),
+        )
+    };
+    let (kept, removed, orphan) = (
+        support::random_bytes(70_000, 51),
+        support::random_bytes(80_000, 52),
+        support::random_bytes(90_000, 53),
+    );
+    publish(&kept, false).unwrap();
+    let gone = publish(&removed, false).unwrap();
+    store.remove("fw/gc", gone.seq).unwrap();
+    // A publish that fails after its contents were stored leaves them behind.
+    assert!(publish(&orphan, true).is_err());
+
+    // The first run marks the two blobs nobody references; the second deletes them.
+    let first = rt.block_on(store.collect_garbage(Duration::ZERO)).unwrap();
+    assert_eq!((first.marked, first.deleted), (2, 0), "{first:?}");
+    // A publish of the orphan's bytes claims the blob between the two runs: it is spared.
+    let again = publish(&orphan, false).unwrap();
+    let second = rt.block_on(store.collect_garbage(Duration::ZERO)).unwrap();
+    assert_eq!(
+        (second.deleted, second.deleted_bytes, second.marked),
+        (1, removed.len() as u64, 0),
+        "{second:?}"
+    );
+    let third = rt.block_on(store.collect_garbage(Duration::ZERO)).unwrap();
+    assert_eq!((third.marked, third.deleted), (0, 0), "{third:?}");
+
+    // A node with an empty cache still reads every version that is served.
+    let fresh = rt.block_on(SharedStore::open(&config("b"))).unwrap();
+    for (seq, want) in [(1, &kept), (again.seq, &orphan)] {
+        let v = fresh.version("fw/gc", seq).unwrap();
+        let blob = fresh.blob(&v.files[0]).unwrap();
+        assert!(blob.range(0, blob.len()).unwrap() == want[..], "version {seq} differs");
+    }
+    assert!(fresh.version("fw/gc", gone.seq).is_none());
+}
