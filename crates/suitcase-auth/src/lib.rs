@@ -292,6 +292,8 @@ pub struct Tokens {
     /// What requests read: the file's entries and the shared ones (unreadable when the
     /// file is).
     merged: RwLock<Snapshot>,
+    /// Serialises rebuilding `merged` (the file watcher and the table follower both do).
+    merging: Mutex<()>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -312,6 +314,7 @@ impl Tokens {
             existed: std::sync::atomic::AtomicBool::new(false),
             shared: RwLock::new(Arc::default()),
             merged: RwLock::new(Snapshot::Entries(Arc::default())),
+            merging: Mutex::new(()),
         };
         t.refresh();
         t
@@ -328,8 +331,12 @@ impl Tokens {
         self.remerge();
     }
 
-    /// Rebuild what requests read from the file's snapshot and the shared entries.
+    /// Rebuild what requests read from the file's snapshot and the shared entries (each
+    /// writer changes its input first, then rebuilds under one lock: the last rebuild
+    /// always sees both latest inputs). A shared entry whose name, PSK identity or key a
+    /// file entry has is left out (the file wins; logged once per change).
     fn remerge(&self) {
+        let _one = self.merging.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         let file = match self.snapshot.read() {
             Ok(s) => s.1.clone(),
             Err(_) => Snapshot::Unreadable,
@@ -339,7 +346,16 @@ impl Tokens {
             Snapshot::Entries(e) if !shared.is_empty() => {
                 let mut all = Vec::with_capacity(e.len() + shared.len());
                 all.extend(e.iter().cloned());
-                all.extend(shared.iter().cloned());
+                for s in shared.iter() {
+                    match s.fits(&e) {
+                        Ok(()) => all.push(s.clone()),
+                        Err(why) => tracing::warn!(
+                            token = %s.name,
+                            reason = %why,
+                            "a token of the shared table collides with the token file; the file's holds"
+                        ),
+                    }
+                }
                 Snapshot::Entries(Arc::new(all))
             }
             other => other,
@@ -609,6 +625,11 @@ mod tests {
         assert_eq!(t.check(&shared, &[Role::Publisher]).as_deref(), Some("ci"));
         t.set_shared(Vec::new());
         assert_eq!(t.check(&shared, &[Role::Publisher]), None);
+        // A shared entry that takes a file entry's name is left out.
+        t.create("again", Role::Device).unwrap();
+        let (clash, clash_token) = TokenEntry::new_token("again", Role::Publisher).unwrap();
+        t.set_shared(vec![clash]);
+        assert_eq!(t.check(&clash_token, &[Role::Publisher]), None);
     }
 
     #[test]

@@ -1,29 +1,33 @@
 //! One fleet for many nodes (PostgreSQL).
 //!
 //! The tracker owns every change, so exactly one node runs it: the holder of a session
-//! advisory lock (the *lease*). The lease is taken by the single connection of the
-//! leader's own pool, in that connection's `after_connect`: every write the tracker makes
-//! goes through a connection that holds the lease, and a connection that cannot take it
-//! cannot be made. When the leader dies its session ends, PostgreSQL frees the lock, and
-//! another node (which tries every second) takes it, loads the devices and the live
-//! rollouts from the tables and goes on.
+//! advisory lock (the *lease*) on a connection of its own, which a task keeps checking.
+//! Each new leader raises the *term* in `fleet_leader` before it reads anything, and every
+//! write transaction of its tracker first reads the term `FOR SHARE` and gives up unless it
+//! is still its own: the raise waits for a former leader's writes in flight, and any write
+//! it tries afterwards fails. When the leader dies its session ends, PostgreSQL frees the
+//! lock (a vanished host: within about 10 s, by the TCP keepalives the lease session sets),
+//! and another node (they try every second) takes it, loads the devices and the live
+//! rollouts and goes on.
 //!
 //! Every other node (a follower) hands what it hears to the leader through the table
 //! `fleet_inbox` and `NOTIFY`:
 //! * events (downloads seen, HTTP check-ins, trigger acknowledgements) in batches every
 //!   200 ms, CoAP blocks aggregated per peer and representation as the tracker does;
-//! * requests (add, remove, report, rollout commands) one row each; the leader writes the
-//!   answer into the row and notifies, and the follower answers its caller (or says that
-//!   no leader answered within 15 s).
+//! * requests (add, remove, report, rollout commands) one row each, with a deadline; the
+//!   leader takes rows in a transaction fenced by its term (`FOR UPDATE SKIP LOCKED`),
+//!   writes each answer into its row and notifies; the follower answers its caller, or
+//!   withdraws the request and says that no leader answered in time.
 //!
-//! The leader writes the rollouts' gates to `fleet_gates` before it sends the triggers that
-//! rely on them; followers read them on `NOTIFY` (and every second as a backstop), so a
-//! device told to update may fetch from any node. Reads (device lists, rollout members)
-//! go to the tables from any node.
+//! The leader writes the rollouts' gates to `fleet_gates` and waits (at most a second) for
+//! the live followers to say they applied them (`fleet_nodes`) before it sends the triggers
+//! that rely on them, so a device told to update may fetch from any node. Followers read
+//! the gates on `NOTIFY` and every second. Reads (device lists, rollout members) go to the
+//! tables from any node. Times in these tables are the database's clock.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +46,8 @@ use crate::model::{Device, NewDevice};
 use crate::report::Report;
 use crate::rollout::{Plan, RolloutRequest, RolloutView};
 use crate::{
-    now_ms, tracker, BaseUrls, Command, Config, Control, Counters, FleetError, HttpServed, Reporter, SlotReader,
-    Triggers, BLOCK_QUEUE, QUEUE,
+    tracker, BaseUrls, Command, Config, Control, Counters, FleetError, HttpServed, Reporter, SlotReader, Triggers,
+    BLOCK_QUEUE, QUEUE,
 };
 
 /// The advisory lock whose holder runs the tracker ("suitflee").
@@ -53,12 +57,16 @@ const SCHEMA_KEY: i64 = 0x7375_6974_666c_7363;
 const INBOX: &str = "suitcase_fleet_inbox";
 const REPLIES: &str = "suitcase_fleet_reply";
 const GATES: &str = "suitcase_fleet_gates";
+/// The database's clock, in Unix milliseconds.
+const NOW_MS: &str = "(EXTRACT(EPOCH FROM clock_timestamp()) * 1000)::BIGINT";
 
-/// How long a follower waits for the leader's answer.
+/// How long a follower waits for the leader's answer to most requests.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// … and to an import or a new rollout (many devices).
+const LONG_REQUEST_TIMEOUT: Duration = Duration::from_secs(120);
 /// How often a follower tries to take the lease, and the leader checks it still holds it.
 const CAMPAIGN: Duration = Duration::from_secs(1);
-/// How long the lease connection has to answer the leader's check.
+/// How long the lease connection has to answer the leader's check, or to connect.
 const LEASE_CHECK: Duration = Duration::from_secs(3);
 /// How often a follower hands its events on.
 const FORWARD_EVERY: Duration = Duration::from_millis(200);
@@ -74,6 +82,13 @@ const MAX_WAITING: usize = 1024;
 const BATCH: i64 = 128;
 /// Event rows older than this are dropped unread (no leader for that long: stale).
 const STALE_EVENTS_MS: i64 = 300_000;
+/// Nodes heard from within this long count for [`await_gates`].
+const ALIVE_MS: i64 = 5_000;
+/// Node rows not heard from for this long are deleted.
+const FORGET_NODES_MS: i64 = 86_400_000;
+/// How long the leader waits for the followers to apply new gates before it sends the
+/// triggers that rely on them.
+const GATES_BARRIER: Duration = Duration::from_secs(1);
 
 const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS fleet_inbox (
@@ -83,7 +98,8 @@ const SCHEMA: &[&str] = &[
         body TEXT NOT NULL,
         taken BOOLEAN NOT NULL DEFAULT FALSE,
         reply TEXT,
-        created_at BIGINT NOT NULL
+        created_at BIGINT NOT NULL,
+        expires_at BIGINT NOT NULL
     )",
     "CREATE TABLE IF NOT EXISTS fleet_gates (
         id INTEGER PRIMARY KEY,
@@ -98,7 +114,8 @@ const SCHEMA: &[&str] = &[
     "CREATE TABLE IF NOT EXISTS fleet_leader (
         id INTEGER PRIMARY KEY,
         node TEXT NOT NULL,
-        since BIGINT NOT NULL
+        since BIGINT NOT NULL,
+        term BIGINT NOT NULL
     )",
 ];
 
@@ -129,6 +146,15 @@ enum Request {
         id: u64,
         action: Control,
     },
+}
+
+impl Request {
+    fn timeout(&self) -> Duration {
+        match self {
+            Request::Add { .. } | Request::CreateRollout { .. } => LONG_REQUEST_TIMEOUT,
+            _ => REQUEST_TIMEOUT,
+        }
+    }
 }
 
 /// The leader's answer.
@@ -212,8 +238,23 @@ pub(crate) async fn migrate(db: &Db) -> Result<(), FleetError> {
     tx.commit().await.map_err(db_err)
 }
 
-/// Write the gates for the followers (the leader, through its lease connection); their
-/// version.
+/// The fence of every write of a shared fleet's tracker: the term is still `term` (read
+/// `FOR SHARE`, so a new leader's raise waits for this transaction).
+pub(crate) async fn check_term(conn: &mut sqlx::AnyConnection, term: i64) -> Result<(), FleetError> {
+    let now: Option<i64> = sqlx::query_scalar("SELECT term FROM fleet_leader WHERE id = 1 FOR SHARE")
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(db_err)?;
+    if now == Some(term) {
+        Ok(())
+    } else {
+        Err(FleetError::Unavailable(
+            "this node no longer runs the fleet (another node took the lease)".into(),
+        ))
+    }
+}
+
+/// Write the gates for the followers (the leader, fenced); their version.
 pub(crate) async fn save_gates(db: &Db, gates: &HashMap<String, OneGate>) -> Result<i64, FleetError> {
     let body = json(gates)?;
     let mut tx = db.begin_write().await?;
@@ -235,22 +276,16 @@ pub(crate) async fn save_gates(db: &Db, gates: &HashMap<String, OneGate>) -> Res
     Ok(version)
 }
 
-/// Nodes heard from within this long count for [`await_gates`].
-const ALIVE_MS: i64 = 5_000;
-/// How long the leader waits for the followers to apply new gates before it sends the
-/// triggers that rely on them.
-const GATES_BARRIER: Duration = Duration::from_secs(1);
-
 /// Wait (at most [`GATES_BARRIER`]) until every live follower says it applied gates
 /// `version`: a device told to update may then fetch from any node. Whether they all did.
 pub(crate) async fn await_gates(db: &Db, version: i64, me: &str) -> Result<bool, FleetError> {
     let deadline = tokio::time::Instant::now() + GATES_BARRIER;
     loop {
-        let behind: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM fleet_nodes WHERE node <> $1 AND seen_at > $2 AND gates_version < $3",
-        )
+        let behind: i64 = sqlx::query_scalar(&format!(
+            "SELECT COUNT(*) FROM fleet_nodes WHERE node <> $1 AND seen_at > {NOW_MS} - $2 AND gates_version < $3"
+        ))
         .bind(me)
-        .bind(now_ms() - ALIVE_MS)
+        .bind(ALIVE_MS)
         .bind(version)
         .fetch_one(&db.pool)
         .await
@@ -267,63 +302,67 @@ pub(crate) async fn await_gates(db: &Db, version: i64, me: &str) -> Result<bool,
 
 /// A follower says it is alive and which gates it applied.
 async fn heartbeat(db: &Db, me: &str, gates_version: i64) -> Result<(), FleetError> {
-    sqlx::query(
-        "INSERT INTO fleet_nodes (node, gates_version, seen_at) VALUES ($1, $2, $3) \
-         ON CONFLICT (node) DO UPDATE SET gates_version = EXCLUDED.gates_version, seen_at = EXCLUDED.seen_at",
-    )
+    sqlx::query(&format!(
+        "INSERT INTO fleet_nodes (node, gates_version, seen_at) VALUES ($1, $2, {NOW_MS}) \
+         ON CONFLICT (node) DO UPDATE SET gates_version = EXCLUDED.gates_version, seen_at = EXCLUDED.seen_at"
+    ))
     .bind(me)
     .bind(gates_version)
-    .bind(now_ms())
     .execute(&db.pool)
     .await
     .map(|_| ())
     .map_err(db_err)
 }
 
-/// This node's name in logs and `fleet_leader`: host and process.
+/// This node's name in logs and the tables: host, process and a random part (containers
+/// share host names and pids).
 fn node_name() -> String {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "node".into());
-    format!("{host}:{}", std::process::id())
+    let nonce = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() ^ (d.as_secs() as u32).rotate_left(16))
+        .unwrap_or(0);
+    format!("{host}:{}:{nonce:08x}", std::process::id())
 }
 
-/// Whether the session `pid` holds the lease (the fence of every write of the tracker).
-pub(crate) async fn holds_lease(conn: &mut sqlx::AnyConnection, pid: i32) -> Result<bool, FleetError> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted AND pid = $1 \
-         AND objsubid = 1 AND classid::bigint = $2 AND objid::bigint = $3",
-    )
-    .bind(pid)
-    .bind(LEASE_KEY >> 32)
-    .bind(LEASE_KEY & 0xffff_ffff)
-    .fetch_one(&mut *conn)
-    .await
-    .map_err(db_err)?;
-    Ok(n > 0)
-}
+/// The condition on `pg_locks` that names the lease (in this database).
+const LEASE_LOCK: &str = "locktype = 'advisory' AND granted AND objsubid = 1 \
+     AND database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND classid::bigint = $1 AND objid::bigint = $2";
 
-/// The lease: a connection of its own that holds the advisory lock, and its backend pid;
-/// `None` when another node holds it.
-async fn take_lease(url: &str, db: &Db) -> Result<Option<(PgConnection, i32)>, FleetError> {
+/// The lease: a connection of its own that holds the advisory lock; `None` when another
+/// node holds it.
+async fn take_lease(url: &str, db: &Db) -> Result<Option<PgConnection>, FleetError> {
     // Cheap first: no connection is made while the lease is visibly held.
-    let held: bool = sqlx::query_scalar(
-        "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND granted \
-         AND objsubid = 1 AND classid::bigint = $1 AND objid::bigint = $2)",
-    )
-    .bind(LEASE_KEY >> 32)
-    .bind(LEASE_KEY & 0xffff_ffff)
-    .fetch_one(&db.pool)
-    .await
-    .map_err(db_err)?;
+    let held: bool = sqlx::query_scalar(&format!("SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {LEASE_LOCK})"))
+        .bind(LEASE_KEY >> 32)
+        .bind(LEASE_KEY & 0xffff_ffff)
+        .fetch_one(&db.pool)
+        .await
+        .map_err(db_err)?;
     if held {
         return Ok(None);
     }
-    let mut conn = PgConnection::connect(url)
-        .await
-        .map_err(|e| FleetError::Database(format!("taking the fleet lease on {}: {e}", redact(url))))?;
+    let mut conn = match tokio::time::timeout(LEASE_CHECK, PgConnection::connect(url)).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => {
+            return Err(FleetError::Database(format!(
+                "taking the fleet lease on {}: {e}",
+                redact(url)
+            )))
+        }
+        Err(_) => {
+            return Err(FleetError::Database(format!(
+                "taking the fleet lease on {}: no connection within {} s",
+                redact(url),
+                LEASE_CHECK.as_secs()
+            )))
+        }
+    };
     // A leader whose machine vanishes (no FIN, no RST) is noticed by the server within
     // about 10 s, and its lease freed. (Refused on a Unix socket, where it is moot.)
     for set in [
@@ -342,22 +381,52 @@ async fn take_lease(url: &str, db: &Db) -> Result<Option<(PgConnection, i32)>, F
         let _ = conn.close().await;
         return Ok(None);
     }
-    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")
-        .fetch_one(&mut conn)
-        .await
-        .map_err(db_err)?;
-    Ok(Some((conn, pid)))
+    Ok(Some(conn))
+}
+
+/// Keep the lease: check its connection every second; say when it is lost (an error, or
+/// two checks without an answer), or close it when told to.
+async fn keep_lease(mut conn: PgConnection, lost: oneshot::Sender<()>, mut release: oneshot::Receiver<()>) {
+    let mut silent = 0;
+    loop {
+        tokio::select! {
+            _ = &mut release => {
+                // Closing the connection frees the lock for the next node at once.
+                let _ = tokio::time::timeout(LEASE_CHECK, conn.close()).await;
+                return;
+            }
+            _ = tokio::time::sleep(CAMPAIGN) => {}
+        }
+        match tokio::time::timeout(LEASE_CHECK, sqlx::query("SELECT 1").execute(&mut conn)).await {
+            Ok(Ok(_)) => silent = 0,
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "fleet: the lease connection failed");
+                break;
+            }
+            Err(_) => {
+                silent += 1;
+                tracing::warn!(checks = silent, "fleet: the lease connection does not answer");
+                if silent >= 2 {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = lost.send(());
 }
 
 /// What runs while this node leads.
 struct Leading {
-    /// The connection that holds the lease.
-    lease: PgConnection,
+    term: i64,
     commands: mpsc::Sender<Command>,
     blocks: mpsc::Sender<Vec<BlockServed>>,
     tracker: JoinHandle<()>,
     consumer: JoinHandle<()>,
-    failures: u32,
+    /// Tells the consumer to stop between two batches.
+    stop_consumer: Arc<AtomicBool>,
+    keeper: JoinHandle<()>,
+    release: oneshot::Sender<()>,
+    lost: oneshot::Receiver<()>,
 }
 
 impl Shared {
@@ -373,38 +442,49 @@ impl Shared {
         })
     }
 
-    /// Take the lease if it is free: load the fleet and start the tracker.
+    /// Take the lease if it is free: raise the term, load the fleet, start the tracker.
     async fn lead(self: &Arc<Self>) -> Result<Option<Leading>, FleetError> {
-        let Some((lease, pid)) = take_lease(&self.url, &self.db).await? else {
+        let Some(lease) = take_lease(&self.url, &self.db).await? else {
             return Ok(None);
+        };
+        let (lost_tx, lost) = oneshot::channel();
+        let (release, release_rx) = oneshot::channel();
+        let keeper = tokio::spawn(keep_lease(lease, lost_tx, release_rx));
+        let started = async {
+            // Waits for the writes of a former leader still in flight (they hold the row
+            // FOR SHARE); any it tries later fail on the new term.
+            let term: i64 = sqlx::query_scalar(&format!(
+                "INSERT INTO fleet_leader (id, node, since, term) VALUES (1, $1, {NOW_MS}, 1) \
+                 ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, since = EXCLUDED.since, \
+                 term = fleet_leader.term + 1 RETURNING term"
+            ))
+            .bind(&self.node)
+            .fetch_one(&self.db.pool)
+            .await
+            .map_err(db_err)?;
+            let devices = self.db.load_all().await?;
+            let rollouts = self.db.load_rollouts().await?;
+            let next_id = self.db.max_rollout_id().await? + 1;
+            // This node no longer follows.
+            let _ = sqlx::query("DELETE FROM fleet_nodes WHERE node = $1")
+                .bind(&self.node)
+                .execute(&self.db.pool)
+                .await;
+            Ok::<_, FleetError>((term, devices, rollouts, next_id))
+        }
+        .await;
+        let (term, devices, rollouts, next_id) = match started {
+            Ok(x) => x,
+            Err(e) => {
+                let _ = release.send(());
+                let _ = keeper.await;
+                return Err(e);
+            }
         };
         let db = Db {
             pool: self.db.pool.clone(),
             backend: Backend::Postgres,
-            fence: Some(pid),
-        };
-        let started = async {
-            let devices = db.load_all().await?;
-            let rollouts = db.load_rollouts().await?;
-            let next_id = db.max_rollout_id().await? + 1;
-            sqlx::query(
-                "INSERT INTO fleet_leader (id, node, since) VALUES (1, $1, $2) \
-                 ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, since = EXCLUDED.since",
-            )
-            .bind(&self.node)
-            .bind(now_ms())
-            .execute(&db.pool)
-            .await
-            .map_err(db_err)?;
-            Ok::<_, FleetError>((devices, rollouts, next_id))
-        }
-        .await;
-        let (devices, rollouts, next_id) = match started {
-            Ok(x) => x,
-            Err(e) => {
-                let _ = lease.close().await;
-                return Err(e);
-            }
+            fence: Some(term),
         };
         let live = rollouts.len();
         let n = devices.len();
@@ -412,7 +492,7 @@ impl Shared {
         let (blocks, blocks_rx) = mpsc::channel(BLOCK_QUEUE);
         let p = &self.parts;
         let t = tracker::Tracker::new(
-            db,
+            db.clone(),
             p.store.clone(),
             p.config.clone(),
             devices,
@@ -428,51 +508,79 @@ impl Shared {
             },
         );
         let tracker = tokio::spawn(t.run(commands_rx, blocks_rx));
-        let consumer = tokio::spawn(consume(self.clone(), commands.clone(), blocks.clone()));
-        tracing::info!(node = %self.node, devices = n, rollouts = live, "fleet: this node holds the lease and runs the tracker");
+        let stop_consumer = Arc::new(AtomicBool::new(false));
+        let consumer = tokio::spawn(consume(
+            self.clone(),
+            db,
+            commands.clone(),
+            blocks.clone(),
+            stop_consumer.clone(),
+        ));
+        tracing::info!(node = %self.node, term, devices = n, rollouts = live, "fleet: this node holds the lease and runs the tracker");
         Ok(Some(Leading {
-            lease,
+            term,
             commands,
             blocks,
             tracker,
             consumer,
-            failures: 0,
+            stop_consumer,
+            keeper,
+            release,
+            lost,
         }))
     }
 
     /// Hand a request to the leader and wait for its answer.
     async fn request(&self, req: Request) -> Result<Reply, FleetError> {
+        let timeout = req.timeout();
         let body = json(&req)?;
-        let id: i64 = sqlx::query_scalar(
-            "INSERT INTO fleet_inbox (node, kind, body, created_at) VALUES ($1, 'request', $2, $3) RETURNING id",
-        )
+        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let mut tx = self.db.pool.begin().await.map_err(db_err)?;
+        let id: i64 = sqlx::query_scalar(&format!(
+            "INSERT INTO fleet_inbox (node, kind, body, created_at, expires_at) \
+             VALUES ($1, 'request', $2, {NOW_MS}, {NOW_MS} + $3) RETURNING id"
+        ))
         .bind(&self.node)
         .bind(body)
-        .bind(now_ms())
-        .fetch_one(&self.db.pool)
+        .bind(timeout_ms)
+        .fetch_one(&mut *tx)
         .await
         .map_err(db_err)?;
+        sqlx::query("SELECT pg_notify($1, '')")
+            .bind(INBOX)
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
         let wake = Arc::new(Notify::new());
         self.waiters.lock().insert(id, wake.clone());
-        let r = self.await_reply(id, &wake).await;
+        let r = self.await_reply(id, &wake, timeout).await;
         self.waiters.lock().remove(&id);
+        if r.is_err() {
+            // Not to be run after its caller was told it failed.
+            let _ = sqlx::query("DELETE FROM fleet_inbox WHERE id = $1 AND NOT taken")
+                .bind(id)
+                .execute(&self.db.pool)
+                .await;
+        }
         r
     }
 
-    async fn await_reply(&self, id: i64, wake: &Notify) -> Result<Reply, FleetError> {
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(INBOX)
-            .execute(&self.db.pool)
-            .await
-            .map_err(db_err)?;
-        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+    async fn await_reply(&self, id: i64, wake: &Notify, timeout: Duration) -> Result<Reply, FleetError> {
+        let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let reply: Option<Option<String>> = sqlx::query_scalar("SELECT reply FROM fleet_inbox WHERE id = $1")
+            let row = sqlx::query("SELECT taken, reply FROM fleet_inbox WHERE id = $1")
                 .bind(id)
                 .fetch_optional(&self.db.pool)
                 .await
                 .map_err(db_err)?;
-            if let Some(Some(body)) = reply {
+            let Some(row) = row else {
+                return Err(FleetError::Unavailable(
+                    "the request was dropped unanswered (it expired): try again".into(),
+                ));
+            };
+            let taken: bool = row.try_get("taken").map_err(db_err)?;
+            if let Some(body) = row.try_get::<Option<String>, _>("reply").map_err(db_err)? {
                 // Read: the row has done its work.
                 let _ = sqlx::query("DELETE FROM fleet_inbox WHERE id = $1")
                     .bind(id)
@@ -482,21 +590,15 @@ impl Shared {
                     .map_err(|e| FleetError::Database(format!("the leader's answer does not read: {e}")));
             }
             if tokio::time::Instant::now() >= deadline {
-                let withdrawn = sqlx::query("DELETE FROM fleet_inbox WHERE id = $1 AND NOT taken")
-                    .bind(id)
-                    .execute(&self.db.pool)
-                    .await
-                    .map_err(db_err)?
-                    .rows_affected();
-                return Err(FleetError::Database(if withdrawn == 1 {
+                return Err(FleetError::Unavailable(if taken {
                     format!(
-                        "no node ran the fleet within {} s (nothing was changed; try again)",
-                        REQUEST_TIMEOUT.as_secs()
+                        "the fleet's leader took the request but did not answer within {} s",
+                        timeout.as_secs()
                     )
                 } else {
                     format!(
-                        "the fleet's leader took the request but did not answer within {} s",
-                        REQUEST_TIMEOUT.as_secs()
+                        "no node ran the fleet within {} s (nothing was changed; try again)",
+                        timeout.as_secs()
                     )
                 }));
             }
@@ -508,13 +610,16 @@ impl Shared {
     async fn hand_on(&self, events: &[Event]) -> Result<(), FleetError> {
         let body = json(&events)?;
         let mut tx = self.db.pool.begin().await.map_err(db_err)?;
-        sqlx::query("INSERT INTO fleet_inbox (node, kind, body, created_at) VALUES ($1, 'events', $2, $3)")
-            .bind(&self.node)
-            .bind(body)
-            .bind(now_ms())
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
+        sqlx::query(&format!(
+            "INSERT INTO fleet_inbox (node, kind, body, created_at, expires_at) \
+             VALUES ($1, 'events', $2, {NOW_MS}, {NOW_MS} + $3)"
+        ))
+        .bind(&self.node)
+        .bind(body)
+        .bind(STALE_EVENTS_MS)
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
         sqlx::query("SELECT pg_notify($1, '')")
             .bind(INBOX)
             .execute(&mut *tx)
@@ -530,11 +635,46 @@ impl Shared {
             .await
             .map_err(db_err)
     }
+
+    async fn answer(&self, id: i64, reply: &Reply) {
+        let body = match json(reply) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet: an answer could not be encoded");
+                return;
+            }
+        };
+        for attempt in 0..3 {
+            let r = async {
+                let mut tx = self.db.pool.begin().await?;
+                sqlx::query("UPDATE fleet_inbox SET reply = $2 WHERE id = $1")
+                    .bind(id)
+                    .bind(&body)
+                    .execute(&mut *tx)
+                    .await?;
+                sqlx::query("SELECT pg_notify($1, $2)")
+                    .bind(REPLIES)
+                    .bind(id.to_string())
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await
+            }
+            .await;
+            match r {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, row = id, attempt, "fleet: an answer could not be written");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            }
+        }
+    }
 }
 
 /// The router: every command and block batch of this node's `Fleet` handles goes to the
-/// tracker when this node leads, else to the leader through the inbox. It also campaigns
-/// for the lease and steps down when the lease connection is lost.
+/// tracker when this node leads, else to the leader through the inbox. Taking the lease
+/// and watching it run in tasks of their own: nothing here waits on the database but the
+/// hand-over of the last events at shutdown.
 async fn route(
     shared: Arc<Shared>,
     mut commands: mpsc::Receiver<Command>,
@@ -546,19 +686,33 @@ async fn route(
     let mut served: HashMap<(SocketAddr, [u8; 8]), (u64, u64, u64)> = HashMap::new();
     let mut tick = tokio::time::interval(FORWARD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut last_campaign = tokio::time::Instant::now();
     let mut handing_on: Option<JoinHandle<()>> = None;
+    let (won_tx, mut won) = mpsc::channel::<Leading>(1);
+    let campaigner = tokio::spawn(campaign(Arc::downgrade(&shared), won_tx));
     tokio::spawn(follow(Arc::downgrade(&shared)));
     counters.leading.store(leading.is_some(), Ordering::Relaxed);
     loop {
+        let lost = async {
+            match leading.as_mut() {
+                Some(l) => {
+                    let _ = (&mut l.lost).await;
+                }
+                None => std::future::pending::<()>().await,
+            }
+        };
         tokio::select! {
             c = commands.recv() => match c {
                 None => break,
                 Some(Command::Shutdown { reply }) => {
+                    campaigner.abort();
                     let r = match leading.take() {
                         Some(l) => stop_leading(l, true).await,
                         None => {
                             flush_events(&shared, &mut events, &mut served).await;
+                            let _ = sqlx::query("DELETE FROM fleet_nodes WHERE node = $1")
+                                .bind(&shared.node)
+                                .execute(&shared.db.pool)
+                                .await;
                             Ok(())
                         }
                     };
@@ -569,7 +723,7 @@ async fn route(
                 Some(c) => match &leading {
                     Some(l) => {
                         if let Err(mpsc::error::SendError(c)) = l.commands.send(c).await {
-                            // The tracker ended (its lease lost): follow, and hand this on.
+                            // The tracker ended: follow, and hand this on.
                             if let Some(l) = leading.take() {
                                 let _ = stop_leading(l, false).await;
                             }
@@ -600,7 +754,34 @@ async fn route(
                     }
                 }
             },
+            Some(l) = won.recv() => {
+                if leading.is_some() {
+                    // Cannot happen (one lease per node); keep the one in force.
+                    let _ = stop_leading(l, false).await;
+                    continue;
+                }
+                // What this node held for the leader goes to itself now.
+                for e in take_events(&mut events, &mut served) {
+                    apply_event(e, &l.commands, &l.blocks).await;
+                }
+                leading = Some(l);
+                counters.leading.store(true, Ordering::Relaxed);
+            }
+            () = lost => {
+                if let Some(l) = leading.take() {
+                    tracing::warn!(node = %shared.node, term = l.term, "fleet: the lease is lost; this node follows");
+                    let _ = stop_leading(l, false).await;
+                }
+                counters.leading.store(false, Ordering::Relaxed);
+            }
             _ = tick.tick() => {
+                if leading.as_ref().is_some_and(|l| l.tracker.is_finished()) {
+                    if let Some(l) = leading.take() {
+                        tracing::warn!(node = %shared.node, "fleet: the tracker ended; this node follows");
+                        let _ = stop_leading(l, false).await;
+                    }
+                    counters.leading.store(false, Ordering::Relaxed);
+                }
                 if leading.is_none() && (!events.is_empty() || !served.is_empty())
                     && handing_on.as_ref().is_none_or(JoinHandle::is_finished)
                 {
@@ -614,66 +795,50 @@ async fn route(
                         }
                     }));
                 }
-                if last_campaign.elapsed() < CAMPAIGN {
-                    continue;
-                }
-                last_campaign = tokio::time::Instant::now();
-                match leading.as_mut() {
-                    None => match shared.lead().await {
-                        Ok(Some(l)) => {
-                            // What this node held for the leader goes to itself now.
-                            for e in take_events(&mut events, &mut served) {
-                                apply_event(e, &l.commands, &l.blocks).await;
-                            }
-                            leading = Some(l);
-                            counters.leading.store(true, Ordering::Relaxed);
-                        }
-                        Ok(None) => {}
-                        Err(e) => tracing::warn!(error = %e, "fleet: taking the lease failed"),
-                    },
-                    Some(l) => {
-                        let lost = if l.tracker.is_finished() {
-                            true
-                        } else {
-                            let check = sqlx::query("SELECT 1").execute(&mut l.lease);
-                            match tokio::time::timeout(LEASE_CHECK, check).await {
-                                Ok(Ok(_)) => {
-                                    l.failures = 0;
-                                    false
-                                }
-                                Ok(Err(e)) => {
-                                    tracing::warn!(error = %e, "fleet: the lease connection failed");
-                                    true
-                                }
-                                Err(_) => {
-                                    l.failures += 1;
-                                    tracing::warn!(failures = l.failures, "fleet: the lease connection does not answer");
-                                    l.failures >= 2
-                                }
-                            }
-                        };
-                        if lost {
-                            if let Some(l) = leading.take() {
-                                let _ = stop_leading(l, false).await;
-                            }
-                            counters.leading.store(false, Ordering::Relaxed);
-                            tracing::warn!(node = %shared.node, "fleet: the lease is lost; this node follows");
-                        }
-                    }
-                }
             }
         }
     }
     // Every handle is gone.
+    campaigner.abort();
     if let Some(l) = leading.take() {
         let _ = stop_leading(l, true).await;
     }
 }
 
+/// Try to take the lease every second while this node follows; hand a win to the router.
+async fn campaign(shared: std::sync::Weak<Shared>, won: mpsc::Sender<Leading>) {
+    loop {
+        tokio::time::sleep(CAMPAIGN).await;
+        let Some(s) = shared.upgrade() else { return };
+        if s.parts.counters.leading.load(Ordering::Relaxed) {
+            continue;
+        }
+        match s.lead().await {
+            Ok(Some(l)) => {
+                // (Until the router has it, a try finds the lease held: by this node.)
+                if let Err(mpsc::error::SendError(l)) = won.send(l).await {
+                    let _ = stop_leading(l, false).await;
+                    return;
+                }
+            }
+            Ok(None) => {}
+            Err(e) => tracing::warn!(error = %e, "fleet: taking the lease failed"),
+        }
+    }
+}
+
 /// Stop leading: with `flush`, the tracker writes what it holds first (a clean shutdown);
-/// without, it is stopped at once (the lease is gone: it must not write any more).
+/// without, it is stopped at once (the lease is gone: its writes would fail anyway).
 async fn stop_leading(l: Leading, flush: bool) -> Result<(), FleetError> {
-    l.consumer.abort();
+    // The consumer finishes the batch it is in (its requests reach the tracker).
+    l.stop_consumer.store(true, Ordering::Relaxed);
+    let mut consumer = l.consumer;
+    if tokio::time::timeout(Duration::from_secs(2), &mut consumer)
+        .await
+        .is_err()
+    {
+        consumer.abort();
+    }
     let r = if flush && !l.tracker.is_finished() {
         let (tx, rx) = oneshot::channel();
         match l.commands.send(Command::Shutdown { reply: tx }).await {
@@ -684,8 +849,8 @@ async fn stop_leading(l: Leading, flush: bool) -> Result<(), FleetError> {
         l.tracker.abort();
         Ok(())
     };
-    // Closing the lease connection frees the lock for the next node at once.
-    let _ = tokio::time::timeout(LEASE_CHECK, l.lease.close()).await;
+    let _ = l.release.send(());
+    let _ = l.keeper.await;
     r
 }
 
@@ -823,7 +988,7 @@ fn ask<T: Send + 'static>(
     pick: fn(Reply) -> Option<T>,
 ) {
     let Ok(permit) = shared.waiting.clone().try_acquire_owned() else {
-        let _ = reply.send(Err(FleetError::Full(format!(
+        let _ = reply.send(Err(FleetError::Unavailable(format!(
             "{MAX_WAITING} requests are waiting for the fleet's leader; try again"
         ))));
         return;
@@ -882,109 +1047,119 @@ async fn apply_event(e: Event, commands: &mpsc::Sender<Command>, blocks: &mpsc::
 }
 
 /// The leader's side of the inbox: apply the followers' events, answer their requests.
-async fn consume(shared: Arc<Shared>, commands: mpsc::Sender<Command>, blocks: mpsc::Sender<Vec<BlockServed>>) {
-    loop {
-        let _ = tokio::time::timeout(POLL, shared.inbox.notified()).await;
-        if let Err(e) = consume_once(&shared, &commands, &blocks).await {
-            tracing::warn!(error = %e, "fleet: reading the inbox failed");
-            tokio::time::sleep(POLL).await;
+async fn consume(
+    shared: Arc<Shared>,
+    db: Db,
+    commands: mpsc::Sender<Command>,
+    blocks: mpsc::Sender<Vec<BlockServed>>,
+    stop: Arc<AtomicBool>,
+) {
+    let mut last_cleanup = tokio::time::Instant::now() - Duration::from_secs(60);
+    while !stop.load(Ordering::Relaxed) {
+        if last_cleanup.elapsed() >= Duration::from_secs(10) {
+            last_cleanup = tokio::time::Instant::now();
+            if let Err(e) = cleanup(&db).await {
+                tracing::warn!(error = %e, "fleet: cleaning the inbox failed");
+            }
         }
+        match consume_once(&shared, &db, &commands, &blocks).await {
+            Ok(true) => continue,
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet: reading the inbox failed");
+                tokio::time::sleep(POLL).await;
+            }
+        }
+        let _ = tokio::time::timeout(POLL, shared.inbox.notified()).await;
     }
 }
 
-async fn consume_once(
-    shared: &Arc<Shared>,
-    commands: &mpsc::Sender<Command>,
-    blocks: &mpsc::Sender<Vec<BlockServed>>,
-) -> Result<(), FleetError> {
-    let pool = &shared.db.pool;
-    // Answers nobody came for, and events with no leader for too long.
-    sqlx::query("DELETE FROM fleet_inbox WHERE (taken AND created_at < $1) OR (kind = 'events' AND created_at < $2)")
-        .bind(now_ms() - 2 * REQUEST_TIMEOUT.as_millis() as i64)
-        .bind(now_ms() - STALE_EVENTS_MS)
-        .execute(pool)
+/// Answers nobody came for, requests past their deadline, stale events, nodes long gone.
+async fn cleanup(db: &Db) -> Result<(), FleetError> {
+    sqlx::query(&format!(
+        "DELETE FROM fleet_inbox WHERE expires_at < {NOW_MS} - CASE WHEN taken THEN $1 ELSE 0 END"
+    ))
+    .bind(i64::try_from(LONG_REQUEST_TIMEOUT.as_millis()).unwrap_or(i64::MAX))
+    .execute(&db.pool)
+    .await
+    .map_err(db_err)?;
+    sqlx::query(&format!("DELETE FROM fleet_nodes WHERE seen_at < {NOW_MS} - $1"))
+        .bind(FORGET_NODES_MS)
+        .execute(&db.pool)
         .await
         .map_err(db_err)?;
-    loop {
-        let rows = sqlx::query("SELECT id, kind, body FROM fleet_inbox WHERE NOT taken ORDER BY id LIMIT $1")
-            .bind(BATCH)
-            .fetch_all(pool)
-            .await
-            .map_err(db_err)?;
-        if rows.is_empty() {
-            return Ok(());
-        }
-        let more = rows.len() as i64 == BATCH;
-        for row in rows {
-            let id: i64 = row.try_get("id").map_err(db_err)?;
-            let kind: String = row.try_get("kind").map_err(db_err)?;
-            let body: String = row.try_get("body").map_err(db_err)?;
-            if kind == "events" {
-                match serde_json::from_str::<Vec<Event>>(&body) {
-                    Ok(events) => {
-                        for e in events {
-                            apply_event(e, commands, blocks).await;
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, row = id, "fleet: an inbox row does not read; dropped"),
-                }
-                sqlx::query("DELETE FROM fleet_inbox WHERE id = $1")
-                    .bind(id)
-                    .execute(pool)
-                    .await
-                    .map_err(db_err)?;
-                continue;
-            }
-            // A request: taken first (a new leader does not run it twice), then answered.
-            let taken = sqlx::query("UPDATE fleet_inbox SET taken = TRUE WHERE id = $1 AND NOT taken")
-                .bind(id)
-                .execute(pool)
-                .await
-                .map_err(db_err)?
-                .rows_affected();
-            if taken == 0 {
-                continue; // withdrawn by its node
-            }
-            match serde_json::from_str::<Request>(&body) {
-                Ok(req) => answer(shared.clone(), id, req, commands).await,
-                Err(e) => {
-                    let r = Reply::Error(FleetError::Invalid(format!("a request this leader cannot read: {e}")));
-                    shared.answer(id, &r).await;
-                }
-            }
-        }
-        if !more {
-            return Ok(());
-        }
-    }
+    Ok(())
 }
 
-impl Shared {
-    async fn answer(&self, id: i64, reply: &Reply) {
-        let body = match json(reply) {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "fleet: an answer could not be encoded");
-                return;
+/// Take one batch of the inbox (in a transaction fenced by the term: a former leader takes
+/// nothing) and apply it; whether the batch was full.
+async fn consume_once(
+    shared: &Arc<Shared>,
+    db: &Db,
+    commands: &mpsc::Sender<Command>,
+    blocks: &mpsc::Sender<Vec<BlockServed>>,
+) -> Result<bool, FleetError> {
+    let mut tx = db.begin_write().await?;
+    let rows = sqlx::query(&format!(
+        "SELECT id, kind, body FROM fleet_inbox WHERE NOT taken AND expires_at >= {NOW_MS} \
+         ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED"
+    ))
+    .bind(BATCH)
+    .fetch_all(&mut *tx)
+    .await
+    .map_err(db_err)?;
+    let full = rows.len() as i64 == BATCH;
+    let mut taken = Vec::with_capacity(rows.len());
+    for row in rows {
+        let id: i64 = row.try_get("id").map_err(db_err)?;
+        let kind: String = row.try_get("kind").map_err(db_err)?;
+        let body: String = row.try_get("body").map_err(db_err)?;
+        taken.push((id, kind, body));
+    }
+    let (event_ids, request_ids): (Vec<i64>, Vec<i64>) = {
+        let (e, r): (Vec<_>, Vec<_>) = taken.iter().partition(|(_, k, _)| k == "events");
+        (e.iter().map(|x| x.0).collect(), r.iter().map(|x| x.0).collect())
+    };
+    // (The ids are the database's own integers; the Any driver binds no arrays.)
+    let list = |ids: &[i64]| ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+    if !event_ids.is_empty() {
+        sqlx::query(&format!("DELETE FROM fleet_inbox WHERE id IN ({})", list(&event_ids)))
+            .execute(&mut *tx)
+            .await
+            .map_err(db_err)?;
+    }
+    if !request_ids.is_empty() {
+        sqlx::query(&format!(
+            "UPDATE fleet_inbox SET taken = TRUE WHERE id IN ({})",
+            list(&request_ids)
+        ))
+        .execute(&mut *tx)
+        .await
+        .map_err(db_err)?;
+    }
+    tx.commit().await.map_err(db_err)?;
+    // In the order they were written.
+    for (id, kind, body) in taken {
+        if kind == "events" {
+            match serde_json::from_str::<Vec<Event>>(&body) {
+                Ok(events) => {
+                    for e in events {
+                        apply_event(e, commands, blocks).await;
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, row = id, "fleet: an inbox row does not read; dropped"),
             }
-        };
-        let r = async {
-            sqlx::query("UPDATE fleet_inbox SET reply = $2 WHERE id = $1")
-                .bind(id)
-                .bind(body)
-                .execute(&self.db.pool)
-                .await?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(REPLIES)
-                .bind(id.to_string())
-                .execute(&self.db.pool)
-                .await
+            continue;
         }
-        .await;
-        if let Err(e) = r {
-            tracing::warn!(error = %e, row = id, "fleet: an answer could not be written");
+        match serde_json::from_str::<Request>(&body) {
+            Ok(req) => answer(shared.clone(), id, req, commands).await,
+            Err(e) => {
+                let r = Reply::Error(FleetError::Invalid(format!("a request this leader cannot read: {e}")));
+                shared.answer(id, &r).await;
+            }
         }
     }
+    Ok(full)
 }
 
 /// Put a follower's request to the tracker; its answer is written back when it comes.
@@ -999,7 +1174,9 @@ async fn answer(shared: Arc<Shared>, id: i64, req: Request, commands: &mpsc::Sen
             let reply = match rx.await {
                 Ok(Ok(v)) => make(v),
                 Ok(Err(e)) => Reply::Error(e),
-                Err(_) => Reply::Error(FleetError::Stopped),
+                Err(_) => Reply::Error(FleetError::Unavailable(
+                    "the fleet's leader stopped before it answered: try again".into(),
+                )),
             };
             shared.answer(id, &reply).await;
         });
@@ -1045,8 +1222,9 @@ async fn answer(shared: Arc<Shared>, id: i64, req: Request, commands: &mpsc::Sen
     let _ = commands.send(c).await;
 }
 
-/// Every node: LISTEN for the inbox, the answers and the gates; a follower applies the
-/// leader's gates (read again every second as a backstop).
+/// Every node: LISTEN for the inbox and the answers and the gates; a follower applies the
+/// leader's gates on a notification and every second (with LISTEN refused, e.g. behind a
+/// pooler in transaction mode, by that poll alone) and says so in `fleet_nodes`.
 async fn follow(shared: std::sync::Weak<Shared>) {
     let mut listener: Option<PgListener> = None;
     let mut gates_version: i64 = -1;
@@ -1083,9 +1261,8 @@ async fn follow(shared: std::sync::Weak<Shared>) {
                 Err(_) => {}
             },
             None => {
-                drop(me);
+                // Without notifications: the waiters and the inbox poll by themselves.
                 tokio::time::sleep(POLL).await;
-                continue;
             }
         }
         let leading = me.parts.counters.leading.load(Ordering::Relaxed);
@@ -1093,19 +1270,26 @@ async fn follow(shared: std::sync::Weak<Shared>) {
             gates_version = -1;
         } else if gates_changed || last_gates_read.elapsed() >= CAMPAIGN {
             last_gates_read = tokio::time::Instant::now();
-            match read_gates(&me.db, gates_version).await {
-                Ok(Some((v, g))) => {
-                    gates_version = v;
-                    me.parts.gates.set(g);
-                }
-                Ok(None) => {}
-                Err(e) => tracing::warn!(error = %e, "fleet: reading the leader's gates failed"),
-            }
-            if let Err(e) = heartbeat(&me.db, &me.node, gates_version).await {
-                tracing::warn!(error = %e, "fleet: writing this node's heartbeat failed");
-            }
+            gates_version = follow_gates(&me, gates_version).await;
         }
     }
+}
+
+/// Apply the leader's gates if they changed since `seen`, and say so; the version applied.
+async fn follow_gates(me: &Shared, seen: i64) -> i64 {
+    let mut version = seen;
+    match read_gates(&me.db, seen).await {
+        Ok(Some((v, g))) => {
+            version = v;
+            me.parts.gates.set(g);
+        }
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "fleet: reading the leader's gates failed"),
+    }
+    if let Err(e) = heartbeat(&me.db, &me.node, version).await {
+        tracing::warn!(error = %e, "fleet: writing this node's heartbeat failed");
+    }
+    version
 }
 
 /// The gates, when their version is not `seen`.
@@ -1123,7 +1307,7 @@ async fn read_gates(db: &Db, seen: i64) -> Result<Option<(i64, HashMap<String, O
 }
 
 /// Start this node's side: take the lease if it is free (a lone node leads from the
-/// start), then route.
+/// start), else apply the leader's gates before serving; then route.
 pub(crate) async fn start(
     url: &str,
     db: Db,
@@ -1135,8 +1319,57 @@ pub(crate) async fn start(
     let shared = Shared::new(url, db, parts);
     let leading = shared.lead().await?;
     if leading.is_none() {
+        // Gates hold from the first request this node serves.
+        if let Some((_, g)) = read_gates(&shared.db, -1).await? {
+            shared.parts.gates.set(g);
+        }
         tracing::info!(node = %shared.node, "fleet: another node runs the tracker; this one hands it what it hears");
     }
     tokio::spawn(route(shared.clone(), commands, blocks, leading));
     Ok(shared)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn what_followers_hand_on_reads_back() {
+        let req = Request::Report {
+            from: Reporter::Peer("[::1]:5683".parse().unwrap(), "fw/a".into()),
+            report: Report {
+                sequence_number: Some(3),
+                ok: false,
+                reason: Some("flash".into()),
+                reference: None,
+            },
+        };
+        let back: Request = serde_json::from_str(&json(&req).unwrap()).unwrap();
+        assert!(matches!(back, Request::Report { report, .. } if report.reason.as_deref() == Some("flash")));
+        let events = vec![
+            Event::Blocks(vec![("127.0.0.1:1".parse().unwrap(), *b"12345678", 1024, 4096)]),
+            Event::Secured {
+                id: "d1".into(),
+                peer: "[::1]:2".parse().unwrap(),
+            },
+        ];
+        let back: Vec<Event> = serde_json::from_str(&json(&events).unwrap()).unwrap();
+        assert!(matches!(&back[0], Event::Blocks(b) if b[0].2 == 1024 && b[0].1 == *b"12345678"));
+        let err = Reply::Error(FleetError::NoRollout(7));
+        let back: Reply = serde_json::from_str(&json(&err).unwrap()).unwrap();
+        assert!(matches!(back, Reply::Error(FleetError::NoRollout(7))));
+        // Followers aggregate blocks as the tracker does: the smallest and largest end.
+        let mut served = HashMap::from([(("[::1]:9".parse().unwrap(), *b"abcdefgh"), (64, 4096, 8192))]);
+        let out = take_events(&mut Vec::new(), &mut served);
+        assert!(matches!(&out[..], [Event::Blocks(b)] if b.len() == 2));
+        assert!(served.is_empty());
+    }
+
+    #[test]
+    fn node_names_carry_a_random_part() {
+        let a = node_name();
+        std::thread::sleep(Duration::from_millis(2));
+        assert_ne!(a, node_name());
+    }
 }

@@ -25,9 +25,9 @@ pub enum Backend {
 pub(crate) struct Db {
     pub(crate) pool: AnyPool,
     pub(crate) backend: Backend,
-    /// A shared fleet's tracker writes only while the session `fence` (the lease
-    /// connection's backend pid) holds the lease: checked in every write transaction.
-    pub(crate) fence: Option<i32>,
+    /// A shared fleet's tracker writes only while the term is still the one it took the
+    /// lease in: checked in every write transaction.
+    pub(crate) fence: Option<i64>,
 }
 
 const COLUMNS: &str = "id, registered, coap, http_id, class, publish_id, groups, running_seq, running_semver, \
@@ -43,10 +43,8 @@ impl Db {
     /// node that lost it must not overwrite what the next leader writes).
     pub(crate) async fn begin_write(&self) -> Result<sqlx::Transaction<'_, sqlx::Any>, FleetError> {
         let mut tx = self.pool.begin().await.map_err(db_err)?;
-        if let Some(pid) = self.fence {
-            if !crate::cluster::holds_lease(&mut tx, pid).await? {
-                return Err(FleetError::Database("this node lost the fleet's lease".into()));
-            }
+        if let Some(term) = self.fence {
+            crate::cluster::check_term(&mut tx, term).await?;
         }
         Ok(tx)
     }

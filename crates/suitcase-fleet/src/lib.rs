@@ -57,6 +57,9 @@ pub enum FleetError {
     /// The tracker is gone (shutting down).
     #[error("the fleet tracker has stopped")]
     Stopped,
+    /// Not now: no node runs the shared fleet, or it is too busy (answered 503 / 5.03).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl From<ReportError> for FleetError {

@@ -1261,8 +1261,22 @@ impl Tracker {
         if self.gates_dirty {
             self.rebuild_gates();
         }
-        // The other nodes of a shared fleet learn the gates before the devices are told.
-        self.publish_gates().await;
+        // The other nodes of a shared fleet learn the gates before the devices are told;
+        // when they cannot, nobody is told: back to pending, tried at the next tick.
+        if !self.publish_gates().await {
+            for (id, idxs) in to_send {
+                if let Some(r) = self.rollouts.live.iter_mut().find(|r| r.id == id) {
+                    for &i in &idxs {
+                        if let Some(m) = r.members.get_mut(i) {
+                            m.status = MemberStatus::Pending;
+                            m.triggered_at = None;
+                        }
+                    }
+                    self.rollout_dirty.entry(id).or_default().extend(idxs);
+                }
+            }
+            return;
+        }
         for (id, idxs) in to_send {
             self.send_triggers(id, idxs);
         }
@@ -1270,10 +1284,10 @@ impl Tracker {
 
     /// A shared fleet: write the gates for the other nodes when they changed (a failure is
     /// retried at the next tick).
-    async fn publish_gates(&mut self) {
-        let Some(me) = &self.rollouts.shared else { return };
+    async fn publish_gates(&mut self) -> bool {
+        let Some(me) = &self.rollouts.shared else { return true };
         if !self.gates_unpublished {
-            return;
+            return true;
         }
         let r = match crate::cluster::save_gates(&self.db, &self.rollouts.gates.current()).await {
             Ok(v) => crate::cluster::await_gates(&self.db, v, me).await,
@@ -1285,8 +1299,12 @@ impl Tracker {
                 if !all {
                     tracing::warn!("fleet: not every node applied the new gates within 1 s; triggering anyway");
                 }
+                true
             }
-            Err(e) => tracing::warn!(error = %e, "fleet: writing the gates for the other nodes failed; retrying"),
+            Err(e) => {
+                tracing::warn!(error = %e, "fleet: writing the gates for the other nodes failed; triggers held back");
+                false
+            }
         }
     }
 

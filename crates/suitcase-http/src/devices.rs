@@ -18,6 +18,7 @@ impl From<FleetError> for ApiError {
             FleetError::NotFound(_) | FleetError::NoRollout(_) => ApiError::not_found(e.to_string()),
             FleetError::Exists(_) => ApiError::new(StatusCode::CONFLICT, e.to_string()),
             FleetError::Full(m) => ApiError::new(StatusCode::INSUFFICIENT_STORAGE, m),
+            FleetError::Unavailable(m) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, m),
             FleetError::Database(_) | FleetError::Stopped => ApiError::internal(e),
         }
     }

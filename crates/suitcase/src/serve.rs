@@ -448,6 +448,13 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
     // On PostgreSQL the fleet is shared: whichever node holds its lease runs the tracker,
     // the others hand it what they hear (suitcase_fleet::cluster).
     let fleet_database = args.fleet_database.as_ref().or(args.database.as_ref());
+    if fleet_database.is_some() && args.data.join("fleet.db").exists() {
+        tracing::warn!(
+            old = %args.data.join("fleet.db").display(),
+            "this node's own fleet database is not used: the fleet is in --database, shared by the nodes \
+             (with --blobs, --fleet-database sqlite:PATH keeps a node's own)"
+        );
+    }
     let database = match fleet_database {
         Some(url) => url.clone(),
         None => format!("sqlite:{}?mode=rwc", args.data.join("fleet.db").display()),

@@ -81,6 +81,10 @@ impl Place {
                 let table = rt
                     .block_on(SharedTokens::connect(&url))
                     .with_context(|| format!("the token table in {}", suitcase_store_shared::redact(&url)))?;
+                eprintln!(
+                    "(the token table in {}, honoured by every server on that database)",
+                    suitcase_store_shared::redact(&url)
+                );
                 Ok(Place::Table(rt, table))
             }
         }

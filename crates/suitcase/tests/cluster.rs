@@ -532,6 +532,22 @@ fn one_fleet_whose_rollout_outlives_its_leader() {
             "{d3:#}"
         );
     }
+
+    // The lease connection cut while the leader's process lives (a network fault): it
+    // steps down, one node leads in a new term, and a device added through C arrives.
+    let term = || pg.sql("SELECT term FROM fleet_leader").parse::<i64>().unwrap();
+    let before = term();
+    let cut = pg.sql(
+        "SELECT COUNT(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory' \
+         AND classid::bigint = 1937074548 AND objid::bigint = 1718379877",
+    );
+    assert_eq!(cut, "1");
+    wait_for("a leader in a new term", 15, || {
+        term() > before && [&b, &c].iter().filter(|n| leads(n)).count() == 1
+    });
+    c.cli(&["device", "add", "late", "--coap", "127.0.9.99:5683"]);
+    let late: serde_json::Value = serde_json::from_str(&b.cli(&["device", "show", "late", "--json"])).unwrap();
+    assert_eq!(late["id"], "late", "{late:#}");
     for n in [&b, &c] {
         assert!(n.log().iter().all(|l| !l.contains("panicked")), "{:?}", n.log());
     }

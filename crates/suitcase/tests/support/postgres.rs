@@ -114,6 +114,24 @@ impl Postgres {
     }
 }
 
+impl Postgres {
+    /// Run `sql` with psql; its output (unaligned, tuples only).
+    #[allow(dead_code)] // (not every test binary that includes the support module uses it)
+    pub fn sql(&self, sql: &str) -> String {
+        let psql = bindir().map_or_else(|| PathBuf::from("psql"), |b| b.join("psql"));
+        let out = Command::new(psql)
+            .args([self.url.as_str(), "-tAc", sql])
+            .output()
+            .expect("psql");
+        assert!(
+            out.status.success(),
+            "psql {sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+}
+
 impl Drop for Postgres {
     fn drop(&mut self) {
         // SIGINT: PostgreSQL's fast shutdown.
