@@ -26,7 +26,14 @@
 # WAVES (10%,50%,100%), MAXC (500), HALT (5%), SUCCESS (95%), TRIGGER (rollout | notify),
 # SEED (1), ACK_TIMEOUT_MS (2000), BASE_PORT (20000), PORT (15683: CoAP; HTTP on PORT+1),
 # TIMEOUT (3600 s of polling at most), GRACE (3 s between the end and fleetsim's summary),
-# KEEP (1: keep the work directory with the server's and fleetsim's logs, and say where).
+# KEEP (1: keep the work directory with the server's and fleetsim's logs, and say where),
+# CLUSTER (0 | 1).
+#
+# CLUSTER=1: the same against two nodes of one cluster (a real PostgreSQL and s3s-fs,
+# started here, see pg-s3.sh): node A starts first and holds the fleet's lease; fleetsim,
+# the publishes and the rollout talk to node B, which hands every registration, report and
+# download it sees to A through PostgreSQL, while A sends the triggers. server_cpu_s and
+# server_peak_rss_kb are then B's, leader_cpu_s A's.
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 
@@ -47,6 +54,7 @@ PORT=${PORT:-15683}
 TIMEOUT=${TIMEOUT:-3600}
 GRACE=${GRACE:-3}
 KEEP=${KEEP:-0}
+CLUSTER=${CLUSTER:-0}
 OUT=${OUT:-}
 case "$MODE" in coap | observe) ;; *) echo "MODE must be coap or observe" >&2; exit 2 ;; esac
 case "$TRIGGER" in rollout | notify) ;; *) echo "TRIGGER must be rollout or notify" >&2; exit 2 ;; esac
@@ -56,18 +64,30 @@ BIN=${CARGO_TARGET_DIR:-$PWD/target}/release
 work=$(mktemp -d)
 SPID= FPID=
 cleanup() {
-  for p in $FPID $SPID; do kill "$p" 2>/dev/null || true; done
+  for p in $FPID $SPID $APID; do kill "$p" 2>/dev/null || true; done
+  pkill -P $$ 2>/dev/null || true   # PostgreSQL and s3s-fs (CLUSTER=1)
   wait 2>/dev/null || true
   if [ "$KEEP" = 1 ]; then echo "kept $work" >&2; else rm -rf "$work"; fi
 }
 trap cleanup EXIT
+NODE=() APID=
+if [ "$CLUSTER" = 1 ]; then
+  source crates/suitcase-bench/scripts/pg-s3.sh
+  "$BIN/suitcase" keygen --out "$work/key.pem" >/dev/null
+  NODE=("${SHARED[@]}" --key "$work/key.pem")
+  "$BIN/suitcase" serve --data "$work/leader" --coap "127.0.0.1:$((PORT + 2))" --http "127.0.0.1:$((PORT + 3))" \
+    "${NODE[@]}" 2>"$work/leader.log" &
+  APID=$!
+  for _ in $(seq 100); do grep -q "listening for HTTP" "$work/leader.log" 2>/dev/null && break; sleep 0.1; done
+  grep -q "holds the lease" "$work/leader.log" || { cat "$work/leader.log" >&2; exit 1; }
+fi
 ulimit -n "$((N + 1024))" 2>/dev/null || true   # fleetsim: one socket per device
 python3 -c "import os; open('$work/fw.bin','wb').write(os.urandom($IMAGE_BYTES))"
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 now_ms() { date +%s%3N; }
 
 "$BIN/suitcase" serve --data "$work/data" --coap "127.0.0.1:$PORT" --http "127.0.0.1:$((PORT + 1))" \
-  2>"$work/suitcase.log" &
+  "${NODE[@]}" 2>"$work/suitcase.log" &
 SPID=$!
 for _ in $(seq 100); do [ -s "$work/data/local-publisher.token" ] && break; sleep 0.1; done
 [ -s "$work/data/local-publisher.token" ] || { cat "$work/suitcase.log" >&2; exit 1; }
@@ -102,6 +122,7 @@ python3 -c "import os; open('$work/fw.bin','wb').write(os.urandom($IMAGE_BYTES))
 seq2=$("$BIN/suitcase" publish --publish-id sim --publish "$work/fw.bin" --json --quiet | seq_of)
 t0=$(now_ms)
 c0=$(cpu_ticks "$SPID")
+a0=0; [ -n "$APID" ] && a0=$(cpu_ticks "$APID")
 state=- status='{}'
 if [ "$TRIGGER" = rollout ]; then
   created=$("$BIN/suitcase" rollout create --publish-id sim --waves "$WAVES" --max-concurrent "$MAXC" \
@@ -119,6 +140,7 @@ if [ "$TRIGGER" = rollout ]; then
     fi
   done
   c1=$(cpu_ticks "$SPID")
+  a1=0; [ -n "$APID" ] && a1=$(cpu_ticks "$APID")
   sleep "$GRACE"
   kill -INT "$FPID"
 elif [ "$MODE" = coap ]; then
@@ -133,16 +155,16 @@ elif [ "$MODE" = coap ]; then
 fi
 wait "$FPID" || true
 FPID=
-[ "$TRIGGER" = rollout ] || c1=$(cpu_ticks "$SPID")
+[ "$TRIGGER" = rollout ] || { c1=$(cpu_ticks "$SPID"); a1=0; [ -n "$APID" ] && a1=$(cpu_ticks "$APID"); }
 t1=$(now_ms)
 rss=$(awk '/VmHWM/ {print $2}' "/proc/$SPID/status")
 sim=$(cat "$work/fleetsim.json")
 [ -n "$sim" ] || { tail -20 "$work/fleetsim.log" >&2; exit 1; }
 
 line=$(python3 - "$MODE" "$N" "$LOSS" "$FAIL" "$TRIGGER" "$WAVES" "$MAXC" "$state" "$status" "$sim" \
-  "$t0" "$t1" "$c0" "$c1" "$rss" "$seq2" <<'PY'
+  "$t0" "$t1" "$c0" "$c1" "$rss" "$seq2" "$CLUSTER" "$a0" "$a1" <<'PY'
 import json, os, sys
-mode, n, loss, fail, trigger, waves, maxc, state, status, sim, t0, t1, c0, c1, rss, seq2 = sys.argv[1:]
+mode, n, loss, fail, trigger, waves, maxc, state, status, sim, t0, t1, c0, c1, rss, seq2, cluster, a0, a1 = sys.argv[1:]
 st, s = json.loads(status), json.loads(sim)
 hz = os.sysconf("SC_CLK_TCK")
 start = st.get("start_at") or int(t0)
@@ -157,6 +179,7 @@ print("\t".join(map(str, [
     s["downloads_completed"], s["reports_acked"], s["failures_reported"], s["update_errors"],
     s["retransmissions"], lat.get("p50"), lat.get("p99"), s["cpu_s"],
     round((int(c1) - int(c0)) / hz, 2), rss,
+    "cluster" if cluster == "1" else "single", round((int(a1) - int(a0)) / hz, 2),
 ])))
 PY
 )

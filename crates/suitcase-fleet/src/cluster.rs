@@ -36,19 +36,16 @@ use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnection, PgListener};
 use sqlx::{Connection as _, Row as _};
 use suitcase_coap::BlockServed;
-use suitcase_store::Store;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
 
 use crate::db::{redact, Backend, Db};
-use crate::gate::{Gates, OneGate};
+use crate::gate::OneGate;
 use crate::model::{Device, NewDevice};
 use crate::report::Report;
 use crate::rollout::{Plan, RolloutRequest, RolloutView};
-use crate::{
-    tracker, BaseUrls, Command, Config, Control, Counters, FleetError, HttpServed, Reporter, SlotReader, Triggers,
-    BLOCK_QUEUE, QUEUE,
-};
+use crate::{tracker, BaseUrls, Command, Control, FleetError, Heard, Reporter};
+use tracker::Parts;
 
 /// The advisory lock whose holder runs the tracker ("suitflee").
 const LEASE_KEY: i64 = 0x7375_6974_666c_6565;
@@ -171,24 +168,7 @@ enum Reply {
 /// An event a follower hands to the leader.
 #[derive(Debug, Serialize, Deserialize)]
 enum Event {
-    Notified {
-        target: String,
-        address: Option<SocketAddr>,
-        publish_id: String,
-        version: u64,
-        sent_at: i64,
-    },
-    Http(HttpServed),
-    Secured {
-        id: String,
-        peer: SocketAddr,
-    },
-    CheckIn {
-        peer: Option<SocketAddr>,
-        identity: Option<String>,
-        publish_id: String,
-        running_semver: String,
-    },
+    Heard(Heard),
     /// Blocks served: (peer, ETag, end, size).
     Blocks(Vec<(SocketAddr, [u8; 8], u64, u64)>),
 }
@@ -199,16 +179,6 @@ fn db_err(e: sqlx::Error) -> FleetError {
 
 fn json<T: Serialize>(v: &T) -> Result<String, FleetError> {
     serde_json::to_string(v).map_err(|e| FleetError::Database(format!("encoding for the inbox: {e}")))
-}
-
-/// What a tracker needs, kept to start one when this node takes the lease.
-pub(crate) struct Parts {
-    pub(crate) store: Arc<dyn Store>,
-    pub(crate) config: Config,
-    pub(crate) counters: Arc<Counters>,
-    pub(crate) slots: Option<Arc<dyn SlotReader>>,
-    pub(crate) triggers: Option<Arc<dyn Triggers>>,
-    pub(crate) gates: Arc<Gates>,
 }
 
 /// This node's side of the shared fleet.
@@ -462,18 +432,21 @@ impl Shared {
             .fetch_one(&self.db.pool)
             .await
             .map_err(db_err)?;
-            let devices = self.db.load_all().await?;
-            let rollouts = self.db.load_rollouts().await?;
-            let next_id = self.db.max_rollout_id().await? + 1;
             // This node no longer follows.
             let _ = sqlx::query("DELETE FROM fleet_nodes WHERE node = $1")
                 .bind(&self.node)
                 .execute(&self.db.pool)
                 .await;
-            Ok::<_, FleetError>((term, devices, rollouts, next_id))
+            let db = Db {
+                pool: self.db.pool.clone(),
+                backend: Backend::Postgres,
+                fence: Some(term),
+            };
+            let started = tracker::start(db.clone(), &self.parts, Some(self.node.clone())).await?;
+            Ok::<_, FleetError>((term, db, started))
         }
         .await;
-        let (term, devices, rollouts, next_id) = match started {
+        let (term, db, started) = match started {
             Ok(x) => x,
             Err(e) => {
                 let _ = release.send(());
@@ -481,33 +454,13 @@ impl Shared {
                 return Err(e);
             }
         };
-        let db = Db {
-            pool: self.db.pool.clone(),
-            backend: Backend::Postgres,
-            fence: Some(term),
-        };
-        let live = rollouts.len();
-        let n = devices.len();
-        let (commands, commands_rx) = mpsc::channel(QUEUE);
-        let (blocks, blocks_rx) = mpsc::channel(BLOCK_QUEUE);
-        let p = &self.parts;
-        let t = tracker::Tracker::new(
-            db.clone(),
-            p.store.clone(),
-            p.config.clone(),
-            devices,
-            p.counters.clone(),
-            p.slots.clone(),
-            commands.downgrade(),
-            tracker::Rollouts {
-                live: rollouts,
-                next_id,
-                gates: p.gates.clone(),
-                triggers: p.triggers.clone(),
-                shared: Some(self.node.clone()),
-            },
-        );
-        let tracker = tokio::spawn(t.run(commands_rx, blocks_rx));
+        let tracker::Started {
+            commands,
+            blocks,
+            task: tracker,
+            devices: n,
+            rollouts: live,
+        } = started;
         let stop_consumer = Arc::new(AtomicBool::new(false));
         let consumer = tokio::spawn(consume(
             self.clone(),
@@ -941,32 +894,7 @@ fn forward(shared: &Arc<Shared>, c: Command, events: &mut Vec<Event>) {
                 _ => None,
             })
         }
-        Command::Notified {
-            target,
-            address,
-            publish_id,
-            version,
-            sent_at,
-        } => Event::Notified {
-            target,
-            address,
-            publish_id,
-            version,
-            sent_at,
-        },
-        Command::Http(h) => Event::Http(h),
-        Command::Secured { id, peer } => Event::Secured { id, peer },
-        Command::CheckIn {
-            peer,
-            identity,
-            publish_id,
-            running_semver,
-        } => Event::CheckIn {
-            peer,
-            identity,
-            publish_id,
-            running_semver,
-        },
+        Command::Heard(h) => Event::Heard(h),
         // The tracker's own (slot reads, trigger results): only a tracker sends them.
         Command::Slot { .. } | Command::Triggered { .. } => return,
         Command::Shutdown { reply } => {
@@ -1007,43 +935,18 @@ fn ask<T: Send + 'static>(
 }
 
 async fn apply_event(e: Event, commands: &mpsc::Sender<Command>, blocks: &mpsc::Sender<Vec<BlockServed>>) {
-    let c = match e {
-        Event::Notified {
-            target,
-            address,
-            publish_id,
-            version,
-            sent_at,
-        } => Command::Notified {
-            target,
-            address,
-            publish_id,
-            version,
-            sent_at,
-        },
-        Event::Http(h) => Command::Http(h),
-        Event::Secured { id, peer } => Command::Secured { id, peer },
-        Event::CheckIn {
-            peer,
-            identity,
-            publish_id,
-            running_semver,
-        } => Command::CheckIn {
-            peer,
-            identity,
-            publish_id,
-            running_semver,
-        },
+    match e {
+        Event::Heard(h) => {
+            let _ = commands.send(Command::Heard(h)).await;
+        }
         Event::Blocks(b) => {
             let batch = b
                 .into_iter()
                 .map(|(peer, etag, end, size)| BlockServed { peer, etag, end, size })
                 .collect();
             let _ = blocks.send(batch).await;
-            return;
         }
-    };
-    let _ = commands.send(c).await;
+    }
 }
 
 /// The leader's side of the inbox: apply the followers' events, answer their requests.
@@ -1349,10 +1252,10 @@ mod tests {
         assert!(matches!(back, Request::Report { report, .. } if report.reason.as_deref() == Some("flash")));
         let events = vec![
             Event::Blocks(vec![("127.0.0.1:1".parse().unwrap(), *b"12345678", 1024, 4096)]),
-            Event::Secured {
+            Event::Heard(Heard::Secured {
                 id: "d1".into(),
                 peer: "[::1]:2".parse().unwrap(),
-            },
+            }),
         ];
         let back: Vec<Event> = serde_json::from_str(&json(&events).unwrap()).unwrap();
         assert!(matches!(&back[0], Event::Blocks(b) if b[0].2 == 1024 && b[0].1 == *b"12345678"));

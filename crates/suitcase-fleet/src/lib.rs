@@ -168,21 +168,9 @@ pub enum Reporter {
     Peer(SocketAddr, String),
 }
 
-pub(crate) enum Command {
-    Add {
-        devices: Vec<NewDevice>,
-        replace: bool,
-        reply: oneshot::Sender<Result<Vec<Device>, FleetError>>,
-    },
-    Remove {
-        id: String,
-        reply: oneshot::Sender<Result<bool, FleetError>>,
-    },
-    Report {
-        from: Reporter,
-        report: Report,
-        reply: oneshot::Sender<Result<Device, FleetError>>,
-    },
+/// What the servers tell the tracker without waiting for an answer.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Heard {
     Notified {
         target: String,
         address: Option<SocketAddr>,
@@ -201,6 +189,25 @@ pub(crate) enum Command {
         publish_id: String,
         running_semver: String,
     },
+}
+
+pub(crate) enum Command {
+    Add {
+        devices: Vec<NewDevice>,
+        replace: bool,
+        reply: oneshot::Sender<Result<Vec<Device>, FleetError>>,
+    },
+    Remove {
+        id: String,
+        reply: oneshot::Sender<Result<bool, FleetError>>,
+    },
+    Report {
+        from: Reporter,
+        report: Report,
+        reply: oneshot::Sender<Result<Device, FleetError>>,
+    },
+    /// Something a server saw (no answer; a follower hands these on in batches).
+    Heard(Heard),
     Slot {
         id: String,
         version: u64,
@@ -335,26 +342,21 @@ impl Fleet {
     ) -> Result<Fleet, FleetError> {
         let db = db::Db::open(url).await?;
         let gates = Arc::new(Gates::default());
-        let (commands, commands_rx) = mpsc::channel(QUEUE);
-        let (blocks, blocks_rx) = mpsc::channel(BLOCK_QUEUE);
         let counters = Arc::new(Counters::default());
+        let parts = tracker::Parts {
+            store,
+            config,
+            counters: counters.clone(),
+            slots,
+            triggers,
+            gates: gates.clone(),
+        };
         if db.backend == Backend::Postgres {
-            // Many nodes may share this database: the lease holder runs the tracker.
-            let shared = cluster::start(
-                url,
-                db.clone(),
-                cluster::Parts {
-                    store,
-                    config,
-                    counters: counters.clone(),
-                    slots,
-                    triggers,
-                    gates: gates.clone(),
-                },
-                commands_rx,
-                blocks_rx,
-            )
-            .await?;
+            // Many nodes may share this database: the lease holder runs the tracker, and
+            // this node's handles lead to a router.
+            let (commands, commands_rx) = mpsc::channel(QUEUE);
+            let (blocks, blocks_rx) = mpsc::channel(BLOCK_QUEUE);
+            let shared = cluster::start(url, db.clone(), parts, commands_rx, blocks_rx).await?;
             return Ok(Fleet {
                 db,
                 commands,
@@ -364,31 +366,12 @@ impl Fleet {
                 shared: Some(shared),
             });
         }
-        let devices = db.load_all().await?;
-        let rollouts = db.load_rollouts().await?;
-        let next_rollout = db.max_rollout_id().await? + 1;
+        let started = tracker::start(db.clone(), &parts, None).await?;
         counters.leading.store(true, Ordering::Relaxed);
-        let tracker = tracker::Tracker::new(
-            db.clone(),
-            store,
-            config,
-            devices,
-            counters.clone(),
-            slots,
-            commands.downgrade(),
-            tracker::Rollouts {
-                live: rollouts,
-                next_id: next_rollout,
-                gates: gates.clone(),
-                triggers,
-                shared: None,
-            },
-        );
-        tokio::spawn(tracker.run(commands_rx, blocks_rx));
         Ok(Fleet {
             db,
-            commands,
-            blocks,
+            commands: started.commands,
+            blocks: started.blocks,
             counters,
             gates,
             shared: None,
@@ -525,7 +508,7 @@ impl Fleet {
         version: u64,
         sent_at: i64,
     ) {
-        self.event(Command::Notified {
+        self.event(Heard::Notified {
             target,
             address,
             publish_id,
@@ -544,7 +527,7 @@ impl Fleet {
         publish_id: String,
         running_semver: String,
     ) {
-        self.event(Command::CheckIn {
+        self.event(Heard::CheckIn {
             peer,
             identity,
             publish_id,
@@ -556,12 +539,12 @@ impl Fleet {
     /// fleet knows it at that address from now on (recorded as unregistered if nobody added
     /// it; never waits).
     pub fn secured(&self, id: String, peer: SocketAddr) {
-        self.event(Command::Secured { id, peer });
+        self.event(Heard::Secured { id, peer });
     }
 
     /// Bytes of a file were sent over HTTP (never waits).
     pub fn http_served(&self, e: HttpServed) {
-        self.event(Command::Http(e));
+        self.event(Heard::Http(e));
     }
 
     /// The rollouts' gates (for the CoAP and HTTP servers).
@@ -632,8 +615,8 @@ impl Fleet {
         self.ask(|reply| Command::ControlRollout { id, action, reply }).await
     }
 
-    fn event(&self, c: Command) {
-        if self.commands.try_send(c).is_err() {
+    fn event(&self, h: Heard) {
+        if self.commands.try_send(Command::Heard(h)).is_err() {
             self.counters.events_dropped.fetch_add(1, Ordering::Relaxed);
         }
     }

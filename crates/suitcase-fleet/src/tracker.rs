@@ -15,8 +15,8 @@ use crate::model::{Device, NewDevice, State};
 use crate::report::Report;
 use crate::rollout::{MemberStatus, Plan, Rollout, RolloutRequest, RolloutState, RolloutView, Target, TriggerKind};
 use crate::{
-    now_ms, BaseUrls, Command, Config, Control, Counters, FleetError, HttpServed, Reporter, SlotReader, TriggerJob,
-    Triggers,
+    now_ms, BaseUrls, Command, Config, Control, Counters, FleetError, Heard, HttpServed, Reporter, SlotReader,
+    TriggerJob, Triggers,
 };
 
 /// The rollouts the tracker runs.
@@ -30,6 +30,61 @@ pub(crate) struct Rollouts {
     /// the triggers that rely on them are sent.
     /// (This node's name, for the gates barrier.)
     pub(crate) shared: Option<String>,
+}
+
+/// What a tracker needs besides its database (kept by a shared fleet's node to start one
+/// when it takes the lease).
+pub(crate) struct Parts {
+    pub(crate) store: Arc<dyn Store>,
+    pub(crate) config: Config,
+    pub(crate) counters: Arc<Counters>,
+    pub(crate) slots: Option<Arc<dyn SlotReader>>,
+    pub(crate) triggers: Option<Arc<dyn Triggers>>,
+    pub(crate) gates: Arc<Gates>,
+}
+
+/// A running tracker.
+pub(crate) struct Started {
+    pub(crate) commands: mpsc::Sender<Command>,
+    pub(crate) blocks: mpsc::Sender<Vec<BlockServed>>,
+    pub(crate) task: tokio::task::JoinHandle<()>,
+    /// Devices and live rollouts it loaded.
+    pub(crate) devices: usize,
+    pub(crate) rollouts: usize,
+}
+
+/// Load the devices and live rollouts of `db` and start a tracker on them (`shared`: this
+/// node's name in a shared fleet).
+pub(crate) async fn start(db: Db, parts: &Parts, shared: Option<String>) -> Result<Started, FleetError> {
+    let devices = db.load_all().await?;
+    let live = db.load_rollouts().await?;
+    let next_id = db.max_rollout_id().await? + 1;
+    let (n, r) = (devices.len(), live.len());
+    let (commands, commands_rx) = mpsc::channel(crate::QUEUE);
+    let (blocks, blocks_rx) = mpsc::channel(crate::BLOCK_QUEUE);
+    let t = Tracker::new(
+        db,
+        parts.store.clone(),
+        parts.config.clone(),
+        devices,
+        parts.counters.clone(),
+        parts.slots.clone(),
+        commands.downgrade(),
+        Rollouts {
+            live,
+            next_id,
+            gates: parts.gates.clone(),
+            triggers: parts.triggers.clone(),
+            shared,
+        },
+    );
+    Ok(Started {
+        commands,
+        blocks,
+        task: tokio::spawn(t.run(commands_rx, blocks_rx)),
+        devices: n,
+        rollouts: r,
+    })
 }
 
 /// Commands applied at most before the reports among them are committed together.
@@ -898,21 +953,21 @@ impl Tracker {
                     }
                 }
             }
-            Command::Notified {
+            Command::Heard(Heard::Notified {
                 target,
                 address,
                 publish_id,
                 version,
                 sent_at,
-            } => self.notified(&target, address, &publish_id, version, sent_at),
-            Command::Http(e) => self.http(e),
-            Command::Secured { id, peer } => self.secured(id, peer),
-            Command::CheckIn {
+            }) => self.notified(&target, address, &publish_id, version, sent_at),
+            Command::Heard(Heard::Http(e)) => self.http(e),
+            Command::Heard(Heard::Secured { id, peer }) => self.secured(id, peer),
+            Command::Heard(Heard::CheckIn {
                 peer,
                 identity,
                 publish_id,
                 running_semver,
-            } => self.check_in(peer, identity, &publish_id, running_semver),
+            }) => self.check_in(peer, identity, &publish_id, running_semver),
             // Handled by the loop.
             Command::Shutdown { reply } => {
                 let _ = reply.send(Ok(()));

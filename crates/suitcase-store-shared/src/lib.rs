@@ -328,41 +328,63 @@ fn object_store_of(config: &SharedConfig) -> Result<(Arc<dyn ObjectStore>, Objec
     Ok((Arc::new(store), prefix))
 }
 
-/// Follow other nodes' changes until the store is dropped: LISTEN, and a poll as a backstop.
-async fn follow(inner: Weak<Inner>) {
-    let mut listener: Option<PgListener> = None;
-    loop {
-        let Some(me) = inner.upgrade() else { return };
-        if listener.is_none() {
-            match PgListener::connect_with(&me.pool).await {
-                Ok(mut l) => match l.listen(CHANNEL).await {
-                    Ok(()) => listener = Some(l),
-                    Err(e) => tracing::warn!(error = %e, "shared store: LISTEN failed; polling"),
+/// Waits for a `NOTIFY` on one channel, or a poll interval as a backstop (no listener: a
+/// pooler that refuses `LISTEN`, a lost connection, reconnected at the next wait).
+pub(crate) struct Wake {
+    pool: PgPool,
+    channel: &'static str,
+    poll: Duration,
+    listener: Option<PgListener>,
+}
+
+impl Wake {
+    pub(crate) fn new(pool: PgPool, channel: &'static str, poll: Duration) -> Wake {
+        Wake {
+            pool,
+            channel,
+            poll,
+            listener: None,
+        }
+    }
+
+    /// Until the next notification (`true`) or the poll interval (`false`).
+    pub(crate) async fn next(&mut self) -> bool {
+        if self.listener.is_none() {
+            match PgListener::connect_with(&self.pool).await {
+                Ok(mut l) => match l.listen(self.channel).await {
+                    Ok(()) => self.listener = Some(l),
+                    Err(e) => tracing::warn!(channel = self.channel, error = %e, "LISTEN failed; polling"),
                 },
-                Err(e) => tracing::warn!(error = %e, "shared store: no listener connection; polling"),
+                Err(e) => tracing::warn!(channel = self.channel, error = %e, "no listener connection; polling"),
             }
         }
-        let heard = match listener.as_mut() {
-            Some(l) => match tokio::time::timeout(POLL, l.recv()).await {
+        match self.listener.as_mut() {
+            Some(l) => match tokio::time::timeout(self.poll, l.recv()).await {
                 Ok(Ok(_)) => true,
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "shared store: the listener failed; reconnecting");
-                    listener = None;
+                    tracing::warn!(channel = self.channel, error = %e, "the listener failed; reconnecting");
+                    self.listener = None;
                     false
                 }
                 Err(_) => false,
             },
             None => {
-                // No listener (a pooler that refuses LISTEN, a lost connection): poll.
-                drop(me);
-                tokio::time::sleep(POLL).await;
-                let Some(me) = inner.upgrade() else { return };
-                if let Err(e) = me.refresh().await {
-                    tracing::warn!(error = %e, "shared store: reading changes failed");
-                }
-                continue;
+                tokio::time::sleep(self.poll).await;
+                false
             }
-        };
+        }
+    }
+}
+
+/// Follow other nodes' changes until the store is dropped: LISTEN, and a poll as a backstop.
+async fn follow(inner: Weak<Inner>) {
+    let Some(pool) = inner.upgrade().map(|me| me.pool.clone()) else {
+        return;
+    };
+    let mut wake = Wake::new(pool, CHANNEL, POLL);
+    loop {
+        let heard = wake.next().await;
+        let Some(me) = inner.upgrade() else { return };
         if let Err(e) = me.refresh().await {
             tracing::warn!(error = %e, notified = heard, "shared store: reading changes failed");
         }

@@ -7,11 +7,11 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::Row as _;
 use suitcase_auth::{TokenEntry, TokenError, Tokens};
 
-use crate::{redact, SharedError};
+use crate::{redact, SharedError, Wake};
 
 const CHANNEL: &str = "suitcase_tokens";
 /// Serialises additions (names, PSK identities and keys are unique across entries).
@@ -41,7 +41,6 @@ pub enum AddError {
 #[derive(Clone)]
 pub struct SharedTokens {
     pool: PgPool,
-    url: String,
 }
 
 impl SharedTokens {
@@ -59,10 +58,7 @@ impl SharedTokens {
             .run(&pool)
             .await
             .map_err(|e| SharedError::Database(format!("migrating: {e}")))?;
-        Ok(SharedTokens {
-            pool,
-            url: url.to_string(),
-        })
+        Ok(SharedTokens { pool })
     }
 
     /// Every entry, by name. An entry that does not read is skipped with a warning (it
@@ -142,7 +138,7 @@ impl SharedTokens {
     /// Keep `tokens`' shared entries current until it is dropped. A read that fails keeps
     /// the entries last read (a database outage does not lock everyone out).
     pub async fn follow(self, tokens: Weak<Tokens>) {
-        let mut listener: Option<PgListener> = None;
+        let mut wake = Wake::new(self.pool.clone(), CHANNEL, POLL);
         loop {
             let Some(t) = tokens.upgrade() else { return };
             match self.list().await {
@@ -150,24 +146,7 @@ impl SharedTokens {
                 Err(e) => tracing::warn!(error = %e, "shared tokens: reading the table failed; keeping the last read"),
             }
             drop(t);
-            if listener.is_none() {
-                match PgListener::connect(&self.url).await {
-                    Ok(mut l) => match l.listen(CHANNEL).await {
-                        Ok(()) => listener = Some(l),
-                        Err(e) => tracing::warn!(error = %e, "shared tokens: LISTEN failed; polling"),
-                    },
-                    Err(e) => tracing::warn!(error = %e, "shared tokens: no listener connection; polling"),
-                }
-            }
-            match listener.as_mut() {
-                Some(l) => {
-                    if let Ok(Err(e)) = tokio::time::timeout(POLL, l.recv()).await {
-                        tracing::warn!(error = %e, "shared tokens: the listener failed; reconnecting");
-                        listener = None;
-                    }
-                }
-                None => tokio::time::sleep(POLL).await,
-            }
+            wake.next().await;
         }
     }
 }

@@ -272,6 +272,28 @@ fn three_nodes_share_one_store() {
     );
     assert_eq!(listed_versions(&c).len(), before);
 
+    // A change in flight (a slow node that holds the change lock from drawing its number
+    // to its commit): a publish on B waits for it, so changes commit in the order of their
+    // numbers and a node that read up to n never sees a smaller one appear later.
+    let mut holder = pg
+        .sql_command("BEGIN; SELECT pg_advisory_xact_lock(8319671835241313125); SELECT pg_sleep(2); COMMIT;")
+        .spawn()
+        .unwrap();
+    wait_for("the change lock held", 10, || {
+        pg.sql(
+            "SELECT COUNT(*) FROM pg_locks WHERE locktype = 'advisory' AND granted \
+             AND classid::bigint = 1937074548 AND objid::bigint = 1667330917",
+        ) == "1"
+    });
+    let late = support::random_bytes(3000, 36);
+    std::fs::write(&file, &late).unwrap();
+    b.publish("fw/ordered", &file, &[]);
+    assert!(
+        holder.try_wait().unwrap().is_some(),
+        "a publish committed while another change held the change lock"
+    );
+    until_served(&c, "fw/ordered/app.bin", &late, 10);
+
     // A removal on B: A stops serving the version.
     let auth = format!("Authorization: Bearer {}", b.token());
     let (code, body) = support::curl_text(

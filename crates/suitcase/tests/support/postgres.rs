@@ -115,14 +115,19 @@ impl Postgres {
 }
 
 impl Postgres {
+    /// `psql` running `sql` (to spawn: a session that holds a lock while a test goes on).
+    #[allow(dead_code)] // (not every test binary that includes the support module uses it)
+    pub fn sql_command(&self, sql: &str) -> Command {
+        let psql = bindir().map_or_else(|| PathBuf::from("psql"), |b| b.join("psql"));
+        let mut c = Command::new(psql);
+        c.args([self.url.as_str(), "-tAc", sql]).stdout(Stdio::null());
+        c
+    }
+
     /// Run `sql` with psql; its output (unaligned, tuples only).
     #[allow(dead_code)] // (not every test binary that includes the support module uses it)
     pub fn sql(&self, sql: &str) -> String {
-        let psql = bindir().map_or_else(|| PathBuf::from("psql"), |b| b.join("psql"));
-        let out = Command::new(psql)
-            .args([self.url.as_str(), "-tAc", sql])
-            .output()
-            .expect("psql");
+        let out = self.sql_command(sql).stdout(Stdio::piped()).output().expect("psql");
         assert!(
             out.status.success(),
             "psql {sql}: {}",
