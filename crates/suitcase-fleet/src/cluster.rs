@@ -27,7 +27,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -339,6 +339,7 @@ async fn take_lease(url: &str, db: &Db) -> Result<Option<PgConnection>, FleetErr
         "SET tcp_keepalives_idle = 4",
         "SET tcp_keepalives_interval = 2",
         "SET tcp_keepalives_count = 3",
+        "SET tcp_user_timeout = 10000",
     ] {
         let _ = sqlx::query(set).execute(&mut conn).await;
     }
@@ -356,7 +357,12 @@ async fn take_lease(url: &str, db: &Db) -> Result<Option<PgConnection>, FleetErr
 
 /// Keep the lease: check its connection every second; say when it is lost (an error, or
 /// two checks without an answer), or close it when told to.
-async fn keep_lease(mut conn: PgConnection, lost: oneshot::Sender<()>, mut release: oneshot::Receiver<()>) {
+async fn keep_lease(
+    mut conn: PgConnection,
+    term: Arc<AtomicI64>,
+    lost: oneshot::Sender<()>,
+    mut release: oneshot::Receiver<()>,
+) {
     let mut silent = 0;
     loop {
         tokio::select! {
@@ -367,8 +373,23 @@ async fn keep_lease(mut conn: PgConnection, lost: oneshot::Sender<()>, mut relea
             }
             _ = tokio::time::sleep(CAMPAIGN) => {}
         }
-        match tokio::time::timeout(LEASE_CHECK, sqlx::query("SELECT 1").execute(&mut conn)).await {
-            Ok(Ok(_)) => silent = 0,
+        // This session still holds the lock (not a pooler's shared backend that another
+        // node's session also used), and the term is still this node's.
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM pg_locks WHERE {LEASE_LOCK} AND pid = pg_backend_pid()) \
+             AND ($3 = 0 OR COALESCE((SELECT term FROM fleet_leader WHERE id = 1) = $3, FALSE))"
+        );
+        let check = sqlx::query_scalar::<_, bool>(&sql)
+            .bind(LEASE_KEY >> 32)
+            .bind(LEASE_KEY & 0xffff_ffff)
+            .bind(term.load(Ordering::Relaxed))
+            .fetch_one(&mut conn);
+        match tokio::time::timeout(LEASE_CHECK, check).await {
+            Ok(Ok(true)) => silent = 0,
+            Ok(Ok(false)) => {
+                tracing::warn!("fleet: the lease or the term is another node's now");
+                break;
+            }
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "fleet: the lease connection failed");
                 break;
@@ -385,13 +406,23 @@ async fn keep_lease(mut conn: PgConnection, lost: oneshot::Sender<()>, mut relea
     let _ = lost.send(());
 }
 
+/// A task aborted when dropped (a `Leading` lost on the way, e.g. at shutdown, leaves no
+/// tracker or consumer behind).
+struct Task(JoinHandle<()>);
+
+impl Drop for Task {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What runs while this node leads.
 struct Leading {
     term: i64,
     commands: mpsc::Sender<Command>,
     blocks: mpsc::Sender<Vec<BlockServed>>,
-    tracker: JoinHandle<()>,
-    consumer: JoinHandle<()>,
+    tracker: Task,
+    consumer: Task,
     /// Tells the consumer to stop between two batches.
     stop_consumer: Arc<AtomicBool>,
     keeper: JoinHandle<()>,
@@ -419,19 +450,29 @@ impl Shared {
         };
         let (lost_tx, lost) = oneshot::channel();
         let (release, release_rx) = oneshot::channel();
-        let keeper = tokio::spawn(keep_lease(lease, lost_tx, release_rx));
+        let held_term = Arc::new(AtomicI64::new(0));
+        let keeper = tokio::spawn(keep_lease(lease, held_term.clone(), lost_tx, release_rx));
         let started = async {
             // Waits for the writes of a former leader still in flight (they hold the row
             // FOR SHARE); any it tries later fail on the new term.
+            // (Bounded: a former leader's dead session is ended by the server within 10 s,
+            // see Db::open; past 15 s the lease is let go and taken again.)
+            let mut tx = self.db.pool.begin().await.map_err(db_err)?;
+            sqlx::query("SET LOCAL lock_timeout = '15s'")
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
             let term: i64 = sqlx::query_scalar(&format!(
                 "INSERT INTO fleet_leader (id, node, since, term) VALUES (1, $1, {NOW_MS}, 1) \
                  ON CONFLICT (id) DO UPDATE SET node = EXCLUDED.node, since = EXCLUDED.since, \
                  term = fleet_leader.term + 1 RETURNING term"
             ))
             .bind(&self.node)
-            .fetch_one(&self.db.pool)
+            .fetch_one(&mut *tx)
             .await
             .map_err(db_err)?;
+            tx.commit().await.map_err(db_err)?;
+            held_term.store(term, Ordering::Relaxed);
             // This node no longer follows.
             let _ = sqlx::query("DELETE FROM fleet_nodes WHERE node = $1")
                 .bind(&self.node)
@@ -474,8 +515,8 @@ impl Shared {
             term,
             commands,
             blocks,
-            tracker,
-            consumer,
+            tracker: Task(tracker),
+            consumer: Task(consumer),
             stop_consumer,
             keeper,
             release,
@@ -641,8 +682,8 @@ async fn route(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut handing_on: Option<JoinHandle<()>> = None;
     let (won_tx, mut won) = mpsc::channel::<Leading>(1);
-    let campaigner = tokio::spawn(campaign(Arc::downgrade(&shared), won_tx));
-    tokio::spawn(follow(Arc::downgrade(&shared)));
+    let campaigner = Task(tokio::spawn(campaign(Arc::downgrade(&shared), won_tx)));
+    let follower = Task(tokio::spawn(follow(Arc::downgrade(&shared))));
     counters.leading.store(leading.is_some(), Ordering::Relaxed);
     loop {
         let lost = async {
@@ -657,7 +698,12 @@ async fn route(
             c = commands.recv() => match c {
                 None => break,
                 Some(Command::Shutdown { reply }) => {
-                    campaigner.abort();
+                    drop(campaigner);
+                    drop(follower);
+                    // A lease won meanwhile is let go.
+                    while let Ok(l) = won.try_recv() {
+                        let _ = stop_leading(l, false).await;
+                    }
                     let r = match leading.take() {
                         Some(l) => stop_leading(l, true).await,
                         None => {
@@ -728,7 +774,7 @@ async fn route(
                 counters.leading.store(false, Ordering::Relaxed);
             }
             _ = tick.tick() => {
-                if leading.as_ref().is_some_and(|l| l.tracker.is_finished()) {
+                if leading.as_ref().is_some_and(|l| l.tracker.0.is_finished()) {
                     if let Some(l) = leading.take() {
                         tracing::warn!(node = %shared.node, "fleet: the tracker ended; this node follows");
                         let _ = stop_leading(l, false).await;
@@ -752,7 +798,11 @@ async fn route(
         }
     }
     // Every handle is gone.
-    campaigner.abort();
+    drop(campaigner);
+    drop(follower);
+    while let Ok(l) = won.try_recv() {
+        let _ = stop_leading(l, false).await;
+    }
     if let Some(l) = leading.take() {
         let _ = stop_leading(l, true).await;
     }
@@ -786,20 +836,16 @@ async fn stop_leading(l: Leading, flush: bool) -> Result<(), FleetError> {
     // The consumer finishes the batch it is in (its requests reach the tracker).
     l.stop_consumer.store(true, Ordering::Relaxed);
     let mut consumer = l.consumer;
-    if tokio::time::timeout(Duration::from_secs(2), &mut consumer)
-        .await
-        .is_err()
-    {
-        consumer.abort();
-    }
-    let r = if flush && !l.tracker.is_finished() {
+    let _ = tokio::time::timeout(Duration::from_secs(2), &mut consumer.0).await;
+    drop(consumer);
+    let r = if flush && !l.tracker.0.is_finished() {
         let (tx, rx) = oneshot::channel();
         match l.commands.send(Command::Shutdown { reply: tx }).await {
             Ok(()) => rx.await.unwrap_or(Err(FleetError::Stopped)),
             Err(_) => Err(FleetError::Stopped),
         }
     } else {
-        l.tracker.abort();
+        l.tracker.0.abort();
         Ok(())
     };
     let _ = l.release.send(());
@@ -1078,7 +1124,8 @@ async fn answer(shared: Arc<Shared>, id: i64, req: Request, commands: &mpsc::Sen
                 Ok(Ok(v)) => make(v),
                 Ok(Err(e)) => Reply::Error(e),
                 Err(_) => Reply::Error(FleetError::Unavailable(
-                    "the fleet's leader stopped before it answered: try again".into(),
+                    "the fleet's leader stopped before it answered: the outcome is unknown (look before trying again)"
+                        .into(),
                 )),
             };
             shared.answer(id, &reply).await;
@@ -1126,21 +1173,30 @@ async fn answer(shared: Arc<Shared>, id: i64, req: Request, commands: &mpsc::Sen
 }
 
 /// Every node: LISTEN for the inbox and the answers and the gates; a follower applies the
-/// leader's gates on a notification and every second (with LISTEN refused, e.g. behind a
-/// pooler in transaction mode, by that poll alone) and says so in `fleet_nodes`.
+/// leader's gates on a notification and every second (with LISTEN refused or its
+/// connection lost, by that poll alone, trying again every 10 s) and says so in
+/// `fleet_nodes`.
 async fn follow(shared: std::sync::Weak<Shared>) {
     let mut listener: Option<PgListener> = None;
     let mut gates_version: i64 = -1;
     let mut last_gates_read = tokio::time::Instant::now() - CAMPAIGN;
+    let mut next_listen = tokio::time::Instant::now();
     loop {
         let Some(me) = shared.upgrade() else { return };
-        if listener.is_none() {
-            match PgListener::connect(&me.url).await {
-                Ok(mut l) => match l.listen_all([INBOX, REPLIES, GATES]).await {
-                    Ok(()) => listener = Some(l),
-                    Err(e) => tracing::warn!(error = %e, "fleet: LISTEN failed; polling"),
-                },
-                Err(e) => tracing::warn!(error = %e, "fleet: no listener connection; polling"),
+        if listener.is_none() && tokio::time::Instant::now() >= next_listen {
+            let listen = async {
+                let mut l = PgListener::connect(&me.url).await?;
+                l.listen_all([INBOX, REPLIES, GATES]).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            match tokio::time::timeout(LEASE_CHECK, listen).await {
+                Ok(Ok(l)) => listener = Some(l),
+                Ok(Err(e)) => tracing::warn!(error = %e, "fleet: LISTEN failed; polling"),
+                Err(_) => tracing::warn!("fleet: no listener connection within 3 s; polling"),
+            }
+            if listener.is_none() {
+                // Polling meanwhile; a new try in 10 s.
+                next_listen = tokio::time::Instant::now() + Duration::from_secs(10);
             }
         }
         let mut gates_changed = false;

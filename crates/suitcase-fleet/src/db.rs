@@ -73,6 +73,21 @@ impl Db {
                         sqlx::query("PRAGMA journal_mode = WAL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
+                    } else {
+                        // A node that dies inside a transaction must not hold its row
+                        // locks (the fleet's term, FOR SHARE) for the hours TCP would
+                        // take to notice: its session ends after 10 s idle in a
+                        // transaction, or 10 s of unanswered data or keepalives.
+                        for set in [
+                            "SET idle_in_transaction_session_timeout = '10s'",
+                            "SET tcp_keepalives_idle = 4",
+                            "SET tcp_keepalives_interval = 2",
+                            "SET tcp_keepalives_count = 3",
+                            "SET tcp_user_timeout = 10000",
+                        ] {
+                            // (Refused on a Unix socket, where they are moot.)
+                            let _ = sqlx::query(set).execute(&mut *conn).await;
+                        }
                     }
                     Ok(())
                 })
@@ -366,6 +381,20 @@ fn rollout_of(r: &AnyRow) -> Result<Rollout, FleetError> {
     let text = |c: &str| r.try_get::<String, _>(c).map_err(db_err);
     let state = text("state")?;
     let id: i64 = r.try_get("id").map_err(db_err)?;
+    let wave = usize::try_from(opt_u64(r, "wave")?.unwrap_or(0)).unwrap_or(usize::MAX);
+    let wave_ends: Vec<usize> = from_json(&text("wave_ends")?, "waves")?;
+    let wave_started: Vec<Option<i64>> = from_json(&text("wave_started")?, "waves")?;
+    let wave_finished: Vec<Option<i64>> = from_json(&text("wave_finished")?, "waves")?;
+    // Indexed by the tracker: a row that does not hold together is refused, not a panic.
+    if wave >= wave_ends.len().max(1) || wave_started.len() != wave_ends.len() || wave_finished.len() != wave_ends.len()
+    {
+        return Err(FleetError::Database(format!(
+            "rollout {id}: wave {wave} of {} (started {}, finished {})",
+            wave_ends.len(),
+            wave_started.len(),
+            wave_finished.len()
+        )));
+    }
     Ok(Rollout {
         id: u64::try_from(id).unwrap_or(0),
         name: s("name")?,
@@ -381,10 +410,10 @@ fn rollout_of(r: &AnyRow) -> Result<Rollout, FleetError> {
         http_base: s("http_base")?,
         state: RolloutState::from_str(&state).map_err(|_| FleetError::Database(format!("rollout state {state:?}")))?,
         reason: s("reason")?,
-        wave: opt_u64(r, "wave")?.unwrap_or(0) as usize,
-        wave_ends: from_json(&text("wave_ends")?, "waves")?,
-        wave_started: from_json(&text("wave_started")?, "waves")?,
-        wave_finished: from_json(&text("wave_finished")?, "waves")?,
+        wave,
+        wave_ends,
+        wave_started,
+        wave_finished,
         created_at: r.try_get("created_at").map_err(db_err)?,
         start_at: r.try_get("start_at").map_err(db_err)?,
         ended_at: r.try_get("ended_at").map_err(db_err)?,

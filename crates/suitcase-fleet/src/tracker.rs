@@ -1300,16 +1300,7 @@ impl Tracker {
         if let Err(e) = self.write_rollouts().await {
             // Not recorded, so not sent: back to pending, tried again at the next tick.
             tracing::warn!(error = %e, "fleet: writing rollout progress failed; triggers held back");
-            for (id, idxs) in to_send {
-                if let Some(r) = self.rollouts.live.iter_mut().find(|r| r.id == id) {
-                    for i in idxs {
-                        if let Some(m) = r.members.get_mut(i) {
-                            m.status = MemberStatus::Pending;
-                            m.triggered_at = None;
-                        }
-                    }
-                }
-            }
+            self.hold_back(to_send);
             return;
         }
         self.forget_ended();
@@ -1319,21 +1310,27 @@ impl Tracker {
         // The other nodes of a shared fleet learn the gates before the devices are told;
         // when they cannot, nobody is told: back to pending, tried at the next tick.
         if !self.publish_gates().await {
-            for (id, idxs) in to_send {
-                if let Some(r) = self.rollouts.live.iter_mut().find(|r| r.id == id) {
-                    for &i in &idxs {
-                        if let Some(m) = r.members.get_mut(i) {
-                            m.status = MemberStatus::Pending;
-                            m.triggered_at = None;
-                        }
-                    }
-                    self.rollout_dirty.entry(id).or_default().extend(idxs);
-                }
-            }
+            self.hold_back(to_send);
             return;
         }
         for (id, idxs) in to_send {
             self.send_triggers(id, idxs);
+        }
+    }
+
+    /// Triggers that were not sent: their devices back to pending (to be written again:
+    /// some rollouts may have been written as triggered), tried at the next tick.
+    fn hold_back(&mut self, to_send: Vec<(u64, Vec<usize>)>) {
+        for (id, idxs) in to_send {
+            if let Some(r) = self.rollouts.live.iter_mut().find(|r| r.id == id) {
+                for &i in &idxs {
+                    if let Some(m) = r.members.get_mut(i) {
+                        m.status = MemberStatus::Pending;
+                        m.triggered_at = None;
+                    }
+                }
+                self.rollout_dirty.entry(id).or_default().extend(idxs);
+            }
         }
     }
 

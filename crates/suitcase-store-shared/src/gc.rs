@@ -12,9 +12,10 @@
 //! A publish *claims* every blob it is about to use by deleting its mark before looking
 //! for it: a claim that comes first removes the mark (the sweep passes the blob by); one
 //! that comes during a sweep waits for the row lock, then finds the blob gone and writes it
-//! again. A publish that claimed a blob before it was marked commits its version long
-//! before the sweep (the grace period, an hour by default, bounds a publish), and the
-//! sweep sees the reference.
+//! again. And once a publish holds the change lock (which a sweep holds while it deletes,
+//! and which the publish keeps until its version commits) it looks for each of its blobs
+//! again and writes back any a sweep deleted meanwhile: however long a publish takes, the
+//! version it commits has its blobs. Times are the database's clock.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -29,7 +30,9 @@ use crate::{bounded, change_lock, db, unavailable, Inner, SharedStore};
 /// Only one node collects at a time.
 const GC_LOCK: i64 = 0x7375_6974_6763_6763;
 /// Marks swept per transaction (the change lock is held meanwhile).
-const SWEEP_BATCH: i64 = 64;
+const SWEEP_BATCH: i64 = 32;
+/// Longest wait for one object store call of a sweep (the change lock is held).
+const SWEEP_CALL: Duration = Duration::from_secs(10);
 
 /// What a collection did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -46,11 +49,12 @@ pub struct GcReport {
     pub spared: usize,
 }
 
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// The database's clock, Unix seconds (marks are compared across nodes).
+async fn db_now(conn: &mut sqlx::PgConnection) -> Result<i64, StoreError> {
+    sqlx::query_scalar("SELECT EXTRACT(EPOCH FROM clock_timestamp())::BIGINT")
+        .fetch_one(conn)
+        .await
+        .map_err(db)
 }
 
 impl SharedStore {
@@ -80,12 +84,14 @@ impl Inner {
 
     /// A publish is about to use these blobs: unmark them (see the module documentation).
     pub(crate) async fn claim(&self, blobs: &[String]) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await.map_err(db)?;
+        bounded(&mut tx).await?;
         sqlx::query("DELETE FROM store_blob_doomed WHERE sha256 = ANY($1)")
             .bind(blobs)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await
-            .map(|_| ())
-            .map_err(db)
+            .map_err(db)?;
+        tx.commit().await.map_err(db)
     }
 
     async fn collect_garbage(&self, grace: Duration) -> Result<GcReport, StoreError> {
@@ -112,7 +118,8 @@ impl Inner {
     async fn collect_locked(&self, grace: Duration) -> Result<GcReport, StoreError> {
         let mut report = GcReport::default();
         let grace_secs = i64::try_from(grace.as_secs()).unwrap_or(i64::MAX);
-        let due = now_secs().saturating_sub(grace_secs);
+        let now = db_now(&mut *self.pool.acquire().await.map_err(db)?).await?;
+        let due = now.saturating_sub(grace_secs);
         // Sweep.
         loop {
             let mut tx = self.pool.begin().await.map_err(db)?;
@@ -141,17 +148,20 @@ impl Inner {
                     continue;
                 };
                 let key = self.key(&sha);
-                let size = match self.objects.head(&key).await {
-                    Ok(meta) => meta.size,
-                    Err(object_store::Error::NotFound { .. }) => continue,
-                    Err(e) => return Err(unavailable("object store", e)),
+                let timeout = |what| unavailable("object store", format!("{what}: no answer within 10 s"));
+                let size = match tokio::time::timeout(SWEEP_CALL, self.objects.head(&key)).await {
+                    Err(_) => return Err(timeout("HEAD")),
+                    Ok(Ok(meta)) => meta.size,
+                    Ok(Err(object_store::Error::NotFound { .. })) => continue,
+                    Ok(Err(e)) => return Err(unavailable("object store", e)),
                 };
-                match self.objects.delete(&key).await {
-                    Ok(()) | Err(object_store::Error::NotFound { .. }) => {
+                match tokio::time::timeout(SWEEP_CALL, self.objects.delete(&key)).await {
+                    Err(_) => return Err(timeout("DELETE")),
+                    Ok(Ok(()) | Err(object_store::Error::NotFound { .. })) => {
                         report.deleted += 1;
                         report.deleted_bytes += size;
                     }
-                    Err(e) => return Err(unavailable("object store", e)),
+                    Ok(Err(e)) => return Err(unavailable("object store", e)),
                 }
             }
             tx.commit().await.map_err(db)?;
@@ -180,7 +190,6 @@ impl Inner {
         }
         drop(listing);
         if !fresh.is_empty() {
-            let now = now_secs();
             for chunk in fresh.chunks(1000) {
                 sqlx::query(
                     "INSERT INTO store_blob_doomed (sha256, marked_at) SELECT s, $2 FROM UNNEST($1::text[]) AS s \

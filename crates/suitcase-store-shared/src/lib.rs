@@ -683,9 +683,11 @@ impl Inner {
             files: &entries,
             now,
         };
+        let mut manifest_data = None;
         let manifest = match build(&draft).map_err(StoreError::Manifest)? {
             None => None,
             Some(m) => {
+                manifest_data = Some(m.data.clone());
                 let entry = suitcase_store::prepare_manifest(&m, &entries, max_sequence_number)?;
                 self.claim(&[entry.file.sha256.to_hex()]).await?;
                 self.put(&entry.file.sha256, m.data.clone()).await?;
@@ -709,6 +711,14 @@ impl Inner {
             .map(|n| to_i64(n, "sequence number"))
             .transpose()?;
         change_lock(&mut tx).await?;
+        // No sweep runs from here to the commit; one that ran since the claims may have
+        // deleted a blob that was marked before them: written back.
+        for (f, e) in req.files.iter().zip(&version.files) {
+            self.put(&e.sha256, f.data.clone()).await?;
+        }
+        if let (Some(m), Some(data)) = (&version.manifest, manifest_data) {
+            self.put(&m.file.sha256, data).await?;
+        }
         sqlx::query(
             "INSERT INTO store_versions (publish_id, seq, record, semver, changed) \
              VALUES ($1, $2, $3, $4, nextval('store_changes'))",
