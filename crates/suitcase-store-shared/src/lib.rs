@@ -72,6 +72,24 @@ const CHANGES_PER_READ: i64 = 10_000;
 /// up to number n can never later see a smaller one appear.
 const CHANGE_LOCK: i64 = 0x7375_6974_6361_7365; // "suitcase"
 
+/// A pool of at most `max` connections to `url`, its tables created or migrated (the
+/// fleet's migrations share sqlx's table: each migrator ignores the other's).
+pub(crate) async fn connect(url: &str, max: u32) -> Result<PgPool, SharedError> {
+    let pool = PgPoolOptions::new()
+        .max_connections(max)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await
+        .map_err(|e| SharedError::Database(format!("connecting to {}: {e}", redact(url))))?;
+    let mut migrator = sqlx::migrate!("./migrations");
+    migrator.set_ignore_missing(true);
+    migrator
+        .run(&pool)
+        .await
+        .map_err(|e| SharedError::Database(format!("migrating: {e}")))?;
+    Ok(pool)
+}
+
 /// Take [`CHANGE_LOCK`] for the rest of the transaction.
 /// Bound what one transaction may wait for (a stalled node holding a lock must not hang
 /// every publish of the cluster).
@@ -233,19 +251,7 @@ impl SharedStore {
     /// Must be called on the tokio runtime the store will use.
     pub async fn open(config: &SharedConfig) -> Result<SharedStore, SharedError> {
         let (objects, prefix) = object_store_of(config)?;
-        let pool = PgPoolOptions::new()
-            .max_connections(8)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(&config.database)
-            .await
-            .map_err(|e| SharedError::Database(format!("connecting to {}: {e}", redact(&config.database))))?;
-        let mut migrator = sqlx::migrate!("./migrations");
-        // The fleet's migrations share the table.
-        migrator.set_ignore_missing(true);
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| SharedError::Database(format!("migrating: {e}")))?;
+        let pool = connect(&config.database, 8).await?;
         let disk = DiskCache::open(&config.cache_dir, config.disk_bytes).map_err(|source| SharedError::Cache {
             path: config.cache_dir.display().to_string(),
             source,

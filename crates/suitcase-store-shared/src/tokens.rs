@@ -7,11 +7,11 @@
 use std::sync::Weak;
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::postgres::PgPool;
 use sqlx::Row as _;
 use suitcase_auth::{TokenEntry, TokenError, Tokens};
 
-use crate::{redact, SharedError, Wake};
+use crate::{SharedError, Wake};
 
 const CHANNEL: &str = "suitcase_tokens";
 /// Serialises additions (names, PSK identities and keys are unique across entries).
@@ -46,18 +46,7 @@ pub struct SharedTokens {
 impl SharedTokens {
     /// Connect and create the table if needed.
     pub async fn connect(url: &str) -> Result<SharedTokens, SharedError> {
-        let pool = PgPoolOptions::new()
-            .max_connections(2)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect(url)
-            .await
-            .map_err(|e| SharedError::Database(format!("connecting to {}: {e}", redact(url))))?;
-        let mut migrator = sqlx::migrate!("./migrations");
-        migrator.set_ignore_missing(true);
-        migrator
-            .run(&pool)
-            .await
-            .map_err(|e| SharedError::Database(format!("migrating: {e}")))?;
+        let pool = crate::connect(url, 2).await?;
         Ok(SharedTokens { pool })
     }
 

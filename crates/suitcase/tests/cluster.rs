@@ -23,26 +23,35 @@ use support::simdevice::{Behaviour, Link, SimDevice};
 use support::TestServer;
 
 fn node(dir: &std::path::Path, name: &str, pg: &Postgres, s3: &S3, key: Option<&str>) -> TestServer {
-    let blobs = format!("s3://{}/cluster", s3.bucket);
-    let mut args = vec!["--database", &pg.url, "--blobs", &blobs, "--s3-endpoint", &s3.endpoint];
-    if let Some(k) = key {
-        args.extend(["--key", k]);
-    }
-    let env = s3.env();
-    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    TestServer::start_env(&dir.join(name), &args, &env)
+    node_on(false, "cluster", dir, name, pg, s3, key)
 }
 
 /// A node on IPv4 loopback (simulated devices on 127.0.9.x are told apart).
 fn node_v4(dir: &std::path::Path, name: &str, pg: &Postgres, s3: &S3, key: Option<&str>) -> TestServer {
-    let blobs = format!("s3://{}/fleet", s3.bucket);
+    node_on(true, "fleet", dir, name, pg, s3, key)
+}
+
+fn node_on(
+    v4: bool,
+    prefix: &str,
+    dir: &std::path::Path,
+    name: &str,
+    pg: &Postgres,
+    s3: &S3,
+    key: Option<&str>,
+) -> TestServer {
+    let blobs = format!("s3://{}/{prefix}", s3.bucket);
     let mut args = vec!["--database", &pg.url, "--blobs", &blobs, "--s3-endpoint", &s3.endpoint];
     if let Some(k) = key {
         args.extend(["--key", k]);
     }
     let env = s3.env();
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
-    TestServer::start_env_v4(&dir.join(name), &args, &env)
+    if v4 {
+        TestServer::start_env_v4(&dir.join(name), &args, &env)
+    } else {
+        TestServer::start_env(&dir.join(name), &args, &env)
+    }
 }
 
 /// Whether `s` runs the fleet's tracker (its `/metrics`).
