@@ -45,7 +45,7 @@ use crate::model::{Device, NewDevice};
 use crate::report::Report;
 use crate::rollout::{Plan, RolloutRequest, RolloutView};
 use crate::{tracker, BaseUrls, Command, Control, FleetError, Heard, Reporter};
-use tracker::Parts;
+use tracker::{Parts, Served};
 
 /// The advisory lock whose holder runs the tracker ("suitflee").
 const LEASE_KEY: i64 = 0x7375_6974_666c_6565;
@@ -71,8 +71,6 @@ const FORWARD_EVERY: Duration = Duration::from_millis(200);
 const POLL: Duration = Duration::from_millis(500);
 /// Events a follower holds at most between two hand-overs (the excess is counted dropped).
 const MAX_EVENTS: usize = 20_000;
-/// Peers and representations a follower aggregates at most between two hand-overs.
-const MAX_BLOCKS: usize = 200_000;
 /// Requests a follower has waiting for the leader at most.
 const MAX_WAITING: usize = 1024;
 /// Inbox rows the leader takes at a time.
@@ -173,6 +171,16 @@ enum Event {
     Blocks(Vec<(SocketAddr, [u8; 8], u64, u64)>),
 }
 
+/// `NOTIFY channel, payload` (sent when the transaction commits).
+async fn notify(conn: &mut sqlx::AnyConnection, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 fn db_err(e: sqlx::Error) -> FleetError {
     FleetError::Database(e.to_string())
 }
@@ -182,7 +190,7 @@ fn json<T: Serialize>(v: &T) -> Result<String, FleetError> {
 }
 
 /// This node's side of the shared fleet.
-pub(crate) struct Shared {
+struct Shared {
     url: String,
     db: Db,
     node: String,
@@ -237,11 +245,7 @@ pub(crate) async fn save_gates(db: &Db, gates: &HashMap<String, OneGate>) -> Res
     .fetch_one(&mut *tx)
     .await
     .map_err(db_err)?;
-    sqlx::query("SELECT pg_notify($1, '')")
-        .bind(GATES)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
+    notify(&mut tx, GATES, "").await.map_err(db_err)?;
     tx.commit().await.map_err(db_err)?;
     Ok(version)
 }
@@ -334,13 +338,8 @@ async fn take_lease(url: &str, db: &Db) -> Result<Option<PgConnection>, FleetErr
         }
     };
     // A leader whose machine vanishes (no FIN, no RST) is noticed by the server within
-    // about 10 s, and its lease freed. (Refused on a Unix socket, where it is moot.)
-    for set in [
-        "SET tcp_keepalives_idle = 4",
-        "SET tcp_keepalives_interval = 2",
-        "SET tcp_keepalives_count = 3",
-        "SET tcp_user_timeout = 10000",
-    ] {
+    // about 10 s, and its lease freed.
+    for set in crate::db::PG_SESSION {
         let _ = sqlx::query(set).execute(&mut conn).await;
     }
     let got: bool = sqlx::query_scalar("SELECT pg_try_advisory_lock($1)")
@@ -528,24 +527,9 @@ impl Shared {
     async fn request(&self, req: Request) -> Result<Reply, FleetError> {
         let timeout = req.timeout();
         let body = json(&req)?;
-        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
-        let mut tx = self.db.pool.begin().await.map_err(db_err)?;
-        let id: i64 = sqlx::query_scalar(&format!(
-            "INSERT INTO fleet_inbox (node, kind, body, created_at, expires_at) \
-             VALUES ($1, 'request', $2, {NOW_MS}, {NOW_MS} + $3) RETURNING id"
-        ))
-        .bind(&self.node)
-        .bind(body)
-        .bind(timeout_ms)
-        .fetch_one(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(INBOX)
-            .execute(&mut *tx)
-            .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)?;
+        let id = self
+            .enqueue("request", body, i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX))
+            .await?;
         let wake = Arc::new(Notify::new());
         self.waiters.lock().insert(id, wake.clone());
         let r = self.await_reply(id, &wake, timeout).await;
@@ -602,32 +586,29 @@ impl Shared {
 
     /// Hand a batch of events to the leader.
     async fn hand_on(&self, events: &[Event]) -> Result<(), FleetError> {
-        let body = json(&events)?;
-        let mut tx = self.db.pool.begin().await.map_err(db_err)?;
-        sqlx::query(&format!(
-            "INSERT INTO fleet_inbox (node, kind, body, created_at, expires_at) \
-             VALUES ($1, 'events', $2, {NOW_MS}, {NOW_MS} + $3)"
-        ))
-        .bind(&self.node)
-        .bind(body)
-        .bind(STALE_EVENTS_MS)
-        .execute(&mut *tx)
-        .await
-        .map_err(db_err)?;
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(INBOX)
-            .execute(&mut *tx)
+        self.enqueue("events", json(&events)?, STALE_EVENTS_MS)
             .await
-            .map_err(db_err)?;
-        tx.commit().await.map_err(db_err)
+            .map(|_| ())
     }
 
-    /// The node that holds the lease, as it wrote itself down.
-    pub(crate) async fn leader(&self) -> Result<Option<String>, FleetError> {
-        sqlx::query_scalar("SELECT node FROM fleet_leader WHERE id = 1")
-            .fetch_optional(&self.db.pool)
-            .await
-            .map_err(db_err)
+    /// Put a row of `kind` in the inbox, to be taken within `ttl_ms`, and wake the leader;
+    /// its id.
+    async fn enqueue(&self, kind: &str, body: String, ttl_ms: i64) -> Result<i64, FleetError> {
+        let mut tx = self.db.pool.begin().await.map_err(db_err)?;
+        let id: i64 = sqlx::query_scalar(&format!(
+            "INSERT INTO fleet_inbox (node, kind, body, created_at, expires_at) \
+             VALUES ($1, $2, $3, {NOW_MS}, {NOW_MS} + $4) RETURNING id"
+        ))
+        .bind(&self.node)
+        .bind(kind)
+        .bind(body)
+        .bind(ttl_ms)
+        .fetch_one(&mut *tx)
+        .await
+        .map_err(db_err)?;
+        notify(&mut tx, INBOX, "").await.map_err(db_err)?;
+        tx.commit().await.map_err(db_err)?;
+        Ok(id)
     }
 
     async fn answer(&self, id: i64, reply: &Reply) {
@@ -646,11 +627,7 @@ impl Shared {
                     .bind(&body)
                     .execute(&mut *tx)
                     .await?;
-                sqlx::query("SELECT pg_notify($1, $2)")
-                    .bind(REPLIES)
-                    .bind(id.to_string())
-                    .execute(&mut *tx)
-                    .await?;
+                notify(&mut tx, REPLIES, &id.to_string()).await?;
                 tx.commit().await
             }
             .await;
@@ -677,7 +654,7 @@ async fn route(
 ) {
     let counters = shared.parts.counters.clone();
     let mut events: Vec<Event> = Vec::new();
-    let mut served: HashMap<(SocketAddr, [u8; 8]), (u64, u64, u64)> = HashMap::new();
+    let mut served = Served::default();
     let mut tick = tokio::time::interval(FORWARD_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut handing_on: Option<JoinHandle<()>> = None;
@@ -739,19 +716,7 @@ async fn route(
                         counters.blocks_dropped.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                None => {
-                    for b in batch {
-                        let key = (b.peer, b.etag);
-                        if let Some(e) = served.get_mut(&key) {
-                            e.0 = e.0.min(b.end);
-                            e.1 = e.1.max(b.end);
-                        } else if served.len() < MAX_BLOCKS {
-                            served.insert(key, (b.end, b.end, b.size));
-                        } else {
-                            counters.blocks_dropped.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
+                None => served.add(&batch, &counters.blocks_dropped),
             },
             Some(l) = won.recv() => {
                 if leading.is_some() {
@@ -853,14 +818,14 @@ async fn stop_leading(l: Leading, flush: bool) -> Result<(), FleetError> {
     r
 }
 
-fn take_events(events: &mut Vec<Event>, served: &mut HashMap<(SocketAddr, [u8; 8]), (u64, u64, u64)>) -> Vec<Event> {
+fn take_events(events: &mut Vec<Event>, served: &mut Served) -> Vec<Event> {
     let mut out = std::mem::take(events);
     if !served.is_empty() {
-        let mut blocks = Vec::with_capacity(served.len() * 2);
-        for ((peer, etag), (min, max, size)) in served.drain() {
-            blocks.push((peer, etag, min, size));
-            if max != min {
-                blocks.push((peer, etag, max, size));
+        let mut blocks = Vec::new();
+        for ((peer, etag), a) in served.take() {
+            blocks.push((peer, etag, a.min_end, a.size));
+            if a.max_end != a.min_end {
+                blocks.push((peer, etag, a.max_end, a.size));
             }
         }
         out.push(Event::Blocks(blocks));
@@ -868,11 +833,7 @@ fn take_events(events: &mut Vec<Event>, served: &mut HashMap<(SocketAddr, [u8; 8
     out
 }
 
-async fn flush_events(
-    shared: &Shared,
-    events: &mut Vec<Event>,
-    served: &mut HashMap<(SocketAddr, [u8; 8]), (u64, u64, u64)>,
-) {
+async fn flush_events(shared: &Shared, events: &mut Vec<Event>, served: &mut Served) {
     let batch = take_events(events, served);
     if !batch.is_empty() {
         if let Err(e) = shared.hand_on(&batch).await {
@@ -1273,7 +1234,7 @@ pub(crate) async fn start(
     parts: Parts,
     commands: mpsc::Receiver<Command>,
     blocks: mpsc::Receiver<Vec<BlockServed>>,
-) -> Result<Arc<Shared>, FleetError> {
+) -> Result<(), FleetError> {
     migrate(&db).await?;
     let shared = Shared::new(url, db, parts);
     let leading = shared.lead().await?;
@@ -1284,8 +1245,9 @@ pub(crate) async fn start(
         }
         tracing::info!(node = %shared.node, "fleet: another node runs the tracker; this one hands it what it hears");
     }
-    tokio::spawn(route(shared.clone(), commands, blocks, leading));
-    Ok(shared)
+    // The router keeps this node's side alive while any `Fleet` handle does.
+    tokio::spawn(route(shared, commands, blocks, leading));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -1319,7 +1281,14 @@ mod tests {
         let back: Reply = serde_json::from_str(&json(&err).unwrap()).unwrap();
         assert!(matches!(back, Reply::Error(FleetError::NoRollout(7))));
         // Followers aggregate blocks as the tracker does: the smallest and largest end.
-        let mut served = HashMap::from([(("[::1]:9".parse().unwrap(), *b"abcdefgh"), (64, 4096, 8192))]);
+        let mut served = Served::default();
+        let block = |end| BlockServed {
+            peer: "[::1]:9".parse().unwrap(),
+            etag: *b"abcdefgh",
+            end,
+            size: 8192,
+        };
+        served.add(&[block(4096), block(64)], &std::sync::atomic::AtomicU64::new(0));
         let out = take_events(&mut Vec::new(), &mut served);
         assert!(matches!(&out[..], [Event::Blocks(b)] if b.len() == 2));
         assert!(served.is_empty());

@@ -34,6 +34,19 @@ const COLUMNS: &str = "id, registered, coap, http_id, class, publish_id, groups,
     target_version, target_seq, target_semver, state, reason, bytes_done, bytes_total, peer, slot_before, \
     first_seen, last_seen, state_at, report_at, report, created_at, trigger";
 
+/// Every fleet session on PostgreSQL (the pool's and the lease's): a node that dies, or
+/// vanishes inside a transaction, must not hold its locks (the lease; the term, FOR SHARE)
+/// for the hours TCP would take to notice. Its session ends after 10 s idle in a
+/// transaction, or 10 s of unanswered data or keepalives. (The TCP settings are refused on
+/// a Unix socket, where they are moot: errors are ignored.)
+pub(crate) const PG_SESSION: [&str; 5] = [
+    "SET idle_in_transaction_session_timeout = '10s'",
+    "SET tcp_keepalives_idle = 4",
+    "SET tcp_keepalives_interval = 2",
+    "SET tcp_keepalives_count = 3",
+    "SET tcp_user_timeout = 10000",
+];
+
 fn db_err(e: sqlx::Error) -> FleetError {
     FleetError::Database(e.to_string())
 }
@@ -54,7 +67,7 @@ impl Db {
         sqlx::any::install_default_drivers();
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
-        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        } else if suitcase_store::is_postgres_url(url) {
             Backend::Postgres
         } else {
             return Err(FleetError::Invalid(format!(
@@ -74,18 +87,7 @@ impl Db {
                         sqlx::query("PRAGMA synchronous = FULL").execute(&mut *conn).await?;
                         sqlx::query("PRAGMA busy_timeout = 10000").execute(&mut *conn).await?;
                     } else {
-                        // A node that dies inside a transaction must not hold its row
-                        // locks (the fleet's term, FOR SHARE) for the hours TCP would
-                        // take to notice: its session ends after 10 s idle in a
-                        // transaction, or 10 s of unanswered data or keepalives.
-                        for set in [
-                            "SET idle_in_transaction_session_timeout = '10s'",
-                            "SET tcp_keepalives_idle = 4",
-                            "SET tcp_keepalives_interval = 2",
-                            "SET tcp_keepalives_count = 3",
-                            "SET tcp_user_timeout = 10000",
-                        ] {
-                            // (Refused on a Unix socket, where they are moot.)
+                        for set in PG_SESSION {
                             let _ = sqlx::query(set).execute(&mut *conn).await;
                         }
                     }

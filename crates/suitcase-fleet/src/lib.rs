@@ -309,8 +309,6 @@ pub struct Fleet {
     blocks: mpsc::Sender<Vec<BlockServed>>,
     counters: Arc<Counters>,
     gates: Arc<Gates>,
-    /// A shared fleet (PostgreSQL): this node's side of it.
-    shared: Option<Arc<cluster::Shared>>,
 }
 
 /// Commands queued for the tracker at most.
@@ -356,14 +354,13 @@ impl Fleet {
             // this node's handles lead to a router.
             let (commands, commands_rx) = mpsc::channel(QUEUE);
             let (blocks, blocks_rx) = mpsc::channel(BLOCK_QUEUE);
-            let shared = cluster::start(url, db.clone(), parts, commands_rx, blocks_rx).await?;
+            cluster::start(url, db.clone(), parts, commands_rx, blocks_rx).await?;
             return Ok(Fleet {
                 db,
                 commands,
                 blocks,
                 counters,
                 gates,
-                shared: Some(shared),
             });
         }
         let started = tracker::start(db.clone(), &parts, None).await?;
@@ -374,17 +371,7 @@ impl Fleet {
             blocks: started.blocks,
             counters,
             gates,
-            shared: None,
         })
-    }
-
-    /// The node that runs the tracker: `None` on SQLite (this one); on PostgreSQL the lease
-    /// holder as it wrote itself down (`host:pid`).
-    pub async fn leader(&self) -> Result<Option<String>, FleetError> {
-        match &self.shared {
-            Some(s) => s.leader().await,
-            None => Ok(None),
-        }
     }
 
     /// Which database.

@@ -26,9 +26,8 @@ pub(crate) struct Rollouts {
     pub(crate) next_id: u64,
     pub(crate) gates: Arc<Gates>,
     pub(crate) triggers: Option<Arc<dyn Triggers>>,
-    /// A shared fleet: the gates are written to the database for the other nodes, before
-    /// the triggers that rely on them are sent.
-    /// (This node's name, for the gates barrier.)
+    /// A shared fleet (this node's name, for the gates barrier): the gates are written to
+    /// the database for the other nodes before the triggers that rely on them are sent.
     pub(crate) shared: Option<String>,
 }
 
@@ -181,12 +180,12 @@ const RESTART_BYTES: u64 = 1024;
 
 /// The blocks one peer got of one representation since the last look.
 #[derive(Clone, Copy, Debug)]
-struct Agg {
+pub(crate) struct Agg {
     /// The smallest block end (a small one: the download started over).
-    min_end: u64,
+    pub(crate) min_end: u64,
     /// The largest.
-    max_end: u64,
-    size: u64,
+    pub(crate) max_end: u64,
+    pub(crate) size: u64,
 }
 
 /// Peers and representations aggregated between two looks, at most (a flood of spoofed
@@ -195,6 +194,47 @@ const MAX_PENDING: usize = 200_000;
 
 /// foldhash: this table is touched once per block served.
 type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+
+/// Blocks served, aggregated by peer and representation (a block costs one lookup), at
+/// most [`MAX_PENDING`] of them: kept by the tracker between two looks, and by a follower
+/// of a shared fleet between two hand-overs.
+#[derive(Default)]
+pub(crate) struct Served(FastMap<(SocketAddr, [u8; 8]), Agg>);
+
+impl Served {
+    /// Take in `batch`; what does not fit is counted in `dropped`.
+    pub(crate) fn add(&mut self, batch: &[BlockServed], dropped: &std::sync::atomic::AtomicU64) {
+        for b in batch {
+            let key = (b.peer, b.etag);
+            if let Some(a) = self.0.get_mut(&key) {
+                a.min_end = a.min_end.min(b.end);
+                a.max_end = a.max_end.max(b.end);
+                continue;
+            }
+            if self.0.len() >= MAX_PENDING {
+                dropped.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            self.0.insert(
+                key,
+                Agg {
+                    min_end: b.end,
+                    max_end: b.end,
+                    size: b.size,
+                },
+            );
+        }
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// Everything aggregated so far, leaving this empty.
+    pub(crate) fn take(&mut self) -> FastMap<(SocketAddr, [u8; 8]), Agg> {
+        std::mem::take(&mut self.0)
+    }
+}
 
 pub(crate) struct Tracker {
     db: Db,
@@ -224,7 +264,7 @@ pub(crate) struct Tracker {
     unregistered: usize,
     /// Blocks served since the last look, by peer and representation: a block costs one
     /// lookup here; devices and states are updated once per flush interval.
-    pending: FastMap<(SocketAddr, [u8; 8]), Agg>,
+    pending: Served,
     rollouts: Rollouts,
     /// Reports applied, waiting for their commit to be answered.
     report_replies: Vec<(String, tokio::sync::oneshot::Sender<Result<Device, FleetError>>)>,
@@ -278,7 +318,7 @@ impl Tracker {
             probes_before: HashMap::new(),
             by_coap: HashMap::new(),
             unregistered: 0,
-            pending: FastMap::default(),
+            pending: Served::default(),
             rollouts,
             report_replies: Vec::new(),
             rollout_dirty: HashMap::new(),
@@ -581,26 +621,7 @@ impl Tracker {
     /// Aggregate a batch of served blocks (the per-block work: one lookup).
     fn blocks(&mut self, batch: &[BlockServed]) {
         self.counters.blocks.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        for b in batch {
-            let key = (b.peer, b.etag);
-            if let Some(a) = self.pending.get_mut(&key) {
-                a.min_end = a.min_end.min(b.end);
-                a.max_end = a.max_end.max(b.end);
-                continue;
-            }
-            if self.pending.len() >= MAX_PENDING {
-                self.counters.blocks_dropped.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
-            self.pending.insert(
-                key,
-                Agg {
-                    min_end: b.end,
-                    max_end: b.end,
-                    size: b.size,
-                },
-            );
-        }
+        self.pending.add(batch, &self.counters.blocks_dropped);
     }
 
     /// Apply the aggregated blocks: manifests first, then images.
@@ -610,7 +631,7 @@ impl Tracker {
         }
         self.files.refresh(self.store.as_ref());
         let now = now_ms();
-        let pending = std::mem::take(&mut self.pending);
+        let pending = self.pending.take();
         let mut items: Vec<(SocketAddr, Agg, FileRef)> = pending
             .into_iter()
             .filter_map(|((peer, etag), a)| self.files.map.get(&etag).map(|f| (peer, a, f.clone())))

@@ -90,6 +90,16 @@ pub(crate) async fn connect(url: &str, max: u32) -> Result<PgPool, SharedError> 
     Ok(pool)
 }
 
+/// `NOTIFY channel, payload` (sent when the transaction commits).
+pub(crate) async fn notify(conn: &mut sqlx::PgConnection, channel: &str, payload: &str) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(channel)
+        .bind(payload)
+        .execute(conn)
+        .await
+        .map(|_| ())
+}
+
 /// Take [`CHANGE_LOCK`] for the rest of the transaction.
 /// Bound what one transaction may wait for (a stalled node holding a lock must not hang
 /// every publish of the cluster).
@@ -746,12 +756,7 @@ impl Inner {
         .execute(&mut *tx)
         .await
         .map_err(db)?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(&id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        notify(&mut tx, CHANNEL, &id).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         for (f, e) in req.files.iter().zip(&version.files) {
             self.keep(&e.sha256, &f.data);
@@ -789,12 +794,7 @@ impl Inner {
         .ok_or_else(|| StoreError::NotFound(format!("version {seq} of {publish_id:?}")))?;
         let record: String = row.try_get("record").map_err(db)?;
         let version = suitcase_store::version_from_json(&record, &format!("database: {publish_id} version {seq}"))?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(CHANNEL)
-            .bind(publish_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        notify(&mut tx, CHANNEL, publish_id).await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         forget(&mut self.index.write(), publish_id, seq);
         self.generation.fetch_add(1, Ordering::AcqRel);

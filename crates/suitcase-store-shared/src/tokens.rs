@@ -97,11 +97,7 @@ impl SharedTokens {
         if inserted == 0 {
             return Err(TokenError::Exists(entry.name.clone()).into());
         }
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        crate::notify(&mut tx, CHANNEL, "").await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(())
     }
@@ -115,11 +111,7 @@ impl SharedTokens {
             .await
             .map_err(db)?
             .rows_affected();
-        sqlx::query("SELECT pg_notify($1, '')")
-            .bind(CHANNEL)
-            .execute(&mut *tx)
-            .await
-            .map_err(db)?;
+        crate::notify(&mut tx, CHANNEL, "").await.map_err(db)?;
         tx.commit().await.map_err(db)?;
         Ok(n > 0)
     }

@@ -231,6 +231,12 @@ pub fn version_from_json(json: &str, origin: &str) -> Result<Version, StoreError
     local::record_from_json(json, origin)
 }
 
+/// Whether `url` names a PostgreSQL database (`postgres://…` or `postgresql://…`), as the
+/// fleet, the shared store and the token table read `--database`.
+pub fn is_postgres_url(url: &str) -> bool {
+    url.starts_with("postgres://") || url.starts_with("postgresql://")
+}
+
 /// A URL with its password hidden (`scheme://user:***@host/…`), for messages and logs: the
 /// database URLs of the fleet and of the shared store carry credentials.
 pub fn redact_url(url: &str) -> String {

@@ -324,7 +324,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
             let database = args
                 .database
                 .as_deref()
-                .filter(|d| d.starts_with("postgres://") || d.starts_with("postgresql://"))
+                .filter(|d| suitcase_store::is_postgres_url(d))
                 .ok_or_else(|| {
                     anyhow::anyhow!("--blobs needs --database postgres://… (where the versions are kept)")
                 })?;
@@ -385,11 +385,7 @@ async fn serve(args: ServeArgs, szx: u8) -> anyhow::Result<()> {
         .watch(std::time::Duration::from_millis(500))
         .context("starting the token file watcher")?;
     // On PostgreSQL, the tokens every node honours (`suitcase token … --database`) too.
-    if let Some(url) = args
-        .database
-        .as_deref()
-        .filter(|u| u.starts_with("postgres://") || u.starts_with("postgresql://"))
-    {
+    if let Some(url) = args.database.as_deref().filter(|u| suitcase_store::is_postgres_url(u)) {
         let table = suitcase_store_shared::tokens::SharedTokens::connect(url)
             .await
             .with_context(|| format!("the token table in {}", suitcase_store_shared::redact(url)))?;

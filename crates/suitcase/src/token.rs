@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
-use clap::Subcommand;
+use clap::{Args, Subcommand};
 use suitcase_auth::{Role, TokenEntry, Tokens};
 use suitcase_store_shared::tokens::SharedTokens;
 
@@ -34,48 +34,45 @@ pub enum TokenCommand {
         /// certificate; it presents a certificate with this key, signed by anyone).
         #[arg(long, requires = "device", value_name = "FILE")]
         public_key: Option<PathBuf>,
-        /// The server's data directory.
-        #[arg(long, env = "SUITCASE_DATA", default_value = "suitcase-data")]
-        data: PathBuf,
-        /// Keep it in this PostgreSQL database (postgres://…) instead: every server whose
-        /// --database it is honours it. A sqlite: URL means the data directory's file.
-        #[arg(long, env = "SUITCASE_DATABASE", value_name = "URL")]
-        database: Option<String>,
+        #[command(flatten)]
+        place: Where,
     },
     /// List tokens (names, roles, dates; never the tokens).
     List {
-        /// The server's data directory.
-        #[arg(long, env = "SUITCASE_DATA", default_value = "suitcase-data")]
-        data: PathBuf,
-        /// Keep it in this PostgreSQL database (postgres://…) instead: every server whose
-        /// --database it is honours it. A sqlite: URL means the data directory's file.
-        #[arg(long, env = "SUITCASE_DATABASE", value_name = "URL")]
-        database: Option<String>,
+        #[command(flatten)]
+        place: Where,
     },
     /// Revoke a token by name.
     Revoke {
         /// Its name.
         name: String,
-        /// The server's data directory.
-        #[arg(long, env = "SUITCASE_DATA", default_value = "suitcase-data")]
-        data: PathBuf,
-        /// Keep it in this PostgreSQL database (postgres://…) instead: every server whose
-        /// --database it is honours it. A sqlite: URL means the data directory's file.
-        #[arg(long, env = "SUITCASE_DATABASE", value_name = "URL")]
-        database: Option<String>,
+        #[command(flatten)]
+        place: Where,
     },
 }
 
-/// Where tokens are kept.
+/// Where tokens are kept, as the command line says.
+#[derive(Args)]
+pub struct Where {
+    /// The server's data directory.
+    #[arg(long, env = "SUITCASE_DATA", default_value = "suitcase-data")]
+    data: PathBuf,
+    /// Keep it in this PostgreSQL database (postgres://…) instead: every server whose
+    /// --database it is honours it. A sqlite: URL means the data directory's file.
+    #[arg(long, env = "SUITCASE_DATABASE", value_name = "URL")]
+    database: Option<String>,
+}
+
+/// Where tokens are kept, opened.
 enum Place {
     File(Tokens),
     Table(tokio::runtime::Runtime, SharedTokens),
 }
 
 impl Place {
-    fn of(data: &std::path::Path, database: Option<String>) -> anyhow::Result<Place> {
-        match database.filter(|d| d.starts_with("postgres://") || d.starts_with("postgresql://")) {
-            None => Ok(Place::File(Tokens::new(data.join("tokens.json")))),
+    fn of(w: Where) -> anyhow::Result<Place> {
+        match w.database.filter(|d| suitcase_store::is_postgres_url(d)) {
+            None => Ok(Place::File(Tokens::new(w.data.join("tokens.json")))),
             Some(url) => {
                 let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
                 let table = rt
@@ -116,14 +113,13 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         TokenCommand::Create {
             name,
-            data,
-            database,
+            place,
             psk: true,
             psk_identity,
             psk_key,
             ..
         } => {
-            let place = Place::of(&data, database)?;
+            let place = Place::of(place)?;
             let key = match psk_key {
                 Some(k) => k.into_bytes(),
                 None => {
@@ -143,27 +139,22 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
         }
         TokenCommand::Create {
             name,
-            data,
-            database,
+            place,
             public_key: Some(file),
             ..
         } => {
             let pem = std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
             let spki = suitcase_dtls::spki_sha256_of_pem(&pem).with_context(|| file.display().to_string())?;
-            Place::of(&data, database)?.add(TokenEntry::new_public_key(&name, spki)?)?;
+            Place::of(place)?.add(TokenEntry::new_public_key(&name, spki)?)?;
             eprintln!(
                 "device {name:?} admitted over coaps:// by its key (SPKI SHA-256 {})",
                 hex::encode(spki)
             );
         }
         TokenCommand::Create {
-            name,
-            device,
-            data,
-            database,
-            ..
+            name, device, place, ..
         } => {
-            let place = Place::of(&data, database)?;
+            let place = Place::of(place)?;
             let role = if device { Role::Device } else { Role::Publisher };
             let (entry, token) = TokenEntry::new_token(&name, role)?;
             place.add(entry)?;
@@ -174,8 +165,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 if device { "token" } else { "Bearer" }
             );
         }
-        TokenCommand::List { data, database } => {
-            for e in Place::of(&data, database)?.list()? {
+        TokenCommand::List { place } => {
+            for e in Place::of(place)?.list()? {
                 println!(
                     "{:<24} {:<9} {:<10} created {}",
                     e.name,
@@ -185,8 +176,8 @@ pub fn run(cmd: TokenCommand) -> anyhow::Result<ExitCode> {
                 );
             }
         }
-        TokenCommand::Revoke { name, data, database } => {
-            if !Place::of(&data, database)?.revoke(&name)? {
+        TokenCommand::Revoke { name, place } => {
+            if !Place::of(place)?.revoke(&name)? {
                 eprintln!("no token named {name:?}");
                 return Ok(ExitCode::from(1));
             }
